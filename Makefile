@@ -1,0 +1,58 @@
+# longer-train — the commands a newcomer needs: `make train` and `make test`.
+# Both create .venv and install on first use; later runs reuse it (the stamp file below).
+#
+#   make setup            create .venv with the pinned torch / fbgemm-gpu / torchrec triple
+#   make train            generate the built-in synthetic data (once) and train configs/quickstart.yaml
+#   make test             run the CPU test suite
+#   make lint             ruff
+#
+# CUDA=cpu (default) installs the CPU torch + fbgemm-gpu-cpu; CUDA=cu126 or CUDA=cu130 takes torch and
+# fbgemm-gpu from the PyTorch wheel index for that CUDA version (all three must come from one index).
+
+PYTHON ?= python3
+CUDA ?= cpu
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(CUDA)
+
+TORCH_VERSION := 2.13.0
+FBGEMM_VERSION := 1.8.0
+TORCHREC_VERSION := 1.8.0
+TORCH_INDEX := https://download.pytorch.org/whl/$(CUDA)
+
+DATA_DIR ?= data/synthetic
+CONFIG ?= configs/quickstart.yaml
+ARGS ?=
+
+.PHONY: setup train data test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+ifeq ($(CUDA),cpu)
+	$(PY) -m pip install --quiet torch==$(TORCH_VERSION) fbgemm-gpu-cpu==$(FBGEMM_VERSION)
+else
+	$(PY) -m pip install --quiet --index-url $(TORCH_INDEX) torch==$(TORCH_VERSION) fbgemm-gpu==$(FBGEMM_VERSION)
+endif
+	$(PY) -m pip install --quiet --no-deps torchrec==$(TORCHREC_VERSION)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+$(DATA_DIR)/.complete: $(STAMP)
+	$(VENV)/bin/longer-data synthetic --out $(DATA_DIR)
+
+data: $(DATA_DIR)/.complete
+
+train: $(STAMP) $(DATA_DIR)/.complete
+	$(VENV)/bin/longer-train $(CONFIG) data.root=$(DATA_DIR) $(ARGS)
+
+test: $(STAMP)
+	WANDB_MODE=offline $(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check longer_train kernels tests benchmarks
+
+clean:
+	rm -rf $(VENV) data runs wandb
