@@ -1,0 +1,287 @@
+"""Typed experiment configuration: YAML (OmegaConf) + `key=value` overrides -> validated dataclasses.
+
+Every key is checked against the dataclass that owns it: an unknown or mistyped key fails with a
+`ConfigError` that names the full key, what was expected and, for unknown keys, the allowed keys.
+New knobs go here, never into new command-line flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, missing or has a value of the wrong type or outside its choices."""
+
+
+def _choice(default: Any, choices: tuple, doc: str = "") -> Any:
+    return field(default=default, metadata={"choices": choices, "doc": doc})
+
+
+# ----------------------------------------------------------------------------------------------------
+# dataset: columns, feature roles, embedding tables (FuxiCTR-style dataset config)
+# ----------------------------------------------------------------------------------------------------
+@dataclass
+class TableConfig:
+    """One embedding table. Several features may share it (e.g. `item_id` and `hist_item_id`)."""
+
+    num_embeddings: int = 0  # vocabulary size: valid ids are 0 .. num_embeddings-1
+    embedding_dim: int = 16
+    sharding_type: Optional[str] = _choice(None, (None, "table_wise", "row_wise", "column_wise"))
+
+
+@dataclass
+class FeatureConfig:
+    """One Parquet column and the role it plays in the model."""
+
+    name: str = ""  # the Parquet column
+    # candidate: one id per row, looked up per id (EmbeddingCollection) -> candidate token
+    # sequence:  list<int64> of the behaviour history, oldest first (EmbeddingCollection) -> tokens
+    # user:      int64 or list<int64> user/context id(s), sum-pooled (EmbeddingBagCollection)
+    # dense:     float column, fed to the user token and the head
+    role: str = _choice("candidate", ("candidate", "sequence", "user", "dense"))
+    table: Optional[str] = None  # embedding table for sparse roles; must be None for dense
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/synthetic"
+    train: str = "train"  # file, directory or glob, relative to root
+    valid: str = "valid"
+    test: str = "test"
+    label: str = "label"
+    user_id: str = "user_id"  # groups GAUC
+    timestamp: str = "timestamp"  # request time, unix seconds
+    hist_timestamp: str = "hist_timestamp"  # per-event time, same length as the sequence features
+    max_len: int = 256  # keep the most recent max_len events of every history
+    tables: Dict[str, TableConfig] = field(default_factory=dict)
+    features: List[FeatureConfig] = field(default_factory=list)
+    batch_size: int = 256
+    eval_batch_size: int = 1024
+    shuffle_buffer: int = 8192  # rows; 0 disables shuffling of the training stream
+    num_workers: int = 0  # DataLoader worker processes building batches
+
+
+# ----------------------------------------------------------------------------------------------------
+# model
+# ----------------------------------------------------------------------------------------------------
+@dataclass
+class ModelConfig:
+    name: str = _choice("longer", ("longer",))
+    token_dim: int = 32  # d: width of one behaviour token before merging
+    time_buckets: int = 64  # log-bucketised (request time - event time)
+    merge: str = _choice("concat", ("concat", "inner_trans"))
+    merge_k: int = 4  # K: behaviour tokens per merged token
+    merge_proj_dim: Optional[int] = None  # None keeps width K*d after merging (the paper's FLOPs)
+    inner_trans_heads: int = 1
+    num_cls: int = 2  # learnable CLS global tokens (plus the user and the candidate token)
+    num_queries: int = 16  # k: most recent merged tokens used as queries in the cross-causal layer
+    num_self_layers: int = 1  # N self-causal layers after the cross-causal one
+    head_dim: int = 32  # attention head width; heads = width // head_dim
+    ffn_mult: int = 4
+    norm: str = _choice("layernorm", ("layernorm", "rmsnorm"))
+    dropout: float = 0.0
+    head_hidden: List[int] = field(default_factory=lambda: [256, 64])
+    attention_impl: str = _choice("auto", ("auto", "reference"))  # kernels dispatcher
+
+
+# ----------------------------------------------------------------------------------------------------
+# optimisation, training loop, logging
+# ----------------------------------------------------------------------------------------------------
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3  # dense AdamW peak learning rate
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    decay: str = _choice("cosine", ("cosine", "linear", "constant"))
+    min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio
+    grad_clip: float = 1.0  # max global grad norm of the dense parameters; 0 disables
+    # the sparse optimizer runs fused into the embedding backward (FBGEMM); adam needs CUDA
+    sparse_optimizer: str = _choice("rowwise_adagrad", ("rowwise_adagrad", "adagrad", "sgd", "adam"))
+    sparse_lr: float = 0.05
+    sparse_eps: float = 1e-8
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    epochs: int = 1
+    max_steps: int = 0  # >0 stops after this many steps even within an epoch
+    eval_every: int = 0  # steps between validation passes; 0 = once per epoch
+    log_every: int = 10
+    device: str = _choice("auto", ("auto", "cpu", "cuda"))
+    output_dir: str = "runs"  # each run writes runs/<run_name>/ (checkpoint, wandb)
+    run_name: Optional[str] = None  # default: <model>-<timestamp>
+    runs_table: str = "runs/runs.jsonl"  # one results line appended per run
+    checkpoint: bool = True  # write a final checkpoint
+    progress_bar: bool = True
+
+
+@dataclass
+class LoggingConfig:
+    wandb_mode: str = _choice("offline", ("offline", "online", "disabled"))
+    wandb_project: str = "longer-train"
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+# ----------------------------------------------------------------------------------------------------
+# loading and validation
+# ----------------------------------------------------------------------------------------------------
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, returning it converted (dataclasses built)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union:  # Optional[X]
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, key)
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        return [_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        return {str(k): _convert(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"config key '{key}' must be of type {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, values: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in fields:
+            raise ConfigError(
+                f"unknown config key '{key}'; allowed keys{' under ' + repr(prefix) if prefix else ''}: "
+                f"{', '.join(sorted(fields))}"
+            )
+        converted = _convert(value, hints[name], key)
+        choices = fields[name].metadata.get("choices")
+        if choices is not None and converted not in choices:
+            raise ConfigError(f"config key '{key}' must be one of {list(choices)}, got {converted!r}")
+        kwargs[name] = converted
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict) -> Config:
+    """Validate a plain nested dict into a `Config` (raises ConfigError naming the key at fault)."""
+    cfg = _build(Config, values, "")
+    check_config(cfg)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: List[str] | None = None) -> Config:
+    """Load a YAML config and apply `key=value` overrides (dotted keys, YAML values)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    merged = OmegaConf.load(path)
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. train.seed=1)")
+        value = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={raw}"]))["value"]  # YAML-typed
+        try:
+            OmegaConf.update(merged, key, value, merge=True)
+        except Exception as err:  # OmegaConf raises several types for a path that cannot exist
+            raise ConfigError(f"override {item!r}: config key '{key}' cannot be set ({err})") from None
+    values = OmegaConf.to_container(merged, resolve=True)
+    try:
+        return config_from_dict(values)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def check_config(cfg: Config) -> None:
+    """Cross-field checks that a single key's type cannot express."""
+    data, model = cfg.data, cfg.model
+    roles = {f.role for f in data.features}
+    for role in ("candidate", "sequence"):
+        if role not in roles:
+            raise ConfigError(f"config key 'data.features' needs at least one feature with role '{role}'")
+    names = [f.name for f in data.features]
+    for i, feat in enumerate(data.features):
+        key = f"data.features[{i}]"
+        if not feat.name:
+            raise ConfigError(f"config key '{key}.name' is required (the Parquet column)")
+        if names.count(feat.name) > 1:
+            raise ConfigError(f"config key '{key}.name': column '{feat.name}' is declared twice")
+        if feat.role == "dense":
+            if feat.table is not None:
+                raise ConfigError(f"config key '{key}.table' must be empty for a dense feature")
+        elif feat.table not in data.tables:
+            raise ConfigError(
+                f"config key '{key}.table' must name a table in data.tables "
+                f"({', '.join(sorted(data.tables))}), got {feat.table!r}"
+            )
+    pooled = {f.table for f in data.features if f.role == "user"}
+    per_id = {f.table for f in data.features if f.role in ("candidate", "sequence")}
+    if pooled & per_id:
+        raise ConfigError(
+            f"config key 'data.tables': table(s) {sorted(pooled & per_id)} are used both pooled (user role) "
+            "and per id (candidate/sequence role); give each use its own table"
+        )
+    per_id_dims = {name: data.tables[name].embedding_dim for name in per_id if name in data.tables}
+    if len(set(per_id_dims.values())) > 1:
+        raise ConfigError(
+            "config key 'data.tables': tables of candidate/sequence features share one TorchRec "
+            f"EmbeddingCollection and need one embedding_dim, got {per_id_dims}"
+        )
+    for name, table in data.tables.items():
+        if table.num_embeddings <= 0 or table.embedding_dim <= 0:
+            raise ConfigError(f"config key 'data.tables.{name}': num_embeddings and embedding_dim must be > 0")
+        if name not in pooled | per_id:
+            raise ConfigError(f"config key 'data.tables.{name}' is not used by any feature")
+    positive = {
+        "data.max_len": data.max_len, "data.batch_size": data.batch_size,
+        "data.eval_batch_size": data.eval_batch_size, "model.token_dim": model.token_dim,
+        "model.merge_k": model.merge_k, "model.num_queries": model.num_queries,
+        "model.head_dim": model.head_dim, "model.time_buckets": model.time_buckets,
+        "model.ffn_mult": model.ffn_mult, "train.epochs": cfg.train.epochs,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"config key '{key}' must be > 0, got {value}")
+    if model.num_cls < 0 or model.num_self_layers < 0:
+        raise ConfigError("config keys 'model.num_cls' and 'model.num_self_layers' must be >= 0")
+    width = model.merge_proj_dim or model.token_dim * model.merge_k
+    if width % model.head_dim:
+        raise ConfigError(
+            f"config key 'model.head_dim' ({model.head_dim}) must divide the merged width {width} "
+            "(model.token_dim * model.merge_k, or model.merge_proj_dim)"
+        )
+    if model.merge == "inner_trans" and model.token_dim % model.inner_trans_heads:
+        raise ConfigError("config key 'model.inner_trans_heads' must divide model.token_dim")
