@@ -1,0 +1,53 @@
+"""Readable PyTorch references for LONGER's attention ops (CPU path and test oracle).
+
+Conventions shared with the fast kernels:
+- sequences are left-padded: sample b has `num_pad[b]` invalid positions at the front of the key axis;
+- hybrid (causal) attention aligns queries bottom-right: the Lq queries are the last Lq key positions,
+  and query i (key position Lk - Lq + i) sees keys j <= that position and j >= num_pad[b];
+- a query that is itself padding has no valid key; its output is defined as 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def _masked_softmax_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, q_valid: Tensor) -> Tensor:
+    # q [B, H, Lq, dh], k/v [B, H, Lk, dh], allowed [B, Lq, Lk] bool, q_valid [B, Lq] bool
+    scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))  # [B, H, Lq, Lk]
+    # padded queries get one allowed key so the softmax stays finite; their output is zeroed below
+    allowed = allowed | ~q_valid[:, :, None]
+    scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+    probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+    out = torch.matmul(probs, v)  # [B, H, Lq, dh]
+    return out * q_valid[:, None, :, None].to(out.dtype)
+
+
+def hybrid_attention_reference(q: Tensor, k: Tensor, v: Tensor, num_pad: Tensor) -> Tensor:
+    """Causal attention of the last Lq positions over all Lk positions, with left padding.
+
+    q: [B, H, Lq, dh]; k, v: [B, H, Lk, dh]; num_pad: [B] int (leading invalid key positions).
+    Returns [B, H, Lq, dh].
+    """
+    lq, lk = q.shape[2], k.shape[2]
+    kpos = torch.arange(lk, device=q.device)
+    qpos = kpos[lk - lq :]
+    num_pad = num_pad.to(q.device)
+    key_valid = kpos[None, :] >= num_pad[:, None]  # [B, Lk]
+    causal = kpos[None, :] <= qpos[:, None]  # [Lq, Lk]
+    allowed = causal[None] & key_valid[:, None, :]  # [B, Lq, Lk]
+    q_valid = qpos[None, :] >= num_pad[:, None]  # [B, Lq]
+    return _masked_softmax_attention(q, k, v, allowed, q_valid)
+
+
+def group_attention_reference(q: Tensor, k: Tensor, v: Tensor, valid: Tensor) -> Tensor:
+    """Full (non-causal) attention inside groups of K tokens, used by InnerTrans token merge.
+
+    q, k, v: [G, H, K, dh] (G = batch * groups); valid: [G, K] bool. Invalid keys are ignored, invalid
+    queries output 0. Returns [G, H, K, dh].
+    """
+    allowed = valid[:, None, :].expand(-1, valid.shape[1], -1)  # [G, K, K]
+    return _masked_softmax_attention(q, k, v, allowed, valid)

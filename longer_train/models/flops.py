@@ -1,0 +1,51 @@
+"""Analytic forward FLOPs of the dense LONGER network per sample (matmuls, 2 FLOPs per multiply-add).
+
+Counts what the model actually computes — the quantity `torch.utils.flop_counter.FlopCounterMode`
+measures: behaviour tokens are built for valid events only (jagged), everything after the merge runs on the
+batch padded to its longest history. `longer_flops(cfg, dims, [L])` is the per-sample number to put
+beside AUC in tables ("GFLOPs/sample" at history length L). Norms, softmax, activations and embedding lookups are not matmuls and are not counted.
+"""
+
+from __future__ import annotations
+
+from ..config import ModelConfig
+from .longer import LongerDims
+
+
+def _mlp(dims: list[int]) -> int:
+    return sum(2 * a * b for a, b in zip(dims[:-1], dims[1:]))
+
+
+def _block(n_q: int, n_kv: int, width: int, ffn_mult: int) -> int:
+    projections = 2 * n_q * width * width * 2 + 2 * n_kv * width * 2 * width  # q, out; k and v
+    attention = 4 * n_q * n_kv * width  # QK^T and AV over all heads
+    ffn = 4 * n_q * ffn_mult * width * width
+    return projections + attention + ffn
+
+
+def longer_flops(cfg: ModelConfig, dims: LongerDims, lengths: list[int]) -> int:
+    """Forward FLOPs of one batch whose rows have these history lengths."""
+    k, d = cfg.merge_k, cfg.token_dim
+    batch = len(lengths)
+    padded = -(-max(lengths, default=0) // k) * k
+    merged = padded // k
+    width = cfg.merge_proj_dim or k * d
+    num_globals = cfg.num_cls + int(dims.user + dims.dense > 0) + 1
+    n_q = min(cfg.num_queries, merged) + num_globals
+
+    flops = sum(lengths) * _mlp([dims.event + d, 2 * d, d])  # token builder, valid events only
+    per_row = 0
+    if cfg.merge == "inner_trans":
+        per_row += padded * (2 * d * 3 * d + 2 * d * d + 4 * cfg.ffn_mult * d * d)  # qkv, out, ffn
+        per_row += merged * 4 * k * k * d  # attention inside each group of K
+    if cfg.merge_proj_dim:
+        per_row += 2 * merged * k * d * width
+    if dims.user + dims.dense > 0:
+        per_row += _mlp([dims.user + dims.dense, width, width])
+    per_row += _mlp([dims.candidate, width, width])
+    per_row += _block(n_q, merged + num_globals, width, cfg.ffn_mult)  # cross-causal layer
+    per_row += cfg.num_self_layers * _block(n_q, n_q, width, cfg.ffn_mult)
+    head_in = width * (num_globals + 1) + dims.candidate + dims.user + dims.dense
+    per_row += _mlp([head_in, *cfg.head_hidden, 1])
+    flops += batch * per_row
+    return flops

@@ -1,0 +1,75 @@
+"""LONGER's hybrid attention layers.
+
+Layout: [merged sequence tokens (oldest..newest, left-padded) | CLS | user | candidate]. The ordinary causal
+mask over that layout is the paper's mask: sequence tokens see only older ones, user-side globals see the
+whole sequence but not the candidate, the candidate sees everything — so every sequence-side and user-side
+state is candidate-independent (what makes KV-cached serving exact).
+
+- `CausalBlock(cross=True)`: keys/values are all tokens, queries the last n_q (the k most recent merged
+  tokens + the m globals); output n_q tokens.
+- `CausalBlock(cross=False)`: self-causal over those n_q tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..kernels import hybrid_attention
+from .blocks import FeedForward, make_norm, merge_heads, split_heads
+
+
+class CausalBlock(nn.Module):
+    """Pre-norm attention + FFN with residuals; queries are the last `n_q` positions of the input."""
+
+    def __init__(self, dim: int, head_dim: int, ffn_mult: int, norm: str, dropout: float, attention_impl: str) -> None:
+        super().__init__()
+        self.heads = dim // head_dim
+        self.attention_impl = attention_impl
+        self.norm1 = make_norm(norm, dim)
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm2 = make_norm(norm, dim)
+        self.ffn = FeedForward(dim, ffn_mult, dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, num_pad: Tensor, n_q: int) -> Tensor:
+        # x [B, Lk, D]; num_pad [B] leading padded positions; returns [B, n_q, D]
+        h = self.norm1(x)
+        q = split_heads(self.q(h[:, x.shape[1] - n_q :]), self.heads)
+        k, v = (split_heads(t, self.heads) for t in self.kv(h).chunk(2, dim=-1))
+        attn = hybrid_attention(q, k, v, num_pad, impl=self.attention_impl)  # [B, H, n_q, dh]
+        y = x[:, x.shape[1] - n_q :] + self.dropout(self.out(merge_heads(attn)))
+        return y + self.ffn(self.norm2(y))
+
+
+class HybridAttention(nn.Module):
+    """Layer 1 cross-causal (k recent merged tokens + m globals as queries), then N self-causal layers."""
+
+    def __init__(
+        self, dim: int, num_queries: int, num_self_layers: int, head_dim: int, ffn_mult: int, norm: str,
+        dropout: float, attention_impl: str,
+    ) -> None:
+        super().__init__()
+        self.num_queries = num_queries
+        make = lambda: CausalBlock(dim, head_dim, ffn_mult, norm, dropout, attention_impl)
+        self.cross = make()
+        self.self_layers = nn.ModuleList(make() for _ in range(num_self_layers))
+
+    def forward(self, seq: Tensor, globals_: Tensor, num_pad: Tensor) -> list[Tensor]:
+        """seq [B, L', D] left-padded merged tokens with `num_pad` [B] padded ones; globals_ [B, m, D].
+
+        Returns the states after each layer: [B, n_q, D] with n_q = min(k, L') + m (queries at the end).
+        """
+        seq_len, m = seq.shape[1], globals_.shape[1]
+        k = min(self.num_queries, seq_len)
+        x = self.cross(torch.cat([seq, globals_], dim=1), num_pad, k + m)
+        # among the k query tokens, the padded ones are the first num_pad - (L' - k)
+        num_pad = (num_pad - (seq_len - k)).clamp(min=0)
+        states = [x]
+        for layer in self.self_layers:
+            x = layer(x, num_pad, x.shape[1])
+            states.append(x)
+        return states
+

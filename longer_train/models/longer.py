@@ -1,0 +1,118 @@
+"""The dense LONGER network (arXiv 2505.04421): pure math on tensors, no torchrec, no parallelism.
+
+Input: embedding tensors (see `LongerInputs`), so it runs with plain torch — TorchRec lookups happen in
+`ranking.py`. Pipeline: behaviour tokens -> token merge -> global tokens appended -> hybrid attention ->
+head over the global tokens' states, the mean of the sequence-query states and the raw side embeddings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..config import ModelConfig
+from .blocks import MLP
+from .hybrid_attention import HybridAttention
+from .token_builder import TokenBuilder
+from .token_merge import TokenMerge, to_left_padded
+
+
+@dataclass
+class LongerInputs:
+    """Embedding tensors for one batch. Histories are jagged: the events of all rows packed row after row,
+    oldest first within a row (TorchRec's JaggedTensor values), with per-row lengths."""
+
+    events: Tensor  # [N, D_event] per-event embeddings (item, category, action, ...) concatenated
+    lengths: Tensor  # [B] events per row (0 allowed); N = lengths.sum()
+    time_diff: Tensor  # [N] request time - event time, seconds
+    candidate: Tensor  # [B, D_cand] candidate feature embeddings concatenated
+    user: Tensor  # [B, D_user] pooled user/context embeddings (D_user may be 0)
+    dense: Tensor  # [B, D_dense] dense features (D_dense may be 0)
+
+
+@dataclass(frozen=True)
+class LongerDims:
+    """Widths of the inputs, fixed by the feature config."""
+
+    event: int
+    candidate: int
+    user: int
+    dense: int
+    max_len: int  # longest history the model sees (position embeddings)
+
+
+@dataclass
+class LongerStates:
+    """Intermediate states, for tests and for KV-cached serving."""
+
+    merged: Tensor  # [B, L', D] merged sequence tokens (left-padded)
+    globals_: Tensor  # [B, m, D] CLS..., user, candidate
+    num_pad: Tensor  # [B] padded merged positions at the front
+    layers: list[Tensor]  # per layer [B, n_q, D]; queries = last min(k, L') merged tokens + m globals
+
+
+class Longer(nn.Module):
+    def __init__(self, cfg: ModelConfig, dims: LongerDims) -> None:
+        super().__init__()
+        self.cfg, self.dims = cfg, dims
+        k = cfg.merge_k
+        max_positions = -(-dims.max_len // k) * k
+        self.tokens = TokenBuilder(dims.event, cfg.token_dim, cfg.time_buckets, max_positions)
+        self.merge = TokenMerge(
+            cfg.merge, k, cfg.token_dim, cfg.merge_proj_dim, cfg.inner_trans_heads, cfg.ffn_mult, cfg.norm,
+            cfg.attention_impl,
+        )
+        width = self.merge.out_dim
+        self.width = width
+        self.cls = nn.Parameter(torch.randn(cfg.num_cls, width) * 0.02)
+        self.has_user_token = dims.user + dims.dense > 0
+        self.user_token = MLP(dims.user + dims.dense, [width], width) if self.has_user_token else None
+        self.candidate_token = MLP(dims.candidate, [width], width)
+        self.num_globals = cfg.num_cls + int(self.has_user_token) + 1
+        self.attention = HybridAttention(
+            width, cfg.num_queries, cfg.num_self_layers, cfg.head_dim, cfg.ffn_mult, cfg.norm, cfg.dropout,
+            cfg.attention_impl,
+        )
+        head_in = width * (self.num_globals + 1) + dims.candidate + dims.user + dims.dense
+        self.head = MLP(head_in, list(cfg.head_hidden), 1)
+
+    def encode(self, x: LongerInputs) -> LongerStates:
+        b = x.lengths.shape[0]
+        k = self.cfg.merge_k
+        lengths = x.lengths.long()
+        longest = int(lengths.max()) if b else 0
+        total = -(-longest // k) * k  # pad to a multiple of K at the front: the newest group is full
+        starts = torch.cumsum(lengths, 0) - lengths
+        row = torch.repeat_interleave(torch.arange(b, device=lengths.device), lengths)
+        recency = (starts + lengths)[row] - 1 - torch.arange(x.events.shape[0], device=lengths.device)
+        tokens = self.tokens(x.events, x.time_diff, recency)  # [N, d], valid events only
+        tokens, valid = to_left_padded(tokens, lengths, total)  # [B, L_pad, d], [B, L_pad]
+        merged = self.merge(tokens, valid)  # [B, L', D]
+        num_pad = merged.shape[1] - torch.div(lengths + k - 1, k, rounding_mode="floor")  # [B]
+
+        globals_ = [self.cls.unsqueeze(0).expand(b, -1, -1)]
+        if self.user_token is not None:
+            globals_.append(self.user_token(torch.cat([x.user, x.dense], dim=-1)).unsqueeze(1))
+        globals_.append(self.candidate_token(x.candidate).unsqueeze(1))  # the candidate is last
+        globals_t = torch.cat(globals_, dim=1)  # [B, m, D]
+        layers = self.attention(merged, globals_t, num_pad)
+        return LongerStates(merged=merged, globals_=globals_t, num_pad=num_pad, layers=layers)
+
+    def head_logits(self, x: LongerInputs, states: LongerStates) -> Tensor:
+        final = states.layers[-1]  # [B, k_eff + m, D]
+        m = self.num_globals
+        k_eff = final.shape[1] - m
+        seq_q = final[:, :k_eff]
+        # valid sequence queries: the last min(k_eff, valid merged tokens) of the k_eff
+        n_valid = (states.merged.shape[1] - states.num_pad).clamp(max=k_eff)  # [B]
+        q_valid = torch.arange(k_eff, device=final.device)[None, :] >= (k_eff - n_valid)[:, None]
+        w = q_valid.to(final.dtype)[..., None]
+        seq_mean = (seq_q * w).sum(1) / w.sum(1).clamp(min=1.0)  # [B, D]; 0 for an empty history
+        features = [final[:, k_eff:].flatten(1), seq_mean, x.candidate, x.user, x.dense]
+        return self.head(torch.cat(features, dim=-1)).squeeze(-1)  # [B]
+
+    def forward(self, x: LongerInputs) -> Tensor:
+        """Logits [B]."""
+        return self.head_logits(x, self.encode(x))

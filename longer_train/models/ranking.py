@@ -1,0 +1,44 @@
+"""The trainable ranking model: TorchRec embeddings (sparse) + a dense network + BCE loss.
+
+`forward(batch)` returns `(loss, (loss, logits, labels))`, the contract of TorchRec's train pipelines.
+The batch's KeyedJaggedTensors go straight into the embedding modules (no edits first), which keeps the
+model traceable so the embedding input distribution can be pipelined.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+from torch.nn.functional import binary_cross_entropy_with_logits
+
+from ..config import Config
+from ..data.batch import Batch
+from .longer import Longer, LongerDims, LongerInputs
+from .sparse_arch import SparseArch
+
+
+class RankingModel(nn.Module):
+    def __init__(self, sparse: SparseArch, dense: nn.Module) -> None:
+        super().__init__()
+        self.sparse = sparse
+        self.dense = dense
+
+    def forward(self, batch: Batch) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+        events, lengths, candidate, user = self.sparse(batch.per_id, batch.pooled)
+        inputs = LongerInputs(events, lengths, batch.time_diff, candidate, user, batch.dense)
+        logits = self.dense(inputs)
+        loss = binary_cross_entropy_with_logits(logits, batch.labels)
+        return loss, (loss.detach(), logits.detach(), batch.labels)
+
+
+def dense_dims(cfg: Config, sparse: SparseArch) -> LongerDims:
+    layout = sparse.layout
+    return LongerDims(
+        event=layout.event_dim, candidate=layout.candidate_dim, user=layout.user_dim,
+        dense=len(layout.dense), max_len=cfg.data.max_len,
+    )
+
+
+def build_model(cfg: Config) -> RankingModel:
+    """Embedding tables on the meta device (materialised by sharding) + the dense network on CPU."""
+    sparse = SparseArch(cfg.data)
+    return RankingModel(sparse, Longer(cfg.model, dense_dims(cfg, sparse)))

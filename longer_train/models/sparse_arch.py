@@ -1,0 +1,96 @@
+"""TorchRec embedding tables built from the feature config, and the lookup that turns KeyedJaggedTensors
+into the plain embedding tensors the dense model takes.
+
+- candidate + sequence features -> one `EmbeddingCollection` (per-id lookups). A table named by several
+  features is one shared table (e.g. `item` for `item_id` and `hist_item_id`).
+- user features -> one `EmbeddingBagCollection` (sum pooling: a user/context feature may be multi-valued).
+Tables are created on the `meta` device; `DistributedModelParallel` materialises them sharded.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torchrec import (
+    EmbeddingBagCollection,
+    EmbeddingBagConfig,
+    EmbeddingCollection,
+    EmbeddingConfig,
+    KeyedJaggedTensor,
+)
+
+from ..config import DataConfig
+
+
+class FeatureLayout:
+    """Feature names by role, in config order, and the widths they produce."""
+
+    def __init__(self, data: DataConfig) -> None:
+        by_role = lambda role: [f.name for f in data.features if f.role == role]
+        self.candidate = by_role("candidate")
+        self.sequence = by_role("sequence")
+        self.user = by_role("user")
+        self.dense = by_role("dense")
+        table_of = {f.name: f.table for f in data.features}
+        dim = lambda name: data.tables[table_of[name]].embedding_dim
+        self.event_dim = sum(dim(n) for n in self.sequence)
+        self.candidate_dim = sum(dim(n) for n in self.candidate)
+        self.user_dim = sum(dim(n) for n in self.user)
+        self.per_id_keys = self.candidate + self.sequence  # KJT key order of the EmbeddingCollection input
+
+
+def _tables_for(data: DataConfig, roles: tuple[str, ...]) -> dict[str, list[str]]:
+    tables: dict[str, list[str]] = {}
+    for feat in data.features:
+        if feat.role in roles:
+            tables.setdefault(feat.table, []).append(feat.name)
+    return tables
+
+
+class SparseArch(nn.Module):
+    """KJT inputs -> (events [N, D_event] packed histories, lengths [B], candidate [B, D_c], user [B, D_u])."""
+
+    def __init__(self, data: DataConfig, device: torch.device | None = None) -> None:
+        super().__init__()
+        device = device or torch.device("meta")
+        self.layout = FeatureLayout(data)
+        per_id = _tables_for(data, ("candidate", "sequence"))
+        self.per_id = EmbeddingCollection(
+            tables=[
+                EmbeddingConfig(
+                    name=name, num_embeddings=data.tables[name].num_embeddings,
+                    embedding_dim=data.tables[name].embedding_dim, feature_names=features,
+                )
+                for name, features in per_id.items()
+            ],
+            device=device,
+        )
+        pooled = _tables_for(data, ("user",))
+        self.pooled = (
+            EmbeddingBagCollection(
+                tables=[
+                    EmbeddingBagConfig(
+                        name=name, num_embeddings=data.tables[name].num_embeddings,
+                        embedding_dim=data.tables[name].embedding_dim, feature_names=features,
+                    )
+                    for name, features in pooled.items()
+                ],
+                device=device,
+            )
+            if pooled
+            else None
+        )
+
+    def forward(
+        self, per_id: KeyedJaggedTensor, pooled: KeyedJaggedTensor | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        layout = self.layout
+        out = self.per_id(per_id)  # feature -> JaggedTensor
+        events = torch.cat([out[name].values() for name in layout.sequence], dim=-1)  # [N, D_event]
+        lengths = out[layout.sequence[0]].lengths()
+        candidate = torch.cat([out[name].values() for name in layout.candidate], dim=-1)  # one id per row
+        if self.pooled is not None and pooled is not None:
+            user = self.pooled(pooled).values()  # [B, D_user]
+        else:
+            user = candidate.new_zeros((candidate.shape[0], 0))
+        return events, lengths, candidate, user

@@ -1,0 +1,37 @@
+"""Behaviour tokens: per-event features + log-bucketised time difference -> MLP -> width d, plus a
+learnable absolute position embedding (LONGER: time difference concatenated, position added)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .blocks import MLP
+
+
+def time_diff_bucket(seconds: Tensor, num_buckets: int) -> Tensor:
+    """Log-bucketise a non-negative time difference: bucket = floor(2 * log2(1 + seconds)), capped.
+
+    Two buckets per doubling: 1 min -> 11, 1 hour -> 23, 1 day -> 32, 1 year -> 49.
+    """
+    seconds = seconds.clamp(min=0).to(torch.float32)
+    return torch.floor(2.0 * torch.log2(1.0 + seconds)).long().clamp(max=num_buckets - 1)
+
+
+class TokenBuilder(nn.Module):
+    """Packed events of all rows [N, D_event] -> behaviour tokens [N, d] (no work on padding)."""
+
+    def __init__(self, event_dim: int, token_dim: int, time_buckets: int, max_positions: int) -> None:
+        super().__init__()
+        self.time_buckets = time_buckets
+        self.time_embedding = nn.Embedding(time_buckets, token_dim)
+        self.mlp = MLP(event_dim + token_dim, [token_dim * 2], token_dim)
+        # position 0 is the newest event, so a given recency has one embedding whatever the length
+        self.position_embedding = nn.Embedding(max_positions, token_dim)
+
+    def forward(self, events: Tensor, time_diff: Tensor, recency: Tensor) -> Tensor:
+        # events [N, D_event]; time_diff [N] seconds; recency [N] (0 = the row's newest event)
+        time_emb = self.time_embedding(time_diff_bucket(time_diff, self.time_buckets))
+        tokens = self.mlp(torch.cat([events, time_emb], dim=-1))
+        recency = recency.clamp(max=self.position_embedding.num_embeddings - 1)
+        return tokens + self.position_embedding(recency)

@@ -1,0 +1,79 @@
+"""Token merge: K adjacent behaviour tokens -> one token of width K*d (`concat`), optionally after a small
+transformer block inside each group (`inner_trans`). Groups are aligned to the newest event: the input is
+left-padded to a multiple of K, so only the oldest group can be partly padding."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..kernels import group_attention
+from .blocks import FeedForward, make_norm, merge_heads, split_heads
+
+
+class InnerTransBlock(nn.Module):
+    """Pre-norm transformer block over the K tokens of each group (bidirectional, padding masked)."""
+
+    def __init__(self, dim: int, heads: int, ffn_mult: int, norm: str, attention_impl: str) -> None:
+        super().__init__()
+        self.heads = heads
+        self.attention_impl = attention_impl
+        self.norm1 = make_norm(norm, dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm2 = make_norm(norm, dim)
+        self.ffn = FeedForward(dim, ffn_mult)
+
+    def forward(self, x: Tensor, valid: Tensor) -> Tensor:
+        # x [G, K, d], valid [G, K]
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        attn = group_attention(
+            split_heads(q, self.heads), split_heads(k, self.heads), split_heads(v, self.heads),
+            valid, impl=self.attention_impl,
+        )
+        x = x + self.out(merge_heads(attn))
+        x = x + self.ffn(self.norm2(x))
+        return x * valid[..., None].to(x.dtype)
+
+
+class TokenMerge(nn.Module):
+    """[B, L, d] left-padded tokens (L a multiple of K) -> [B, L/K, width] merged tokens."""
+
+    def __init__(
+        self, mode: str, k: int, token_dim: int, proj_dim: int | None, heads: int, ffn_mult: int,
+        norm: str, attention_impl: str,
+    ) -> None:
+        super().__init__()
+        if mode not in ("concat", "inner_trans"):
+            raise ValueError(f"unknown merge mode {mode!r}; expected 'concat' or 'inner_trans'")
+        self.k = k
+        self.inner = InnerTransBlock(token_dim, heads, ffn_mult, norm, attention_impl) if mode == "inner_trans" else None
+        self.proj = nn.Linear(k * token_dim, proj_dim) if proj_dim else None
+        self.out_dim = proj_dim or k * token_dim
+
+    def forward(self, tokens: Tensor, valid: Tensor) -> Tensor:
+        # tokens [B, L, d], valid [B, L]; whatever padded positions hold never reaches the output
+        b, length, d = tokens.shape
+        groups = length // self.k
+        tokens = tokens * valid[..., None].to(tokens.dtype)
+        if self.inner is not None:
+            grouped = self.inner(tokens.reshape(b * groups, self.k, d), valid.reshape(b * groups, self.k))
+            tokens = grouped.reshape(b, length, d)
+        merged = tokens.reshape(b, groups, self.k * d)  # [B, L', K*d]
+        if self.proj is not None:
+            merged = self.proj(merged)
+        return merged
+
+
+def to_left_padded(values: Tensor, lengths: Tensor, total: int) -> tuple[Tensor, Tensor]:
+    """Packed rows [N, d] (row-major, oldest first) -> ([B, total, d] left-padded, newest last; [B, total] valid).
+
+    Padding is exactly zero. Row b's event j lands at position total - lengths[b] + j.
+    """
+    b = lengths.shape[0]
+    row = torch.repeat_interleave(torch.arange(b, device=values.device), lengths)  # [N]
+    starts = torch.cumsum(lengths, 0) - lengths
+    pos = torch.arange(values.shape[0], device=values.device) - starts[row] + (total - lengths)[row]
+    out = values.new_zeros((b, total, values.shape[-1])).index_put((row, pos), values)
+    valid = torch.arange(total, device=values.device)[None, :] >= (total - lengths)[:, None]
+    return out, valid
