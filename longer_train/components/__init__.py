@@ -1,0 +1,1 @@
+"""Trainer components: metrics, optimizers + LR schedule, checkpointing, run logging."""

@@ -1,0 +1,1 @@
+"""Everything about processes and sharding lives here, apart from the model."""
