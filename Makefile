@@ -40,7 +40,7 @@ endif
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-$(DATA_DIR)/.complete: $(STAMP)
+$(DATA_DIR)/.complete: | $(STAMP)
 	$(VENV)/bin/longer-data synthetic --out $(DATA_DIR)
 
 data: $(DATA_DIR)/.complete

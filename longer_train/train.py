@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import warnings
 
 from .config import ConfigError, load_config
 
@@ -20,6 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"longer-train: config error: {err}", file=sys.stderr)
         return 2
+
+    # TorchRec's planner and FX warn on every run about things a user cannot act on; keep the console to
+    # what the run reports (errors still show)
+    logging.getLogger().setLevel(logging.ERROR)
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
     from .distributed.process_group import destroy_distributed
     from .trainer import Trainer  # heavy imports (torchrec) only once the config is valid

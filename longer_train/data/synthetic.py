@@ -36,7 +36,7 @@ P_NOISE_EVENT = 0.1  # an event is a globally popular item instead of the sessio
 P_WALK_JUMP = 0.15  # the short-term interest jumps to a new category, else it stays or drifts by 1-2
 MIN_SESSION, MEDIAN_SESSION, MAX_SESSION = 5, 12, 30
 IN_SESSION_GAP_S = 60.0  # mean seconds between events of one session
-IMPRESSIONS = (10, 20)  # per user, inclusive
+IMPRESSIONS = (10, 20)  # per user, inclusive: enough rows per user for one-epoch training to learn
 # action probabilities (view, click, purchase) for long-term, short-term and noise events
 ACTION_PROBS = np.array([[0.45, 0.38, 0.17], [0.62, 0.30, 0.08], [0.85, 0.13, 0.02]])
 CANDIDATE_MIX = (0.3, 0.3, 0.4)  # long-term interest, current short-term category, popular item

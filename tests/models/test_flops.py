@@ -1,0 +1,32 @@
+"""The analytic FLOPs function agrees with torch's FlopCounterMode."""
+
+import pytest
+import torch
+from conftest import DIMS, make_inputs, make_model
+from torch.utils.flop_counter import FlopCounterMode
+
+from longer_train.models.flops import longer_flops
+
+
+@pytest.mark.parametrize("proj", [None, 48])
+@pytest.mark.parametrize("lengths", [[64], [5, 64, 0, 17], [33, 33]])
+def test_flops_match_flop_counter(merge, proj, lengths):
+    model = make_model(merge, merge_proj_dim=proj)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(make_inputs(lengths))
+    measured = counter.get_total_flops()
+    predicted = longer_flops(model.cfg, DIMS, lengths)
+    assert measured > 0
+    assert abs(predicted - measured) / measured < 0.05
+
+
+def test_merge_cuts_flops_like_the_paper():
+    """Concat merge (K=4) costs less than no merge (K=1) at L=2048, d=32, as in the paper's example."""
+    from longer_train.config import ModelConfig
+    from longer_train.models.longer import LongerDims
+
+    dims = LongerDims(event=64, candidate=64, user=0, dense=0, max_len=2048)
+    base = dict(token_dim=32, num_queries=10_000, num_self_layers=0, head_dim=32)
+    no_merge = longer_flops(ModelConfig(merge_k=1, **base), dims, [2048])
+    merged = longer_flops(ModelConfig(merge_k=4, **base), dims, [2048])
+    assert merged < 0.75 * no_merge

@@ -1,0 +1,135 @@
+"""Properties of the dense LONGER network: causality, padding, recent-k queries, ragged merge."""
+
+import dataclasses
+
+import pytest
+import torch
+from conftest import DIMS, make_inputs, make_model
+
+from longer_train.models.token_merge import TokenMerge, to_left_padded
+
+RAGGED = [0, 1, 5, 13, 30, 64, 7]  # empty, shorter than K, not multiples of K, the max
+
+
+@torch.no_grad()
+def test_candidate_changes_no_sequence_or_user_side_state(merge):
+    model = make_model(merge)
+    x = make_inputs(RAGGED)
+    other = dataclasses.replace(x, candidate=torch.randn_like(x.candidate))
+    a, b = model.encode(x), model.encode(other)
+    torch.testing.assert_close(a.merged, b.merged, rtol=0, atol=0)
+    for layer_a, layer_b in zip(a.layers, b.layers):
+        # every row but the last (the candidate token) is sequence-side or user-side
+        torch.testing.assert_close(layer_a[:, :-1], layer_b[:, :-1], rtol=0, atol=0)
+        assert (layer_a[:, -1] - layer_b[:, -1]).abs().amax() > 1e-3  # the candidate row does change
+    assert not torch.allclose(model(x), model(other))
+
+
+@torch.no_grad()
+def test_user_features_change_no_sequence_state(merge):
+    model = make_model(merge)
+    x = make_inputs(RAGGED)
+    other = dataclasses.replace(x, user=torch.randn_like(x.user))
+    a, b = model.encode(x), model.encode(other)
+    m = model.num_globals
+    for layer_a, layer_b in zip(a.layers, b.layers):
+        torch.testing.assert_close(layer_a[:, :-m], layer_b[:, :-m], rtol=0, atol=0)
+
+
+@torch.no_grad()
+def test_padded_positions_change_nothing(merge):
+    """Garbage written into every padded merged position leaves all valid states and the logits as they were."""
+    model = make_model(merge)
+    x = make_inputs(RAGGED)
+    clean = model.encode(x)
+
+    def poison(module, inputs, merged):
+        pad = torch.arange(merged.shape[1])[None, :] < clean.num_pad[:, None]
+        return torch.where(pad[..., None], torch.randn_like(merged) * 100, merged)
+
+    handle = model.merge.register_forward_hook(poison)
+    try:
+        dirty = model.encode(x)
+        dirty_logits = model.head_logits(x, dirty)
+    finally:
+        handle.remove()
+    valid = torch.arange(clean.merged.shape[1])[None, :] >= clean.num_pad[:, None]
+    assert (clean.merged[~valid] == 0).all()
+    torch.testing.assert_close(dirty.merged[valid], clean.merged[valid])
+    m = model.num_globals
+    for layer_clean, layer_dirty in zip(clean.layers, dirty.layers):
+        k_eff = layer_clean.shape[1] - m
+        q_valid = valid[:, valid.shape[1] - k_eff :]
+        torch.testing.assert_close(layer_dirty[:, :k_eff][q_valid], layer_clean[:, :k_eff][q_valid])
+        torch.testing.assert_close(layer_dirty[:, k_eff:], layer_clean[:, k_eff:])
+    torch.testing.assert_close(dirty_logits, model.head_logits(x, clean))
+
+
+@torch.no_grad()
+def test_padding_inside_a_group_is_ignored_by_token_merge(merge):
+    k, d = 4, 8
+    op = TokenMerge(merge, k, d, None, heads=2, ffn_mult=2, norm="layernorm", attention_impl="auto").eval()
+    tokens = torch.randn(3, 12, d)
+    valid = torch.arange(12)[None, :] >= torch.tensor([0, 5, 11])[:, None]  # 12, 7 and 1 valid events
+    garbage = torch.where(valid[..., None], tokens, torch.randn_like(tokens) * 50)
+    torch.testing.assert_close(op(tokens, valid), op(garbage, valid))
+
+
+@torch.no_grad()
+def test_recent_k_queries_are_the_most_recent_valid_merged_tokens(merge):
+    """In a ragged batch each row's query states equal those of the row run alone (no padding at all),
+    which holds only if the queries are its min(k, L_i') most recent *valid* merged tokens."""
+    model = make_model(merge)
+    x = make_inputs(RAGGED)
+    batched = model.encode(x)
+    logits = model(x)
+    m, k = model.num_globals, model.cfg.num_queries
+    starts = torch.cumsum(x.lengths, 0) - x.lengths
+    for i, length in enumerate(RAGGED):
+        s = int(starts[i])
+        alone = dataclasses.replace(
+            x, events=x.events[s : s + length], lengths=x.lengths[i : i + 1],
+            time_diff=x.time_diff[s : s + length], candidate=x.candidate[i : i + 1], user=x.user[i : i + 1],
+            dense=x.dense[i : i + 1],
+        )
+        single = model.encode(alone)
+        n_valid = -(-length // model.cfg.merge_k)
+        n_q = min(k, n_valid)
+        assert single.layers[0].shape[1] == n_q + m
+        for layer_b, layer_s in zip(batched.layers, single.layers):
+            torch.testing.assert_close(layer_b[i, layer_b.shape[1] - n_q - m :], layer_s[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(logits[i : i + 1], model(alone), atol=1e-5, rtol=1e-5)
+
+
+def test_merge_groups_align_to_the_newest_event():
+    k = 4
+    lengths = torch.tensor([13, 4, 0])
+    values = torch.arange(1, 18, dtype=torch.float32)[:, None]  # events 1..13 | 14..17
+    padded, valid = to_left_padded(values, lengths, total=16)
+    merged = TokenMerge("concat", k, 1, None, 1, 1, "layernorm", "auto")(padded, valid)  # [3, 4, 4]
+    assert merged[0].tolist() == [[0, 0, 0, 1], [2, 3, 4, 5], [6, 7, 8, 9], [10, 11, 12, 13]]
+    assert merged[1].tolist() == [[0] * 4, [0] * 4, [0] * 4, [14, 15, 16, 17]]
+    assert (merged[2] == 0).all()
+    assert valid.sum(1).tolist() == [13, 4, 0]
+
+
+def test_empty_histories_train():
+    model = make_model("inner_trans").train()
+    x = make_inputs([0, 0, 0])
+    logits = model(x)
+    logits.sum().backward()
+    assert torch.isfinite(logits).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("proj", [None, 24])
+def test_gradients_are_finite_on_ragged_batches(merge, proj):
+    model = make_model(merge, merge_proj_dim=proj).train()
+    x = make_inputs(RAGGED)
+    x.events.requires_grad_(True)
+    model(x).sum().backward()
+    assert torch.isfinite(x.events.grad).all() and x.events.grad.abs().sum() > 0
+
+
+def test_dims_fixture_matches_model():
+    assert make_model().dims == DIMS
