@@ -67,6 +67,10 @@ class DataConfig:
     shuffle_buffer: int = 8192  # rows; 0 disables shuffling of the training stream
     num_workers: int = 0  # DataLoader worker processes building batches
 
+    def columns(self, role: str) -> list[str]:
+        """Columns of the features with this role, in config order."""
+        return [f.name for f in self.features if f.role == role]
+
 
 # ----------------------------------------------------------------------------------------------------
 # model

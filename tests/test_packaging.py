@@ -1,7 +1,8 @@
 """Every package of the source tree is declared in pyproject.toml, so a non-editable install is complete."""
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 

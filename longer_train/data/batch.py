@@ -81,7 +81,7 @@ def _int_column(table: pa.Table, name: str) -> np.ndarray:
 def collate(table: pa.Table, data: DataConfig) -> Batch:
     """Arrow rows (already validated) -> Batch, keeping the most recent `data.max_len` events per row."""
     rows = table.num_rows
-    roles = {role: [f.name for f in data.features if f.role == role] for role in ("candidate", "sequence", "user", "dense")}
+    roles = {role: data.columns(role) for role in ("candidate", "sequence", "user", "dense")}
 
     hist_ts, keep = _recent(table, data.hist_timestamp, data.max_len)
     values, lengths = [], []

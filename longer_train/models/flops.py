@@ -3,7 +3,8 @@
 Counts what the model actually computes — the quantity `torch.utils.flop_counter.FlopCounterMode`
 measures: behaviour tokens are built for valid events only (jagged), everything after the merge runs on the
 batch padded to its longest history. `longer_flops(cfg, dims, [L])` is the per-sample number to put
-beside AUC in tables ("GFLOPs/sample" at history length L). Norms, softmax, activations and embedding lookups are not matmuls and are not counted.
+beside AUC in tables ("GFLOPs/sample" at history length L). Norms, softmax, activations and embedding
+lookups are not matmuls and are not counted.
 """
 
 from __future__ import annotations

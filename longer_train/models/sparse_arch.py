@@ -26,25 +26,30 @@ class FeatureLayout:
     """Feature names by role, in config order, and the widths they produce."""
 
     def __init__(self, data: DataConfig) -> None:
-        by_role = lambda role: [f.name for f in data.features if f.role == role]
-        self.candidate = by_role("candidate")
-        self.sequence = by_role("sequence")
-        self.user = by_role("user")
-        self.dense = by_role("dense")
+        self.candidate = data.columns("candidate")
+        self.sequence = data.columns("sequence")
+        self.user = data.columns("user")
+        self.dense = data.columns("dense")
         table_of = {f.name: f.table for f in data.features}
         dim = lambda name: data.tables[table_of[name]].embedding_dim
         self.event_dim = sum(dim(n) for n in self.sequence)
         self.candidate_dim = sum(dim(n) for n in self.candidate)
         self.user_dim = sum(dim(n) for n in self.user)
-        self.per_id_keys = self.candidate + self.sequence  # KJT key order of the EmbeddingCollection input
 
 
-def _tables_for(data: DataConfig, roles: tuple[str, ...]) -> dict[str, list[str]]:
-    tables: dict[str, list[str]] = {}
+def _table_configs(config_cls: type, data: DataConfig, roles: tuple[str, ...]) -> list:
+    """One TorchRec table config per table used by features of these roles, listing those features."""
+    features: dict[str, list[str]] = {}
     for feat in data.features:
         if feat.role in roles:
-            tables.setdefault(feat.table, []).append(feat.name)
-    return tables
+            features.setdefault(feat.table, []).append(feat.name)
+    return [
+        config_cls(
+            name=name, num_embeddings=data.tables[name].num_embeddings,
+            embedding_dim=data.tables[name].embedding_dim, feature_names=names,
+        )
+        for name, names in features.items()
+    ]
 
 
 class SparseArch(nn.Module):
@@ -54,32 +59,10 @@ class SparseArch(nn.Module):
         super().__init__()
         device = device or torch.device("meta")
         self.layout = FeatureLayout(data)
-        per_id = _tables_for(data, ("candidate", "sequence"))
-        self.per_id = EmbeddingCollection(
-            tables=[
-                EmbeddingConfig(
-                    name=name, num_embeddings=data.tables[name].num_embeddings,
-                    embedding_dim=data.tables[name].embedding_dim, feature_names=features,
-                )
-                for name, features in per_id.items()
-            ],
-            device=device,
-        )
-        pooled = _tables_for(data, ("user",))
-        self.pooled = (
-            EmbeddingBagCollection(
-                tables=[
-                    EmbeddingBagConfig(
-                        name=name, num_embeddings=data.tables[name].num_embeddings,
-                        embedding_dim=data.tables[name].embedding_dim, feature_names=features,
-                    )
-                    for name, features in pooled.items()
-                ],
-                device=device,
-            )
-            if pooled
-            else None
-        )
+        per_id = _table_configs(EmbeddingConfig, data, ("candidate", "sequence"))
+        self.per_id = EmbeddingCollection(tables=per_id, device=device)
+        pooled = _table_configs(EmbeddingBagConfig, data, ("user",))
+        self.pooled = EmbeddingBagCollection(tables=pooled, device=device) if pooled else None
 
     def forward(
         self, per_id: KeyedJaggedTensor, pooled: KeyedJaggedTensor | None

@@ -47,7 +47,9 @@ class TokenMerge(nn.Module):
         if mode not in ("concat", "inner_trans"):
             raise ValueError(f"unknown merge mode {mode!r}; expected 'concat' or 'inner_trans'")
         self.k = k
-        self.inner = InnerTransBlock(token_dim, heads, ffn_mult, norm, attention_impl) if mode == "inner_trans" else None
+        self.inner = (
+            InnerTransBlock(token_dim, heads, ffn_mult, norm, attention_impl) if mode == "inner_trans" else None
+        )
         self.proj = nn.Linear(k * token_dim, proj_dim) if proj_dim else None
         self.out_dim = proj_dim or k * token_dim
 

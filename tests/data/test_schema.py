@@ -4,8 +4,9 @@ import math
 
 import pyarrow as pa
 import pytest
+from data_configs import data_config
 
-from longer_train.config import DataConfig, FeatureConfig, TableConfig
+from longer_train.config import DataConfig, FeatureConfig
 from longer_train.data.schema import SchemaError, expected_columns, validate_batch, validate_schema
 
 PATH = "data/train/part-00007.parquet"
@@ -13,25 +14,8 @@ LIST = pa.list_(pa.int64())
 
 
 def _cfg(dense: bool = False) -> DataConfig:
-    features = [
-        FeatureConfig("item_id", "candidate", "item"),
-        FeatureConfig("category_id", "candidate", "category"),
-        FeatureConfig("hist_item_id", "sequence", "item"),
-        FeatureConfig("hist_category_id", "sequence", "category"),
-        FeatureConfig("hist_action", "sequence", "action"),
-        FeatureConfig("user_id", "user", "user"),
-    ]
-    if dense:
-        features.append(FeatureConfig("user_activity", "dense", None))
-    return DataConfig(
-        tables={
-            "item": TableConfig(num_embeddings=100, embedding_dim=8),
-            "category": TableConfig(num_embeddings=10, embedding_dim=4),
-            "action": TableConfig(num_embeddings=3, embedding_dim=4),
-            "user": TableConfig(num_embeddings=50, embedding_dim=8),
-        },
-        features=features,
-    )
+    extra = [FeatureConfig("user_activity", "dense", None)] if dense else []
+    return data_config({"item": 100, "category": 10, "action": 3, "user": 50}, extra)
 
 
 def _columns() -> dict:

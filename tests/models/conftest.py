@@ -1,34 +1,7 @@
 import pytest
-import torch
-
-from longer_train.config import ModelConfig
-from longer_train.models.longer import Longer, LongerDims, LongerInputs
-
-DIMS = LongerDims(event=12, candidate=8, user=6, dense=2, max_len=64)
-
-
-def make_model(merge: str = "concat", **overrides) -> Longer:
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        token_dim=8, merge=merge, merge_k=4, num_queries=3, num_self_layers=2, head_dim=16, num_cls=2,
-        head_hidden=[16], inner_trans_heads=2, **overrides,
-    )
-    return Longer(cfg, DIMS).eval()
-
-
-def make_inputs(lengths: list[int], seed: int = 1) -> LongerInputs:
-    g = torch.Generator().manual_seed(seed)
-    n, b = sum(lengths), len(lengths)
-    return LongerInputs(
-        events=torch.randn(n, DIMS.event, generator=g),
-        lengths=torch.tensor(lengths),
-        time_diff=torch.randint(0, 10**7, (n,), generator=g),
-        candidate=torch.randn(b, DIMS.candidate, generator=g),
-        user=torch.randn(b, DIMS.user, generator=g),
-        dense=torch.randn(b, DIMS.dense, generator=g),
-    )
 
 
 @pytest.fixture(params=["concat", "inner_trans"])
 def merge(request) -> str:
+    """Both token-merge modes."""
     return request.param

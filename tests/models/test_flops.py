@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import DIMS, make_inputs, make_model
+from longer_inputs import DIMS, make_inputs, make_model
 from torch.utils.flop_counter import FlopCounterMode
 
 from longer_train.models.flops import longer_flops

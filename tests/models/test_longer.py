@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import DIMS, make_inputs, make_model
+from longer_inputs import DIMS, make_inputs, make_model
 
 from longer_train.models.token_merge import TokenMerge, to_left_padded
 
