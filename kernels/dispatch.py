@@ -10,7 +10,7 @@ from typing import Literal
 
 from torch import Tensor
 
-from .reference import group_attention_reference, hybrid_attention_reference
+from .reference import candidate_attention_reference, group_attention_reference, hybrid_attention_reference
 
 AttentionImpl = Literal["auto", "reference"]
 _IMPLS = ("auto", "reference")
@@ -27,6 +27,14 @@ def hybrid_attention(q: Tensor, k: Tensor, v: Tensor, num_pad: Tensor, impl: str
     """Bottom-right-aligned causal attention with left padding; see `reference.hybrid_attention_reference`."""
     resolve_impl(impl, q)
     return hybrid_attention_reference(q, k, v, num_pad)
+
+
+def candidate_attention(
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, num_pad: Tensor, k_self: Tensor, v_self: Tensor, impl: str = "auto"
+) -> Tensor:
+    """Candidates against a user's KV cache plus themselves; see `reference.candidate_attention_reference`."""
+    resolve_impl(impl, q)
+    return candidate_attention_reference(q, k_cache, v_cache, num_pad, k_self, v_self)
 
 
 def group_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, impl: str = "auto") -> Tensor:

@@ -34,14 +34,26 @@ class CausalBlock(nn.Module):
         self.ffn = FeedForward(dim, ffn_mult, dropout)
         self.dropout = nn.Dropout(dropout)
 
+    def keys_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values of tokens [B, L, D] -> two [B, H, L, dh] (what a KV cache keeps)."""
+        k, v = self.kv(self.norm1(x)).chunk(2, dim=-1)
+        return split_heads(k, self.heads), split_heads(v, self.heads)
+
+    def queries(self, x: Tensor) -> Tensor:
+        """Queries of tokens [B, L, D] -> [B, H, L, dh]."""
+        return split_heads(self.q(self.norm1(x)), self.heads)
+
+    def finish(self, x: Tensor, attn: Tensor) -> Tensor:
+        """Residual + FFN after attention: query tokens [B, n, D], attention output [B, H, n, dh]."""
+        y = x + self.dropout(self.out(merge_heads(attn)))
+        return y + self.ffn(self.norm2(y))
+
     def forward(self, x: Tensor, num_pad: Tensor, n_q: int) -> Tensor:
         # x [B, Lk, D]; num_pad [B] leading padded positions; returns [B, n_q, D]
-        h = self.norm1(x)
-        q = split_heads(self.q(h[:, x.shape[1] - n_q :]), self.heads)
-        k, v = (split_heads(t, self.heads) for t in self.kv(h).chunk(2, dim=-1))
-        attn = hybrid_attention(q, k, v, num_pad, impl=self.attention_impl)  # [B, H, n_q, dh]
-        y = x[:, x.shape[1] - n_q :] + self.dropout(self.out(merge_heads(attn)))
-        return y + self.ffn(self.norm2(y))
+        k, v = self.keys_values(x)
+        x_q = x[:, x.shape[1] - n_q :]
+        attn = hybrid_attention(self.queries(x_q), k, v, num_pad, impl=self.attention_impl)  # [B, H, n_q, dh]
+        return self.finish(x_q, attn)
 
 
 class HybridAttention(nn.Module):
@@ -63,13 +75,21 @@ class HybridAttention(nn.Module):
         Returns the states after each layer: [B, n_q, D] with n_q = min(k, L') + m (queries at the end).
         """
         seq_len, m = seq.shape[1], globals_.shape[1]
-        k = min(self.num_queries, seq_len)
+        k = self.effective_queries(seq_len)
         x = self.cross(torch.cat([seq, globals_], dim=1), num_pad, k + m)
-        # among the k query tokens, the padded ones are the first num_pad - (L' - k)
-        num_pad = (num_pad - (seq_len - k)).clamp(min=0)
+        num_pad = query_padding(num_pad, seq_len, k)
         states = [x]
         for layer in self.self_layers:
             x = layer(x, num_pad, x.shape[1])
             states.append(x)
         return states
+
+    def effective_queries(self, seq_len: int) -> int:
+        """k actually used for a batch whose merged sequences have length seq_len."""
+        return min(self.num_queries, seq_len)
+
+
+def query_padding(num_pad: Tensor, seq_len: int, k: int) -> Tensor:
+    """Padded tokens among the k sequence queries (the last k of seq_len merged tokens, num_pad padded)."""
+    return (num_pad - (seq_len - k)).clamp(min=0)
 

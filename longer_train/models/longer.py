@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from .blocks import MLP
-from .hybrid_attention import HybridAttention
+from .hybrid_attention import HybridAttention, query_padding
 from .token_builder import TokenBuilder
 from .token_merge import TokenMerge, to_left_padded
 
@@ -53,6 +53,14 @@ class LongerStates:
     layers: list[Tensor]  # per layer [B, n_q, D]; queries = last min(k, L') merged tokens + m globals
 
 
+def pool_queries(seq_q: Tensor, num_pad: Tensor) -> Tensor:
+    """Mean of the valid sequence-query states [B, k, D] (the first num_pad [B] are padding) -> [B, D];
+    0 for a row with no valid query (an empty history)."""
+    k = seq_q.shape[1]
+    w = (torch.arange(k, device=seq_q.device)[None, :] >= num_pad[:, None]).to(seq_q.dtype)[..., None]
+    return (seq_q * w).sum(1) / w.sum(1).clamp(min=1.0)
+
+
 class Longer(nn.Module):
     def __init__(self, cfg: ModelConfig, dims: LongerDims) -> None:
         super().__init__()
@@ -78,7 +86,8 @@ class Longer(nn.Module):
         head_in = width * (self.num_globals + 1) + dims.candidate + dims.user + dims.dense
         self.head = MLP(head_in, list(cfg.head_hidden), 1)
 
-    def encode(self, x: LongerInputs) -> LongerStates:
+    def encode_sequence(self, x: LongerInputs) -> tuple[Tensor, Tensor]:
+        """Merged behaviour tokens [B, L', D] (left-padded, newest last) and padded count per row [B]."""
         b = x.lengths.shape[0]
         k = self.cfg.merge_k
         lengths = x.lengths.long()
@@ -91,26 +100,35 @@ class Longer(nn.Module):
         tokens, valid = to_left_padded(tokens, lengths, total)  # [B, L_pad, d], [B, L_pad]
         merged = self.merge(tokens, valid)  # [B, L', D]
         num_pad = merged.shape[1] - torch.div(lengths + k - 1, k, rounding_mode="floor")  # [B]
+        return merged, num_pad
 
-        globals_ = [self.cls.unsqueeze(0).expand(b, -1, -1)]
+    def user_globals(self, x: LongerInputs) -> Tensor:
+        """The candidate-independent global tokens [B, m - 1, D]: CLS..., user."""
+        globals_ = [self.cls.unsqueeze(0).expand(x.lengths.shape[0], -1, -1)]
         if self.user_token is not None:
             globals_.append(self.user_token(torch.cat([x.user, x.dense], dim=-1)).unsqueeze(1))
-        globals_.append(self.candidate_token(x.candidate).unsqueeze(1))  # the candidate is last
-        globals_t = torch.cat(globals_, dim=1)  # [B, m, D]
+        return torch.cat(globals_, dim=1)
+
+    def encode(self, x: LongerInputs) -> LongerStates:
+        merged, num_pad = self.encode_sequence(x)
+        candidate = self.candidate_token(x.candidate).unsqueeze(1)  # the candidate is the last token
+        globals_t = torch.cat([self.user_globals(x), candidate], dim=1)  # [B, m, D]
         layers = self.attention(merged, globals_t, num_pad)
         return LongerStates(merged=merged, globals_=globals_t, num_pad=num_pad, layers=layers)
 
     def head_logits(self, x: LongerInputs, states: LongerStates) -> Tensor:
         final = states.layers[-1]  # [B, k_eff + m, D]
-        m = self.num_globals
-        k_eff = final.shape[1] - m
-        seq_q = final[:, :k_eff]
-        # valid sequence queries: the last min(k_eff, valid merged tokens) of the k_eff
-        n_valid = (states.merged.shape[1] - states.num_pad).clamp(max=k_eff)  # [B]
-        q_valid = torch.arange(k_eff, device=final.device)[None, :] >= (k_eff - n_valid)[:, None]
-        w = q_valid.to(final.dtype)[..., None]
-        seq_mean = (seq_q * w).sum(1) / w.sum(1).clamp(min=1.0)  # [B, D]; 0 for an empty history
-        features = [final[:, k_eff:].flatten(1), seq_mean, x.candidate, x.user, x.dense]
+        k_eff = final.shape[1] - self.num_globals
+        num_pad = query_padding(states.num_pad, states.merged.shape[1], k_eff)
+        seq_mean = pool_queries(final[:, :k_eff], num_pad)
+        return self.head_from_states(seq_mean, final[:, k_eff:], x.candidate, x.user, x.dense)
+
+    def head_from_states(
+        self, seq_mean: Tensor, globals_: Tensor, candidate: Tensor, user: Tensor, dense: Tensor
+    ) -> Tensor:
+        """Logits [B] from the pooled sequence-query states [B, D], the final global states [B, m, D] and
+        the raw candidate / user / dense inputs."""
+        features = [globals_.flatten(1), seq_mean, candidate, user, dense]
         return self.head(torch.cat(features, dim=-1)).squeeze(-1)  # [B]
 
     def forward(self, x: LongerInputs) -> Tensor:

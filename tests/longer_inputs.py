@@ -10,10 +10,11 @@ DIMS = LongerDims(event=12, candidate=8, user=6, dense=2, max_len=64)
 
 def make_model(merge: str = "concat", **overrides) -> Longer:
     torch.manual_seed(0)
-    cfg = ModelConfig(
+    settings = dict(
         token_dim=8, merge=merge, merge_k=4, num_queries=3, num_self_layers=2, head_dim=16, num_cls=2,
-        head_hidden=[16], inner_trans_heads=2, **overrides,
+        head_hidden=[16], inner_trans_heads=2,
     )
+    cfg = ModelConfig(**{**settings, **overrides})
     return Longer(cfg, DIMS).eval()
 
 

@@ -1,0 +1,84 @@
+"""KV-cached scoring for LONGER (the paper's serving scheme, in the spirit of HSTU's M-FALCON).
+
+Every sequence-side and user-side state is candidate-independent (the candidate is the last token of a
+causal layout), so `prefill` runs the user side once — per layer the keys/values of the tokens a candidate
+attends to, plus the final sequence-query and user-global states — and `score` computes only candidate
+rows: per layer, one query per candidate against its user's cache and itself. Scores equal the full
+forward pass (tests/serve/test_kv_cache.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..kernels import candidate_attention, hybrid_attention
+from ..models.hybrid_attention import query_padding
+from ..models.longer import Longer, LongerInputs, pool_queries
+
+
+@dataclass
+class UserCache:
+    """What scoring needs from the user side, for U users."""
+
+    keys_values: list[tuple[Tensor, Tensor]]  # per layer: K, V [U, H, L_j, dh] of candidate-independent tokens
+    num_pad: list[Tensor]  # per layer: leading padded keys [U]
+    seq_mean: Tensor  # [U, D] pooled final sequence-query states
+    user_globals: Tensor  # [U, m - 1, D] final states of the CLS and user tokens
+    user: Tensor  # [U, D_user] raw pooled user embeddings (head input)
+    dense: Tensor  # [U, D_dense] raw dense features (head input)
+
+    @property
+    def num_users(self) -> int:
+        return self.seq_mean.shape[0]
+
+
+@torch.no_grad()
+def prefill(model: Longer, x: LongerInputs) -> UserCache:
+    """Run the user side of `x` (its `candidate` field is not read) once."""
+    attention, impl = model.attention, model.cfg.attention_impl
+    merged, num_pad = model.encode_sequence(x)  # [U, L', D]
+    seq_len = merged.shape[1]
+    tokens = torch.cat([merged, model.user_globals(x)], dim=1)  # [U, L' + m - 1, D]
+    k_eff = attention.effective_queries(seq_len)
+    n_user = k_eff + model.num_globals - 1  # query rows that belong to the user side
+
+    cache_kv, cache_pad = [], []
+    k, v = attention.cross.keys_values(tokens)
+    cache_kv.append((k, v))
+    cache_pad.append(num_pad)
+    states = tokens[:, tokens.shape[1] - n_user :]
+    states = attention.cross.finish(states, hybrid_attention(attention.cross.queries(states), k, v, num_pad, impl))
+    q_pad = query_padding(num_pad, seq_len, k_eff)
+    for layer in attention.self_layers:
+        k, v = layer.keys_values(states)
+        cache_kv.append((k, v))
+        cache_pad.append(q_pad)
+        states = layer.finish(states, hybrid_attention(layer.queries(states), k, v, q_pad, impl))
+    return UserCache(
+        keys_values=cache_kv, num_pad=cache_pad, seq_mean=pool_queries(states[:, :k_eff], q_pad),
+        user_globals=states[:, k_eff:], user=x.user, dense=x.dense,
+    )
+
+
+@torch.no_grad()
+def score(model: Longer, cache: UserCache, candidates: Tensor) -> Tensor:
+    """Logits [U, C] of candidates [U, C, D_cand] (C per user; pad rows of users with fewer and ignore
+    their scores): only the candidate rows are computed, against each user's cache."""
+    attention, impl = model.attention, model.cfg.attention_impl
+    u, c = candidates.shape[:2]
+    state = model.candidate_token(candidates)  # [U, C, D]
+    for layer, (k, v), num_pad in zip([attention.cross, *attention.self_layers], cache.keys_values, cache.num_pad):
+        k_self, v_self = layer.keys_values(state)
+        attn = candidate_attention(layer.queries(state), k, v, num_pad, k_self, v_self, impl)  # [U, H, C, dh]
+        state = layer.finish(state, attn)
+    width = state.shape[-1]
+    globals_ = torch.cat([cache.user_globals.unsqueeze(1).expand(u, c, -1, width), state.unsqueeze(2)], dim=2)
+    repeat = lambda t: t.unsqueeze(1).expand(u, c, t.shape[-1]).reshape(u * c, t.shape[-1])
+    logits = model.head_from_states(
+        repeat(cache.seq_mean), globals_.reshape(u * c, -1, width), candidates.reshape(u * c, -1),
+        repeat(cache.user), repeat(cache.dense),
+    )
+    return logits.view(u, c)
