@@ -14,6 +14,7 @@ import dataclasses
 import shlex
 import sys
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -27,7 +28,8 @@ def _request(dims: LongerDims, length: int, seed: int) -> LongerInputs:
     g = torch.Generator().manual_seed(seed)
     return LongerInputs(
         events=torch.randn(length, dims.event, generator=g), lengths=torch.tensor([length]),
-        time_diff=torch.randint(0, 10**7, (length,), generator=g), candidate=torch.randn(1, dims.candidate, generator=g),
+        time_diff=torch.randint(0, 10**7, (length,), generator=g),
+        candidate=torch.randn(1, dims.candidate, generator=g),
         user=torch.randn(1, dims.user, generator=g), dense=torch.randn(1, dims.dense, generator=g),
     )
 
@@ -42,6 +44,10 @@ def _naive(model: Longer, x: LongerInputs, candidates: torch.Tensor) -> torch.Te
 
 def _cached(model: Longer, x: LongerInputs, candidates: torch.Tensor) -> torch.Tensor:
     return score(model, prefill(model, x), candidates.unsqueeze(0))[0]
+
+
+def _rate(candidates: int, times: list[float]) -> float:
+    return candidates / float(np.median(times))
 
 
 def _time(fn, repeats: int) -> list[float]:
@@ -79,10 +85,10 @@ def main(argv: list[str] | None = None) -> None:
             candidates = torch.randn(c, dims.candidate, generator=torch.Generator().manual_seed(c))
             few = candidates[:4]  # the two paths must agree before they are timed
             torch.testing.assert_close(_cached(model, x, few), _naive(model, x, few), atol=1e-4, rtol=0)
-            cached = _time(lambda: _cached(model, x, candidates), args.repeats)
-            first = _time(lambda: _naive(model, x, candidates), 1)
-            naive = first + _time(lambda: _naive(model, x, candidates),
-                                  max(0, min(args.repeats - 1, int(args.naive_budget_s / max(first[0], 1e-9)) - 1)))
+            cached = _time(partial(_cached, model, x, candidates), args.repeats)
+            first = _time(partial(_naive, model, x, candidates), 1)
+            more = max(0, min(args.repeats - 1, int(args.naive_budget_s / max(first[0], 1e-9)) - 1))
+            naive = first + _time(partial(_naive, model, x, candidates), more)
             rows.append((c, cached, naive))
 
     command = "python benchmarks/serving.py " + shlex.join(sys.argv[1:] if argv is None else argv)
@@ -93,9 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     print("| candidates | cached cand/s | cached p50 ms | cached p99 ms | naive cand/s | naive p50 ms | naive p99 ms "
           "| speed-up | naive requests timed |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    pct = lambda t, q: 1000 * float(np.percentile(t, q))
     for c, cached, naive in rows:
-        pct = lambda t, q: 1000 * float(np.percentile(t, q))
-        rate = lambda t: c / float(np.median(t))
+        rate = partial(_rate, c)
         print(f"| {c} | {rate(cached):,.0f} | {pct(cached, 50):.1f} | {pct(cached, 99):.1f} | {rate(naive):,.0f} | "
               f"{pct(naive, 50):.1f} | {pct(naive, 99):.1f} | {rate(cached) / rate(naive):.1f}x | {len(naive)} |")
 

@@ -2,7 +2,6 @@
 of hybrid attention over [cache; candidate]."""
 
 import torch
-
 from longer_train.kernels.reference import candidate_attention_reference, hybrid_attention_reference
 
 
