@@ -78,6 +78,13 @@ def _int_column(table: pa.Table, name: str) -> np.ndarray:
     return table.column(name).to_numpy().astype(np.int64)  # a writable copy
 
 
+def _labels(table: pa.Table, data: DataConfig) -> Tensor:
+    if data.label in table.column_names:
+        return torch.from_numpy(table.column(data.label).to_numpy().astype(np.float32))
+    # scoring requests carry no label (validated with labelled=False); nothing reads these placeholders
+    return torch.zeros(table.num_rows, dtype=torch.float32)
+
+
 def collate(table: pa.Table, data: DataConfig) -> Batch:
     """Arrow rows (already validated) -> Batch, keeping the most recent `data.max_len` events per row."""
     rows = table.num_rows
@@ -123,6 +130,6 @@ def collate(table: pa.Table, data: DataConfig) -> Batch:
         pooled=pooled,
         time_diff=torch.from_numpy(time_diff),
         dense=torch.from_numpy(dense),
-        labels=torch.from_numpy(table.column(data.label).to_numpy().astype(np.float32)),
+        labels=_labels(table, data),
         user_ids=torch.from_numpy(_int_column(table, data.user_id)),
     )

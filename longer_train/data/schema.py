@@ -26,13 +26,15 @@ class SchemaError(ValueError):
     """A Parquet file or batch does not match the sample schema (names the file, column and row)."""
 
 
-def _column_uses(cfg: DataConfig) -> dict[str, tuple[str, str]]:
-    """column -> (kind, what it is used for); the fixed columns override a feature of the same name."""
+def _column_uses(cfg: DataConfig, labelled: bool = True) -> dict[str, tuple[str, str]]:
+    """column -> (kind, what it is used for); the fixed columns override a feature of the same name.
+    `labelled=False` is for scoring requests, which have no label."""
     uses = {}
     for feat in cfg.features:
         where = f"{feat.role} feature" + (f", table '{feat.table}'" if feat.table else "")
         uses[feat.name] = (_KIND_OF_ROLE[feat.role], where)
-    uses[cfg.label] = (FLOAT, "label")
+    if labelled:
+        uses[cfg.label] = (FLOAT, "label")
     uses[cfg.timestamp] = (INT, "request timestamp")
     uses[cfg.hist_timestamp] = (LIST, "history timestamps")
     uses[cfg.user_id] = (INT, "user id")
@@ -58,9 +60,9 @@ def _type_ok(tp: pa.DataType, kind: str) -> bool:
     return pa.types.is_floating(tp) or pa.types.is_integer(tp)
 
 
-def validate_schema(schema: pa.Schema, cfg: DataConfig, path: str) -> None:
+def validate_schema(schema: pa.Schema, cfg: DataConfig, path: str, labelled: bool = True) -> None:
     """Raise SchemaError if a configured column is missing or has the wrong type."""
-    for name, (kind, use) in _column_uses(cfg).items():
+    for name, (kind, use) in _column_uses(cfg, labelled).items():
         found = schema.get_all_field_indices(name)
         if not found:
             raise SchemaError(
@@ -111,7 +113,7 @@ def _null_problems(batch: pa.RecordBatch, uses: dict) -> list[tuple[int, str, st
     return problems
 
 
-def _value_problems(batch: pa.RecordBatch, cfg: DataConfig) -> list[tuple[int, str, str]]:
+def _value_problems(batch: pa.RecordBatch, cfg: DataConfig, labelled: bool) -> list[tuple[int, str, str]]:
     problems = []
 
     # every sequence column has as many events as hist_timestamp in each row
@@ -142,10 +144,11 @@ def _value_problems(batch: pa.RecordBatch, cfg: DataConfig) -> list[tuple[int, s
                 f"(table '{feat.table}' has num_embeddings={size})")))
 
     # label is exactly 0 or 1
-    label = batch.column(cfg.label).to_numpy(zero_copy_only=False).astype(np.float64)
-    row = _first(~np.isin(label, (0.0, 1.0)), np.arange(len(label)))
-    if row is not None:
-        problems.append((row, cfg.label, f"label is {label[row]}, expected 0 or 1"))
+    if labelled:
+        label = batch.column(cfg.label).to_numpy(zero_copy_only=False).astype(np.float64)
+        row = _first(~np.isin(label, (0.0, 1.0)), np.arange(len(label)))
+        if row is not None:
+            problems.append((row, cfg.label, f"label is {label[row]}, expected 0 or 1"))
 
     # no event after the request
     request = batch.column(cfg.timestamp).to_numpy()
@@ -168,13 +171,15 @@ def _value_problems(batch: pa.RecordBatch, cfg: DataConfig) -> list[tuple[int, s
     return problems
 
 
-def validate_batch(batch: pa.RecordBatch, cfg: DataConfig, path: str, first_row: int = 0) -> None:
+def validate_batch(
+    batch: pa.RecordBatch, cfg: DataConfig, path: str, first_row: int = 0, labelled: bool = True
+) -> None:
     """Raise SchemaError for the first offending row of `batch` (rows numbered from `first_row`).
 
     Checks the schema, then nulls, then: equal sequence lengths per row, ids within their table,
     label in {0, 1}, history timestamps <= the request timestamp, finite dense values.
     """
-    validate_schema(batch.schema, cfg, path)
-    uses = _column_uses(cfg)
+    validate_schema(batch.schema, cfg, path, labelled)
+    uses = _column_uses(cfg, labelled)
     _raise_first(_null_problems(batch, uses), path, first_row)
-    _raise_first(_value_problems(batch, cfg), path, first_row)
+    _raise_first(_value_problems(batch, cfg, labelled), path, first_row)

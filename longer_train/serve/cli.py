@@ -1,0 +1,71 @@
+"""`longer-serve`: score requests with a trained checkpoint.
+
+    longer-serve score --checkpoint DIR --requests FILE_OR_DIR --out FILE.parquet
+    longer-serve http --checkpoint DIR --port P [--host 127.0.0.1] [--max-candidates N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..data.schema import SchemaError
+
+
+def _score(args: argparse.Namespace) -> int:
+    from .scorer import Scorer
+
+    scorer = Scorer.from_checkpoint(args.checkpoint)
+    source = Path(args.requests)
+    files = sorted(source.rglob("*.parquet")) if source.is_dir() else [source]
+    tables = []
+    start = time.perf_counter()
+    for path in files:
+        table = pq.read_table(path)
+        try:
+            scores = scorer.score_table(table, source=str(path))
+        except SchemaError as err:
+            print(f"longer-serve score: {err}", file=sys.stderr)
+            return 2
+        tables.append(table.append_column("score", pa.array(scores, pa.float32())))
+    out = pa.concat_tables(tables)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(out, args.out)
+    print(f"scored {out.num_rows} rows from {len(files)} file(s) in {time.perf_counter() - start:.1f} s -> {args.out}")
+    return 0
+
+
+def _http(args: argparse.Namespace) -> int:
+    from .http import serve_forever
+    from .scorer import Scorer
+
+    serve_forever(Scorer.from_checkpoint(args.checkpoint), args.host, args.port, args.max_candidates)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="longer-serve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    batch = commands.add_parser("score", help="score a Parquet file (or folder) of requests")
+    batch.add_argument("--checkpoint", required=True, help="a checkpoint folder: runs/<run>/checkpoints/step_N")
+    batch.add_argument("--requests", required=True, help="Parquet rows in the sample schema (label optional)")
+    batch.add_argument("--out", required=True, help="output Parquet: the request rows plus a 'score' column")
+    batch.set_defaults(run=_score)
+    http = commands.add_parser("http", help="serve JSON scoring requests over HTTP")
+    http.add_argument("--checkpoint", required=True)
+    http.add_argument("--host", default="127.0.0.1")
+    http.add_argument("--port", type=int, default=8080)
+    http.add_argument("--max-candidates", type=int, default=2000, help="candidates allowed in one request")
+    http.set_defaults(run=_http)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,90 @@
+"""A single-process scorer built from a training checkpoint.
+
+The embedding tables (gathered from however many ranks wrote them: torch.distributed.checkpoint
+reshards on load) and the dense network are loaded into plain, unsharded modules. Requests are rows of
+the sample schema without a label — one row per (request, candidate); rows with the same user and
+request time share a history, which is looked up and encoded once (`prefill`) for all their candidates.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.distributed.checkpoint as dcp
+from torchrec import KeyedJaggedTensor
+
+from ..config import Config, config_from_dict
+from ..data.batch import collate
+from ..data.schema import validate_batch
+from ..models.longer import Longer, LongerInputs
+from ..models.ranking import dense_dims
+from ..models.sparse_arch import SparseArch
+from .kv_cache import prefill, score
+
+
+class Scorer:
+    def __init__(self, cfg: Config, sparse: SparseArch, dense: Longer) -> None:
+        self.cfg, self.sparse, self.dense = cfg, sparse.eval(), dense.eval()
+        self._lock = threading.Lock()  # one request at a time through the model
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> "Scorer":
+        path = Path(path)
+        meta_file = path / "meta.json"
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"{path} is not a longer-train checkpoint (no meta.json)")
+        cfg = config_from_dict(json.loads(meta_file.read_text())["config"])
+        sparse = SparseArch(cfg.data, device=torch.device("cpu"))
+        dense = Longer(cfg.model, dense_dims(cfg, sparse))
+        model = torch.nn.ModuleDict({"sparse": sparse, "dense": dense})
+        state = {"model": model.state_dict()}
+        dcp.load(state, checkpoint_id=str(path))  # loads in place into the module's tensors
+        model.load_state_dict(state["model"])
+        return cls(cfg, sparse, dense)
+
+    @torch.no_grad()
+    def score_table(self, table: pa.Table, source: str = "request") -> np.ndarray:
+        """Click probability of every row of `table` (sample schema, label optional)."""
+        data = self.cfg.data
+        labelled = data.label in table.column_names
+        for batch in table.to_batches():
+            validate_batch(batch, data, source, labelled=labelled)
+        if table.num_rows == 0:
+            return np.zeros(0, dtype=np.float32)
+        users = table.column(data.user_id).to_numpy()
+        times = table.column(data.timestamp).to_numpy()
+        keys, first, group = np.unique(np.stack([users, times], 1), axis=0, return_index=True, return_inverse=True)
+        group = group.reshape(-1)
+        position = np.zeros(len(group), dtype=np.int64)  # candidate slot within its request
+        order = np.argsort(group, kind="stable")
+        counts = np.bincount(group, minlength=len(keys))
+        position[order] = np.arange(len(group)) - np.repeat(np.cumsum(counts) - counts, counts)
+
+        with self._lock:
+            user_batch = collate(table.take(first), data)  # one row per request: its history, looked up once
+            events, lengths, _, user = self.sparse(user_batch.per_id, user_batch.pooled)
+            inputs = LongerInputs(events, lengths, user_batch.time_diff, user.new_zeros((len(keys), 0)), user,
+                                  user_batch.dense)
+            cache = prefill(self.dense, inputs)
+            candidates = self._candidate_embeddings(table)  # [rows, D_cand]
+            grouped = candidates.new_zeros((len(keys), int(counts.max()), candidates.shape[1]))
+            grouped[group, position] = candidates
+            logits = score(self.dense, cache, grouped)[group, position]
+        return torch.sigmoid(logits).numpy()
+
+    def _candidate_embeddings(self, table: pa.Table) -> torch.Tensor:
+        """Candidate feature embeddings of every row; sequence features are passed empty (not looked up)."""
+        layout, rows = self.sparse.layout, table.num_rows
+        values = [torch.from_numpy(table.column(n).to_numpy().astype(np.int64)) for n in layout.candidate]
+        lengths = [torch.ones(rows, dtype=torch.int32)] * len(layout.candidate)
+        lengths += [torch.zeros(rows, dtype=torch.int32)] * len(layout.sequence)
+        kjt = KeyedJaggedTensor(
+            keys=layout.candidate + layout.sequence, values=torch.cat(values), lengths=torch.cat(lengths)
+        )
+        out = self.sparse.per_id(kjt)
+        return torch.cat([out[name].values() for name in layout.candidate], dim=-1)
