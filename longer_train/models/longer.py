@@ -30,6 +30,9 @@ class LongerInputs:
     candidate: Tensor  # [B, D_cand] candidate feature embeddings concatenated
     user: Tensor  # [B, D_user] pooled user/context embeddings (D_user may be 0)
     dense: Tensor  # [B, D_dense] dense features (D_dense may be 0)
+    # pad histories to this many events instead of the batch's longest (>= every length): fixed shapes,
+    # e.g. for torch.export; padding is masked, so the outputs are the same
+    capacity: int | None = None
 
 
 @dataclass(frozen=True)
@@ -91,11 +94,12 @@ class Longer(nn.Module):
         b = x.lengths.shape[0]
         k = self.cfg.merge_k
         lengths = x.lengths.long()
-        longest = int(lengths.max()) if b else 0
+        longest = x.capacity if x.capacity is not None else (int(lengths.max()) if b else 0)
         total = -(-longest // k) * k  # pad to a multiple of K at the front: the newest group is full
         starts = torch.cumsum(lengths, 0) - lengths
-        row = torch.repeat_interleave(torch.arange(b, device=lengths.device), lengths)
-        recency = (starts + lengths)[row] - 1 - torch.arange(x.events.shape[0], device=lengths.device)
+        n = x.events.shape[0]
+        row = torch.repeat_interleave(torch.arange(b, device=lengths.device), lengths, output_size=n)
+        recency = (starts + lengths)[row] - 1 - torch.arange(n, device=lengths.device)
         tokens = self.tokens(x.events, x.time_diff, recency)  # [N, d], valid events only
         tokens, valid = to_left_padded(tokens, lengths, total)  # [B, L_pad, d], [B, L_pad]
         merged = self.merge(tokens, valid)  # [B, L', D]

@@ -73,7 +73,7 @@ def to_left_padded(values: Tensor, lengths: Tensor, total: int) -> tuple[Tensor,
     Padding is exactly zero. Row b's event j lands at position total - lengths[b] + j.
     """
     b = lengths.shape[0]
-    row = torch.repeat_interleave(torch.arange(b, device=values.device), lengths)  # [N]
+    row = torch.repeat_interleave(torch.arange(b, device=values.device), lengths, output_size=values.shape[0])
     starts = torch.cumsum(lengths, 0) - lengths
     pos = torch.arange(values.shape[0], device=values.device) - starts[row] + (total - lengths)[row]
     out = values.new_zeros((b, total, values.shape[-1])).index_put((row, pos), values)

@@ -2,6 +2,7 @@
 
     longer-serve score --checkpoint DIR --requests FILE_OR_DIR --out FILE.parquet
     longer-serve http --checkpoint DIR --port P [--host 127.0.0.1] [--max-candidates N]
+    longer-serve export --checkpoint DIR --out DIR   (torch.export programs of the dense prefill and score)
 """
 
 from __future__ import annotations
@@ -48,6 +49,26 @@ def _http(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..models.longer import LongerInputs
+    from .export import export_programs, save_programs
+    from .scorer import Scorer
+
+    scorer = Scorer.from_checkpoint(args.checkpoint)
+    dims, capacity = scorer.dense.dims, scorer.cfg.data.max_len
+    # example sizes > 1 so that no dimension is specialised to 1; only the widths are fixed
+    example = LongerInputs(
+        torch.zeros(8, dims.event), torch.tensor([3, 5]), torch.zeros(8, dtype=torch.long), torch.zeros(2, 0),
+        torch.zeros(2, dims.user), torch.zeros(2, dims.dense),
+    )
+    programs = export_programs(scorer.dense, example, torch.zeros(2, 3, dims.candidate), capacity)
+    save_programs(programs, args.out)
+    print(f"wrote {args.out}/prefill.pt2 and {args.out}/score.pt2 (history capacity {capacity} events)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="longer-serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     http.add_argument("--port", type=int, default=8080)
     http.add_argument("--max-candidates", type=int, default=2000, help="candidates allowed in one request")
     http.set_defaults(run=_http)
+    export = commands.add_parser("export", help="write torch.export programs of prefill and score")
+    export.add_argument("--checkpoint", required=True)
+    export.add_argument("--out", required=True, help="folder for prefill.pt2 and score.pt2")
+    export.set_defaults(run=_export)
     args = parser.parse_args(argv)
     return args.run(args)
 

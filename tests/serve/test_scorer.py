@@ -12,11 +12,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from test_config import QUICKSTART
 
 from longer_train.components.metrics import auc
 from longer_train.config import load_config
 from longer_train.data import synthetic
+from longer_train.data.batch import collate
 from longer_train.data.loader import resolve_files
 from longer_train.distributed.process_group import destroy_distributed
 from longer_train.serve.cli import main as serve_main
@@ -61,6 +63,20 @@ def test_batch_cli_writes_scores(trained, tmp_path):
     assert serve_main(args) == 0
     written = pq.read_table(out)
     np.testing.assert_allclose(written["score"].to_numpy(), scorer.score_table(test.slice(0, 50)), atol=1e-6)
+
+
+def test_export_cli_programs_reproduce_the_scorer(trained, tmp_path):
+    summary, scorer, test = trained
+    assert serve_main(["export", "--checkpoint", summary["checkpoint"], "--out", str(tmp_path)]) == 0
+    prefill_program = torch.export.load(tmp_path / "prefill.pt2").module()
+    score_program = torch.export.load(tmp_path / "score.pt2").module()
+    rows = test.slice(0, 6)
+    batch = collate(rows, scorer.cfg.data)
+    with torch.no_grad():
+        events, lengths, candidate, user = scorer.sparse(batch.per_id, batch.pooled)
+    cache = prefill_program(events, lengths.long(), batch.time_diff, user, batch.dense)
+    logits = score_program(candidate.unsqueeze(1), *cache)[:, 0]  # each row: its own candidate
+    np.testing.assert_allclose(torch.sigmoid(logits).numpy(), scorer.score_table(rows), atol=1e-5)
 
 
 def test_batch_cli_names_the_bad_column(trained, tmp_path, capsys):
