@@ -30,3 +30,16 @@ def test_one_cache_serves_any_number_of_candidates():
     cache = prefill(model, users)
     many = torch.randn(len(LENGTHS), 50, DIMS.candidate)
     torch.testing.assert_close(score(model, cache, many)[:, :5], score(model, cache, many[:, :5]), atol=1e-6, rtol=0)
+
+
+def test_cached_scores_in_bf16_are_within_the_documented_tolerance(merge):
+    """bf16 tolerance (docs/serving.md): |cached - full| <= 1e-2 on logits, a few bf16 ulps; measured ~2e-3."""
+    model = make_model(merge).to(torch.bfloat16)
+    x = make_inputs(LENGTHS)
+    x = dataclasses.replace(x, events=x.events.bfloat16(), user=x.user.bfloat16(), dense=x.dense.bfloat16())
+    candidates = torch.randn(len(LENGTHS), 4, DIMS.candidate).bfloat16()
+    cached = score(model, prefill(model, x), candidates).float()
+    with torch.no_grad():
+        for c in range(4):
+            full = model(dataclasses.replace(x, candidate=candidates[:, c])).float()
+            torch.testing.assert_close(cached[:, c], full, atol=1e-2, rtol=0)
