@@ -33,7 +33,6 @@ class Trainer:
         self.cfg = cfg
         self.env = env = init_distributed(cfg.train.device)
         torch.manual_seed(cfg.train.seed)  # identical dense init on every rank
-        np.random.seed(cfg.train.seed)
 
         model = build_model(cfg)
         self.flops_per_sample = longer_flops(cfg.model, dense_dims(cfg, model.sparse), [cfg.data.max_len])

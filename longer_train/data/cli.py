@@ -1,4 +1,4 @@
-"""`longer-data`: build datasets in the sample schema (today: `synthetic`; public-data preparation later)."""
+"""`longer-data`: build datasets in the sample schema (`synthetic`, or `prepare` a public dataset)."""
 
 from __future__ import annotations
 
@@ -7,29 +7,60 @@ import sys
 import time
 from pathlib import Path
 
-from longer_train.data import synthetic
+from longer_train.data import prepare, synthetic
+
+
+def _build(args: argparse.Namespace, write) -> dict | None:
+    """Run `write()` unless OUT is already a complete dataset (and --force is not given); None if skipped.
+    Raises SystemExit(2) with the error on stderr when it fails."""
+    out = Path(args.out)
+    if (out / ".complete").exists() and not args.force:
+        print(f"{out} is already there ({out / '.complete'} exists); pass --force to build it again")
+        return None
+    try:
+        return write()
+    except (FileExistsError, ValueError) as err:
+        print(f"longer-data {args.command}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _synthetic(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    if (out / ".complete").exists() and not args.force:
-        print(f"{out} is already there ({out / '.complete'} exists); pass --force to regenerate it")
-        return 0
     start = time.perf_counter()
-    try:
-        meta = synthetic.generate(out, users=args.users, max_len=args.max_len, seed=args.seed,
-                                  items=args.items, categories=args.categories)
-    except (FileExistsError, ValueError) as err:
-        print(f"longer-data synthetic: error: {err}", file=sys.stderr)
-        return 2
+    meta = _build(args, lambda: synthetic.generate(
+        out, users=args.users, max_len=args.max_len, seed=args.seed, items=args.items, categories=args.categories))
+    if meta is None:
+        return 0
     print(f"wrote {out} in {time.perf_counter() - start:.1f} s "
           f"(users={args.users}, max_len={args.max_len}, seed={args.seed})")
+    _print_meta(meta)
+    return 0
+
+
+def _print_meta(meta: dict) -> None:
     print(f"  {'split':<6} {'rows':>8} {'positive rate':>14}")
     for split, rows in meta["rows"].items():
         print(f"  {split:<6} {rows:>8} {meta['positive_rate'][split]:>14.3f}")
     length = meta["history_length"]
     print("  history length: " + ", ".join(f"{k} {v}" for k, v in length.items()))
     print("  vocab: " + ", ".join(f"{k} {v}" for k, v in meta["vocab"].items()))
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    start = time.perf_counter()
+    meta = _build(args, lambda: prepare.prepare(args.name, args.src, out, max_len=args.max_len, force=args.force))
+    if meta is None:
+        return 0
+    print(f"wrote {out} in {time.perf_counter() - start:.1f} s ({meta['source']['format']}, "
+          f"max_len={args.max_len}, {meta['size_mb']} MB; card: {out / 'CARD.md'})")
+    _print_meta(meta)
+    print("  full history length (before the max_len cut): "
+          + ", ".join(f"{k} {v}" for k, v in meta["full_history_length"].items()))
+    for reason, count in meta["skipped"].items():
+        print(f"  skipped {reason}: {count} (first: {meta['skipped_first'][reason]})")
+    if not meta["skipped"]:
+        print("  skipped: none")
     return 0
 
 
@@ -45,12 +76,22 @@ def _parser() -> argparse.ArgumentParser:
     syn.add_argument("--categories", type=int, default=50)
     syn.add_argument("--force", action="store_true", help="regenerate even if OUT/.complete exists")
     syn.set_defaults(run=_synthetic)
+    prep = commands.add_parser("prepare", help="turn a public dataset (MovieLens, Taobao) into the sample schema")
+    prep.add_argument("name", choices=prepare.DATASETS)
+    prep.add_argument("--src", required=True, help="the downloaded file, archive or folder")
+    prep.add_argument("--out", required=True, help="output folder (train/, valid/, test/, vocab/, meta.json)")
+    prep.add_argument("--max-len", type=int, default=2000, help="longest history kept per row")
+    prep.add_argument("--force", action="store_true", help="prepare again even if OUT/.complete exists")
+    prep.set_defaults(run=_prepare)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except SystemExit as exit_:
+        return int(exit_.code)
 
 
 if __name__ == "__main__":

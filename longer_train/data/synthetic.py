@@ -10,22 +10,16 @@ predicted better from the whole history than from the last 50 events. See docs/d
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
+
+from .writer import is_replaceable, time_split, write_dataset
 
 ACTIONS = 3  # 0 view, 1 click, 2 purchase/like
 SEGMENTS = 8  # user_segment vocabulary
-SPLITS = ("train", "valid", "test")
-PART_ROWS = 50_000
-ROW_GROUP_ROWS = 8192
 T0 = 1_700_000_000  # start of the window of users' last events (fixed: rows depend only on the seed)
 WINDOW_S = 14 * 86400
 
@@ -248,37 +242,6 @@ def _category_engagement(rows: _Impressions, cand_cat: np.ndarray) -> tuple[np.n
     return count, recent
 
 
-def _list_column(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> pa.ListArray:
-    """list<int64> whose row r holds values[starts[r]:ends[r]]."""
-    lengths = ends - starts
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    index = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
-    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values[index]))
-
-
-def _write_split(folder: Path, columns: dict, rows: _Impressions, index: np.ndarray) -> None:
-    """Parts of at most PART_ROWS rows (row groups of ROW_GROUP_ROWS); an empty split gets one empty part."""
-    folder.mkdir(parents=True)
-    ev = rows.events
-    for part, lo in enumerate(range(0, max(len(index), 1), PART_ROWS)):
-        r = index[lo: lo + PART_ROWS]
-        start, end = rows.start[r], rows.end[r]
-        table = pa.table({
-            **{name: values[r] for name, values in columns.items() if name != "label"},
-            "hist_item_id": _list_column(ev.item, start, end),
-            "hist_category_id": _list_column(ev.cat, start, end),
-            "hist_action": _list_column(ev.action, start, end),
-            "hist_timestamp": _list_column(ev.time, start, end),
-            "label": columns["label"][r],
-        })
-        pq.write_table(table, folder / f"part-{part:05d}.parquet", row_group_size=ROW_GROUP_ROWS)
-
-
-def _is_replaceable(path: Path) -> bool:
-    """An existing output folder may be replaced only if it is empty or a dataset this module wrote."""
-    return not any(path.iterdir()) or (path / "meta.json").is_file() or (path / ".complete").exists()
-
-
 def generate(
     out_dir: str | Path,
     users: int = 4000,
@@ -296,7 +259,7 @@ def generate(
     if users < 1 or max_len < 1 or categories < 1 or items < categories:
         raise ValueError(f"need users >= 1, max_len >= 1 and items >= categories >= 1; got users={users}, "
                          f"max_len={max_len}, items={items}, categories={categories}")
-    if out_dir.exists() and not (out_dir.is_dir() and _is_replaceable(out_dir)):
+    if out_dir.exists() and not (out_dir.is_dir() and is_replaceable(out_dir)):
         raise FileExistsError(f"{out_dir} exists and is not a dataset written by this generator; "
                               "refusing to replace it")
     rng = np.random.default_rng(seed)
@@ -309,8 +272,10 @@ def generate(
         "user_segment": profile["segment"][rows.user].astype(np.int64),
         "user_activity": profile["activity"][rows.user].astype(np.float32), "label": label,
     }
-    valid_from, test_from = (int(np.quantile(rows.timestamp, q, method="lower")) for q in (0.8, 0.9))
-    split_of = np.where(rows.timestamp < valid_from, 0, np.where(rows.timestamp < test_from, 1, 2))
+    ev = rows.events
+    history = {"hist_item_id": ev.item, "hist_category_id": ev.cat, "hist_action": ev.action,
+               "hist_timestamp": ev.time}
+    split_of, valid_from, test_from = time_split(rows.timestamp)
     length = rows.end - rows.start
     p50, p90, p99 = (int(np.percentile(length, q)) for q in (50, 90, 99))
     meta = {
@@ -324,21 +289,4 @@ def generate(
         "time_split": {"valid_from": valid_from, "test_from": test_from},
     }
 
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    try:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        for s, name in enumerate(SPLITS):
-            index = rng.permutation(np.flatnonzero(split_of == s))  # split by time, shuffled within
-            _write_split(tmp / name, columns, rows, index)
-            meta["rows"][name] = int(len(index))
-            meta["positive_rate"][name] = round(float(label[index].mean()), 4) if len(index) else 0.0
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        (tmp / ".complete").touch()  # last: a folder without it is not a finished dataset
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return meta
+    return write_dataset(out_dir, meta, columns, history, rows.start, rows.end, split_of, rng)

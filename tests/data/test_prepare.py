@@ -1,0 +1,283 @@
+"""`longer-data prepare`: every accepted MovieLens/Taobao format on tiny files, histories, labels, vocab,
+time split, skipped-line counts, idempotence and refusal to overwrite."""
+
+import gzip
+import json
+import zipfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from data_configs import data_config
+
+from longer_train.data import cli, prepare
+from longer_train.data.schema import validate_batch, validate_schema
+
+SPLITS = ("train", "valid", "test")
+
+# user::movie::rating::timestamp; user 10 rates movies 100 and 200 in the same second, and movie 200 is
+# listed first, so the stable order (timestamp, then movie id) differs from the file order
+ML1M_RATINGS = [
+    (10, 200, 3, 1000), (10, 100, 5, 1000), (10, 50, 4, 900), (10, 300, 2, 1100), (10, 400, 4, 1300),
+    (20, 100, 1, 950), (20, 300, 4, 1200), (20, 50, 5, 1250), (20, 200, 2, 1250),
+    (30, 200, 5, 1050), (30, 400, 3, 1150), (30, 100, 4, 1400),
+]
+ML1M_MOVIES = {50: ("Heat (1995)", "Action|Crime"), 100: ("Toy Story (1995)", "Animation|Comedy"),
+               200: ("Casino (1995)", "Drama|Thriller"), 300: ("Sabrina (1995)", "Comedy|Romance")}  # no 400
+
+
+def _ml1m_text(rows) -> str:
+    return "".join("::".join(map(str, r)) + "\n" for r in rows)
+
+
+def _movies_dat() -> str:
+    return "".join(f"{m}::{title}::{genres}\n" for m, (title, genres) in ML1M_MOVIES.items())
+
+
+def _write_ml1m(folder, kind: str):
+    """ML-1M in one of its accepted forms; returns the --src to pass."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "plain":
+        (folder / "ratings.dat").write_text(_ml1m_text(ML1M_RATINGS), encoding="latin-1")
+        (folder / "movies.dat").write_text(_movies_dat(), encoding="latin-1")
+        return folder / "ratings.dat"
+    if kind == "gzip":
+        with gzip.open(folder / "ratings.dat.gz", "wt", encoding="latin-1") as f:
+            f.write(_ml1m_text(ML1M_RATINGS))
+        (folder / "movies.dat").write_text(_movies_dat(), encoding="latin-1")
+        return folder  # a folder holding the .gz
+    with zipfile.ZipFile(folder / "ml-1m.zip", "w") as z:
+        z.writestr("ml-1m/ratings.dat", _ml1m_text(ML1M_RATINGS))
+        z.writestr("ml-1m/movies.dat", _movies_dat())
+        z.writestr("ml-1m/README", "not ratings")
+    return folder / "ml-1m.zip"
+
+
+def _read(out, split: str) -> pa.Table:
+    return pq.read_table(out / split)
+
+
+def _all_rows(out) -> pa.Table:
+    return pa.concat_tables([_read(out, s) for s in SPLITS])
+
+
+def _vocab(out, table: str) -> list:
+    vocab = pq.read_table(out / "vocab" / f"{table}.parquet").to_pydict()
+    assert vocab["id"] == list(range(len(vocab["id"])))  # dense ids, in order
+    return vocab["raw"]
+
+
+def _raw_rows(out) -> list[dict]:
+    """Every row with ids mapped back to raw values through the vocab files."""
+    users, items, cats = (_vocab(out, t) for t in ("user", "item", "category"))
+    rows = []
+    for r in _all_rows(out).to_pylist():
+        rows.append({"user": users[r["user_id"]], "item": items[r["item_id"]], "cat": cats[r["category_id"]],
+                     "ts": r["timestamp"], "label": r["label"], "hist_item": [items[i] for i in r["hist_item_id"]],
+                     "hist_cat": [cats[c] for c in r["hist_category_id"]], "hist_action": r["hist_action"],
+                     "hist_ts": r["hist_timestamp"]})
+    return rows
+
+
+def _expected_history(events: list[tuple], user, ts, max_len: int) -> list[tuple]:
+    """Brute force: the user's events (user, item, cat, action, ts) with a smaller timestamp, in
+    (timestamp, item, file order) order, newest max_len."""
+    mine = sorted((e for e in events if e[0] == user and e[4] < ts), key=lambda e: (e[4], e[1]))
+    return mine[-max_len:]
+
+
+def _check_rows(out, events: list[tuple], labels: list[float], max_len: int = 2000) -> None:
+    """Stored rows are exactly the interactions, with brute-force histories and labels."""
+    rows = _raw_rows(out)
+    assert sorted((r["user"], r["item"], r["ts"], r["label"]) for r in rows) == sorted(
+        (e[0], e[1], e[4], lab) for e, lab in zip(events, labels))
+    for r in rows:
+        hist = _expected_history(events, r["user"], r["ts"], max_len)
+        assert r["hist_item"] == [e[1] for e in hist]
+        assert r["hist_cat"] == [e[2] for e in hist]
+        assert r["hist_action"] == [e[3] for e in hist]
+        assert r["hist_ts"] == [e[4] for e in hist]
+        assert all(t < r["ts"] for t in r["hist_ts"])
+
+
+def _validate(out, meta: dict) -> None:
+    v = meta["vocab"]
+    cfg = data_config({"item": v["items"], "category": v["categories"], "action": v["actions"], "user": v["users"]})
+    for split in SPLITS:
+        for path in sorted((out / split).glob("*.parquet")):
+            parquet = pq.ParquetFile(path)
+            validate_schema(parquet.schema_arrow, cfg, str(path))
+            for group in range(parquet.num_row_groups):
+                for batch in parquet.read_row_group(group).to_batches():
+                    validate_batch(batch, cfg, str(path))
+
+
+def _ml_events(ratings, genres: dict) -> tuple[list[tuple], list[float]]:
+    events = [(u, m, genres.get(m, "unknown"), int(max(np.floor(r), 1)) - 1, t) for u, m, r, t in ratings]
+    return events, [float(r >= 4) for _, _, r, _ in ratings]
+
+
+ML1M_GENRES = {m: g.split("|")[0] for m, (_, g) in ML1M_MOVIES.items()}
+
+
+@pytest.mark.parametrize("kind", ["plain", "gzip", "zip"])
+def test_ml1m_forms_give_valid_rows_with_strictly_earlier_histories(tmp_path, kind):
+    src = _write_ml1m(tmp_path / "src", kind)
+    out = tmp_path / "out"
+    meta = prepare.prepare("movielens", src, out)
+    assert meta["source"]["format"] == "ML-1M" and meta["source"]["genres"].endswith("movies.dat")
+    assert meta["vocab"] == {"items": 5, "categories": 5, "actions": 5, "users": 3}
+    assert meta["source"]["items_without_genre"] == 1  # movie 400
+    _validate(out, meta)
+    _check_rows(out, *_ml_events(ML1M_RATINGS, ML1M_GENRES))
+    # equal timestamps: user 10's two ratings at t=1000 both see only movie 50, not each other
+    tie = [r for r in _raw_rows(out) if r["user"] == 10 and r["ts"] == 1000]
+    assert len(tie) == 2 and all(r["hist_item"] == [50] for r in tie)
+    later = next(r for r in _raw_rows(out) if r["user"] == 10 and r["ts"] == 1100)
+    assert later["hist_item"] == [50, 100, 200]  # same-second events ordered by movie id
+
+
+def test_max_len_keeps_the_newest_events(tmp_path):
+    out = tmp_path / "out"
+    meta = prepare.prepare("movielens", _write_ml1m(tmp_path / "src", "plain"), out, max_len=2)
+    _check_rows(out, *_ml_events(ML1M_RATINGS, ML1M_GENRES), max_len=2)
+    assert meta["history_length"]["max"] == 2 and meta["full_history_length"]["max"] == 4
+
+
+def test_ids_are_dense_and_vocab_files_match_meta(tmp_path):
+    out = tmp_path / "out"
+    meta = prepare.prepare("movielens", _write_ml1m(tmp_path / "src", "plain"), out)
+    rows = _all_rows(out)
+    assert _vocab(out, "user") == [10, 20, 30] and _vocab(out, "item") == [50, 100, 200, 300, 400]
+    assert _vocab(out, "category") == ["Action", "Animation", "Comedy", "Drama", "unknown"]
+    assert _vocab(out, "action") == ["1", "2", "3", "4", "5"]
+    for table, column in (("user", "user_id"), ("item", "item_id"), ("category", "category_id")):
+        assert sorted(set(rows[column].to_pylist())) == list(range(len(_vocab(out, table))))
+    assert meta["vocab"]["categories"] == len(_vocab(out, "category"))
+
+
+def test_split_is_by_time_and_meta_counts_rows(tmp_path):
+    ratings = [(u, m, 1 + (u + m) % 5, 1000 + 7 * i) for i, (u, m) in enumerate(
+        (u, m) for m in range(1, 21) for u in range(1, 6))]
+    (tmp_path / "ratings.dat").write_text(_ml1m_text(ratings))
+    out = tmp_path / "out"
+    meta = prepare.prepare("movielens", tmp_path / "ratings.dat", out)
+    times = {s: _read(out, s)["timestamp"].to_numpy() for s in SPLITS}
+    assert times["train"].max() < times["valid"].min() <= times["valid"].max() < times["test"].min()
+    # cut points are numpy "lower" quantiles of the 100 distinct times: t[79] and t[89]
+    assert [meta["rows"][s] for s in SPLITS] == [79, 10, 11] == [len(times[s]) for s in SPLITS]
+    for split in SPLITS:
+        assert meta["positive_rate"][split] == pytest.approx(_read(out, split)["label"].to_numpy().mean(), abs=1e-4)
+    assert meta["time_split"]["valid_from"] == times["valid"].min()
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_missing_genre_file_gives_one_unknown_category(tmp_path):
+    (tmp_path / "ratings.dat").write_text(_ml1m_text(ML1M_RATINGS))
+    out = tmp_path / "out"
+    meta = prepare.prepare("movielens", tmp_path, out)
+    assert meta["source"]["genres"] is None and meta["vocab"]["categories"] == 1
+    assert _vocab(out, "category") == ["unknown"]
+    assert "no movies.dat" in (out / "CARD.md").read_text()
+
+
+def test_ml100k_u_data_with_u_item_first_flagged_genre(tmp_path):
+    ratings = [(1, 10, 4, 500), (1, 20, 2, 400), (2, 10, 1, 450), (2, 30, 5, 600), (1, 30, 3, 700)]
+    (tmp_path / "u.data").write_text("".join("\t".join(map(str, r)) + "\n" for r in ratings))
+    flags = {10: [0, 0, 1, 0, 0, 1] + [0] * 13, 20: [0] * 8 + [1] + [0] * 10, 30: [0] * 19}  # none set
+    (tmp_path / "u.item").write_text("".join(
+        f"{m}|Movie {m} (1995)|01-Jan-1995||http://x|" + "|".join(map(str, f)) + "\n" for m, f in flags.items()),
+        encoding="latin-1")
+    out = tmp_path / "out"
+    meta = prepare.prepare("movielens", tmp_path, out)
+    assert meta["source"]["format"] == "ML-100K"
+    genres = {10: "Adventure", 20: "Drama", 30: "unknown"}
+    _validate(out, meta)
+    _check_rows(out, *_ml_events(ratings, genres))
+
+
+def test_ml20m_csv_with_half_stars_and_quoted_titles(tmp_path):
+    ratings = [(1, 7, 3.5, 100), (1, 8, 4.5, 200), (1, 9, 0.5, 300), (2, 7, 4.0, 150), (2, 9, 5.0, 250)]
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n"
+                                          + "".join(f"{u},{m},{r},{t}\n" for u, m, r, t in ratings))
+    (tmp_path / "movies.csv").write_text('movieId,title,genres\n7,"American President, The (1995)",Comedy|Drama\n'
+                                         '8,Heat (1995),Action\n9,"Foo, Bar",(no genres listed)\n')
+    out = tmp_path / "out"
+    meta = prepare.prepare("movielens", tmp_path / "ratings.csv", out)
+    assert meta["source"]["format"] == "ML-20M / ml-latest"
+    genres = {7: "Comedy", 8: "Action", 9: "(no genres listed)"}
+    events, labels = _ml_events(ratings, genres)
+    assert [e[3] for e in events] == [2, 3, 0, 3, 4] and labels == [0.0, 1.0, 0.0, 1.0, 1.0]
+    _validate(out, meta)
+    _check_rows(out, events, labels)
+
+
+def test_wrong_header_and_missing_source_name_the_file(tmp_path):
+    (tmp_path / "ratings.csv").write_text("user,movie,rating,time\n1,2,3,4\n")
+    with pytest.raises(prepare.PrepareError, match=r"ratings\.csv:1: header"):
+        prepare.prepare("movielens", tmp_path, tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(prepare.PrepareError, match="found none of ratings.dat"):
+        prepare.prepare("movielens", tmp_path / "empty", tmp_path / "out")
+
+
+TAOBAO_START = prepare.TAOBAO_WINDOW[0]
+TAOBAO_LINES = [
+    (1, 500, 7, "pv", TAOBAO_START + 10), (1, 501, 7, "fav", TAOBAO_START + 20),
+    (1, 502, 8, "pv", TAOBAO_START + 20), (1, 500, 7, "buy", TAOBAO_START + 90),
+    (100, 501, 7, "cart", TAOBAO_START + 5), (100, 503, 9, "pv", TAOBAO_START + 60),
+    (2, 502, 8, "pv", TAOBAO_START + 30), (2, 500, 7, "pv", TAOBAO_START + 40),
+]
+
+
+def _write_taobao(path) -> None:
+    """TAOBAO_LINES with an unknown behavior (line 4) and an out-of-window row (line 5) after the first three,
+    and a cut-off last line without a newline."""
+    lines = [",".join(map(str, r)) for r in TAOBAO_LINES]
+    lines[3:3] = [f"1,600,7,click,{TAOBAO_START + 15}", "2,600,7,pv,1505117799"]
+    path.write_text("\n".join(lines) + "\n3,1968385,1875258,pv")
+
+
+def test_taobao_counts_skipped_lines_and_labels_engagement(tmp_path, capsys):
+    _write_taobao(tmp_path / "UserBehavior.csv")
+    out = tmp_path / "out"
+    assert cli.main(["prepare", "taobao", "--src", str(tmp_path), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["skipped"] == {"malformed_lines": 2, "out_of_window": 1}
+    assert "UserBehavior.csv:4, column 4: unknown behavior 'click'" in meta["skipped_first"]["malformed_lines"]
+    assert "skipped malformed_lines: 2" in printed and "skipped out_of_window: 1" in printed
+    card_text = (out / "CARD.md").read_text()
+    assert "malformed_lines: 2" in card_text and "out_of_window: 1" in card_text
+    assert meta["vocab"] == {"items": 4, "categories": 3, "actions": 4, "users": 3}
+    _validate(out, meta)
+    actions = {b: i for i, b in enumerate(prepare.TAOBAO_ACTIONS)}
+    events = [(u, i, c, actions[b], t) for u, i, c, b, t in TAOBAO_LINES]
+    _check_rows(out, events, [float(b in ("fav", "cart", "buy")) for *_, b, _ in TAOBAO_LINES])
+
+
+def test_idempotent_force_and_refusal_to_overwrite(tmp_path, capsys):
+    src = _write_ml1m(tmp_path / "src", "plain")
+    out = tmp_path / "out"
+    args = ["prepare", "movielens", "--src", str(src), "--out", str(out)]
+    assert cli.main(args) == 0
+    stamp = (out / "meta.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    assert "already there" in capsys.readouterr().out and (out / "meta.json").stat().st_mtime_ns == stamp
+    (out / "meta.json").write_text("{}")
+    assert cli.main([*args, "--force"]) == 0
+    assert json.loads((out / "meta.json").read_text())["dataset"] == "movielens"
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    for extra, says in (([], "pass --force"), (["--force"], "refusing to replace it even with --force")):
+        assert cli.main(["prepare", "movielens", "--src", str(src), "--out", str(foreign), *extra]) == 2
+        assert says in capsys.readouterr().err
+        assert (foreign / "notes.txt").read_text() == "keep me" and not (foreign / ".complete").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main(["prepare", "movielens", "--src", str(src), "--out", str(empty)]) == 0
+    assert (empty / ".complete").is_file()
