@@ -53,3 +53,9 @@ def test_override_without_equals_is_rejected():
 def test_cli_reports_config_errors(capsys):
     assert main([str(QUICKSTART), "model.typo=1"]) == 2
     assert "model.typo" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted(QUICKSTART.parent.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert cfg.data.features and cfg.data.tables
