@@ -77,7 +77,9 @@ class DataConfig:
 # ----------------------------------------------------------------------------------------------------
 @dataclass
 class ModelConfig:
-    name: str = _choice("longer", ("longer",))
+    # longer, or a baseline of the paper's Table 1 (models/baselines.py); the Transformer baseline is
+    # longer with merge_k=1 and num_queries >= max_len (configs/transformer.yaml)
+    name: str = _choice("longer", ("longer", "no_sequence", "sum_pooling", "din"))
     token_dim: int = 32  # d: width of one behaviour token before merging
     time_buckets: int = 64  # log-bucketised (request time - event time)
     merge: str = _choice("concat", ("concat", "inner_trans"))
@@ -93,6 +95,7 @@ class ModelConfig:
     dropout: float = 0.0
     head_hidden: List[int] = field(default_factory=lambda: [256, 64])
     attention_impl: str = _choice("auto", ("auto", "reference"))  # kernels dispatcher
+    din_hidden: List[int] = field(default_factory=lambda: [64, 32])  # DIN's attention MLP
 
 
 # ----------------------------------------------------------------------------------------------------

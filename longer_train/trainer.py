@@ -24,8 +24,7 @@ from .config import Config, to_dict
 from .data.loader import build_dataloader
 from .distributed.process_group import all_gather_arrays, init_distributed
 from .distributed.sharding import plan_summary, shard_model
-from .models.flops import longer_flops
-from .models.ranking import build_model, dense_dims
+from .models.ranking import build_model
 
 
 class Trainer:
@@ -35,7 +34,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)  # identical dense init on every rank
 
         model = build_model(cfg)
-        self.flops_per_sample = longer_flops(cfg.model, dense_dims(cfg, model.sparse), [cfg.data.max_len])
+        self.flops_per_sample = model.dense.flops([cfg.data.max_len])
         apply_sparse_optimizer(model.sparse, cfg.optim, env.device)
         self.model, plan = shard_model(model, cfg.data, env)
         self.plan = plan_summary(plan)

@@ -61,3 +61,13 @@ def test_offline_wandb_runs_table_and_checkpoint_round_trip(tiny, tmp_path):
         assert state["step"] == 3
     finally:
         destroy_distributed()
+
+
+@pytest.mark.parametrize("name", ["no_sequence", "sum_pooling", "din"])
+def test_baselines_train_through_the_same_trainer(tiny, tmp_path, name):
+    try:
+        summary = Trainer(_cfg(tiny, tmp_path, name, "logging.wandb_mode=disabled", f"model.name={name}")).train()
+    finally:
+        destroy_distributed()
+    assert summary["model"] == name and summary["steps"] == 3 and 0.0 <= summary["test_auc"] <= 1.0
+    assert summary["gflops_per_sample"] > 0

@@ -138,3 +138,9 @@ class Longer(nn.Module):
     def forward(self, x: LongerInputs) -> Tensor:
         """Logits [B]."""
         return self.head_logits(x, self.encode(x))
+
+    def flops(self, lengths: list[int]) -> int:
+        """Forward FLOPs of a batch with these history lengths (models/flops.py)."""
+        from .flops import longer_flops  # flops.py imports this module
+
+        return longer_flops(self.cfg, self.dims, lengths)

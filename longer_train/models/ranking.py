@@ -12,6 +12,7 @@ from torch.nn.functional import binary_cross_entropy_with_logits
 
 from ..config import Config
 from ..data.batch import Batch
+from .baselines import DIN, NoSequence, SumPooling
 from .longer import Longer, LongerDims, LongerInputs
 from .sparse_arch import SparseArch
 
@@ -38,7 +39,10 @@ def dense_dims(cfg: Config, sparse: SparseArch) -> LongerDims:
     )
 
 
+DENSE_MODELS = {"longer": Longer, "no_sequence": NoSequence, "sum_pooling": SumPooling, "din": DIN}
+
+
 def build_model(cfg: Config) -> RankingModel:
     """Embedding tables on the meta device (materialised by sharding) + the dense network on CPU."""
     sparse = SparseArch(cfg.data)
-    return RankingModel(sparse, Longer(cfg.model, dense_dims(cfg, sparse)))
+    return RankingModel(sparse, DENSE_MODELS[cfg.model.name](cfg.model, dense_dims(cfg, sparse)))

@@ -39,6 +39,8 @@ class Scorer:
         if not meta_file.is_file():
             raise FileNotFoundError(f"{path} is not a longer-train checkpoint (no meta.json)")
         cfg = config_from_dict(json.loads(meta_file.read_text())["config"])
+        if cfg.model.name != "longer":
+            raise ValueError(f"{path}: KV-cached serving is for model.name=longer, not {cfg.model.name!r}")
         sparse = SparseArch(cfg.data, device=torch.device("cpu"))
         dense = Longer(cfg.model, dense_dims(cfg, sparse))
         model = torch.nn.ModuleDict({"sparse": sparse, "dense": dense})

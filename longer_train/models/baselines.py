@@ -1,0 +1,90 @@
+"""Baselines of the LONGER paper's Table 1, on LONGER's inputs, behaviour tokens and head layout, so that a
+comparison changes only how the history is used:
+
+- `no_sequence` (the paper's Base): candidate, user and dense features only;
+- `sum_pooling`: the sum of the behaviour tokens;
+- `din`: target attention (DIN): each behaviour token weighted by an MLP over [token, candidate,
+  token - candidate, token * candidate], unnormalised, then summed. DIN over the recent 50 events is the
+  same model with `data.max_len=50`.
+The Transformer baseline (full causal attention over the unmerged sequence, every position a query) is
+LONGER itself with `model.merge_k=1` and `model.num_queries >= data.max_len`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..config import ModelConfig
+from .blocks import MLP
+from .longer import LongerDims, LongerInputs
+from .token_builder import TokenBuilder
+
+
+def _mlp_flops(dims: list[int]) -> int:
+    return sum(2 * a * b for a, b in zip(dims[:-1], dims[1:]))
+
+
+class NoSequence(nn.Module):
+    def __init__(self, cfg: ModelConfig, dims: LongerDims) -> None:
+        super().__init__()
+        self.head_dims = [dims.candidate + dims.user + dims.dense, *cfg.head_hidden, 1]
+        self.head = MLP(self.head_dims[0], list(cfg.head_hidden), 1)
+
+    def forward(self, x: LongerInputs) -> Tensor:
+        return self.head(torch.cat([x.candidate, x.user, x.dense], dim=-1)).squeeze(-1)
+
+    def flops(self, lengths: list[int]) -> int:
+        return len(lengths) * _mlp_flops(self.head_dims)
+
+
+class _PooledSequence(nn.Module):
+    """Behaviour tokens (as in LONGER) pooled into one vector per row, then the head."""
+
+    def __init__(self, cfg: ModelConfig, dims: LongerDims) -> None:
+        super().__init__()
+        d = cfg.token_dim
+        self.cfg, self.dims = cfg, dims
+        self.tokens = TokenBuilder(dims.event, d, cfg.time_buckets, dims.max_len)
+        self.candidate_token = MLP(dims.candidate, [d], d)
+        self.head_dims = [2 * d + dims.candidate + dims.user + dims.dense, *cfg.head_hidden, 1]
+        self.head = MLP(self.head_dims[0], list(cfg.head_hidden), 1)
+
+    def weights(self, tokens: Tensor, candidate: Tensor) -> Tensor:
+        """Per-event pooling weights [N, 1]; `candidate` [N, d] is each event's row's candidate token."""
+        raise NotImplementedError
+
+    def forward(self, x: LongerInputs) -> Tensor:
+        b, n = x.lengths.shape[0], x.events.shape[0]
+        lengths = x.lengths.long()
+        row = torch.repeat_interleave(torch.arange(b, device=lengths.device), lengths, output_size=n)
+        recency = (torch.cumsum(lengths, 0))[row] - 1 - torch.arange(n, device=lengths.device)
+        tokens = self.tokens(x.events, x.time_diff, recency)  # [N, d], valid events only
+        candidate = self.candidate_token(x.candidate)  # [B, d]
+        weighted = tokens * self.weights(tokens, candidate[row])
+        pooled = tokens.new_zeros((b, tokens.shape[1])).index_add(0, row, weighted)  # [B, d]
+        return self.head(torch.cat([pooled, candidate, x.candidate, x.user, x.dense], dim=-1)).squeeze(-1)
+
+    def flops(self, lengths: list[int]) -> int:
+        d = self.cfg.token_dim
+        per_event = _mlp_flops([self.dims.event + d, 2 * d, d])
+        per_row = _mlp_flops([self.dims.candidate, d, d]) + _mlp_flops(self.head_dims)
+        return sum(lengths) * per_event + len(lengths) * per_row
+
+
+class SumPooling(_PooledSequence):
+    def weights(self, tokens: Tensor, candidate: Tensor) -> Tensor:
+        return tokens.new_ones((tokens.shape[0], 1))
+
+
+class DIN(_PooledSequence):
+    def __init__(self, cfg: ModelConfig, dims: LongerDims) -> None:
+        super().__init__(cfg, dims)
+        self.attention_dims = [4 * cfg.token_dim, *cfg.din_hidden, 1]
+        self.attention = MLP(self.attention_dims[0], list(cfg.din_hidden), 1)
+
+    def weights(self, tokens: Tensor, candidate: Tensor) -> Tensor:
+        return self.attention(torch.cat([tokens, candidate, tokens - candidate, tokens * candidate], dim=-1))
+
+    def flops(self, lengths: list[int]) -> int:
+        return super().flops(lengths) + sum(lengths) * _mlp_flops(self.attention_dims)

@@ -1,0 +1,61 @@
+"""Baselines: FLOPs agree with FlopCounterMode, and each uses exactly the inputs it should."""
+
+import dataclasses
+
+import pytest
+import torch
+from longer_inputs import DIMS, make_inputs, make_model
+from torch.utils.flop_counter import FlopCounterMode
+
+from longer_train.config import ModelConfig
+from longer_train.models.baselines import DIN, NoSequence, SumPooling
+
+LENGTHS = [0, 5, 64, 17]
+
+
+def _baseline(cls):
+    torch.manual_seed(0)
+    return cls(ModelConfig(token_dim=8, head_hidden=[16], din_hidden=[12, 6]), DIMS).eval()
+
+
+@pytest.mark.parametrize("cls", [NoSequence, SumPooling, DIN])
+def test_flops_match_flop_counter(cls):
+    model = _baseline(cls)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(make_inputs(LENGTHS))
+    measured = counter.get_total_flops()
+    assert abs(model.flops(LENGTHS) - measured) / measured < 0.05
+
+
+@torch.no_grad()
+def test_no_sequence_ignores_the_history():
+    model = _baseline(NoSequence)
+    x = make_inputs(LENGTHS)
+    other = dataclasses.replace(x, events=torch.randn_like(x.events))
+    torch.testing.assert_close(model(x), model(other), rtol=0, atol=0)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("cls", [SumPooling, DIN])
+def test_pooling_baselines_read_the_history(cls):
+    model = _baseline(cls)
+    x = make_inputs(LENGTHS)
+    changed = model(dataclasses.replace(x, events=torch.randn_like(x.events))) != model(x)
+    assert changed[1:].all() and not changed[0]  # row 0 has an empty history
+
+
+@torch.no_grad()
+def test_din_weights_depend_on_the_candidate():
+    model = _baseline(DIN)
+    x = make_inputs([6])
+    tokens = torch.randn(6, 8)
+    a, b = torch.randn(1, 8).expand(6, 8), torch.randn(1, 8).expand(6, 8)
+    assert not torch.allclose(model.weights(tokens, a), model.weights(tokens, b))
+    assert model(x).shape == (1,)
+
+
+def test_transformer_baseline_is_longer_without_merge_and_all_queries():
+    model = make_model("concat", merge_k=1, num_queries=10_000, head_dim=8)
+    states = model.encode(make_inputs(LENGTHS))
+    assert states.merged.shape[1] == max(LENGTHS)  # no merge
+    assert states.layers[0].shape[1] == max(LENGTHS) + model.num_globals  # every position is a query
