@@ -57,7 +57,7 @@ class Trainer:
         dense_count = sum(p.numel() for p in self.dense_params)
         self.logger.print(
             f"longer-train: world_size={env.world_size} device={env.device} backend={env.backend} | "
-            f"dense params {dense_count / 1e6:.2f}M | {self.flops_per_sample / 1e9:.4f} GFLOPs/sample "
+            f"dense params {dense_count / 1e6:.2f}M | {self.flops_per_sample / 1e9:.3g} GFLOPs/sample "
             f"(forward, max_len={cfg.data.max_len}) | {self.total_steps} steps"
         )
         for module, tables in self.plan.items():
@@ -178,6 +178,6 @@ def results_table(summary: dict[str, Any]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     tail = (
         f"steps {summary['steps']}  train samples/s {summary['train_samples_per_s']:.0f}  "
-        f"GFLOPs/sample {summary['gflops_per_sample']:.4f}"
+        f"GFLOPs/sample {summary['gflops_per_sample']:.3g}"
     )
     return "\n".join(["", *lines, tail])
