@@ -10,18 +10,18 @@ from pathlib import Path
 from longer_train.data import prepare, synthetic
 
 
-def _build(args: argparse.Namespace, write) -> dict | None:
-    """Run `write()` unless OUT is already a complete dataset (and --force is not given); None if skipped.
-    Raises SystemExit(2) with the error on stderr when it fails."""
+def _build(args: argparse.Namespace, write) -> dict | int:
+    """The dataset's meta from `write()`, or the exit code to return instead: 0 when OUT is already a
+    complete dataset (and --force is not given), 2 when writing fails (the error is on stderr)."""
     out = Path(args.out)
     if (out / ".complete").exists() and not args.force:
         print(f"{out} is already there ({out / '.complete'} exists); pass --force to build it again")
-        return None
+        return 0
     try:
         return write()
     except (FileExistsError, ValueError) as err:
         print(f"longer-data {args.command}: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        return 2
 
 
 def _synthetic(args: argparse.Namespace) -> int:
@@ -29,8 +29,8 @@ def _synthetic(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     meta = _build(args, lambda: synthetic.generate(
         out, users=args.users, max_len=args.max_len, seed=args.seed, items=args.items, categories=args.categories))
-    if meta is None:
-        return 0
+    if isinstance(meta, int):
+        return meta
     print(f"wrote {out} in {time.perf_counter() - start:.1f} s "
           f"(users={args.users}, max_len={args.max_len}, seed={args.seed})")
     _print_meta(meta)
@@ -50,8 +50,8 @@ def _prepare(args: argparse.Namespace) -> int:
     out = Path(args.out)
     start = time.perf_counter()
     meta = _build(args, lambda: prepare.prepare(args.name, args.src, out, max_len=args.max_len, force=args.force))
-    if meta is None:
-        return 0
+    if isinstance(meta, int):
+        return meta
     print(f"wrote {out} in {time.perf_counter() - start:.1f} s ({meta['source']['format']}, "
           f"max_len={args.max_len}, {meta['size_mb']} MB; card: {out / 'CARD.md'})")
     _print_meta(meta)
@@ -88,10 +88,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except SystemExit as exit_:
-        return int(exit_.code)
+    return args.run(args)
 
 
 if __name__ == "__main__":

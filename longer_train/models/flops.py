@@ -9,8 +9,12 @@ lookups are not matmuls and are not counted.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..config import ModelConfig
-from .longer import LongerDims
+
+if TYPE_CHECKING:  # longer.py imports this module
+    from .longer import LongerDims
 
 
 def _mlp(dims: list[int]) -> int:

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from .blocks import MLP
+from .flops import longer_flops
 from .hybrid_attention import HybridAttention, query_padding
 from .token_builder import TokenBuilder
 from .token_merge import TokenMerge, to_left_padded
@@ -51,7 +52,6 @@ class LongerStates:
     """Intermediate states, for tests and for KV-cached serving."""
 
     merged: Tensor  # [B, L', D] merged sequence tokens (left-padded)
-    globals_: Tensor  # [B, m, D] CLS..., user, candidate
     num_pad: Tensor  # [B] padded merged positions at the front
     layers: list[Tensor]  # per layer [B, n_q, D]; queries = last min(k, L') merged tokens + m globals
 
@@ -118,7 +118,7 @@ class Longer(nn.Module):
         candidate = self.candidate_token(x.candidate).unsqueeze(1)  # the candidate is the last token
         globals_t = torch.cat([self.user_globals(x), candidate], dim=1)  # [B, m, D]
         layers = self.attention(merged, globals_t, num_pad)
-        return LongerStates(merged=merged, globals_=globals_t, num_pad=num_pad, layers=layers)
+        return LongerStates(merged=merged, num_pad=num_pad, layers=layers)
 
     def head_logits(self, x: LongerInputs, states: LongerStates) -> Tensor:
         final = states.layers[-1]  # [B, k_eff + m, D]
@@ -141,6 +141,4 @@ class Longer(nn.Module):
 
     def flops(self, lengths: list[int]) -> int:
         """Forward FLOPs of a batch with these history lengths (models/flops.py)."""
-        from .flops import longer_flops  # flops.py imports this module
-
         return longer_flops(self.cfg, self.dims, lengths)

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 import torch
-from longer_inputs import DIMS, make_inputs, make_model
+from longer_inputs import make_inputs, make_model
 
 from longer_train.models.token_merge import TokenMerge, to_left_padded
 
@@ -12,28 +12,20 @@ RAGGED = [0, 1, 5, 13, 30, 64, 7]  # empty, shorter than K, not multiples of K, 
 
 
 @torch.no_grad()
-def test_candidate_changes_no_sequence_or_user_side_state(merge):
+@pytest.mark.parametrize("field, changing_rows", [("candidate", 1), ("user", "globals")])
+def test_inputs_change_only_the_states_that_may_see_them(merge, field, changing_rows):
+    """The candidate changes only its own (last) row; user features change only the global rows (the
+    candidate sees the user token). Every sequence-side state stays bit-identical."""
     model = make_model(merge)
     x = make_inputs(RAGGED)
-    other = dataclasses.replace(x, candidate=torch.randn_like(x.candidate))
+    other = dataclasses.replace(x, **{field: torch.randn_like(getattr(x, field))})
     a, b = model.encode(x), model.encode(other)
+    n = model.num_globals if changing_rows == "globals" else changing_rows
     torch.testing.assert_close(a.merged, b.merged, rtol=0, atol=0)
     for layer_a, layer_b in zip(a.layers, b.layers):
-        # every row but the last (the candidate token) is sequence-side or user-side
-        torch.testing.assert_close(layer_a[:, :-1], layer_b[:, :-1], rtol=0, atol=0)
+        torch.testing.assert_close(layer_a[:, :-n], layer_b[:, :-n], rtol=0, atol=0)
         assert (layer_a[:, -1] - layer_b[:, -1]).abs().amax() > 1e-3  # the candidate row does change
     assert not torch.allclose(model(x), model(other))
-
-
-@torch.no_grad()
-def test_user_features_change_no_sequence_state(merge):
-    model = make_model(merge)
-    x = make_inputs(RAGGED)
-    other = dataclasses.replace(x, user=torch.randn_like(x.user))
-    a, b = model.encode(x), model.encode(other)
-    m = model.num_globals
-    for layer_a, layer_b in zip(a.layers, b.layers):
-        torch.testing.assert_close(layer_a[:, :-m], layer_b[:, :-m], rtol=0, atol=0)
 
 
 @torch.no_grad()
@@ -130,6 +122,3 @@ def test_gradients_are_finite_on_ragged_batches(merge, proj):
     model(x).sum().backward()
     assert torch.isfinite(x.events.grad).all() and x.events.grad.abs().sum() > 0
 
-
-def test_dims_fixture_matches_model():
-    assert make_model().dims == DIMS
