@@ -99,9 +99,12 @@ class ParquetStream(IterableDataset):
         columns = _columns(self.data)
         buffer: list[pa.Table] = []
         buffered = 0
+        files: dict[str, pq.ParquetFile] = {}  # opened once per file, not once per row group
         capacity = max(self.data.shuffle_buffer, self.batch_size) if self.shuffle else self.batch_size
         for group in self._my_groups(worker, num_workers):
-            table = pq.ParquetFile(group.path).read_row_group(group.index, columns=columns)
+            if group.path not in files:
+                files[group.path] = pq.ParquetFile(group.path)
+            table = files[group.path].read_row_group(group.index, columns=columns)
             for record_batch in table.to_batches():
                 validate_batch(record_batch, self.data, group.path, group.first_row)
             buffer.append(table)
