@@ -33,7 +33,13 @@ class TableConfig:
 
     num_embeddings: int = 0  # vocabulary size: valid ids are 0 .. num_embeddings-1
     embedding_dim: int = 16
+    # None lets TorchRec's planner choose among the choices below (data_parallel is never used: its
+    # tables would be updated by the dense optimizer instead of the fused sparse one)
     sharding_type: Optional[str] = _choice(None, (None, "table_wise", "row_wise", "column_wise"))
+    # fused: the table in device memory (HBM on GPU); fused_uvm: in host memory, read over UVM;
+    # fused_uvm_caching: host memory with an HBM cache of hot rows; key_value: SSD-backed. The last three
+    # are CUDA-only, for tables larger than GPU memory
+    compute_kernel: str = _choice("fused", ("fused", "fused_uvm", "fused_uvm_caching", "key_value"))
 
 
 @dataclass
@@ -126,8 +132,39 @@ class TrainConfig:
     output_dir: str = "runs"  # each run writes runs/<run_name>/ (checkpoint, wandb)
     run_name: Optional[str] = None  # default: <model>-<timestamp>
     runs_table: str = "runs/runs.jsonl"  # one results line appended per run
-    checkpoint: bool = True  # write a final checkpoint
+    checkpoint: bool = True  # write checkpoints (every checkpoint_every steps and at the end)
+    checkpoint_every: int = 0  # steps between checkpoints; 0 = only the final one
+    keep_checkpoints: int = 3  # keep the latest k checkpoints of the run, delete older ones
+    # auto: a run whose directory holds a checkpoint resumes from the latest one (so a restarted job
+    # continues without extra flags); never: start from scratch, deleting the run's old checkpoints
+    resume: str = _choice("auto", ("auto", "never"))
+    # fault injection for tests and drills: rank `fault_rank` raises (or SIGKILLs itself) right after
+    # step `fault_at_step` on the job's first attempt (TORCHELASTIC_RESTART_COUNT 0); 0 disables
+    fault_at_step: int = 0
+    fault_rank: int = 0
+    fault: str = _choice("kill", ("kill", "raise"))
     progress_bar: bool = True
+
+
+@dataclass
+class ParallelConfig:
+    """How the model is spread over processes and computed; applied outside the model
+    (`distributed/parallelize.py`), so the model code stays math on tensors."""
+
+    # data parallelism of the dense layers: ddp replicates them, fsdp shards them (FSDP2 fully_shard per
+    # transformer block); the embedding tables are always sharded by TorchRec's planner
+    dense: str = _choice("ddp", ("ddp", "fsdp"))
+    # TorchRec's TrainPipelineSparseDist: the next batch's embedding input all-to-all overlaps this step
+    pipeline: bool = True
+    # components computed in bf16 (autocast); everything else, embeddings, norms and the loss stay fp32:
+    # tokens (token builder, global-token MLPs), attention (projections + attention), ffn, head
+    bf16: List[str] = field(default_factory=list)
+    # activation recomputation: drop a component's activations in forward, recompute them in backward
+    recompute: str = _choice("none", ("none", "inner_trans", "cross", "self", "all"))
+    collective_timeout_s: int = 600  # a rank stuck in a collective this long fails instead of hanging
+
+
+BF16_COMPONENTS = ("tokens", "attention", "ffn", "head")
 
 
 @dataclass
@@ -142,6 +179,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
@@ -289,6 +327,17 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(
             f"config key 'model.head_dim' ({model.head_dim}) must divide the merged width {width} "
             "(model.token_dim * model.merge_k, or model.merge_proj_dim)"
+        )
+    for i, component in enumerate(cfg.parallel.bf16):
+        if component not in BF16_COMPONENTS:
+            raise ConfigError(
+                f"config key 'parallel.bf16[{i}]' must be one of {list(BF16_COMPONENTS)}, got {component!r}"
+            )
+    train = cfg.train
+    if train.checkpoint_every < 0 or train.keep_checkpoints < 1 or cfg.parallel.collective_timeout_s <= 0:
+        raise ConfigError(
+            "config keys 'train.checkpoint_every' (>= 0), 'train.keep_checkpoints' (>= 1) and "
+            "'parallel.collective_timeout_s' (> 0) are out of range"
         )
     if model.merge == "inner_trans" and model.token_dim % model.inner_trans_heads:
         raise ConfigError("config key 'model.inner_trans_heads' must divide model.token_dim")

@@ -1,119 +1,189 @@
-"""The one training loop: build (model -> sharding -> optimizers -> data) from a Config, then
-train -> periodic validation -> final test evaluation -> checkpoint -> results line.
+"""The one training loop: build (model -> compute policies -> sharding -> optimizers -> data) from a
+Config, resume from the run's latest checkpoint if there is one, then train -> periodic validation and
+checkpoints -> final test evaluation -> final checkpoint -> results line.
 
-Sparse and dense parameters are updated in the same, fully synchronous step: the sparse optimizer runs
-fused inside the embedding backward, the dense AdamW right after.
+Every step is fully synchronous: the sparse optimizer runs fused inside the embedding backward, the dense
+optimizer right after, on every rank. With `parallel.pipeline` the step is TorchRec's
+TrainPipelineSparseDist, which starts the next batch's embedding input all-to-all before this step's
+forward; without it, the same step runs batch by batch.
+
+Gradient scale over ranks: each rank's loss is the mean over its batch; DDP/FSDP average the dense
+gradients over ranks and TorchRec divides the embedding gradients by the world size in the backward of
+its all-to-all (`comm_ops` gradient division), so both equal the gradient of the mean loss over the
+global batch, as in one process (tests/distributed/test_sharding_parity.py checks it).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+import random
+import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from torch.nn.utils import clip_grad_norm_
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
-from .components.checkpoint import save_checkpoint
+from .components.checkpoint import CheckpointManager, load_checkpoint, read_meta, saved_keys
 from .components.metrics import ranking_metrics
 from .components.optimizer import apply_sparse_optimizer, build_lr_scheduler, build_optimizer
 from .components.run_logger import RunLogger
 from .config import Config, to_dict
+from .data.batch import Batch
 from .data.loader import build_dataloader
+from .distributed.parallelize import apply_compute_policies
 from .distributed.process_group import all_gather_arrays, init_distributed
-from .distributed.sharding import plan_summary, shard_model
+from .distributed.sharding import format_plan, init_tables, plan_summary, shard_model
 from .models.ranking import build_model
+
+# keys that do not change what a run computes: a restarted or re-launched job keeps its run directory
+_RUN_INDEPENDENT = ("run_name", "resume", "fault_at_step", "fault_rank", "fault", "progress_bar")
+
+
+def default_run_name(cfg: Config) -> str:
+    """`<model>-<hash of the resolved config>`: the same command finds its run (and checkpoints) again."""
+    resolved = to_dict(cfg)
+    resolved["train"] = {k: v for k, v in resolved["train"].items() if k not in _RUN_INDEPENDENT}
+    digest = hashlib.sha1(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{cfg.model.name}-{digest}"
+
+
+class DenseStep:
+    """The optimizer the step calls: clips the dense gradients, then steps both optimizers."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, dense_params: list, grad_clip: float):
+        self.optimizer, self.dense_params = optimizer, dense_params
+        self.max_norm = grad_clip if grad_clip > 0 else float("inf")  # inf: measure only
+        self.grad_norm = 0.0
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        norm = clip_grad_norm_(self.dense_params, self.max_norm)
+        self.grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        self.optimizer.step()
 
 
 class Trainer:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.env = env = init_distributed(cfg.train.device)
+        self.env = env = init_distributed(cfg.train.device, cfg.parallel.collective_timeout_s)
         torch.manual_seed(cfg.train.seed)  # identical dense init on every rank
 
         model = build_model(cfg)
         self.flops_per_sample = model.dense.flops([cfg.data.max_len])
+        apply_compute_policies(model.dense, cfg.parallel, env.device.type)
         apply_sparse_optimizer(model.sparse, cfg.optim, env.device)
-        self.model, plan = shard_model(model, cfg.data, env)
-        self.plan = plan_summary(plan)
-        self.optimizer, self.dense_optimizer = build_optimizer(self.model, cfg.optim)
-        self.dense_params = [p for group in self.dense_optimizer.param_groups for p in group["params"]]
+        self.model, plan = shard_model(model, cfg, env)
+        init_tables(self.model, cfg.data, cfg.train.seed)  # the same tables at every world size and plan
+        self.plan = plan_summary(plan, cfg)
+        self.optimizer, dense_optimizer = build_optimizer(self.model, cfg.optim)
+        dense_params = [p for group in dense_optimizer.param_groups for p in group["params"]]
+        self.step_optimizer = DenseStep(self.optimizer, dense_params, cfg.optim.grad_clip)
 
-        self.train_loader, self.train_stream = build_dataloader(
+        self.train_loader = build_dataloader(
             cfg.data, "train", train=True, seed=cfg.train.seed, rank=env.rank, world_size=env.world_size
         )
-        self.steps_per_epoch = math.ceil(self.train_stream.num_rows() / cfg.data.batch_size)
+        self.steps_per_epoch = self.train_loader.num_batches()
         total = cfg.train.epochs * self.steps_per_epoch
         self.total_steps = min(total, cfg.train.max_steps) if cfg.train.max_steps > 0 else total
-        self.scheduler = build_lr_scheduler(self.dense_optimizer, cfg.optim, self.total_steps)
-        self.step = 0
-
-        name = cfg.train.run_name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        self.run_dir = Path(cfg.train.output_dir) / name
-        self.resolved = to_dict(cfg)
-        self.logger = RunLogger(cfg, self.run_dir, self.resolved, enabled=env.is_main)
-        dense_count = sum(p.numel() for p in self.dense_params)
-        self.logger.print(
-            f"longer-train: world_size={env.world_size} device={env.device} backend={env.backend} | "
-            f"dense params {dense_count / 1e6:.2f}M | {self.flops_per_sample / 1e9:.3g} GFLOPs/sample "
-            f"(forward, max_len={cfg.data.max_len}) | {self.total_steps} steps"
+        self.scheduler = build_lr_scheduler(dense_optimizer, cfg.optim, self.total_steps)
+        self.pipeline = (
+            TrainPipelineSparseDist(self.model, self.step_optimizer, env.device, )
+            if cfg.parallel.pipeline else None
         )
-        for module, tables in self.plan.items():
-            for table, where in tables.items():
-                self.logger.print(f"  sharding {module}.{table}: {where}")
+        # what a checkpoint restores besides the model and optimizers (the same on every rank)
+        self.progress: dict[str, Any] = {
+            "step": 0, "epoch": 0, "batch_in_epoch": 0, "train_time": 0.0, "train_samples": 0, "valid": {},
+        }
+
+        self.run_dir = Path(cfg.train.output_dir) / (cfg.train.run_name or default_run_name(cfg))
+        self.resolved = to_dict(cfg)
+        self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", cfg.train.keep_checkpoints, env.is_main)
+        self.logger = RunLogger(cfg, self.run_dir, self.resolved, enabled=env.is_main)
+        dense_count = sum(p.numel() for p in dense_params)
+        self.logger.print(
+            f"longer-train: world_size={env.world_size} device={env.device} backend={env.backend} "
+            f"dense={cfg.parallel.dense} pipeline={cfg.parallel.pipeline} | dense params {dense_count / 1e6:.2f}M | "
+            f"{self.flops_per_sample / 1e9:.3g} GFLOPs/sample (forward, max_len={cfg.data.max_len}) | "
+            f"{self.total_steps} steps | run {self.run_dir}"
+        )
+        for line in format_plan(self.plan):
+            self.logger.print(line)
+        self._resume_or_start()
+
+    @property
+    def step(self) -> int:
+        return self.progress["step"]
 
     # ------------------------------------------------------------------------------------------------
+    def _plain_step(self, batches: Iterator[Batch]):
+        batch = next(batches).to(self.env.device, non_blocking=True)
+        self.step_optimizer.zero_grad()
+        loss, output = self.model(batch)
+        loss.backward()  # the sparse optimizer steps inside this backward
+        self.step_optimizer.step()
+        return output
+
     def train(self) -> dict[str, Any]:
-        cfg, env = self.cfg, self.env
+        cfg, env, progress = self.cfg, self.env, self.progress
         eval_every = cfg.train.eval_every or self.steps_per_epoch
+        step_fn: Callable = self.pipeline.progress if self.pipeline is not None else self._plain_step
         self.model.train()
-        self.logger.start_progress(self.total_steps)
-        valid: dict[str, float] = {}
-        window_loss, window_samples, window_time, train_time, train_samples = 0.0, 0, 0.0, 0.0, 0
-        epoch = 0
-        while self.step < self.total_steps:
-            self.train_stream.set_epoch(epoch)
-            for batch in self.train_loader:
+        self.logger.start_progress(self.total_steps, initial=progress["step"])
+        window_loss, window_samples, window_time = 0.0, 0, 0.0
+        while progress["step"] < self.total_steps:
+            self.train_loader.load_state_dict({"epoch": progress["epoch"], "batches": progress["batch_in_epoch"]})
+            batches = iter(self.train_loader)
+            while progress["step"] < self.total_steps:
                 start = time.perf_counter()
-                batch = batch.to(env.device, non_blocking=True)
-                loss, _ = self.model(batch)
-                loss.backward()  # the sparse optimizer steps inside this backward
-                max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")  # inf: measure only
-                grad_norm = clip_grad_norm_(self.dense_params, max_norm)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                try:
+                    loss, _, labels = step_fn(batches)
+                except StopIteration:
+                    break
                 self.scheduler.step()
-                self.step += 1
                 elapsed = time.perf_counter() - start
+                size = int(labels.shape[0])
+                progress["step"] += 1
+                progress["batch_in_epoch"] += 1
                 loss_value = loss.item()
                 if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"training loss is {loss_value} at step {self.step}")
-                window_loss += loss_value * batch.size
-                window_samples += batch.size
+                    raise FloatingPointError(f"training loss is {loss_value} at step {self.step} on rank {env.rank}")
+                window_loss += loss_value * size
+                window_samples += size
                 window_time += elapsed
-                train_time += elapsed
-                train_samples += batch.size * env.world_size
+                progress["train_time"] += elapsed
+                progress["train_samples"] += size * env.world_size
                 self.logger.advance(loss_value)
                 if self.step % cfg.train.log_every == 0 or self.step == self.total_steps:
-                    stats = {
+                    self.logger.log(self.step, {
                         "train/loss": window_loss / window_samples,
                         "train/lr": self.scheduler.get_last_lr()[0],
-                        "train/grad_norm": float(grad_norm),
+                        "train/grad_norm": self.step_optimizer.grad_norm,
                         "train/samples_per_s": window_samples * env.world_size / max(window_time, 1e-9),
-                        "train/epoch": epoch,
-                    }
-                    self.logger.log(self.step, stats)
+                        "train/epoch": progress["epoch"],
+                    })
                     window_loss, window_samples, window_time = 0.0, 0, 0.0
                 if self.step % eval_every == 0 or self.step == self.total_steps:
-                    valid = self.evaluate("valid")
-                    self.logger.print(f"step {self.step:>6}  " + _format(valid, "valid"))
-                    self.logger.log(self.step, {f"valid/{k}": v for k, v in valid.items()})
+                    progress["valid"] = self.evaluate("valid")
+                    self.logger.print(f"step {self.step:>6}  " + _format(progress["valid"], "valid"))
+                    self.logger.log(self.step, {f"valid/{k}": v for k, v in progress["valid"].items()})
                     self.model.train()
-                if self.step >= self.total_steps:
-                    break
-            epoch += 1
+                every = cfg.train.checkpoint_every
+                if cfg.train.checkpoint and every and self.step % every == 0 and self.step < self.total_steps:
+                    self.save()
+                self._maybe_inject_fault()
+            if progress["step"] >= self.total_steps:
+                break
+            progress["epoch"] += 1
+            progress["batch_in_epoch"] = 0
 
         test = self.evaluate("test")
         self.logger.log(self.step, {f"test/{k}": v for k, v in test.items()})
@@ -122,21 +192,31 @@ class Trainer:
             "run": self.run_dir.name, "model": cfg.model.name, "merge": cfg.model.merge,
             "merge_k": cfg.model.merge_k, "num_queries": cfg.model.num_queries, "max_len": cfg.data.max_len,
             "seed": cfg.train.seed, "steps": self.step, "world_size": env.world_size,
-            "train_samples_per_s": train_samples / max(train_time, 1e-9),
+            "train_samples_per_s": progress["train_samples"] / max(progress["train_time"], 1e-9),
             "gflops_per_sample": self.flops_per_sample / 1e9,
-            **{f"valid_{k}": v for k, v in valid.items()}, **{f"test_{k}": v for k, v in test.items()},
+            **{f"valid_{k}": v for k, v in progress["valid"].items()}, **{f"test_{k}": v for k, v in test.items()},
             "checkpoint": str(checkpoint) if checkpoint else None, "data_root": cfg.data.root,
         }
         self.logger.finish(summary)
         self.logger.print(results_table(summary))
         return summary
 
+    def _maybe_inject_fault(self) -> None:
+        cfg = self.cfg.train
+        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+        if cfg.fault_at_step and self.step == cfg.fault_at_step and self.env.rank == cfg.fault_rank and first_attempt:
+            if cfg.fault == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise RuntimeError(f"injected fault on rank {self.env.rank} after step {self.step} (train.fault_at_step)")
+
     # ------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:
         """Metrics on a whole split; every rank scores its shard and rank 0 computes on the union."""
+        if self.pipeline is not None:
+            self.pipeline.detach()  # plain forwards; the next progress() re-attaches
         self.model.eval()
-        loader, _ = build_dataloader(
+        loader = build_dataloader(
             self.cfg.data, split, train=False, seed=0, rank=self.env.rank, world_size=self.env.world_size
         )
         users, labels, logits = [], [], []
@@ -149,17 +229,67 @@ class Trainer:
         gathered = [all_gather_arrays(np.concatenate(parts)) for parts in (users, labels, logits)]
         return ranking_metrics(*gathered)
 
-    def save(self) -> Path:
-        state = {
+    # ------------------------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        """Everything a checkpoint holds. Per-rank entries (RNG states) live under `rank<r>`."""
+        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state(self.env.device)
+        return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "step": self.step,
+            "progress": dict(self.progress),
+            f"rank{self.env.rank}": {"rng": rng},
         }
-        meta = {"step": self.step, "world_size": self.env.world_size, "plan": self.plan, "config": self.resolved}
-        path = save_checkpoint(self.run_dir / "checkpoints", self.step, state, meta, self.env.is_main)
+
+    def save(self) -> Path:
+        meta = {
+            "step": self.step, "world_size": self.env.world_size, "plan": self.plan, "config": self.resolved,
+            "data_position": {"epoch": self.progress["epoch"], "batches": self.progress["batch_in_epoch"]},
+        }
+        path = self.checkpoints.save(self.step, self._state(), meta)
         self.logger.print(f"checkpoint: {path}")
         return path
+
+    def _resume_or_start(self) -> None:
+        if self.cfg.train.resume == "never":
+            self.checkpoints.clear()
+            return
+        path = self.checkpoints.latest()
+        if path is None:
+            return
+        meta = read_meta(path)
+        self.optimizer.init_state()  # creates the dense optimizer's state tensors to load into
+        state = self._state()
+        rank_key = f"rank{self.env.rank}"
+        stored = saved_keys(path)
+        if not any(key.startswith(rank_key + ".") for key in stored):
+            del state[rank_key]  # this rank did not exist in the saved run (world size changed)
+        load_checkpoint(path, state)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        for group, lr in zip(self.scheduler.optimizer.param_groups, self.scheduler.get_last_lr()):
+            group["lr"] = lr  # param_groups are not in the optimizer state dict; the schedule knows the lr
+        self.progress.update(state["progress"])
+        if rank_key in state:
+            rng = state[rank_key]["rng"]
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state(rng["numpy"])
+            random.setstate(rng["python"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rng["cuda"], self.env.device)
+        saved_world = meta["world_size"]
+        if saved_world != self.env.world_size:
+            # the rows of an epoch are split over a different number of ranks: continue at the same fraction
+            # of the epoch (exact resume needs the same world size)
+            done = self.progress["batch_in_epoch"] * saved_world
+            self.progress["batch_in_epoch"] = min(math.ceil(done / self.env.world_size), self.steps_per_epoch)
+        self.logger.print(
+            f"resumed from {path} at step {self.step} (saved with world_size={saved_world}, "
+            f"now {self.env.world_size})"
+        )
 
 
 def _format(metrics: dict[str, float], split: str) -> str:

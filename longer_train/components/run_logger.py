@@ -1,5 +1,6 @@
 """One place that reports a run: console lines and a progress bar, Weights & Biases (offline unless the
-config says otherwise), and the runs table (one JSON line per finished run). Only rank 0 writes."""
+config says otherwise), `<run>/metrics.jsonl` (every logged metric, by step), and the runs table (one JSON
+line per finished run). Only rank 0 writes."""
 
 from __future__ import annotations
 
@@ -29,9 +30,11 @@ class RunLogger:
                 mode=cfg.logging.wandb_mode, config=resolved,
             )
 
-    def start_progress(self, total: int) -> None:
+    def start_progress(self, total: int, initial: int = 0) -> None:
         if self.enabled and self.cfg.train.progress_bar:
-            self.bar = tqdm(total=total, desc="train", unit="step", dynamic_ncols=True, leave=False)
+            self.bar = tqdm(
+                total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, leave=False
+            )
 
     def advance(self, loss: float) -> None:
         if self.bar is not None:
@@ -47,6 +50,12 @@ class RunLogger:
             print(line, flush=True)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
+        """To W&B and to `<run>/metrics.jsonl` (a resumed run appends; the last line of a step wins)."""
+        if not self.enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with (self.run_dir / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
 

@@ -7,6 +7,8 @@ Work is split by row group across (rank, worker) pairs, so each row is read by o
 from __future__ import annotations
 
 import glob
+import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -14,6 +16,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..config import DataConfig
@@ -134,16 +137,45 @@ def _identity(batch: Batch) -> Batch:
     return batch
 
 
+class ShardedLoader:
+    """What the trainer iterates: this rank's batches of one split, with the epoch and the position in it
+    as state (`{"epoch", "batches"}`), so a resumed run continues with exactly the next batch."""
+
+    def __init__(self, stream: ParquetStream, num_workers: int) -> None:
+        self.stream = stream
+        self.loader = DataLoader(
+            stream, batch_size=None, num_workers=num_workers, collate_fn=_identity,
+            persistent_workers=False, prefetch_factor=4 if num_workers else None,
+            generator=torch.Generator(),  # its own: starting an epoch must not draw from the global RNG
+        )
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.skip = epoch, 0
+        self.stream.set_epoch(epoch)
+
+    def num_batches(self) -> int:
+        return math.ceil(self.stream.num_rows() / self.stream.batch_size)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batches": self.skip}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.skip = int(state["epoch"]), int(state["batches"])
+        self.stream.set_epoch(self.epoch)
+
+    def __iter__(self) -> Iterator[Batch]:
+        self.stream.set_epoch(self.epoch)
+        return itertools.islice(iter(self.loader), self.skip, None)
+
+
 def build_dataloader(
     data: DataConfig, split: str, train: bool, seed: int, rank: int = 0, world_size: int = 1
-) -> tuple[DataLoader, ParquetStream]:
+) -> ShardedLoader:
     stream = ParquetStream(
         resolve_files(data.root, getattr(data, split)), data,
         batch_size=data.batch_size if train else data.eval_batch_size,
         shuffle=train and data.shuffle_buffer > 0, seed=seed, rank=rank, world_size=world_size,
     )
-    loader = DataLoader(
-        stream, batch_size=None, num_workers=data.num_workers, collate_fn=_identity,
-        persistent_workers=False, prefetch_factor=4 if data.num_workers else None,
-    )
-    return loader, stream
+    return ShardedLoader(stream, data.num_workers)

@@ -1,0 +1,114 @@
+"""Compute and parallelism policies applied to a built model from `parallel:` in the config, outside the
+model code, in torchtitan's fixed order: mixed precision -> activation recomputation -> sharding (TorchRec
+for the tables, DDP or FSDP2 for the dense layers; `sharding.py`).
+
+Policies are installed by wrapping a module's `forward` in place, so parameter names — and therefore
+checkpoints — are the same whatever the policy.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from ..config import ConfigError, ParallelConfig
+from ..models.blocks import FeedForward
+from ..models.hybrid_attention import CausalBlock
+from ..models.token_builder import TokenBuilder
+from ..models.token_merge import InnerTransBlock
+
+# transformer blocks: the unit of FSDP2 sharding and of bf16 "attention"
+BLOCKS = (CausalBlock, InnerTransBlock)
+_NORMS = (nn.LayerNorm, nn.RMSNorm)
+
+
+def _wrap_forward(module: nn.Module, wrapper: Callable) -> None:
+    inner = module.forward
+    module.forward = functools.wraps(inner)(functools.partial(wrapper, inner))
+
+
+def _to_fp32(value):
+    return value.float() if isinstance(value, Tensor) and value.is_floating_point() else value
+
+
+def _autocast_forward(device_type: str, bf16: bool, inner: Callable, *args, **kwargs):
+    if bf16:
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            return inner(*args, **kwargs)
+    # an fp32 island inside a bf16 region: its inputs may arrive in bf16
+    with torch.autocast(device_type, enabled=False):
+        return inner(*(_to_fp32(a) for a in args), **{k: _to_fp32(v) for k, v in kwargs.items()})
+
+
+def _components(dense: nn.Module) -> dict[str, list[nn.Module]]:
+    """The modules behind each `parallel.bf16` component name."""
+    tokens = [m for m in dense.modules() if isinstance(m, TokenBuilder)]
+    tokens += [getattr(dense, name) for name in ("candidate_token", "user_token") if getattr(dense, name, None)]
+    attention = [m for m in dense.modules() if isinstance(m, BLOCKS)]
+    if not attention and isinstance(getattr(dense, "attention", None), nn.Module):  # DIN's attention MLP
+        attention = [dense.attention]
+    return {
+        "tokens": tokens,
+        "attention": attention,
+        "ffn": [m for m in dense.modules() if isinstance(m, FeedForward)],
+        "head": [dense.head] if isinstance(getattr(dense, "head", None), nn.Module) else [],
+    }
+
+
+def apply_precision(dense: nn.Module, bf16: list[str], device_type: str) -> None:
+    """Run the named components in bf16 (autocast); norms always run in fp32, as do the embeddings
+    (TorchRec tables) and the loss, which live outside `dense`."""
+    if not bf16:
+        return
+    components = _components(dense)
+    for name in bf16:
+        if not components[name]:
+            raise ConfigError(f"config key 'parallel.bf16': model {type(dense).__name__} has no {name!r} component")
+    # innermost first: a block's FFN and norms keep their own policy inside the block's autocast region
+    for module in dense.modules():
+        if isinstance(module, _NORMS):
+            _wrap_forward(module, functools.partial(_autocast_forward, device_type, False))
+    for name in ("ffn", "attention", "tokens", "head"):
+        for module in components[name]:
+            _wrap_forward(module, functools.partial(_autocast_forward, device_type, name in bf16))
+
+
+def _recompute_forward(inner: Callable, *args, **kwargs):
+    if not torch.is_grad_enabled():
+        return inner(*args, **kwargs)
+    return checkpoint(inner, *args, use_reentrant=False, **kwargs)
+
+
+def recompute_targets(dense: nn.Module, mode: str) -> list[nn.Module]:
+    """Modules whose activations `parallel.recompute=mode` recomputes in backward."""
+    if mode == "none":
+        return []
+    merge, attention = getattr(dense, "merge", None), getattr(dense, "attention", None)
+    found = {
+        "inner_trans": [merge.inner] if merge is not None and getattr(merge, "inner", None) is not None else [],
+        "cross": [attention.cross] if isinstance(getattr(attention, "cross", None), CausalBlock) else [],
+        "self": list(getattr(attention, "self_layers", [])),
+    }
+    wanted = list(found) if mode == "all" else [mode]
+    targets = [m for name in wanted for m in found[name]]
+    if not targets or (mode != "all" and not found[mode]):
+        raise ConfigError(
+            f"config key 'parallel.recompute': {mode!r} names no module of this model "
+            f"({type(dense).__name__}, merge={getattr(getattr(dense, 'cfg', None), 'merge', '?')})"
+        )
+    return targets
+
+
+def apply_recompute(dense: nn.Module, mode: str) -> None:
+    for module in recompute_targets(dense, mode):
+        _wrap_forward(module, _recompute_forward)
+
+
+def apply_compute_policies(dense: nn.Module, cfg: ParallelConfig, device_type: str) -> None:
+    """Precision, then recomputation (so a recomputed forward replays the same autocast regions)."""
+    apply_precision(dense, cfg.bf16, device_type)
+    apply_recompute(dense, cfg.recompute)
