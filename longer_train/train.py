@@ -7,9 +7,12 @@ import logging
 import sys
 import warnings
 
+from torch.distributed.elastic.multiprocessing.errors import record
+
 from .config import ConfigError, load_config
 
 
+@record  # under torchrun, a failing rank's traceback goes into the job's error summary
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="longer-train", description="Train a LONGER ranking model from a YAML config."

@@ -226,7 +226,9 @@ class Trainer:
             users.append(batch.user_ids.cpu().numpy())
             labels.append(batch_labels.float().cpu().numpy())
             logits.append(batch_logits.float().cpu().numpy())
-        gathered = [all_gather_arrays(np.concatenate(parts)) for parts in (users, labels, logits)]
+        local = [np.concatenate(parts) if parts else np.zeros(0, dtype) for parts, dtype in
+                 ((users, np.int64), (labels, np.float32), (logits, np.float32))]
+        gathered = [all_gather_arrays(part) for part in local]
         return ranking_metrics(*gathered)
 
     # ------------------------------------------------------------------------------------------------
