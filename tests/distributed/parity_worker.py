@@ -1,5 +1,6 @@
 """Run under torchrun by test_sharding_parity.py: a few training steps on fixed global batches, split
-evenly over the ranks, for each sharding plan; rank 0 writes the global mean loss of every step as JSON.
+evenly over the ranks, for each variant (sharding plan, dense parallelism); rank 0 writes the global mean
+loss of every step as JSON.
 
 usage: torchrun --nproc_per_node=W parity_worker.py DATA_ROOT OUT_JSON GLOBAL_BATCH STEPS [overrides...]
 """
@@ -19,7 +20,14 @@ from longer_train.distributed.process_group import destroy_distributed
 from longer_train.trainer import Trainer
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
-PLANS = ("table_wise", "row_wise", "column_wise")
+# name -> (plan of the per-id tables, plan of the pooled tables, parallel.dense); pooled (user-role) tables
+# cannot be row-wise on CPU, so they stay table-wise in the row-wise variants
+VARIANTS = {
+    "table_wise": ("table_wise", "table_wise", "ddp"),
+    "row_wise": ("row_wise", "table_wise", "ddp"),
+    "column_wise": ("column_wise", "column_wise", "ddp"),
+    "row_wise+fsdp": ("row_wise", "table_wise", "fsdp"),
+}
 
 
 def main() -> None:
@@ -28,14 +36,12 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     logging.getLogger().setLevel(logging.ERROR)
     results = {}
-    for plan in PLANS:
-        # pooled (user-role) tables cannot be row-wise on CPU: they stay table-wise in that plan
-        pooled_plan = "table_wise" if plan == "row_wise" else plan
+    for name, (plan, pooled_plan, dense) in VARIANTS.items():
         tables = {"item": plan, "category": plan, "action": plan, "user": pooled_plan, "segment": pooled_plan}
         cfg = load_config(QUICKSTART, [
             f"data.root={root}", "data.max_len=64", "data.num_workers=0", "train.checkpoint=false",
             "train.resume=never", "logging.wandb_mode=disabled", "train.progress_bar=false",
-            f"train.output_dir={Path(out).parent}/runs", f"train.run_name=parity-{plan}",
+            f"train.output_dir={Path(out).parent}/runs", f"train.run_name=parity-{name}", f"parallel.dense={dense}",
             *[f"data.tables.{t}.sharding_type={p}" for t, p in tables.items()], *overrides,
         ])
         trainer = Trainer(cfg)
@@ -49,7 +55,7 @@ def main() -> None:
             loss = output[0].detach().clone()
             dist.all_reduce(loss)
             losses.append(loss.item() / world)
-        results[plan] = {"losses": losses, "plan": trainer.plan}
+        results[name] = {"losses": losses, "plan": trainer.plan}
         dist.barrier()
     if dist.get_rank() == 0:
         Path(out).write_text(json.dumps(results))

@@ -1,20 +1,22 @@
-"""Fault tolerance on 2 CPU ranks: a job killed with SIGKILL and started again with the same command
-continues from its latest checkpoint to exactly the losses and metrics of an uninterrupted run (bitwise);
-a checkpoint loads at another world size; torchrun --max-restarts restarts a killed worker and the job
+"""Launch and fault tolerance on 2 CPU ranks, through launch/torchrun.sh: a job killed with SIGKILL and
+started again with the same command continues from its latest checkpoint to exactly the losses and
+metrics of an uninterrupted run (bitwise); so does the multi-node form (2 nodes x 1 process on this
+host); a checkpoint loads at another world size; --max-restarts restarts a killed worker and the job
 finishes; a rank that raises ends the job with its error instead of a hang."""
 
 import json
-import shutil
+import socket
+import subprocess
 
 import pytest
-from conftest import torchrun
+from torchrun_launch import REPO, launch, launch_env
 
 STEPS, SAVE_AT = 8, 4
 
 
 def _command(tiny_data, tmp_path, name, *extra):
     return [
-        "-m", "longer_train.train", "configs/quickstart.yaml", f"data.root={tiny_data}", "data.max_len=64",
+        "configs/quickstart.yaml", f"data.root={tiny_data}", "data.max_len=64",
         "data.batch_size=32", "data.num_workers=1", f"train.max_steps={STEPS}", "train.log_every=1",
         f"train.checkpoint_every={SAVE_AT}", f"train.output_dir={tmp_path}", f"train.run_name={name}",
         f"train.runs_table={tmp_path}/runs.jsonl", "logging.wandb_mode=disabled", "train.progress_bar=false",
@@ -41,17 +43,17 @@ def _comparable(metrics: dict[int, dict]) -> dict[int, dict]:
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("uninterrupted")
-    proc = torchrun(2, _command(tiny_data, out, "run"))
+    proc = launch(_command(tiny_data, out, "run"), NPROC_PER_NODE="2")
     assert proc.returncode == 0, proc.stderr[-4000:]
     return _comparable(_metrics(out, "run"))
 
 
 def test_kill_9_and_restart_continues_bitwise(tiny_data, tmp_path, uninterrupted):
     command = _command(tiny_data, tmp_path, "run", f"train.fault_at_step={SAVE_AT + 1}", "train.fault_rank=1")
-    killed = torchrun(2, command)
+    killed = launch(command, NPROC_PER_NODE="2")
     assert killed.returncode != 0 and "Signals.SIGKILL" in killed.stderr, killed.stderr[-3000:]
     assert max(_metrics(tmp_path, "run")) == SAVE_AT + 1  # it got past the checkpoint, then died
-    restarted = torchrun(2, command)  # the same command: it finds the checkpoint itself
+    restarted = launch(command, NPROC_PER_NODE="2")  # the same command: it finds the checkpoint itself
     assert restarted.returncode == 0, restarted.stderr[-4000:]
     assert f"resumed from {tmp_path}/run/checkpoints/step_{SAVE_AT:08d} at step {SAVE_AT}" in restarted.stdout
     resumed = _comparable(_metrics(tmp_path, "run"))
@@ -63,9 +65,9 @@ def test_kill_9_and_restart_continues_bitwise(tiny_data, tmp_path, uninterrupted
 @pytest.mark.parametrize("saved_ranks, resumed_ranks", [(2, 1), (1, 2)])
 def test_resume_on_another_world_size(tiny_data, tmp_path, saved_ranks, resumed_ranks):
     command = _command(tiny_data, tmp_path, "run", f"train.fault_at_step={SAVE_AT}", "train.fault=raise")
-    first = torchrun(saved_ranks, command)
+    first = launch(command, NPROC_PER_NODE=str(saved_ranks))
     assert first.returncode != 0 and (tmp_path / "run" / "checkpoints" / f"step_{SAVE_AT:08d}").is_dir()
-    second = torchrun(resumed_ranks, command)
+    second = launch(command, NPROC_PER_NODE=str(resumed_ranks))
     assert second.returncode == 0, second.stderr[-4000:]
     assert f"saved with world_size={saved_ranks}, now {resumed_ranks}" in second.stdout
     metrics = _metrics(tmp_path, "run")
@@ -74,14 +76,31 @@ def test_resume_on_another_world_size(tiny_data, tmp_path, saved_ranks, resumed_
 
 def test_max_restarts_recovers_a_killed_worker(tiny_data, tmp_path, uninterrupted):
     command = _command(tiny_data, tmp_path, "run", f"train.fault_at_step={SAVE_AT + 2}", "train.fault_rank=1")
-    proc = torchrun(2, command, extra=["--max-restarts=1"])
+    proc = launch(command, NPROC_PER_NODE="2", MAX_RESTARTS="1")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert _comparable(_metrics(tmp_path, "run")) == uninterrupted
 
 
 def test_a_rank_that_raises_fails_the_job_with_its_error(tiny_data, tmp_path):
     command = _command(tiny_data, tmp_path, "run", "train.fault_at_step=2", "train.fault_rank=1", "train.fault=raise")
-    proc = torchrun(2, command, timeout=240)  # a hang would hit the timeout and fail the test
+    proc = launch(command, timeout=240, NPROC_PER_NODE="2")  # a hang would hit the timeout and fail the test
     assert proc.returncode != 0
     assert "injected fault on rank 1 after step 2" in proc.stderr
-    shutil.rmtree(tmp_path / "run", ignore_errors=True)
+
+
+def test_multi_node_form_trains_like_one_node(tiny_data, tmp_path, uninterrupted):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"NNODES": "2", "NPROC_PER_NODE": "1", "RDZV_ENDPOINT": f"127.0.0.1:{port}", "RDZV_ID": "test"}
+    nodes = [
+        subprocess.Popen(
+            [str(REPO / "launch" / "torchrun.sh"), *_command(tiny_data, tmp_path, "run")], cwd=REPO,
+            env={**launch_env(), **env, "NODE_RANK": str(rank)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], [err[-3000:] for _, err in outputs]
+    assert _comparable(_metrics(tmp_path, "run")) == uninterrupted

@@ -1,10 +1,11 @@
-"""Table-wise, row-wise and column-wise plans on 2 ranks train exactly like one process with the same
-global batch and seed: the loss of every step agrees to float tolerance (a wrong all-to-all, a wrong
-gradient scale over ranks or a mis-sharded optimizer state would show from the second step on)."""
+"""Table-wise, row-wise and column-wise plans on 2 ranks, and FSDP2 instead of DDP for the dense layers,
+train exactly like one process with the same global batch and seed: the loss of every step agrees to
+float tolerance (a wrong all-to-all, a wrong gradient scale over ranks or a mis-sharded optimizer state
+would show from the second step on)."""
 
 import json
 
-from conftest import torchrun
+from torchrun_launch import torchrun
 
 WORKER = "tests/distributed/parity_worker.py"
 STEPS = 4
@@ -23,12 +24,14 @@ def test_two_ranks_match_one_process_for_every_plan(tiny_data, tmp_path):
     sparse = ["optim.sparse_optimizer=sgd", "optim.sparse_lr=100.0"]
     one = _run(1, tiny_data, tmp_path, *sparse)
     two = _run(2, tiny_data, tmp_path, *sparse)
-    for plan, result in two.items():
+    assert set(two) == {"table_wise", "row_wise", "column_wise", "row_wise+fsdp"}
+    for variant, result in two.items():
+        plan = variant.split("+")[0]
         per_id = {n: t["sharding_type"] for n, t in result["plan"]["tables"].items() if ".per_id." in n}
-        assert set(per_id.values()) == {plan}, (plan, result["plan"])
+        assert set(per_id.values()) == {plan}, (variant, result["plan"])
         ranks = {s["rank"] for t in result["plan"]["tables"].values() for s in t["shards"]}
-        assert ranks == {0, 1}, f"{plan}: tables should be spread over both ranks, got {ranks}"
-        reference = one[plan]["losses"]
+        assert ranks == {0, 1}, f"{variant}: tables should be spread over both ranks, got {ranks}"
+        reference = one[plan]["losses"]  # fsdp: against the 1-process DDP run
         assert len(result["losses"]) == STEPS
         for step, (a, b) in enumerate(zip(reference, result["losses"]), start=1):
-            assert abs(a - b) <= 2e-6, f"{plan} step {step}: 1 process {a}, 2 ranks {b}"
+            assert abs(a - b) <= 2e-6, f"{variant} step {step}: 1 process {a}, 2 ranks {b}"

@@ -1,0 +1,70 @@
+"""Compute policies applied outside the model (distributed/parallelize.py): activation recomputation gives
+the same gradients and holds fewer activations for backward; bf16 runs the named components in bf16 and
+keeps norms and the head in fp32."""
+
+import pytest
+import torch
+from longer_inputs import make_inputs, make_model
+from torch.autograd.graph import saved_tensors_hooks
+
+from longer_train.config import ConfigError
+from longer_train.distributed.parallelize import apply_precision, apply_recompute
+
+LENGTHS = [64, 37, 0, 5, 64, 20]
+
+
+def _grads_and_saved_bytes(model) -> tuple[dict[str, torch.Tensor], int]:
+    """Input and parameter gradients of one backward, and the bytes autograd kept for it."""
+    saved = 0
+
+    def pack(t):
+        nonlocal saved
+        saved += t.numel() * t.element_size()
+        return t
+
+    x = make_inputs(LENGTHS)
+    x.events.requires_grad_(True)
+    with saved_tensors_hooks(pack, lambda t: t):
+        logits = model(x)
+    logits.square().sum().backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    grads["events"] = x.events.grad.clone()
+    return grads, saved
+
+
+@pytest.mark.parametrize("mode", ["inner_trans", "cross", "self", "all"])
+def test_recompute_same_gradients_less_activation_memory(mode):
+    reference, saved_none = _grads_and_saved_bytes(make_model("inner_trans").train())
+    model = make_model("inner_trans").train()
+    apply_recompute(model, mode)
+    grads, saved = _grads_and_saved_bytes(model)
+    print(f"recompute={mode}: activations kept for backward {saved / 1024:.0f} KiB vs {saved_none / 1024:.0f} KiB")
+    assert saved < saved_none
+    for name, grad in reference.items():
+        torch.testing.assert_close(grads[name], grad, rtol=0, atol=0, msg=name)
+
+
+def test_recompute_of_a_missing_component_is_a_config_error():
+    with pytest.raises(ConfigError, match="parallel.recompute.*inner_trans"):
+        apply_recompute(make_model("concat"), "inner_trans")
+
+
+def test_bf16_components_run_in_bf16_norms_and_head_in_fp32():
+    model = make_model("inner_trans").train()
+    apply_precision(model, ["attention", "ffn"], "cpu")
+    dtypes: dict[str, torch.dtype] = {}
+    for name, module in model.named_modules():
+        if name in ("attention.cross.q", "attention.cross.ffn.up", "attention.cross.norm1", "head.net.0",
+                    "merge.inner.qkv", "tokens.mlp.net.0"):
+            module.register_forward_hook(lambda m, i, o, name=name: dtypes.__setitem__(name, o.dtype))
+    logits = model(make_inputs(LENGTHS))
+    logits.sum().backward()
+    assert dtypes == {
+        "attention.cross.q": torch.bfloat16, "attention.cross.ffn.up": torch.bfloat16,
+        "merge.inner.qkv": torch.bfloat16, "attention.cross.norm1": torch.float32,
+        "head.net.0": torch.float32, "tokens.mlp.net.0": torch.float32,
+    }
+    assert logits.dtype == torch.float32
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+    reference = make_model("inner_trans").train()(make_inputs(LENGTHS))
+    torch.testing.assert_close(logits, reference, rtol=0.05, atol=0.05)  # bf16 rounding, not a different model
