@@ -41,10 +41,10 @@ class Trainer:
         self.optimizer, self.dense_optimizer = build_optimizer(self.model, cfg.optim)
         self.dense_params = [p for group in self.dense_optimizer.param_groups for p in group["params"]]
 
-        self.train_loader, self.train_stream = build_dataloader(
+        self.train_loader = build_dataloader(
             cfg.data, "train", train=True, seed=cfg.train.seed, rank=env.rank, world_size=env.world_size
         )
-        self.steps_per_epoch = math.ceil(self.train_stream.num_rows() / cfg.data.batch_size)
+        self.steps_per_epoch = self.train_loader.num_batches()  # equal on every rank
         total = cfg.train.epochs * self.steps_per_epoch
         self.total_steps = min(total, cfg.train.max_steps) if cfg.train.max_steps > 0 else total
         self.scheduler = build_lr_scheduler(self.dense_optimizer, cfg.optim, self.total_steps)
@@ -74,7 +74,7 @@ class Trainer:
         window_loss, window_samples, window_time, train_time, train_samples = 0.0, 0, 0.0, 0.0, 0
         epoch = 0
         while self.step < self.total_steps:
-            self.train_stream.set_epoch(epoch)
+            self.train_loader.set_epoch(epoch)
             for batch in self.train_loader:
                 start = time.perf_counter()
                 batch = batch.to(env.device, non_blocking=True)
@@ -103,6 +103,7 @@ class Trainer:
                         "train/grad_norm": float(grad_norm),
                         "train/samples_per_s": window_samples * env.world_size / max(window_time, 1e-9),
                         "train/epoch": epoch,
+                        **{f"data/skipped_{k}": v for k, v in self.train_loader.skipped.items()},
                     }
                     self.logger.log(self.step, stats)
                     window_loss, window_samples, window_time = 0.0, 0, 0.0
@@ -136,7 +137,7 @@ class Trainer:
     def evaluate(self, split: str) -> dict[str, float]:
         """Metrics on a whole split; every rank scores its shard and rank 0 computes on the union."""
         self.model.eval()
-        loader, _ = build_dataloader(
+        loader = build_dataloader(
             self.cfg.data, split, train=False, seed=0, rank=self.env.rank, world_size=self.env.world_size
         )
         users, labels, logits = [], [], []
