@@ -239,6 +239,7 @@ class _Reader:
             tables.append(table)
             masks.append(ok)
             buffered += table.num_rows
+            del table  # the buffer holds the only reference: drained rows are freed with it
             if buffered >= capacity:
                 yield from self._drain(tables, masks, sizes, final=False)
                 buffered = sum(t.num_rows for t in tables)
@@ -291,6 +292,7 @@ class _Reader:
             tail, order = order[: n - used], order[n - used:]
             if self.data.bucket_by_length:  # similar history lengths side by side; ties stay random
                 length = pc.list_value_length(table.column(self.data.hist_timestamp)).to_numpy()
+                length = np.minimum(length, self.data.max_len)  # as collated: longer rows are cut
                 order = order[np.argsort(length[order], kind="stable")]
         else:
             tail, order = np.arange(used, n), np.arange(used)
@@ -300,6 +302,7 @@ class _Reader:
         if not used:
             return
         ordered = table.take(order) if self.s.shuffle else table
+        del table  # not kept alive while the batches are built
         ok = ok[order]
         starts = np.cumsum([0, *take])
         batches = list(range(len(take)))
