@@ -116,6 +116,10 @@ class Trainer:
                     break
             epoch += 1
 
+        skipped = self.train_loader.skipped_on_all_ranks()  # a collective: every rank calls it
+        if skipped:
+            counts = ", ".join(f"{k} {v}" for k, v in sorted(skipped.items()))
+            self.logger.print(f"data: skipped on all ranks (rows per reason; files): {counts}")
         test = self.evaluate("test")
         self.logger.log(self.step, {f"test/{k}": v for k, v in test.items()})
         checkpoint = self.save() if cfg.train.checkpoint else None

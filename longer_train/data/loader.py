@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..config import DataConfig
@@ -372,6 +373,15 @@ class ShardedLoader:
 
     def __len__(self) -> int:
         return self.num_batches()
+
+    def skipped_on_all_ranks(self) -> dict[str, int]:
+        """`skipped` summed over every rank (a collective: every rank must call it); this rank's alone
+        without a process group."""
+        if not dist.is_initialized() or dist.get_world_size() == 1:
+            return dict(self.skipped)
+        parts: list = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, dict(self.skipped))
+        return dict(sum((Counter(p) for p in parts), Counter()))
 
 
 def _identity(batch: Batch) -> Batch:
