@@ -88,7 +88,7 @@ def step_rate(cfg, steps: int) -> float:
 def rss_child(config: str, overrides: list[str]) -> dict:
     """Runs in its own process: stream one training epoch (0 workers), report sizes and peak RSS."""
     from longer_train.config import load_config
-    from longer_train.data.loader import _columns, build_dataloader, resolve_files
+    from longer_train.data.loader import build_dataloader, read_columns, resolve_files
 
     cfg = load_config(config, overrides)
     cfg.data.num_workers = 0  # read and collate in this process
@@ -96,7 +96,7 @@ def rss_child(config: str, overrides: list[str]) -> dict:
     metas = [pq.ParquetFile(f).metadata for f in files]
     groups = [m.row_group(i) for m in metas for i in range(m.num_row_groups)]
     rows = sum(g.num_rows for g in groups)
-    first = pq.ParquetFile(files[0]).read_row_group(0, columns=_columns(cfg.data))
+    first = pq.ParquetFile(files[0]).read_row_group(0, columns=read_columns(cfg.data))
     arrow_per_row = first.nbytes / first.num_rows  # bytes of a row once read into Arrow
     del first
     loader = build_dataloader(cfg.data, "train", train=True, seed=0)

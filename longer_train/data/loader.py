@@ -102,7 +102,8 @@ def list_row_groups(files: list[str], data: DataConfig) -> tuple[list[RowGroup],
     return groups, skipped
 
 
-def _columns(data: DataConfig) -> list[str]:
+def read_columns(data: DataConfig) -> list[str]:
+    """The Parquet columns the loader reads: the configured features and the fixed columns."""
     names = [f.name for f in data.features] + [data.label, data.timestamp, data.hist_timestamp, data.user_id]
     return list(dict.fromkeys(names))
 
@@ -151,13 +152,13 @@ class ParquetStream(IterableDataset):
         """Batches this rank yields per epoch; the same on every rank (depends on row counts only)."""
         return self.workers * self.batches_per_reader()
 
-    def segments(self, worker: int) -> list[Segment]:
-        """The row ranges one reader (this rank's `worker`) reads this epoch, in order."""
+    def segments(self, k: int) -> list[Segment]:
+        """The row ranges reader k of this rank reads this epoch, in order."""
         order = np.arange(len(self.groups))
         if self.shuffle:
             np.random.default_rng((self.seed, self.epoch)).shuffle(order)
         rank_start, rank_stop = self._rank_range()
-        start, stop = _split(rank_start, rank_stop - rank_start, self.workers, worker)
+        start, stop = _split(rank_start, rank_stop - rank_start, self.workers, k)
         sizes = np.array([self.groups[i].num_rows for i in order], dtype=np.int64)
         ends = np.cumsum(sizes)  # virtual row after each group
         out = []
@@ -168,9 +169,9 @@ class ParquetStream(IterableDataset):
             out.append(Segment(self.groups[order[pos]], max(start - begin, 0), min(stop, int(ends[pos])) - begin))
         return out
 
-    def batch_sizes(self, worker: int) -> list[int]:
-        """Input rows of each batch of one reader: B, ..., B, then the rest (1 .. B+1)."""
-        rows = sum(s.stop - s.start for s in self.segments(worker))
+    def batch_sizes(self, k: int) -> list[int]:
+        """Input rows of each batch of reader k: B, ..., B, then the rest (1 .. B+1)."""
+        rows = sum(s.stop - s.start for s in self.segments(k))
         b = self.batches_per_reader()
         return [self.batch_size] * (b - 1) + [rows - (b - 1) * self.batch_size] if b else []
 
@@ -187,14 +188,15 @@ class ParquetStream(IterableDataset):
 
 
 class _Reader:
-    """One (rank, worker) reader of one epoch: segments -> validated rows -> shuffle buffer -> batches."""
+    """Reader k of a rank (its k-th part of the rank's rows) for one epoch: segments -> validated rows ->
+    shuffle buffer -> batches. Runs in the DataLoader worker that plays reader k."""
 
-    def __init__(self, stream: ParquetStream, worker: int) -> None:
+    def __init__(self, stream: ParquetStream, k: int) -> None:
         self.s, self.data = stream, stream.data
-        self.worker = worker
-        self.reader = stream.rank * stream.workers + worker
+        self.k = k
+        self.reader = stream.rank * stream.workers + k
         self.rng = np.random.default_rng((stream.seed, stream.epoch, self.reader))
-        self.sizes = stream.batch_sizes(worker)
+        self.sizes = stream.batch_sizes(k)
         self.skipped: Counter = Counter()  # rows dropped since the last batch handed out
         self.files: dict[str, pq.ParquetFile] = {}  # opened once per file, not once per row group
 
@@ -222,7 +224,7 @@ class _Reader:
                 yield table.slice(a, b - a)
         if owed:
             raise SchemaError(
-                f"epoch {self.s.epoch}, rank {self.s.rank}, worker {self.worker}: {owed} of {len(self.sizes)} "
+                f"epoch {self.s.epoch}, rank {self.s.rank}, reader {self.k}: {owed} of {len(self.sizes)} "
                 "batches have no valid row left after skipping bad rows (data.bad_rows=skip); the split has "
                 "fewer valid rows than batches for world_size * num_workers readers"
             )
@@ -235,7 +237,7 @@ class _Reader:
         masks: list[np.ndarray] = []
         buffered = 0
         sizes = list(reversed(self.sizes))  # pop() takes the next size
-        for segment in s.segments(self.worker):
+        for segment in s.segments(self.k):
             table, ok = self._read(segment)
             tables.append(table)
             masks.append(ok)
@@ -254,7 +256,7 @@ class _Reader:
         try:
             if group.path not in self.files:
                 self.files[group.path] = pq.ParquetFile(group.path)
-            table = self.files[group.path].read_row_group(group.index, columns=_columns(data))
+            table = self.files[group.path].read_row_group(group.index, columns=read_columns(data))
         except (OSError, pa.ArrowException) as err:
             message = (f"{group.path}: rows {first_row}..{first_row + rows - 1} (row group {group.index}) "
                        f"cannot be read ({err})")
@@ -263,7 +265,7 @@ class _Reader:
             log.warning("skipping unreadable rows (data.bad_files=skip): %s", message)
             self.skipped["unreadable"] += rows
             schema = self.files[group.path].schema_arrow if group.path in self.files else None
-            columns = {c: pa.nulls(rows, schema.field(c).type if schema else pa.null()) for c in _columns(data)}
+            columns = {c: pa.nulls(rows, schema.field(c).type if schema else pa.null()) for c in read_columns(data)}
             return pa.table(columns), np.zeros(rows, dtype=bool)
         table = table.slice(segment.start, rows).combine_chunks()
         if not rows:
