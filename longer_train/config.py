@@ -40,6 +40,9 @@ class TableConfig:
     # fused_uvm_caching: host memory with an HBM cache of hot rows; key_value: SSD-backed. The last three
     # are CUDA-only, for tables larger than GPU memory
     compute_kernel: str = _choice("fused", ("fused", "fused_uvm", "fused_uvm_caching", "key_value"))
+    # ids >= num_embeddings: error (a bad row, see data.bad_rows) | hash (id mod num_embeddings) |
+    # oov_row (one extra row, index num_embeddings, shared by all unseen ids); negative ids are always bad
+    oov: str = _choice("error", ("error", "hash", "oov_row"))
 
 
 @dataclass
@@ -72,6 +75,12 @@ class DataConfig:
     eval_batch_size: int = 1024
     shuffle_buffer: int = 8192  # rows; 0 disables shuffling of the training stream
     num_workers: int = 0  # DataLoader worker processes building batches
+    # batches of similar history length, drawn from the shuffle buffer (less padding); training only
+    bucket_by_length: bool = False
+    # a row that fails validation: error (names file, row, column) | skip (dropped, counted per reason)
+    bad_rows: str = _choice("error", ("error", "skip"))
+    # a file whose schema does not match or that cannot be read: error | skip (the whole file, warned)
+    bad_files: str = _choice("error", ("error", "skip"))
 
     def columns(self, role: str) -> list[str]:
         """Columns of the features with this role, in config order."""
@@ -139,7 +148,8 @@ class TrainConfig:
     # continues without extra flags); never: start from scratch, deleting the run's old checkpoints
     resume: str = _choice("auto", ("auto", "never"))
     # fault injection for tests and drills: rank `fault_rank` raises (or SIGKILLs itself) right after
-    # step `fault_at_step` on the job's first attempt (TORCHELASTIC_RESTART_COUNT 0); 0 disables
+    # step `fault_at_step`, only in a job that started from scratch and was not restarted by torchrun
+    # (so the same command, run again, resumes and finishes); 0 disables
     fault_at_step: int = 0
     fault_rank: int = 0
     fault: str = _choice("kill", ("kill", "raise"))
@@ -320,6 +330,9 @@ def check_config(cfg: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"config key '{key}' must be > 0, got {value}")
+    for key, value in {"data.num_workers": data.num_workers, "data.shuffle_buffer": data.shuffle_buffer}.items():
+        if value < 0:
+            raise ConfigError(f"config key '{key}' must be >= 0, got {value}")
     if model.num_cls < 0 or model.num_self_layers < 0:
         raise ConfigError("config keys 'model.num_cls' and 'model.num_self_layers' must be >= 0")
     width = model.merge_proj_dim or model.token_dim * model.merge_k

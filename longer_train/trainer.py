@@ -19,7 +19,6 @@ import hashlib
 import json
 import math
 import os
-import random
 import signal
 import time
 from pathlib import Path
@@ -91,7 +90,7 @@ class Trainer:
         self.train_loader = build_dataloader(
             cfg.data, "train", train=True, seed=cfg.train.seed, rank=env.rank, world_size=env.world_size
         )
-        self.steps_per_epoch = self.train_loader.num_batches()
+        self.steps_per_epoch = self.train_loader.num_batches()  # equal on every rank
         total = cfg.train.epochs * self.steps_per_epoch
         self.total_steps = min(total, cfg.train.max_steps) if cfg.train.max_steps > 0 else total
         self.scheduler = build_lr_scheduler(dense_optimizer, cfg.optim, self.total_steps)
@@ -140,7 +139,8 @@ class Trainer:
         self.logger.start_progress(self.total_steps, initial=progress["step"])
         window_loss, window_samples, window_time = 0.0, 0, 0.0
         while progress["step"] < self.total_steps:
-            self.train_loader.load_state_dict({"epoch": progress["epoch"], "batches": progress["batch_in_epoch"]})
+            position = {"epoch": progress["epoch"], "batches": progress["batch_in_epoch"]}
+            self.train_loader.load_state_dict({**self.train_loader.state_dict(), **position})
             batches = iter(self.train_loader)
             while progress["step"] < self.total_steps:
                 start = time.perf_counter()
@@ -169,6 +169,7 @@ class Trainer:
                         "train/grad_norm": self.step_optimizer.grad_norm,
                         "train/samples_per_s": window_samples * env.world_size / max(window_time, 1e-9),
                         "train/epoch": progress["epoch"],
+                        **{f"data/skipped_{k}": v for k, v in self.train_loader.skipped.items()},
                     })
                     window_loss, window_samples, window_time = 0.0, 0, 0.0
                 if self.step % eval_every == 0 or self.step == self.total_steps:
@@ -185,6 +186,10 @@ class Trainer:
             progress["epoch"] += 1
             progress["batch_in_epoch"] = 0
 
+        skipped = self.train_loader.skipped_on_all_ranks()  # a collective: every rank calls it
+        if skipped:
+            counts = ", ".join(f"{k} {v}" for k, v in sorted(skipped.items()))
+            self.logger.print(f"data: skipped on all ranks (rows per reason; files): {counts}")
         test = self.evaluate("test")
         self.logger.log(self.step, {f"test/{k}": v for k, v in test.items()})
         checkpoint = self.save() if cfg.train.checkpoint else None
@@ -203,7 +208,8 @@ class Trainer:
 
     def _maybe_inject_fault(self) -> None:
         cfg = self.cfg.train
-        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+        # only in a job's first life: not after torchrun restarted it, not once it resumed from a checkpoint
+        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0" and self.resumed_from is None
         if cfg.fault_at_step and self.step == cfg.fault_at_step and self.env.rank == cfg.fault_rank and first_attempt:
             if cfg.fault == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -233,28 +239,30 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
-        """Everything a checkpoint holds. Per-rank entries (RNG states) live under `rank<r>`."""
-        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        """The tensors of a checkpoint (DCP): model, both optimizers' state and each rank's RNG state under
+        `rank<r>` (the RNG drives dropout; the loader seeds its own generators)."""
+        rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state(self.env.device)
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "progress": dict(self.progress),
-            f"rank{self.env.rank}": {"rng": rng},
+            f"rank{self.env.rank}": rng,
         }
 
     def save(self) -> Path:
+        # the small, rank-independent state goes into meta.json, written inside the checkpoint before it
+        # becomes visible: schedule and progress (step, data position, counters, last validation metrics)
         meta = {
             "step": self.step, "world_size": self.env.world_size, "plan": self.plan, "config": self.resolved,
-            "data_position": {"epoch": self.progress["epoch"], "batches": self.progress["batch_in_epoch"]},
+            "progress": self.progress, "scheduler": self.scheduler.state_dict(),
         }
         path = self.checkpoints.save(self.step, self._state(), meta)
         self.logger.print(f"checkpoint: {path}")
         return path
 
     def _resume_or_start(self) -> None:
+        self.resumed_from: Path | None = None
         if self.cfg.train.resume == "never":
             self.checkpoints.clear()
             return
@@ -262,26 +270,23 @@ class Trainer:
         if path is None:
             return
         meta = read_meta(path)
+        self.resumed_from = path
         self.optimizer.init_state()  # creates the dense optimizer's state tensors to load into
         state = self._state()
         rank_key = f"rank{self.env.rank}"
-        stored = saved_keys(path)
-        if not any(key.startswith(rank_key + ".") for key in stored):
+        if not any(key.startswith(rank_key + ".") for key in saved_keys(path)):
             del state[rank_key]  # this rank did not exist in the saved run (world size changed)
         load_checkpoint(path, state)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.scheduler.load_state_dict(meta["scheduler"])
         for group, lr in zip(self.scheduler.optimizer.param_groups, self.scheduler.get_last_lr()):
             group["lr"] = lr  # param_groups are not in the optimizer state dict; the schedule knows the lr
-        self.progress.update(state["progress"])
+        self.progress.update(meta["progress"])
         if rank_key in state:
-            rng = state[rank_key]["rng"]
-            torch.set_rng_state(rng["torch"])
-            np.random.set_state(rng["numpy"])
-            random.setstate(rng["python"])
-            if "cuda" in rng and torch.cuda.is_available():
-                torch.cuda.set_rng_state(rng["cuda"], self.env.device)
+            torch.set_rng_state(state[rank_key]["torch"])
+            if "cuda" in state[rank_key] and torch.cuda.is_available():
+                torch.cuda.set_rng_state(state[rank_key]["cuda"], self.env.device)
         saved_world = meta["world_size"]
         if saved_world != self.env.world_size:
             # the rows of an epoch are split over a different number of ranks: continue at the same fraction

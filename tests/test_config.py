@@ -27,6 +27,10 @@ def test_quickstart_loads_and_overrides_apply():
         ("data.features.0.table=nope", ["'data.features[0].table'", "item"]),
         ("model.head_dim=48", ["'model.head_dim'", "divide"]),
         ("data.tables.category.embedding_dim=8", ["'data.tables'", "embedding_dim"]),
+        ("data.bad_rows=drop", ["'data.bad_rows'", "skip"]),
+        ("data.bad_files=ignore", ["'data.bad_files'", "skip"]),
+        ("data.tables.item.oov=zero", ["'data.tables.item.oov'", "oov_row"]),
+        ("data.num_workers=-1", ["'data.num_workers'", ">= 0"]),
     ],
 )
 def test_bad_keys_are_named(override, expected):

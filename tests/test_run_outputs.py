@@ -2,7 +2,10 @@
 table, and a checkpoint that loads back into a freshly built model."""
 
 import json
+import shutil
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from test_config import QUICKSTART
@@ -71,3 +74,21 @@ def test_baselines_train_through_the_same_trainer(tiny, tmp_path, name):
         destroy_distributed()
     assert summary["model"] == name and summary["steps"] == 3 and 0.0 <= summary["test_auc"] <= 1.0
     assert summary["gflops_per_sample"] > 0
+
+
+def test_skipped_rows_are_reported_by_the_run(tiny, tmp_path, capsys):
+    """data.bad_rows=skip: a bad training row does not stop the run, and its count is printed."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny, data)
+    part = sorted((data / "train").glob("*.parquet"))[0]
+    table = pq.read_table(part)
+    labels = table["label"].to_numpy().copy()
+    labels[:5] = 0.5
+    pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels)), part)
+    cfg = _cfg(data, tmp_path, "skip", "logging.wandb_mode=disabled", "data.bad_rows=skip", "data.shuffle_buffer=0",
+               "train.checkpoint=false")
+    try:
+        Trainer(cfg).train()
+    finally:
+        destroy_distributed()
+    assert "data: skipped on all ranks (rows per reason; files): bad_label 5" in capsys.readouterr().out

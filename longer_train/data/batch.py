@@ -6,7 +6,7 @@ object (`Pipelineable`, so TorchRec's train pipelines can copy it ahead of compu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -16,6 +16,7 @@ from torchrec import KeyedJaggedTensor
 from torchrec.streamable import Pipelineable
 
 from ..config import DataConfig
+from .oov import map_ids
 
 
 @dataclass
@@ -26,6 +27,8 @@ class Batch(Pipelineable):
     dense: Tensor  # [B, D_dense] float32
     labels: Tensor  # [B] float32
     user_ids: Tensor  # [B] int64, groups GAUC
+    # rows the loader dropped (data.bad_rows: skip) since the previous batch of the same reader, per reason
+    skipped: dict[str, int] = field(default_factory=dict)
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
         return Batch(
@@ -35,6 +38,7 @@ class Batch(Pipelineable):
             dense=self.dense.to(device, non_blocking=non_blocking),
             labels=self.labels.to(device, non_blocking=non_blocking),
             user_ids=self.user_ids.to(device, non_blocking=non_blocking),
+            skipped=self.skipped,
         )
 
     def record_stream(self, stream: torch.Stream) -> None:
@@ -52,6 +56,7 @@ class Batch(Pipelineable):
             dense=self.dense.pin_memory(),
             labels=self.labels.pin_memory(),
             user_ids=self.user_ids.pin_memory(),
+            skipped=self.skipped,
         )
 
     @property
@@ -86,17 +91,19 @@ def _labels(table: pa.Table, data: DataConfig) -> Tensor:
 
 
 def collate(table: pa.Table, data: DataConfig) -> Batch:
-    """Arrow rows (already validated) -> Batch, keeping the most recent `data.max_len` events per row."""
+    """Arrow rows (already validated) -> Batch, keeping the most recent `data.max_len` events per row and
+    mapping ids beyond a table's vocabulary by its OOV policy (`oov.map_ids`)."""
     rows = table.num_rows
     roles = {role: data.columns(role) for role in ("candidate", "sequence", "user", "dense")}
+    table_of = {f.name: data.tables[f.table] for f in data.features if f.table is not None}
 
     hist_ts, keep = _recent(table, data.hist_timestamp, data.max_len)
     values, lengths = [], []
     for name in roles["candidate"]:
-        values.append(_int_column(table, name))
+        values.append(map_ids(_int_column(table, name), table_of[name]))
         lengths.append(np.ones(rows, dtype=np.int64))
     for name in roles["sequence"]:
-        values.append(_recent(table, name, data.max_len)[0])
+        values.append(map_ids(_recent(table, name, data.max_len)[0], table_of[name]))
         lengths.append(keep)
     per_id = KeyedJaggedTensor(
         keys=roles["candidate"] + roles["sequence"],
@@ -110,10 +117,10 @@ def collate(table: pa.Table, data: DataConfig) -> Batch:
         for name in roles["user"]:
             if pa.types.is_list(table.schema.field(name).type):
                 col_values, col_offsets = _list_column(table, name)
-                values.append(col_values[col_offsets[0] : col_offsets[-1]].astype(np.int64, copy=False))
+                values.append(map_ids(col_values[col_offsets[0] : col_offsets[-1]], table_of[name]))
                 lengths.append(np.diff(col_offsets))
             else:
-                values.append(_int_column(table, name))
+                values.append(map_ids(_int_column(table, name), table_of[name]))
                 lengths.append(np.ones(rows, dtype=np.int64))
         pooled = KeyedJaggedTensor(
             keys=roles["user"],

@@ -2,17 +2,25 @@
 
 Which columns a file must hold comes from the config (`DataConfig.features` and the label, timestamp,
 hist_timestamp and user_id keys), never from code. `validate_schema` checks column presence and types;
-`validate_batch` checks the values of one record batch, vectorised. Every error is a `SchemaError` that
-names the file, the column and, when a row is at fault, the row.
+`validate_batch` checks the values of one record batch, vectorised; `check_rows` does the same for the
+loader and, under `data.bad_rows: skip`, returns the valid rows and counts of the others per reason
+instead of raising. Every error is a `SchemaError` that names the file, the column and, when a row is at
+fault, the row (numbered within the file).
 """
 
 from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from longer_train.config import DataConfig
+
+from .oov import unmappable
 
 INT = "int64"
 LIST = "list<int64>"
@@ -85,36 +93,47 @@ def _flat(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
     return arr, np.arange(len(arr))
 
 
-def _first(bad: np.ndarray, rows: np.ndarray) -> int | None:
-    """Batch row of the first True in `bad` (values are ordered by row), or None."""
-    hits = np.flatnonzero(bad)
-    return int(rows[hits[0]]) if hits.size else None
+@dataclass
+class RowProblem:
+    """Rows of a batch that fail one check, and how to describe one of them."""
+
+    reason: str  # the skip counter: null, unequal_lengths, negative_id, id_out_of_vocab, bad_label, ...
+    column: str
+    rows: np.ndarray  # bool [rows of the batch]
+    detail: Callable[[int], str]  # batch row -> what is wrong with it
 
 
-def _raise_first(problems: list[tuple[int, str, str]], path: str, first_row: int) -> None:
-    """Raise for the problem at the lowest row; `problems` holds (batch row, column, detail)."""
-    if problems:
-        row, name, detail = min(problems, key=lambda p: p[0])
-        raise SchemaError(f"{path}: row {first_row + row}, column '{name}': {detail}")
+def _rows_of(bad_values: np.ndarray, parent: np.ndarray, num_rows: int) -> np.ndarray:
+    rows = np.zeros(num_rows, dtype=bool)
+    rows[parent[bad_values]] = True
+    return rows
 
 
-def _null_problems(batch: pa.RecordBatch, uses: dict) -> list[tuple[int, str, str]]:
+def _first_value(bad_values: np.ndarray, parent: np.ndarray, values: np.ndarray, row: int) -> int:
+    return int(values[np.flatnonzero(bad_values & (parent == row))[0]])
+
+
+def _null_problems(batch: pa.RecordBatch, uses: dict) -> list[RowProblem]:
     problems = []
     for name in uses:
         arr = batch.column(name)
-        row = _first(arr.is_null().to_numpy(zero_copy_only=False), np.arange(len(arr)))
-        if row is not None:
-            problems.append((row, name, "value is null; nulls are not allowed (an empty history is [])"))
-            continue
-        values, rows = _flat(arr)
-        row = _first(values.is_null().to_numpy(zero_copy_only=False), rows)
-        if row is not None:
-            problems.append((row, name, "list holds a null element; nulls are not allowed"))
+        rows = arr.is_null().to_numpy(zero_copy_only=False)
+        if rows.any():
+            problems.append(RowProblem("null", name, rows, lambda _: (
+                "value is null; nulls are not allowed (an empty history is [])")))
+        if pa.types.is_list(arr.type):
+            values, parent = _flat(arr)
+            rows = _rows_of(values.is_null().to_numpy(zero_copy_only=False), parent, len(arr))
+            if rows.any():
+                problems.append(RowProblem("null", name, rows, lambda _: (
+                    "list holds a null element; nulls are not allowed")))
     return problems
 
 
-def _value_problems(batch: pa.RecordBatch, cfg: DataConfig, labelled: bool) -> list[tuple[int, str, str]]:
+def _value_problems(batch: pa.RecordBatch, cfg: DataConfig, labelled: bool) -> list[RowProblem]:
+    """Checks of a batch without nulls."""
     problems = []
+    n = batch.num_rows
 
     # every sequence column has as many events as hist_timestamp in each row
     ref = cfg.hist_timestamp
@@ -122,53 +141,76 @@ def _value_problems(batch: pa.RecordBatch, cfg: DataConfig, labelled: bool) -> l
     for feat in cfg.features:
         if feat.role == "sequence" and feat.name != ref:
             length = pc.list_value_length(batch.column(feat.name)).to_numpy()
-            row = _first(length != ref_len, np.arange(len(length)))
-            if row is not None:
-                problems.append((row, feat.name, (
-                    f"{length[row]} events but '{ref}' has {ref_len[row]}; "
+            if (length != ref_len).any():
+                problems.append(RowProblem("unequal_lengths", feat.name, length != ref_len, lambda r, length=length: (
+                    f"{length[r]} events but '{ref}' has {ref_len[r]}; "
                     "all sequence columns must have equal length within a row")))
 
-    # sparse ids in 0 .. num_embeddings-1 of their table
+    # sparse ids: never negative; beyond the vocabulary only if the table's OOV policy maps them
     for feat in cfg.features:
         if feat.role == "dense":
             continue
-        size = cfg.tables[feat.table].num_embeddings
-        values, rows = _flat(batch.column(feat.name))
+        table = cfg.tables[feat.table]
+        values, parent = _flat(batch.column(feat.name))
         ids = values.to_numpy()
-        bad = (ids < 0) | (ids >= size)
-        row = _first(bad, rows)
-        if row is not None:
-            bad_id = int(ids[np.flatnonzero(bad)[0]])
-            problems.append((row, feat.name, (
-                f"id {bad_id} is outside 0..{size - 1} "
-                f"(table '{feat.table}' has num_embeddings={size})")))
+        negative = ids < 0
+        beyond = unmappable(ids, table) & ~negative
+        for reason, bad in (("negative_id", negative), ("id_out_of_vocab", beyond)):
+            if bad.any():
+                problems.append(RowProblem(reason, feat.name, _rows_of(bad, parent, n),
+                                           lambda r, bad=bad, parent=parent, ids=ids, t=feat.table, table=table: (
+                    f"id {_first_value(bad, parent, ids, r)} is outside 0..{table.num_embeddings - 1} "
+                    f"(table '{t}' has num_embeddings={table.num_embeddings}, oov={table.oov})")))
 
     # label is exactly 0 or 1
     if labelled:
         label = batch.column(cfg.label).to_numpy(zero_copy_only=False).astype(np.float64)
-        row = _first(~np.isin(label, (0.0, 1.0)), np.arange(len(label)))
-        if row is not None:
-            problems.append((row, cfg.label, f"label is {label[row]}, expected 0 or 1"))
+        bad = ~np.isin(label, (0.0, 1.0))
+        if bad.any():
+            problems.append(RowProblem("bad_label", cfg.label, bad, lambda r: (
+                f"label is {label[r]}, expected 0 or 1")))
 
     # no event after the request
     request = batch.column(cfg.timestamp).to_numpy()
-    values, rows = _flat(batch.column(ref))
+    values, parent = _flat(batch.column(ref))
     event = values.to_numpy()
-    bad = event > request[rows]
-    row = _first(bad, rows)
-    if row is not None:
-        problems.append((row, ref, (
-            f"event at {int(event[np.flatnonzero(bad)[0]])} is after the request time "
-            f"{int(request[row])} ('{cfg.timestamp}'); every history event must be <= the request time")))
+    bad = event > request[parent]
+    if bad.any():
+        problems.append(RowProblem("future_event", ref, _rows_of(bad, parent, n), lambda r, bad=bad, parent=parent: (
+            f"event at {_first_value(bad, parent, event, r)} is after the request time "
+            f"{int(request[r])} ('{cfg.timestamp}'); every history event must be <= the request time")))
 
     # dense features are finite
     for feat in cfg.features:
         if feat.role == "dense":
             dense = batch.column(feat.name).to_numpy(zero_copy_only=False).astype(np.float64)
-            row = _first(~np.isfinite(dense), np.arange(len(dense)))
-            if row is not None:
-                problems.append((row, feat.name, f"dense value is {dense[row]}, expected a finite number"))
+            if not np.isfinite(dense).all():
+                problems.append(RowProblem("bad_dense", feat.name, ~np.isfinite(dense), lambda r, dense=dense: (
+                    f"dense value is {dense[r]}, expected a finite number")))
     return problems
+
+
+def row_problems(batch: pa.RecordBatch, cfg: DataConfig, labelled: bool = True) -> list[RowProblem]:
+    """Every failed check of `batch` (schema already valid). Rows with nulls are reported as such only;
+    the value checks run on the other rows."""
+    problems = _null_problems(batch, _column_uses(cfg, labelled))
+    if not problems:
+        return _value_problems(batch, cfg, labelled)
+    has_null = np.logical_or.reduce([p.rows for p in problems])
+    rest = np.flatnonzero(~has_null)
+    for p in _value_problems(batch.take(pa.array(rest)), cfg, labelled):
+        rows = np.zeros(batch.num_rows, dtype=bool)
+        rows[rest[p.rows]] = True
+        index = np.cumsum(~has_null) - 1  # batch row -> row of the null-free batch
+        problems.append(RowProblem(p.reason, p.column, rows, lambda r, p=p, index=index: p.detail(int(index[r]))))
+    return problems
+
+
+def _error(problems: list[RowProblem], path: str, first_row: int) -> SchemaError:
+    """The error for the problem at the lowest row (nulls first: other checks skip null rows)."""
+    nulls = [p for p in problems if p.reason == "null"]
+    row, problem = min(((int(np.argmax(p.rows)), p) for p in (nulls or problems)), key=lambda rp: rp[0])
+    return SchemaError(f"{path}: row {first_row + row}, column '{problem.column}': {problem.detail(row)}")
 
 
 def validate_batch(
@@ -176,10 +218,28 @@ def validate_batch(
 ) -> None:
     """Raise SchemaError for the first offending row of `batch` (rows numbered from `first_row`).
 
-    Checks the schema, then nulls, then: equal sequence lengths per row, ids within their table,
-    label in {0, 1}, history timestamps <= the request timestamp, finite dense values.
+    Checks the schema, then nulls, then: equal sequence lengths per row, ids that are not negative and
+    within their table (or mapped by its OOV policy), label in {0, 1}, history timestamps <= the request
+    timestamp, finite dense values.
     """
     validate_schema(batch.schema, cfg, path, labelled)
-    uses = _column_uses(cfg, labelled)
-    _raise_first(_null_problems(batch, uses), path, first_row)
-    _raise_first(_value_problems(batch, cfg, labelled), path, first_row)
+    problems = row_problems(batch, cfg, labelled)
+    if problems:
+        raise _error(problems, path, first_row)
+
+
+def check_rows(
+    batch: pa.RecordBatch, cfg: DataConfig, path: str, first_row: int = 0, skip: bool = False
+) -> tuple[np.ndarray, Counter]:
+    """(valid rows as a bool mask, skipped rows per reason) of a batch whose schema is valid. Without
+    `skip` the first bad row raises SchemaError; with it, every bad row is dropped and counted once,
+    under the first reason found for it."""
+    problems = row_problems(batch, cfg)
+    keep = np.ones(batch.num_rows, dtype=bool)
+    counts: Counter = Counter()
+    if problems and not skip:
+        raise _error(problems, path, first_row)
+    for p in problems:
+        counts[p.reason] += int((p.rows & keep).sum())
+        keep &= ~p.rows
+    return keep, +counts

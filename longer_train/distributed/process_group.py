@@ -35,6 +35,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _store(rank: int, world_size: int, timeout: timedelta) -> dist.Store:
+    """The rendezvous store, with a prefix per torchrun attempt. Under torchrun the agent hosts the store
+    and keeps it across restarts: without the prefix, a restarted rank can read the address its peer
+    published in the previous attempt and fail to connect (seen with --max-restarts on gloo)."""
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+        is_master=rank == 0 and not agent_store, timeout=timeout,
+    )
+    return dist.PrefixStore(f"longer-train/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
 def init_distributed(device: str = "auto", timeout_s: int = 600) -> DistEnv:
     """Initialise (or reuse) the default process group and pick this rank's device."""
     if "RANK" not in os.environ:  # not launched by torchrun: a group of one
@@ -51,7 +63,10 @@ def init_distributed(device: str = "auto", timeout_s: int = 600) -> DistEnv:
         dev = torch.device("cpu")
     backend = "nccl" if dev.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+        timeout = timedelta(seconds=timeout_s)
+        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        dist.init_process_group(backend=backend, store=_store(rank, world_size, timeout), rank=rank,
+                                world_size=world_size, timeout=timeout)
     return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, dev, backend)
 
 

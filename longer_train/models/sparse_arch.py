@@ -20,6 +20,7 @@ from torchrec import (
 )
 
 from ..config import DataConfig
+from ..data.oov import embedding_rows
 
 
 class FeatureLayout:
@@ -45,7 +46,7 @@ def _table_configs(config_cls: type, data: DataConfig, roles: tuple[str, ...]) -
             features.setdefault(feat.table, []).append(feat.name)
     return [
         config_cls(
-            name=name, num_embeddings=data.tables[name].num_embeddings,
+            name=name, num_embeddings=embedding_rows(data.tables[name]),
             embedding_dim=data.tables[name].embedding_dim, feature_names=names,
         )
         for name, names in features.items()

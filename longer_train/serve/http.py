@@ -3,7 +3,8 @@
 Request: {"user": {<every column of the sample schema that is not a candidate feature>},
           "candidates": [{<candidate feature columns>}, ...]}
 Response: {"scores": [p, ...]} in candidate order. Malformed requests get a 4xx with a message naming the
-field: 400 for bad JSON, missing or mistyped fields and ids out of range (the OOV policy is `error`), 413
+field: 400 for bad JSON, missing or mistyped fields, negative ids and ids beyond the vocabulary of a table
+whose OOV policy is `error` (under `hash` or `oov_row` they are mapped as in training, `data/oov.py`), 413
 for a body over the size bound or too many candidates.
 """
 

@@ -20,6 +20,7 @@ from torchrec import KeyedJaggedTensor
 
 from ..config import Config, config_from_dict
 from ..data.batch import collate
+from ..data.oov import map_ids
 from ..data.schema import validate_batch
 from ..models.longer import Longer, LongerInputs
 from ..models.ranking import dense_dims
@@ -51,7 +52,8 @@ class Scorer:
 
     @torch.no_grad()
     def score_table(self, table: pa.Table, source: str = "request") -> np.ndarray:
-        """Click probability of every row of `table` (sample schema, label optional)."""
+        """Click probability of every row of `table` (sample schema, label optional). Ids beyond a table's
+        vocabulary follow its `oov` policy (`data/oov.py`, as in training); under `error` they raise."""
         data = self.cfg.data
         labelled = data.label in table.column_names
         for batch in table.to_batches():
@@ -81,8 +83,9 @@ class Scorer:
 
     def _candidate_embeddings(self, table: pa.Table) -> torch.Tensor:
         """Candidate feature embeddings of every row; sequence features are passed empty (not looked up)."""
-        layout, rows = self.sparse.layout, table.num_rows
-        values = [torch.from_numpy(table.column(n).to_numpy().astype(np.int64)) for n in layout.candidate]
+        layout, rows, data = self.sparse.layout, table.num_rows, self.cfg.data
+        table_of = {f.name: data.tables[f.table] for f in data.features if f.table is not None}
+        values = [torch.from_numpy(map_ids(table.column(n).to_numpy(), table_of[n])) for n in layout.candidate]
         lengths = [torch.ones(rows, dtype=torch.int32)] * len(layout.candidate)
         lengths += [torch.zeros(rows, dtype=torch.int32)] * len(layout.sequence)
         kjt = KeyedJaggedTensor(

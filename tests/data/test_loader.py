@@ -1,5 +1,6 @@
-"""The streaming loader: every row once per epoch, the most recent max_len events, batches that match
-the Parquet rows (KJT layout, time differences, labels), and schema errors before any batch."""
+"""The streaming loader: every row once per epoch across ranks and workers, equal batch counts on every
+rank, the most recent max_len events, seeded shuffling, length buckets, resume at the next batch, and
+schema errors before any batch."""
 
 from collections import Counter
 
@@ -11,7 +12,7 @@ from data_configs import data_config
 
 from longer_train.config import FeatureConfig
 from longer_train.data import synthetic
-from longer_train.data.loader import ParquetStream, resolve_files
+from longer_train.data.loader import ParquetStream, ShardedLoader, resolve_files
 from longer_train.data.schema import SchemaError
 
 
@@ -22,7 +23,19 @@ def dataset(tmp_path_factory):
     return root, meta
 
 
-def _cfg(meta, max_len, **kw):
+@pytest.fixture(scope="module")
+def small_groups(dataset, tmp_path_factory):
+    """The train split rewritten as two files of uneven row groups (so readers split row groups)."""
+    root, _ = dataset
+    table = pq.read_table(resolve_files(str(root), "train"))
+    folder = tmp_path_factory.mktemp("groups")
+    cut = table.num_rows // 3
+    pq.write_table(table.slice(0, cut), folder / "a.parquet", row_group_size=97)
+    pq.write_table(table.slice(cut), folder / "b.parquet", row_group_size=211)
+    return [str(folder / "a.parquet"), str(folder / "b.parquet")], table
+
+
+def _cfg(meta, max_len=40, **kw):
     vocab = meta["vocab"]
     cfg = data_config(
         {"item": vocab["items"], "category": vocab["categories"], "action": vocab["actions"],
@@ -33,6 +46,26 @@ def _cfg(meta, max_len, **kw):
     for key, value in kw.items():
         setattr(cfg, key, value)
     return cfg
+
+
+def _loader(files, cfg, batch_size=32, shuffle=True, seed=0, rank=0, world_size=1, num_workers=0):
+    stream = ParquetStream(files, cfg, batch_size, shuffle, seed, rank, world_size, num_workers)
+    return ShardedLoader(stream, num_workers)
+
+
+def _keys(batch) -> list[tuple]:
+    """(user, request time proxy, candidate, label) per row: identifies a row of the synthetic data."""
+    hist = batch.per_id["hist_item_id"]
+    cuts = np.cumsum(hist.lengths().numpy())[:-1]
+    events = np.split(hist.values().numpy(), cuts)
+    items = batch.per_id["item_id"].values().tolist()
+    return [(int(u), items[i], tuple(events[i].tolist()), float(batch.labels[i]))
+            for i, u in enumerate(batch.user_ids)]
+
+
+def _table_keys(table: pa.Table, max_len: int = 40) -> Counter:
+    return Counter((r["user_id"], r["item_id"], tuple(r["hist_item_id"][-max_len:]), r["label"])
+                   for r in table.to_pylist())
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
@@ -46,7 +79,7 @@ def test_every_row_once_with_its_most_recent_events(dataset, shuffle):
         for r in pq.read_table(files).to_pylist()
     )
     produced = Counter()
-    for batch in ParquetStream(files, cfg, batch_size=32, shuffle=shuffle, seed=0):
+    for batch in _loader(files, cfg, batch_size=32, shuffle=shuffle):
         hist = batch.per_id["hist_item_id"]
         cuts = np.cumsum(hist.lengths().numpy())[:-1]
         events_per_row = np.split(hist.values().numpy(), cuts)
@@ -58,12 +91,111 @@ def test_every_row_once_with_its_most_recent_events(dataset, shuffle):
     assert produced == expected
 
 
-def test_shuffle_is_seeded(dataset):
+def test_two_ranks_two_workers_see_every_row_once_in_equal_batch_counts(dataset, small_groups):
+    _, meta = dataset
+    files, table = small_groups
+    cfg = _cfg(meta, shuffle_buffer=300)
+    for epoch in (0, 1):
+        produced, counts, sizes = Counter(), [], []
+        for rank in (0, 1):
+            loader = _loader(files, cfg, batch_size=64, rank=rank, world_size=2, num_workers=2)
+            loader.set_epoch(epoch)
+            batches = list(loader)
+            assert all(b.size > 0 for b in batches)
+            counts.append((len(batches), loader.num_batches()))
+            sizes.append(sum(b.size for b in batches))
+            for b in batches:
+                produced.update(_keys(b))
+        assert counts[0] == counts[1] and counts[0][0] == counts[0][1]
+        assert abs(sizes[0] - sizes[1]) <= 1
+        assert produced == _table_keys(table)
+
+
+@pytest.mark.parametrize("rows", [1000, 1001, 1003, 1100])
+def test_batch_count_is_equal_on_every_rank_for_uneven_splits(dataset, small_groups, rows):
+    _, meta = dataset
+    files, table = small_groups
+    path = str(small_groups[0][0]).replace("a.parquet", f"uneven{rows}.parquet")
+    pq.write_table(table.slice(0, rows), path, row_group_size=97)
+    cfg = _cfg(meta, shuffle_buffer=0)
+    streams = [ParquetStream([path], cfg, 100, False, rank=r, world_size=3, num_workers=2) for r in range(3)]
+    for stream in streams:
+        plans = [stream.batch_sizes(w) for w in range(2)]
+        assert len(plans[0]) == len(plans[1]) == stream.num_batches() // 2 == streams[0].num_batches() // 2
+        assert all(1 <= size <= 101 for plan in plans for size in plan)
+    assert sum(sum(map(sum, (s.batch_sizes(w) for w in range(2)))) for s in streams) == rows
+
+
+def test_shuffle_is_seeded_and_changes_with_the_epoch(dataset):
     root, meta = dataset
     cfg = _cfg(meta, max_len=7, shuffle_buffer=100)
     files = resolve_files(str(root), "train")
-    first = lambda seed: next(iter(ParquetStream(files, cfg, 16, True, seed=seed))).user_ids.tolist()
-    assert first(0) == first(0) and first(0) != first(1)
+
+    def first(seed, epoch=0):
+        loader = _loader(files, cfg, 16, seed=seed)
+        loader.set_epoch(epoch)
+        return next(iter(loader)).user_ids.tolist()
+
+    assert first(0) == first(0) and first(0) != first(1) and first(0) != first(0, epoch=1)
+
+
+def test_length_buckets_cut_padding_and_keep_every_row(dataset):
+    root, meta = dataset
+    files = resolve_files(str(root), "train")
+    table = pq.read_table(files)
+
+    def padding(bucket):
+        cfg = _cfg(meta, shuffle_buffer=2000, bucket_by_length=bucket)
+        produced, pad = Counter(), 0
+        for b in _loader(files, cfg, batch_size=32):
+            lengths = b.per_id["hist_item_id"].lengths().numpy()
+            pad += int(lengths.max() * len(lengths) - lengths.sum())
+            produced.update(_keys(b))
+        assert produced == _table_keys(table)
+        return pad
+
+    assert padding(True) < 0.5 * padding(False)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("bucket", [False, True])
+def test_resume_continues_with_exactly_the_next_batch(dataset, small_groups, num_workers, bucket):
+    _, meta = dataset
+    files, _ = small_groups
+    cfg = _cfg(meta, shuffle_buffer=300, bucket_by_length=bucket)
+
+    def rows(batches):
+        return [(b.user_ids.tolist(), b.labels.tolist(), b.per_id.values().tolist()) for b in batches]
+
+    full = _loader(files, cfg, 48, rank=1, world_size=2, num_workers=num_workers)
+    full.set_epoch(3)
+    uninterrupted = rows(full)
+    for k in (0, 1, 5, len(uninterrupted) - 1):
+        first = _loader(files, cfg, 48, rank=1, world_size=2, num_workers=num_workers)
+        first.set_epoch(3)
+        it = iter(first)
+        head = [next(it) for _ in range(k)]
+        state = first.state_dict()
+        assert state["batches"] == k and state["epoch"] == 3
+        resumed = _loader(files, cfg, 48, rank=1, world_size=2, num_workers=num_workers)
+        resumed.load_state_dict(state)
+        resumed.set_epoch(3)
+        assert rows(head) + rows(resumed) == uninterrupted
+
+
+def test_resume_refuses_another_reader_layout(dataset, small_groups):
+    _, meta = dataset
+    files, _ = small_groups
+    state = _loader(files, _cfg(meta), num_workers=2).state_dict()
+    with pytest.raises(ValueError, match="num_workers"):
+        _loader(files, _cfg(meta), num_workers=1).load_state_dict(state)
+
+
+def test_too_few_rows_for_the_readers_is_an_error(dataset, tmp_path):
+    root, meta = dataset
+    pq.write_table(pq.read_table(resolve_files(str(root), "valid")).slice(0, 3), tmp_path / "tiny.parquet")
+    with pytest.raises(ValueError, match="fewer workers"):
+        ParquetStream([str(tmp_path / "tiny.parquet")], _cfg(meta), 16, False, world_size=2, num_workers=2)
 
 
 def test_wrong_column_type_fails_before_training(dataset, tmp_path):

@@ -2,6 +2,7 @@
 writes scores, and the HTTP service answers good requests, rejects bad ones with 4xx, and stays correct
 under concurrent requests."""
 
+import copy
 import json
 import threading
 import urllib.error
@@ -20,6 +21,7 @@ from longer_train.config import load_config
 from longer_train.data import synthetic
 from longer_train.data.batch import collate
 from longer_train.data.loader import resolve_files
+from longer_train.data.schema import SchemaError
 from longer_train.distributed.process_group import destroy_distributed
 from longer_train.serve.cli import main as serve_main
 from longer_train.serve.http import make_server
@@ -160,3 +162,20 @@ def test_http_is_correct_under_concurrent_requests(trained, server):
     for i, (status, body) in enumerate(together):
         assert status == 200
         np.testing.assert_allclose(body["scores"], alone[i % 8], atol=1e-6)
+
+
+def test_scoring_maps_ids_beyond_the_vocabulary_as_training_does(trained):
+    _, scorer, test = trained
+    size = scorer.cfg.data.tables["item"].num_embeddings
+    rows = test.slice(0, 4)
+    ids = rows["item_id"].to_numpy()
+    hist = rows["hist_item_id"].to_pylist()
+    beyond = rows.set_column(rows.schema.get_field_index("item_id"), "item_id", pa.array(ids + size))
+    beyond = beyond.set_column(beyond.schema.get_field_index("hist_item_id"), "hist_item_id",
+                               pa.array([[i + 3 * size for i in h] for h in hist], pa.list_(pa.int64())))
+    with pytest.raises(SchemaError, match="item_id"):  # the trained config's policy is error
+        scorer.score_table(beyond)
+    cfg = copy.deepcopy(scorer.cfg)
+    cfg.data.tables["item"].oov = "hash"
+    hashed = Scorer(cfg, scorer.sparse, scorer.dense)
+    np.testing.assert_allclose(hashed.score_table(beyond), scorer.score_table(rows), atol=1e-6)
