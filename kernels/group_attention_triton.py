@@ -27,7 +27,8 @@ from .tile_ops import LOG2E, dot
 
 @triton.jit
 def _group_tile(base, group, token, row_ok, stride_g, stride_t, offs_d, HEAD_DIM: tl.constexpr):
-    """[BLOCK_R, BLOCK_D] rows (group, token) of one head; rows past the last group and columns past dh read 0."""
+    """[BLOCK_R, BLOCK_D] rows (group, token) of one head; rows not ok (padding tokens, past the last group)
+    and columns past dh read 0, so padding is never read whatever it holds."""
     ptrs = base + group[:, None] * stride_g + token[:, None] * stride_t + offs_d[None, :]
     return tl.load(ptrs, mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
 
@@ -49,9 +50,9 @@ def _group_rows(Valid, num_groups, GROUP_SIZE: tl.constexpr, BLOCK_R: tl.constex
     rows = tl.arange(0, BLOCK_R)
     group = tl.program_id(0) * (BLOCK_R // GROUP_SIZE) + rows // GROUP_SIZE
     token = rows % GROUP_SIZE
-    row_ok = group < num_groups
-    valid = tl.load(Valid + group * GROUP_SIZE + token, mask=row_ok, other=0) != 0
-    return group, token, row_ok, valid
+    in_range = group < num_groups
+    valid = tl.load(Valid + group * GROUP_SIZE + token, mask=in_range, other=0) != 0
+    return group, token, in_range, valid
 
 
 @triton.jit
@@ -63,15 +64,15 @@ def _group_fwd_kernel(
     WIDEN_DOT: tl.constexpr,
 ):
     h = tl.program_id(1)
-    group, token, row_ok, valid = _group_rows(Valid, num_groups, GROUP_SIZE, BLOCK_R)
+    group, token, in_range, valid = _group_rows(Valid, num_groups, GROUP_SIZE, BLOCK_R)
     offs_d = tl.arange(0, BLOCK_D)
-    q = _group_tile(Q + h * stride_qh, group, token, row_ok, stride_qg, stride_qt, offs_d, HEAD_DIM)
-    k = _group_tile(K + h * stride_kh, group, token, row_ok, stride_kg, stride_kt, offs_d, HEAD_DIM)
-    v = _group_tile(V + h * stride_vh, group, token, row_ok, stride_vg, stride_vt, offs_d, HEAD_DIM)
+    q = _group_tile(Q + h * stride_qh, group, token, valid, stride_qg, stride_qt, offs_d, HEAD_DIM)
+    k = _group_tile(K + h * stride_kh, group, token, valid, stride_kg, stride_kt, offs_d, HEAD_DIM)
+    v = _group_tile(V + h * stride_vh, group, token, valid, stride_vg, stride_vt, offs_d, HEAD_DIM)
     p = _group_probs(q, k, group, valid, qk_scale, WIDEN_DOT)
     out = dot(p.to(v.dtype), v, WIDEN_DOT)
     ptrs = Out + h * stride_oh + group[:, None] * stride_og + token[:, None] * stride_ot + offs_d[None, :]
-    tl.store(ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
+    tl.store(ptrs, out.to(Out.dtype.element_ty), mask=in_range[:, None] & (offs_d[None, :] < HEAD_DIM))
 
 
 @triton.jit
@@ -84,12 +85,12 @@ def _group_bwd_kernel(
     WIDEN_DOT: tl.constexpr,
 ):
     h = tl.program_id(1)
-    group, token, row_ok, valid = _group_rows(Valid, num_groups, GROUP_SIZE, BLOCK_R)
+    group, token, in_range, valid = _group_rows(Valid, num_groups, GROUP_SIZE, BLOCK_R)
     offs_d = tl.arange(0, BLOCK_D)
-    q = _group_tile(Q + h * stride_qh, group, token, row_ok, stride_qg, stride_qt, offs_d, HEAD_DIM)
-    k = _group_tile(K + h * stride_kh, group, token, row_ok, stride_kg, stride_kt, offs_d, HEAD_DIM)
-    v = _group_tile(V + h * stride_vh, group, token, row_ok, stride_vg, stride_vt, offs_d, HEAD_DIM)
-    do = _group_tile(DO + h * stride_doh, group, token, row_ok, stride_dog, stride_dot, offs_d, HEAD_DIM)
+    q = _group_tile(Q + h * stride_qh, group, token, valid, stride_qg, stride_qt, offs_d, HEAD_DIM)
+    k = _group_tile(K + h * stride_kh, group, token, valid, stride_kg, stride_kt, offs_d, HEAD_DIM)
+    v = _group_tile(V + h * stride_vh, group, token, valid, stride_vg, stride_vt, offs_d, HEAD_DIM)
+    do = _group_tile(DO + h * stride_doh, group, token, valid, stride_dog, stride_dot, offs_d, HEAD_DIM)
     p = _group_probs(q, k, group, valid, qk_scale, WIDEN_DOT)  # [R, R]
     dv = dot(tl.trans(p.to(do.dtype)), do, WIDEN_DOT)
     dp = dot(do, tl.trans(v), WIDEN_DOT)
@@ -98,7 +99,7 @@ def _group_bwd_kernel(
     dk = dot(tl.trans(ds.to(q.dtype)), q, WIDEN_DOT) * sm_scale
 
     offsets = h * stride_gh + group[:, None] * stride_gg + token[:, None] * stride_gt + offs_d[None, :]
-    mask = row_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
+    mask = in_range[:, None] & (offs_d[None, :] < HEAD_DIM)
     tl.store(DQ + offsets, dq.to(DQ.dtype.element_ty), mask=mask)
     tl.store(DK + offsets, dk.to(DK.dtype.element_ty), mask=mask)
     tl.store(DV + offsets, dv.to(DV.dtype.element_ty), mask=mask)

@@ -41,9 +41,10 @@ CPU_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 16}
 
 
 @triton.jit
-def _load_rows(base, rows, stride_row, num_rows, offs_d, head_dim: tl.constexpr):
-    """[len(rows), BLOCK_D] tile of a [num_rows, head_dim] matrix; out-of-range rows and columns read 0."""
-    mask = (rows[:, None] < num_rows) & (offs_d[None, :] < head_dim)
+def _load_rows(base, rows, stride_row, first_row, num_rows, offs_d, head_dim: tl.constexpr):
+    """[len(rows), BLOCK_D] tile of a [num_rows, head_dim] matrix. Rows before first_row (padding) or past
+    the end and columns past head_dim read 0: padding is never read, whatever it holds."""
+    mask = (rows[:, None] >= first_row) & (rows[:, None] < num_rows) & (offs_d[None, :] < head_dim)
     return tl.load(base + rows[:, None] * stride_row + offs_d[None, :], mask=mask, other=0.0)
 
 
@@ -64,7 +65,8 @@ def _hybrid_fwd_kernel(
 ):
     pid_m, pid_bh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b, h = pid_bh // num_heads, pid_bh % num_heads
-    key_start = tl.load(NumPad + b).to(tl.int32)
+    key_start = tl.load(NumPad + b).to(tl.int32)  # first valid key position
+    first_q = key_start - query_offset  # first valid query index (earlier queries are padding)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     q_pos = query_offset + offs_m  # key position of each query
@@ -73,14 +75,14 @@ def _hybrid_fwd_kernel(
     lo = tl.maximum(key_start // BLOCK_N * BLOCK_N, split * keys_per_split)
     hi = tl.minimum(tl.minimum(query_offset + (pid_m + 1) * BLOCK_M, seq_len_k), (split + 1) * keys_per_split)
 
-    q = _load_rows(Q + b * stride_qb + h * stride_qh, offs_m, stride_qm, seq_len_q, offs_d, HEAD_DIM)
+    q = _load_rows(Q + b * stride_qb + h * stride_qh, offs_m, stride_qm, first_q, seq_len_q, offs_d, HEAD_DIM)
     k_base, v_base = K + b * stride_kb + h * stride_kh, V + b * stride_vb + h * stride_vh
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = _load_rows(k_base, offs_n, stride_kn, seq_len_k, offs_d, HEAD_DIM)
+        k = _load_rows(k_base, offs_n, stride_kn, key_start, seq_len_k, offs_d, HEAD_DIM)
         s = dot(q, tl.trans(k), WIDEN_DOT) * qk_scale  # [M, N] logits in base 2
         s = tl.where(_allowed(q_pos, offs_n, key_start, seq_len_k), s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -88,13 +90,13 @@ def _hybrid_fwd_kernel(
         p = tl.math.exp2(s - m_safe[:, None])
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = _load_rows(v_base, offs_n, stride_vn, seq_len_k, offs_d, HEAD_DIM)
+        v = _load_rows(v_base, offs_n, stride_vn, key_start, seq_len_k, offs_d, HEAD_DIM)
         acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, WIDEN_DOT)
         m_i = m_new
 
     has_key = l_i > 0.0
     out = acc / tl.where(has_key, l_i, 1.0)[:, None]
-    lse = tl.where(has_key, m_i + tl.math.log2(l_i), float("-inf"))  # base 2; -inf: no key in this range
+    lse = tl.where(has_key, m_i + tl.math.log2(tl.where(has_key, l_i, 1.0)), float("-inf"))  # -inf: no key
     o_base = Out + split * stride_os + b * stride_ob + h * stride_oh
     o_mask = (offs_m[:, None] < seq_len_q) & (offs_d[None, :] < HEAD_DIM)
     tl.store(o_base + offs_m[:, None] * stride_om + offs_d[None, :], out.to(Out.dtype.element_ty), mask=o_mask)
@@ -113,7 +115,8 @@ def _hybrid_bwd_dkdv_kernel(
 ):
     pid_n, pid_bh = tl.program_id(0), tl.program_id(1)
     b, h = pid_bh // num_heads, pid_bh % num_heads
-    key_start = tl.load(NumPad + b).to(tl.int32)
+    key_start = tl.load(NumPad + b).to(tl.int32)  # first valid key position
+    first_q = key_start - query_offset  # first valid query index (earlier queries are padding)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     # queries that can see this key block: from the first one at or after its first key; none if the
@@ -121,21 +124,20 @@ def _hybrid_bwd_dkdv_kernel(
     lo = tl.maximum(pid_n * BLOCK_N - query_offset, 0) // BLOCK_M * BLOCK_M
     hi = tl.where((pid_n + 1) * BLOCK_N > key_start, seq_len_q, lo)
 
-    k = _load_rows(K + b * stride_kb + h * stride_kh, offs_n, stride_kn, seq_len_k, offs_d, HEAD_DIM)
-    v = _load_rows(V + b * stride_vb + h * stride_vh, offs_n, stride_vn, seq_len_k, offs_d, HEAD_DIM)
+    k = _load_rows(K + b * stride_kb + h * stride_kh, offs_n, stride_kn, key_start, seq_len_k, offs_d, HEAD_DIM)
+    v = _load_rows(V + b * stride_vb + h * stride_vh, offs_n, stride_vn, key_start, seq_len_k, offs_d, HEAD_DIM)
     q_base, do_base = Q + b * stride_qb + h * stride_qh, DO + b * stride_dob + h * stride_doh
     row_base = pid_bh * seq_len_q
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        q = _load_rows(q_base, offs_m, stride_qm, seq_len_q, offs_d, HEAD_DIM)
-        do = _load_rows(do_base, offs_m, stride_dom, seq_len_q, offs_d, HEAD_DIM)
-        lse = tl.load(Lse + row_base + offs_m, mask=offs_m < seq_len_q, other=float("-inf"))
+        q = _load_rows(q_base, offs_m, stride_qm, first_q, seq_len_q, offs_d, HEAD_DIM)
+        do = _load_rows(do_base, offs_m, stride_dom, first_q, seq_len_q, offs_d, HEAD_DIM)
+        lse = tl.load(Lse + row_base + offs_m, mask=offs_m < seq_len_q, other=float("inf"))  # rows past Lq: p = 0
         delta = tl.load(Delta + row_base + offs_m, mask=offs_m < seq_len_q, other=0.0)
         s = dot(q, tl.trans(k), WIDEN_DOT) * qk_scale  # [M, N]
-        allowed = _allowed(query_offset + offs_m, offs_n, key_start, seq_len_k) & (offs_m[:, None] < seq_len_q)
-        p = tl.where(allowed, tl.math.exp2(s - lse[:, None]), 0.0)
+        p = tl.where(_allowed(query_offset + offs_m, offs_n, key_start, seq_len_k), tl.math.exp2(s - lse[:, None]), 0.0)
         dv += dot(tl.trans(p.to(do.dtype)), do, WIDEN_DOT)
         dp = dot(do, tl.trans(v), WIDEN_DOT)
         ds = p * (dp - delta[:, None])
@@ -159,23 +161,24 @@ def _hybrid_bwd_dq_kernel(
 ):
     pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
     b, h = pid_bh // num_heads, pid_bh % num_heads
-    key_start = tl.load(NumPad + b).to(tl.int32)
+    key_start = tl.load(NumPad + b).to(tl.int32)  # first valid key position
+    first_q = key_start - query_offset  # first valid query index (earlier queries are padding)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     q_pos = query_offset + offs_m
     lo = key_start // BLOCK_N * BLOCK_N
     hi = tl.minimum(query_offset + (pid_m + 1) * BLOCK_M, seq_len_k)
 
-    q = _load_rows(Q + b * stride_qb + h * stride_qh, offs_m, stride_qm, seq_len_q, offs_d, HEAD_DIM)
-    do = _load_rows(DO + b * stride_dob + h * stride_doh, offs_m, stride_dom, seq_len_q, offs_d, HEAD_DIM)
-    lse = tl.load(Lse + pid_bh * seq_len_q + offs_m, mask=offs_m < seq_len_q, other=float("-inf"))
+    q = _load_rows(Q + b * stride_qb + h * stride_qh, offs_m, stride_qm, first_q, seq_len_q, offs_d, HEAD_DIM)
+    do = _load_rows(DO + b * stride_dob + h * stride_doh, offs_m, stride_dom, first_q, seq_len_q, offs_d, HEAD_DIM)
+    lse = tl.load(Lse + pid_bh * seq_len_q + offs_m, mask=offs_m < seq_len_q, other=float("inf"))  # past Lq: p = 0
     delta = tl.load(Delta + pid_bh * seq_len_q + offs_m, mask=offs_m < seq_len_q, other=0.0)
     k_base, v_base = K + b * stride_kb + h * stride_kh, V + b * stride_vb + h * stride_vh
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = _load_rows(k_base, offs_n, stride_kn, seq_len_k, offs_d, HEAD_DIM)
-        v = _load_rows(v_base, offs_n, stride_vn, seq_len_k, offs_d, HEAD_DIM)
+        k = _load_rows(k_base, offs_n, stride_kn, key_start, seq_len_k, offs_d, HEAD_DIM)
+        v = _load_rows(v_base, offs_n, stride_vn, key_start, seq_len_k, offs_d, HEAD_DIM)
         s = dot(q, tl.trans(k), WIDEN_DOT) * qk_scale
         p = tl.where(_allowed(q_pos, offs_n, key_start, seq_len_k), tl.math.exp2(s - lse[:, None]), 0.0)
         dp = dot(do, tl.trans(v), WIDEN_DOT)
