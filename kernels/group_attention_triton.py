@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .tile_ops import LOG2E, dot
+from .tile_ops import LOG2E, Launcher, dot
 
 
 @triton.jit
@@ -48,14 +48,14 @@ def _group_probs(q, k, group, valid, qk_scale, WIDEN_DOT: tl.constexpr):
 @triton.jit
 def _group_rows(Valid, num_groups, GROUP_SIZE: tl.constexpr, BLOCK_R: tl.constexpr):
     rows = tl.arange(0, BLOCK_R)
-    group = tl.program_id(0) * (BLOCK_R // GROUP_SIZE) + rows // GROUP_SIZE
+    group = tl.program_id(0).to(tl.int64) * (BLOCK_R // GROUP_SIZE) + rows // GROUP_SIZE  # G * stride > 2**31
     token = rows % GROUP_SIZE
     in_range = group < num_groups
     valid = tl.load(Valid + group * GROUP_SIZE + token, mask=in_range, other=0) != 0
     return group, token, in_range, valid
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_groups"])
 def _group_fwd_kernel(
     Q, K, V, Valid, Out,
     stride_qg, stride_qh, stride_qt, stride_kg, stride_kh, stride_kt, stride_vg, stride_vh, stride_vt,
@@ -75,7 +75,7 @@ def _group_fwd_kernel(
     tl.store(ptrs, out.to(Out.dtype.element_ty), mask=in_range[:, None] & (offs_d[None, :] < HEAD_DIM))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_groups"])
 def _group_bwd_kernel(
     Q, K, V, Valid, DO, DQ, DK, DV,
     stride_qg, stride_qh, stride_qt, stride_kg, stride_kh, stride_kt, stride_vg, stride_vh, stride_vt,
@@ -105,10 +105,12 @@ def _group_bwd_kernel(
     tl.store(DV + offsets, dv.to(DV.dtype.element_ty), mask=mask)
 
 
-_SM90_CONFIGS = [triton.Config({"BLOCK_R": r}, num_warps=w) for r in (64, 128) for w in (2, 4, 8)]
-_fwd_tuned = triton.autotune(_SM90_CONFIGS, key=["GROUP_SIZE", "HEAD_DIM"])(_group_fwd_kernel)
-_bwd_tuned = triton.autotune(_SM90_CONFIGS, key=["GROUP_SIZE", "HEAD_DIM"])(_group_bwd_kernel)
 MAX_GROUP_SIZE = 64
+# sm_90 configs (the first is the default without autotuning)
+_CONFIGS = [triton.Config({"BLOCK_R": r}, num_warps=w) for r, w in ((64, 4), (128, 4), (64, 2), (128, 8))]
+_CPU_TILE = {"BLOCK_R": MAX_GROUP_SIZE}  # interpreter (tests): one tile, at least one group
+_fwd = Launcher(_group_fwd_kernel, _CONFIGS, ["GROUP_SIZE", "HEAD_DIM"], _CPU_TILE)
+_bwd = Launcher(_group_bwd_kernel, _CONFIGS, ["GROUP_SIZE", "HEAD_DIM"], _CPU_TILE)
 
 
 def unsupported_reason(group_size: int) -> str | None:
@@ -118,12 +120,8 @@ def unsupported_reason(group_size: int) -> str | None:
     return None
 
 
-def _launch(tuned, plain, num_groups: int, group_size: int, heads: int, *args, **constexprs) -> None:
-    grid = lambda meta: (triton.cdiv(num_groups, meta["BLOCK_R"] // group_size), heads)
-    if args[0].is_cuda:
-        tuned[grid](*args, **constexprs, WIDEN_DOT=False)
-    else:  # interpreter (tests): a small tile that still spans several groups
-        plain[grid](*args, **constexprs, BLOCK_R=max(32, group_size), WIDEN_DOT=True)
+def _grid(num_groups: int, group_size: int, heads: int):
+    return lambda meta: (triton.cdiv(num_groups, meta["BLOCK_R"] // group_size), heads)
 
 
 def _merged_layout_like(x: Tensor) -> Tensor:
@@ -144,8 +142,8 @@ class GroupAttentionFunction(torch.autograd.Function):
         out = _merged_layout_like(q)
         constexprs = {"GROUP_SIZE": group_size, "HEAD_DIM": dh, "BLOCK_D": max(16, triton.next_power_of_2(dh))}
         if g:
-            _launch(
-                _fwd_tuned, _group_fwd_kernel, g, group_size, h,
+            _fwd(
+                _grid(g, group_size, h),
                 q, k, v, valid, out, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
                 g, LOG2E / math.sqrt(dh), **constexprs,
             )
@@ -160,8 +158,8 @@ class GroupAttentionFunction(torch.autograd.Function):
         d_out = d_out if d_out.stride(-1) == 1 else d_out.contiguous()
         dq, dk, dv = _merged_layout_like(q), _merged_layout_like(q), _merged_layout_like(q)
         if g:
-            _launch(
-                _bwd_tuned, _group_bwd_kernel, g, group_size, h,
+            _bwd(
+                _grid(g, group_size, h),
                 q, k, v, valid, d_out, dq, dk, dv, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
                 *d_out.stride()[:3], *dq.stride()[:3], g, LOG2E / math.sqrt(dh), 1.0 / math.sqrt(dh),
                 **ctx.constexprs,

@@ -21,8 +21,8 @@ Kernels (flash-attention-2 style, online softmax in base 2, fp32 accumulation):
   B*H alone would leave SMs idle.
 - `_hybrid_bwd_dkdv_kernel`: one program per key block loops over the query blocks that can see it.
 - `_hybrid_bwd_dq_kernel`: one program per query block loops over its key range (no atomics).
-On CUDA the block sizes are autotuned (configs aimed at sm_90); on CPU (TRITON_INTERPRET=1, tests) fixed
-small blocks are used.
+On CUDA the block sizes are autotuned over a few configs aimed at sm_90 (`tile_ops.Launcher`); on CPU
+(TRITON_INTERPRET=1, tests) fixed small blocks are used.
 """
 
 from __future__ import annotations
@@ -34,10 +34,12 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .tile_ops import LOG2E, dot
+from .tile_ops import LOG2E, Launcher, dot
 
 LN2 = 0.6931471805599453
 CPU_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 16}
+# integer arguments that change from batch to batch: no recompilation for their divisibility by 16
+_VARYING = ["seq_len_q", "seq_len_k", "query_offset", "q_bucket", "k_bucket"]
 
 
 @triton.jit
@@ -54,7 +56,7 @@ def _allowed(q_pos, keys, key_start, seq_len_k):
     return (keys[None, :] >= key_start) & (keys[None, :] <= q_pos[:, None]) & (keys[None, :] < seq_len_k)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_VARYING)
 def _hybrid_fwd_kernel(
     Q, K, V, NumPad, Out, Lse,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
@@ -64,7 +66,7 @@ def _hybrid_fwd_kernel(
     WIDEN_DOT: tl.constexpr,
 ):
     pid_m, pid_bh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    b, h = pid_bh // num_heads, pid_bh % num_heads
+    b, h = (pid_bh // num_heads).to(tl.int64), pid_bh % num_heads  # int64: B * batch stride may pass 2**31
     key_start = tl.load(NumPad + b).to(tl.int32)  # first valid key position
     first_q = key_start - query_offset  # first valid query index (earlier queries are padding)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -104,7 +106,7 @@ def _hybrid_fwd_kernel(
     tl.store(lse_base + offs_m, lse, mask=offs_m < seq_len_q)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_VARYING)
 def _hybrid_bwd_dkdv_kernel(
     Q, K, V, DO, Lse, Delta, NumPad, DK, DV,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
@@ -114,7 +116,7 @@ def _hybrid_bwd_dkdv_kernel(
     WIDEN_DOT: tl.constexpr,
 ):
     pid_n, pid_bh = tl.program_id(0), tl.program_id(1)
-    b, h = pid_bh // num_heads, pid_bh % num_heads
+    b, h = (pid_bh // num_heads).to(tl.int64), pid_bh % num_heads  # int64: B * batch stride may pass 2**31
     key_start = tl.load(NumPad + b).to(tl.int32)  # first valid key position
     first_q = key_start - query_offset  # first valid query index (earlier queries are padding)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -150,7 +152,7 @@ def _hybrid_bwd_dkdv_kernel(
     tl.store(dv_ptr, dv.to(DV.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_VARYING)
 def _hybrid_bwd_dq_kernel(
     Q, K, V, DO, Lse, Delta, NumPad, DQ,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
@@ -160,7 +162,7 @@ def _hybrid_bwd_dq_kernel(
     WIDEN_DOT: tl.constexpr,
 ):
     pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
-    b, h = pid_bh // num_heads, pid_bh % num_heads
+    b, h = (pid_bh // num_heads).to(tl.int64), pid_bh % num_heads  # int64: B * batch stride may pass 2**31
     key_start = tl.load(NumPad + b).to(tl.int32)  # first valid key position
     first_q = key_start - query_offset  # first valid query index (earlier queries are padding)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -190,27 +192,26 @@ def _hybrid_bwd_dq_kernel(
     tl.store(dq_ptr, (dq * sm_scale).to(DQ.dtype.element_ty), mask=mask)
 
 
-def _sm90_configs(block_m: tuple[int, ...], block_n: tuple[int, ...]) -> list[triton.Config]:
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm in block_m for bn in block_n for w in (4, 8) for s in (2, 3)
-        if not (bm == 128 and bn == 128 and w == 4)
-    ]
+def _configs(*block_warps_stages: tuple[int, int, int, int]) -> list[triton.Config]:
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in block_warps_stages]
 
 
-# tuned per (head size, power-of-two bucket of Lq and Lk), so ragged batches do not retune every step
+# A few sm_90 configs each (the first is the default without autotuning); tuned per head size and
+# power-of-two bucket of Lq and Lk, so ragged batches do not retune every step.
 _TUNE_KEY = ["HEAD_DIM", "q_bucket", "k_bucket"]
-_fwd_tuned = triton.autotune(_sm90_configs((16, 32, 64, 128), (32, 64, 128)), key=_TUNE_KEY)(_hybrid_fwd_kernel)
-_dkdv_tuned = triton.autotune(_sm90_configs((32, 64), (32, 64, 128)), key=_TUNE_KEY)(_hybrid_bwd_dkdv_kernel)
-_dq_tuned = triton.autotune(_sm90_configs((32, 64, 128), (32, 64)), key=_TUNE_KEY)(_hybrid_bwd_dq_kernel)
-
-
-def _launch(tuned, plain, grid, *args, **constexprs) -> None:
-    """Autotuned launch on CUDA; fixed small blocks on CPU (the interpreter, for tests)."""
-    if args[0].is_cuda:
-        tuned[grid](*args, **constexprs, WIDEN_DOT=False)
-    else:
-        plain[grid](*args, **constexprs, **CPU_BLOCKS, WIDEN_DOT=True)
+_fwd = Launcher(
+    _hybrid_fwd_kernel,
+    _configs((64, 64, 4, 3), (128, 64, 8, 3), (64, 128, 4, 3), (128, 128, 8, 2), (32, 64, 4, 3), (16, 128, 4, 3)),
+    _TUNE_KEY, CPU_BLOCKS,
+)
+_bwd_dkdv = Launcher(
+    _hybrid_bwd_dkdv_kernel,
+    _configs((32, 64, 4, 2), (64, 64, 4, 2), (32, 128, 8, 2), (64, 128, 8, 2)), _TUNE_KEY, CPU_BLOCKS,
+)
+_bwd_dq = Launcher(
+    _hybrid_bwd_dq_kernel,
+    _configs((64, 32, 4, 2), (64, 64, 4, 2), (128, 32, 8, 2), (128, 64, 8, 2)), _TUNE_KEY, CPU_BLOCKS,
+)
 
 
 def _shape_args(q: Tensor, k: Tensor, query_offset: int) -> tuple:
@@ -247,8 +248,8 @@ def attention_forward(
     partial = q.new_empty((splits, b, h, lq, dh), dtype=q.dtype if splits == 1 else torch.float32)
     lse = q.new_empty((splits, b, h, lq), dtype=torch.float32)
     grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * h, splits)
-    _launch(
-        _fwd_tuned, _hybrid_fwd_kernel, grid,
+    _fwd(
+        grid,
         q, k, v, num_pad, partial, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *partial.stride()[:4],
         *_shape_args(q, k, query_offset), splits, LOG2E / math.sqrt(dh), *_buckets(q, k), **_head_constexprs(dh),
     )
@@ -296,13 +297,13 @@ class HybridAttentionFunction(torch.autograd.Function):
         sm_scale = 1.0 / math.sqrt(dh)
         common = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *d_out.stride()[:3])
         scalars = (*_shape_args(q, k, query_offset), sm_scale, sm_scale * LOG2E, *_buckets(q, k))
-        _launch(
-            _dkdv_tuned, _hybrid_bwd_dkdv_kernel, lambda meta: (triton.cdiv(lk, meta["BLOCK_N"]), b * h),
+        _bwd_dkdv(
+            lambda meta: (triton.cdiv(lk, meta["BLOCK_N"]), b * h),
             q, k, v, d_out, lse, delta, num_pad, dk, dv, *common, *dk.stride()[:3], *dv.stride()[:3], *scalars,
             **_head_constexprs(dh),
         )
-        _launch(
-            _dq_tuned, _hybrid_bwd_dq_kernel, lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * h),
+        _bwd_dq(
+            lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * h),
             q, k, v, d_out, lse, delta, num_pad, dq, *common, *dq.stride()[:3], *scalars, **_head_constexprs(dh),
         )
         return dq, dk, dv, None, None
