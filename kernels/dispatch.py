@@ -12,7 +12,6 @@ no triton at all.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from typing import Literal
 
@@ -25,7 +24,11 @@ IMPLS = ("auto", "reference", "triton")
 
 
 def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def resolve_impl(impl: str, tensor: Tensor) -> str:
