@@ -121,9 +121,9 @@ def _hybrid_bwd_dkdv_kernel(
     first_q = key_start - query_offset  # first valid query index (earlier queries are padding)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    # queries that can see this key block: from the first one at or after its first key; none if the
-    # whole block is padding (the loop is then empty and zeros are written)
-    lo = tl.maximum(pid_n * BLOCK_N - query_offset, 0) // BLOCK_M * BLOCK_M
+    # queries that can see this key block: from the first valid one at or after its first key; none if
+    # the whole block is padding (the loop is then empty and zeros are written)
+    lo = tl.maximum(tl.maximum(pid_n * BLOCK_N - query_offset, first_q), 0) // BLOCK_M * BLOCK_M
     hi = tl.where((pid_n + 1) * BLOCK_N > key_start, seq_len_q, lo)
 
     k = _load_rows(K + b * stride_kb + h * stride_kh, offs_n, stride_kn, key_start, seq_len_k, offs_d, HEAD_DIM)
