@@ -47,6 +47,8 @@ def _group_probs(q, k, group, valid, qk_scale, WIDEN_DOT: tl.constexpr):
 
 @triton.jit
 def _group_rows(Valid, num_groups, GROUP_SIZE: tl.constexpr, BLOCK_R: tl.constexpr):
+    """For each row of this program's tile: its group, its token in the group, whether the group exists
+    and whether the token is valid."""
     rows = tl.arange(0, BLOCK_R)
     group = tl.program_id(0).to(tl.int64) * (BLOCK_R // GROUP_SIZE) + rows // GROUP_SIZE  # G * stride > 2**31
     token = rows % GROUP_SIZE

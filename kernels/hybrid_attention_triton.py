@@ -56,6 +56,15 @@ def _allowed(q_pos, keys, key_start, seq_len_k):
     return (keys[None, :] >= key_start) & (keys[None, :] <= q_pos[:, None]) & (keys[None, :] < seq_len_k)
 
 
+@triton.jit
+def _key_range(key_start, query_offset, pid_m, seq_len_k, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Key positions [lo, hi) that query block pid_m needs: from the block holding the first valid key to
+    its last query (causal); empty when every query of the block is padding."""
+    lo = key_start // BLOCK_N * BLOCK_N
+    hi = tl.minimum(query_offset + (pid_m + 1) * BLOCK_M, seq_len_k)
+    return lo, tl.where(hi > key_start, hi, lo)
+
+
 @triton.jit(do_not_specialize=_VARYING)
 def _hybrid_fwd_kernel(
     Q, K, V, NumPad, Out, Lse,
@@ -72,10 +81,10 @@ def _hybrid_fwd_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     q_pos = query_offset + offs_m  # key position of each query
-    # this split's key blocks, from the first block holding a valid key to the block of the last query
-    keys_per_split = tl.cdiv(tl.cdiv(seq_len_k, num_splits), BLOCK_N) * BLOCK_N
-    lo = tl.maximum(key_start // BLOCK_N * BLOCK_N, split * keys_per_split)
-    hi = tl.minimum(tl.minimum(query_offset + (pid_m + 1) * BLOCK_M, seq_len_k), (split + 1) * keys_per_split)
+    lo, hi = _key_range(key_start, query_offset, pid_m, seq_len_k, BLOCK_M, BLOCK_N)
+    keys_per_split = tl.cdiv(tl.cdiv(seq_len_k, num_splits), BLOCK_N) * BLOCK_N  # whole blocks per split
+    lo = tl.maximum(lo, split * keys_per_split)
+    hi = tl.minimum(hi, (split + 1) * keys_per_split)
 
     q = _load_rows(Q + b * stride_qb + h * stride_qh, offs_m, stride_qm, first_q, seq_len_q, offs_d, HEAD_DIM)
     k_base, v_base = K + b * stride_kb + h * stride_kh, V + b * stride_vb + h * stride_vh
@@ -168,8 +177,7 @@ def _hybrid_bwd_dq_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     q_pos = query_offset + offs_m
-    lo = key_start // BLOCK_N * BLOCK_N
-    hi = tl.minimum(query_offset + (pid_m + 1) * BLOCK_M, seq_len_k)
+    lo, hi = _key_range(key_start, query_offset, pid_m, seq_len_k, BLOCK_M, BLOCK_N)
 
     q = _load_rows(Q + b * stride_qb + h * stride_qh, offs_m, stride_qm, first_q, seq_len_q, offs_d, HEAD_DIM)
     do = _load_rows(DO + b * stride_dob + h * stride_doh, offs_m, stride_dom, first_q, seq_len_q, offs_d, HEAD_DIM)
