@@ -39,7 +39,7 @@ from .tile_ops import LOG2E, Launcher, dot
 LN2 = 0.6931471805599453
 CPU_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 16}
 # integer arguments that change from batch to batch: no recompilation for their divisibility by 16
-_VARYING = ["seq_len_q", "seq_len_k", "query_offset", "q_bucket", "k_bucket"]
+_VARYING = ["num_heads", "seq_len_q", "seq_len_k", "query_offset", "q_bucket", "k_bucket"]
 
 
 @triton.jit
@@ -65,7 +65,7 @@ def _key_range(key_start, query_offset, pid_m, seq_len_k, BLOCK_M: tl.constexpr,
     return lo, tl.where(hi > key_start, hi, lo)
 
 
-@triton.jit(do_not_specialize=_VARYING)
+@triton.jit(do_not_specialize=_VARYING + ["num_splits"])
 def _hybrid_fwd_kernel(
     Q, K, V, NumPad, Out, Lse,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
@@ -204,21 +204,18 @@ def _configs(*block_warps_stages: tuple[int, int, int, int]) -> list[triton.Conf
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in block_warps_stages]
 
 
-# A few sm_90 configs each (the first is the default without autotuning); tuned per head size and
-# power-of-two bucket of Lq and Lk, so ragged batches do not retune every step.
+# Three or four sm_90 configs each (few, for compile time; the first is the default without autotuning),
+# tuned per head size and power-of-two bucket of Lq and Lk, so ragged batches do not retune every step.
 _TUNE_KEY = ["HEAD_DIM", "q_bucket", "k_bucket"]
 _fwd = Launcher(
     _hybrid_fwd_kernel,
-    _configs((64, 64, 4, 3), (128, 64, 8, 3), (64, 128, 4, 3), (128, 128, 8, 2), (32, 64, 4, 3), (16, 128, 4, 3)),
-    _TUNE_KEY, CPU_BLOCKS,
+    _configs((64, 64, 4, 3), (128, 64, 8, 3), (64, 128, 4, 3), (128, 128, 8, 2)), _TUNE_KEY, CPU_BLOCKS,
 )
 _bwd_dkdv = Launcher(
-    _hybrid_bwd_dkdv_kernel,
-    _configs((32, 64, 4, 2), (64, 64, 4, 2), (32, 128, 8, 2), (64, 128, 8, 2)), _TUNE_KEY, CPU_BLOCKS,
+    _hybrid_bwd_dkdv_kernel, _configs((32, 64, 4, 2), (64, 64, 4, 2), (64, 128, 8, 2)), _TUNE_KEY, CPU_BLOCKS
 )
 _bwd_dq = Launcher(
-    _hybrid_bwd_dq_kernel,
-    _configs((64, 32, 4, 2), (64, 64, 4, 2), (128, 32, 8, 2), (128, 64, 8, 2)), _TUNE_KEY, CPU_BLOCKS,
+    _hybrid_bwd_dq_kernel, _configs((64, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2)), _TUNE_KEY, CPU_BLOCKS
 )
 
 

@@ -12,14 +12,12 @@ LOG2E = 1.4426950408889634  # softmax runs in base 2 (exp2 is one instruction); 
 
 @triton.jit
 def dot(a, b, WIDEN: tl.constexpr):
-    """tl.dot with fp32 accumulation. fp32 tiles use full fp32 math (not tf32), like torch.matmul by default.
-    WIDEN (set on CPU only) widens both tiles to fp32 first: the Triton interpreter (3.9) multiplies bf16
-    tiles as their raw uint16 bits, since its dot has no bf16 case."""
+    """tl.dot with fp32 accumulation; on the GPU, bf16 tiles and fp32 tiles (as TF32, Triton's default) run
+    on the tensor cores. WIDEN (set on CPU only) widens both tiles to fp32 first: the Triton interpreter (3.9)
+    multiplies bf16 tiles as their raw uint16 bits, since its dot has no bf16 case."""
     if WIDEN:
         a = a.to(tl.float32)
         b = b.to(tl.float32)
-    if a.dtype == tl.float32:
-        return tl.dot(a, b, input_precision="ieee")
     return tl.dot(a, b)
 
 

@@ -14,8 +14,12 @@ import torch
 GPU_SIZES = os.environ.get("KERNELS_TEST_SIZE") == "gpu"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
-# dtype -> (atol, rtol) against the fp32 reference on the same (rounded) inputs
-TOLERANCE = {torch.float32: (2e-5, 1e-4), torch.bfloat16: (3e-2, 3e-2)}
+# dtype -> (atol, rtol) against the fp32 reference on the same (rounded) inputs. On the GPU, fp32 tiles are
+# multiplied as TF32 (10-bit mantissa), like torch with allow_tf32.
+TOLERANCE = {
+    torch.float32: (5e-3, 5e-3) if DEVICE == "cuda" else (2e-5, 1e-4),
+    torch.bfloat16: (3e-2, 3e-2),
+}
 
 
 def sizes(small: list, large: list) -> list:
@@ -28,8 +32,8 @@ def sizes(small: list, large: list) -> list:
 
 def assert_close_to_reference(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
     atol, rtol = TOLERANCE[actual.dtype]
-    # bf16 errors grow with the size of the values compared
-    scale = max(1.0, float(expected.detach().abs().amax())) if actual.dtype == torch.bfloat16 else 1.0
+    # low-precision errors grow with the size of the values compared
+    scale = max(1.0, float(expected.detach().abs().amax())) if atol > 1e-3 else 1.0
     torch.testing.assert_close(
         actual.float(), expected.float(), atol=atol * scale, rtol=rtol, msg=lambda m: f"{what}: {m}"
     )

@@ -11,10 +11,12 @@ pytest.importorskip("triton")
 
 from longer_train.kernels import group_attention  # noqa: E402
 
-# (seed, batch, groups per row, K, heads, head dim)
+# (seed, batch, groups per row, K, heads, head dim, dtype); the large (GPU) shapes in bf16 only
+SMALL = [(0, 5, 4, 4, 2, 16), (1, 2, 5, 8, 1, 32), (2, 3, 2, 16, 2, 8)]
+LARGE = [(10, 512, 125, 8, 1, 32), (11, 256, 64, 16, 2, 32), (12, 1024, 100, 4, 1, 32)]
 CASES = sizes(
-    small=[(0, 5, 4, 4, 2, 16), (1, 2, 5, 8, 1, 32), (2, 3, 2, 16, 2, 8)],
-    large=[(10, 512, 125, 8, 1, 32), (11, 256, 64, 16, 2, 32), (12, 1024, 100, 4, 1, 32)],
+    small=[(*case, dtype) for case in SMALL for dtype in (torch.float32, torch.bfloat16)],
+    large=[(*case, torch.bfloat16) for case in LARGE],
 )
 
 
@@ -35,8 +37,7 @@ def _heads(qkv: torch.Tensor, heads: int):
     return [t.view(g, k, heads, -1).transpose(1, 2) for t in qkv.chunk(3, dim=-1)]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("seed, batch, groups, k, heads, dh", CASES)
+@pytest.mark.parametrize("seed, batch, groups, k, heads, dh, dtype", CASES)
 def test_matches_reference(seed, batch, groups, k, heads, dh, dtype):
     qkv, valid = _merge_inputs(seed, batch, groups, k, heads, dh, dtype)
     d_out = torch.randn(qkv.shape[0], heads, k, dh, generator=torch.Generator().manual_seed(seed + 1)).to(dtype)
