@@ -120,8 +120,10 @@ def hybrid_impls(q, k, v, num_pad, names: list[str]) -> dict[str, Callable[[], t
         return call
 
     impls["sdpa-flash"] = sdpa(SDPBackend.FLASH_ATTENTION, None)
-    impls["sdpa-efficient"] = sdpa(SDPBackend.EFFICIENT_ATTENTION, _padding_and_causal_mask(num_pad, lq, lk))
-    impls["sdpa-math"] = sdpa(SDPBackend.MATH, _padding_and_causal_mask(num_pad, lq, lk))
+    if "sdpa-efficient" in names or "sdpa-math" in names:
+        mask = _padding_and_causal_mask(num_pad, lq, lk)
+        impls["sdpa-efficient"] = sdpa(SDPBackend.EFFICIENT_ATTENTION, mask)
+        impls["sdpa-math"] = sdpa(SDPBackend.MATH, mask)
     if "flex" in names and lq < lk:  # the cross-causal layer only: each shape is a fresh torch.compile
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 

@@ -1,6 +1,9 @@
-"""benchmarks/kernels.py runs (tiny CPU shapes, reference and SDPA paths) and prints the promised table."""
+"""benchmarks/kernels.py runs (tiny CPU shapes, reference and SDPA paths) and prints the promised table; it
+and the kernels load without torchrec."""
 
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "kernels.py"
@@ -24,3 +27,13 @@ def test_smoke_benchmark_writes_the_table(tmp_path, capsys):
         for dist in ("real", "full"):
             assert (op, dist, "reference") in ops
     assert all(float(cell) > 0 for r in rows for cell in r[5:])  # every cell timed, none failed
+
+
+def test_kernels_and_their_benchmark_never_import_torchrec():
+    """The GPU machine has torch + triton only: the Triton modules and benchmarks/kernels.py must load there."""
+    code = (
+        "import runpy, sys; runpy.run_path(sys.argv[1], run_name='benchmark'); "
+        "import longer_train.kernels.hybrid_attention_triton, longer_train.kernels.group_attention_triton; "
+        "assert 'torchrec' not in sys.modules, 'torchrec was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code, str(BENCHMARK)], check=True)
