@@ -207,7 +207,8 @@ def measure(name: str, fn, work: Work, inputs: list[torch.Tensor], device: str, 
     return cells
 
 
-def run(args: argparse.Namespace) -> list[list[str]]:
+def run(args: argparse.Namespace, on_row: Callable[[list[list[str]]], None]) -> list[list[str]]:
+    """All rows of the table; `on_row(rows so far)` after each one (a time limit still leaves a table)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     heads = args.merge_k * args.token_dim // args.head_dim
@@ -223,12 +224,14 @@ def run(args: argparse.Namespace) -> list[list[str]]:
                 inputs = [t.requires_grad_() for t in (q, k, v)]
                 for name, fn in hybrid_impls(q, k, v, num_pad, args.impls).items():
                     rows.append([f"{layer}-causal", *label, name, *measure(name, fn, work, inputs, device, args.reps)])
+                    on_row(rows)
             qkv, valid = group_inputs(lengths, args.merge_k, args.token_dim, args.inner_heads, device, dtype)
             work = group_work(qkv, valid, args.inner_heads)
             qkv.requires_grad_()
             for name, fn in group_impls(qkv, valid, args.inner_heads, args.impls).items():
                 cells = measure(name, fn, work, [qkv], device, args.reps)
                 rows.append([f"group K={args.merge_k}", *label, name, *cells])
+                on_row(rows)
     return rows
 
 
@@ -275,11 +278,13 @@ def main(argv: list[str] | None = None) -> None:
                       if cuda else ["reference", "sdpa-math"])
     torch.manual_seed(0)
     command = "python benchmarks/kernels.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    table = markdown(run(args), args, command)
-    print(table)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(table)
+
+    def write(rows: list[list[str]]) -> None:
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(markdown(rows, args, command))
+
+    print(markdown(run(args, write), args, command))
 
 
 if __name__ == "__main__":
