@@ -1,31 +1,59 @@
 """One entry point per op: picks the implementation named in the config (`model.attention_impl`).
 
-`auto` means the Triton kernel on CUDA tensors once it exists, the PyTorch reference elsewhere. Today only
-the reference is implemented, so `auto` resolves to it everywhere.
+- `reference`: the readable PyTorch code in `reference.py` (any device).
+- `triton`: the Triton kernels (`hybrid_attention_triton.py`, `group_attention_triton.py`). CUDA tensors,
+  or CPU tensors under the Triton interpreter (`TRITON_INTERPRET=1`, set before the first Triton call; the
+  tests do this). Raises a clear error if triton is not installed.
+- `auto`: `triton` for CUDA tensors when triton is installed, `reference` otherwise.
+
+Triton is imported only when a Triton implementation is chosen, so `reference` and `auto` on CPU need
+no triton at all.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from torch import Tensor
 
 from .reference import candidate_attention_reference, group_attention_reference, hybrid_attention_reference
 
-AttentionImpl = Literal["auto", "reference"]
-_IMPLS = ("auto", "reference")
+AttentionImpl = Literal["auto", "reference", "triton"]
+IMPLS = ("auto", "reference", "triton")
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def resolve_impl(impl: str, tensor: Tensor) -> str:
-    """The concrete implementation `impl` means for `tensor`'s device."""
-    if impl not in _IMPLS:
-        raise ValueError(f"attention implementation must be one of {list(_IMPLS)}, got {impl!r}")
-    return "reference"
+    """The concrete implementation (`reference` or `triton`) that `impl` means for `tensor`'s device."""
+    if impl not in IMPLS:
+        raise ValueError(f"model.attention_impl must be one of {list(IMPLS)}, got {impl!r}")
+    if impl == "auto":
+        return "triton" if tensor.is_cuda and triton_available() else "reference"
+    if impl == "triton":
+        if not triton_available():
+            raise RuntimeError("model.attention_impl=triton needs the `triton` package, which is not installed")
+        if not tensor.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError(
+                "model.attention_impl=triton got CPU tensors: run on CUDA, or set TRITON_INTERPRET=1 before the "
+                "first Triton call to use the (slow) Triton interpreter"
+            )
+    return impl
 
 
 def hybrid_attention(q: Tensor, k: Tensor, v: Tensor, num_pad: Tensor, impl: str = "auto") -> Tensor:
     """Bottom-right-aligned causal attention with left padding; see `reference.hybrid_attention_reference`."""
-    resolve_impl(impl, q)
+    if resolve_impl(impl, q) == "triton":
+        from .hybrid_attention_triton import hybrid_attention_triton
+
+        return hybrid_attention_triton(q, k, v, num_pad)
     return hybrid_attention_reference(q, k, v, num_pad)
 
 
@@ -33,11 +61,19 @@ def candidate_attention(
     q: Tensor, k_cache: Tensor, v_cache: Tensor, num_pad: Tensor, k_self: Tensor, v_self: Tensor, impl: str = "auto"
 ) -> Tensor:
     """Candidates against a user's KV cache plus themselves; see `reference.candidate_attention_reference`."""
-    resolve_impl(impl, q)
+    if resolve_impl(impl, q) == "triton":
+        from .hybrid_attention_triton import candidate_attention_triton
+
+        return candidate_attention_triton(q, k_cache, v_cache, num_pad, k_self, v_self)
     return candidate_attention_reference(q, k_cache, v_cache, num_pad, k_self, v_self)
 
 
 def group_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, impl: str = "auto") -> Tensor:
-    """Attention inside groups of K tokens; see `reference.group_attention_reference`."""
-    resolve_impl(impl, q)
+    """Attention inside groups of K tokens; see `reference.group_attention_reference`. `auto` keeps the
+    reference for group sizes the kernel does not take (K not a power of two)."""
+    if resolve_impl(impl, q) == "triton":
+        from .group_attention_triton import group_attention_triton, unsupported_reason
+
+        if impl == "triton" or unsupported_reason(q.shape[2]) is None:
+            return group_attention_triton(q, k, v, valid)
     return group_attention_reference(q, k, v, valid)

@@ -109,7 +109,7 @@ class ModelConfig:
     norm: str = _choice("layernorm", ("layernorm", "rmsnorm"))
     dropout: float = 0.0
     head_hidden: List[int] = field(default_factory=lambda: [256, 64])
-    attention_impl: str = _choice("auto", ("auto", "reference"))  # kernels dispatcher
+    attention_impl: str = _choice("auto", ("auto", "reference", "triton"))  # kernels dispatcher (kernels/dispatch.py)
     din_hidden: List[int] = field(default_factory=lambda: [64, 32])  # DIN's attention MLP
 
 
