@@ -1,13 +1,12 @@
 """Process-group setup: gloo on CPU, nccl on CUDA, chosen from the device; works with or without torchrun.
 
-Without torchrun (a plain `longer-train` call) it starts a one-process group on a free local port, so the
+Without torchrun (a plain `longer-train` call) it starts a one-process group on an in-memory store, so the
 same code path (DistributedModelParallel, collectives) runs at world size 1.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -29,12 +28,6 @@ class DistEnv:
         return self.rank == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _store(rank: int, world_size: int, timeout: timedelta) -> dist.Store:
     """The rendezvous store, with a prefix per torchrun attempt. Under torchrun the agent hosts the store
     and keeps it across restarts: without the prefix, a restarted rank can read the address its peer
@@ -48,11 +41,8 @@ def _store(rank: int, world_size: int, timeout: timedelta) -> dist.Store:
 
 
 def init_distributed(device: str = "auto", timeout_s: int = 600) -> DistEnv:
-    """Initialise (or reuse) the default process group and pick this rank's device."""
-    if "RANK" not in os.environ:  # not launched by torchrun: a group of one
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    os.environ.setdefault("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])
+    """Initialise (or reuse) the default process group and pick this rank's device. Launched by torchrun
+    (RANK etc. in the environment) it joins the job; otherwise it is a group of one, in-process."""
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -64,9 +54,12 @@ def init_distributed(device: str = "auto", timeout_s: int = 600) -> DistEnv:
     backend = "nccl" if dev.type == "cuda" else "gloo"
     if not dist.is_initialized():
         timeout = timedelta(seconds=timeout_s)
-        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        dist.init_process_group(backend=backend, store=_store(rank, world_size, timeout), rank=rank,
-                                world_size=world_size, timeout=timeout)
+        if "RANK" in os.environ:
+            rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+            store = _store(rank, world_size, timeout)
+        else:
+            rank, world_size, store = 0, 1, dist.HashStore()
+        dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
     return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, dev, backend)
 
 
