@@ -5,6 +5,11 @@
 #   make train            generate the built-in synthetic data (once) and train configs/quickstart.yaml
 #   make test             run the CPU test suite
 #   make lint             ruff
+#   make bench-quality DATA=movielens   every model of the paper's Table 1, 3 seeds, on a prepared dataset
+#                         (DATA = synthetic | movielens | taobao); prepares the data first if missing,
+#                         from SRC (default: the copy in /work/shared/data), keeping USERS random users
+#                         (default 150 for movielens, 200 for taobao; 0 = all); writes
+#                         benchmarks/results/quality_$(DATA).md and its section of docs/results.md
 #
 # CUDA=cpu (default) installs the CPU torch + fbgemm-gpu-cpu; CUDA=cu126 or CUDA=cu130 takes torch and
 # fbgemm-gpu from the PyTorch wheel index for that CUDA version (all three must come from one index).
@@ -24,7 +29,9 @@ DATA_DIR ?= data/synthetic
 CONFIG ?= configs/quickstart.yaml
 ARGS ?=
 
-.PHONY: setup train data test lint clean
+BENCH_ARGS = $(if $(SRC),--src $(SRC)) $(if $(USERS),--sample-users $(USERS)) $(if $(SEEDS),--seeds $(SEEDS))
+
+.PHONY: setup train data test lint clean bench-quality
 
 setup: $(STAMP)
 
@@ -50,6 +57,9 @@ train: $(STAMP) $(DATA_DIR)/.complete
 
 test: $(STAMP)
 	WANDB_MODE=offline $(PY) -m pytest -q tests
+
+bench-quality: $(STAMP)
+	$(PY) benchmarks/quality.py $(DATA) $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check longer_train kernels tests benchmarks

@@ -78,7 +78,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     # longer, or a baseline of the paper's Table 1 (models/baselines.py); the Transformer baseline is
-    # longer with merge_k=1 and num_queries >= max_len (configs/transformer.yaml)
+    # longer with merge_k=1 and num_queries >= max_len (configs/experiments/transformer.yaml)
     name: str = _choice("longer", ("longer", "no_sequence", "sum_pooling", "din"))
     token_dim: int = 32  # d: width of one behaviour token before merging
     time_buckets: int = 64  # log-bucketised (request time - event time)
