@@ -8,7 +8,8 @@
 #   make bench-quality DATA=movielens   every model of the paper's Table 1, 3 seeds, on a prepared dataset
 #                         (DATA = synthetic | movielens | taobao); prepares the data first if missing,
 #                         from SRC (default: the copy in /work/shared/data), keeping USERS random users
-#                         (default 150 for movielens, 200 for taobao; 0 = all); writes
+#                         (default 0 = all) and at most ROWS random rows per user and split (default 3
+#                         for movielens, 8 for taobao; 0 = all); writes
 #                         benchmarks/results/quality_$(DATA).md and its section of docs/results.md
 #
 # CUDA=cpu (default) installs the CPU torch + fbgemm-gpu-cpu; CUDA=cu126 or CUDA=cu130 takes torch and
@@ -29,7 +30,8 @@ DATA_DIR ?= data/synthetic
 CONFIG ?= configs/quickstart.yaml
 ARGS ?=
 
-BENCH_ARGS = $(if $(SRC),--src $(SRC)) $(if $(USERS),--sample-users $(USERS)) $(if $(SEEDS),--seeds $(SEEDS))
+BENCH_ARGS = $(if $(SRC),--src $(SRC)) $(if $(USERS),--sample-users $(USERS)) $(if $(ROWS),--rows-per-user $(ROWS)) $(if $(SEEDS),--seeds $(SEEDS)) \
+	$(if $(BASELINE_SEEDS),--baseline-seeds $(BASELINE_SEEDS))
 
 .PHONY: setup train data test lint clean bench-quality
 

@@ -37,33 +37,38 @@ BIN = Path(sys.executable).parent  # longer-train / longer-data of the same envi
 class Dataset:
     src: str | None  # default --src of `longer-data prepare`; None: the synthetic generator
     sample_users: int  # default --sample-users (0 = every user)
-    out: str  # prepared folder; the subsample size is appended, e.g. data/movielens-1m-partial-u300
+    rows_per_user: int  # default --rows-per-user: at most this many rows per user and split (0 = all)
+    out: str  # prepared folder; the subsample is appended, e.g. data/movielens-1m-partial-r3
 
 
 DATASETS = {
-    "synthetic": Dataset(None, 0, "data/synthetic"),
-    "movielens": Dataset("/work/shared/data/movielens-1m-partial", 150, "data/movielens-1m-partial"),
-    "taobao": Dataset("/work/shared/data/taobao-userbehavior-head", 200, "data/taobao-head"),
+    "synthetic": Dataset(None, 0, 0, "data/synthetic"),
+    "movielens": Dataset("/work/shared/data/movielens-1m-partial", 0, 3, "data/movielens-1m-partial"),
+    "taobao": Dataset("/work/shared/data/taobao-userbehavior-head", 0, 8, "data/taobao-head"),
 }
 # (experiment config, the paper's Table 1 name); the paper's expected order of test AUC, highest first
 EXPERIMENTS = {
     "longer": "LONGER", "transformer": "Transformer", "din": "DIN (full)", "din_recent50": "DIN (Recent50)",
     "sum_pooling": "SumPooling", "no_sequence": "Base (no sequence)",
 }
+MULTI_SEED = ("longer", "transformer", "din")  # mean ± std over --seeds; the rest --baseline-seeds
 # the same for every run: one validation pass at the end of the epoch, no checkpoint, no W&B, no progress bar
 RUN_SETTINGS = ["train.eval_every=0", "train.checkpoint=false", "logging.wandb_mode=disabled",
                 "train.progress_bar=false"]
 METRICS = (("test_auc", "test AUC", 4), ("test_gauc", "test GAUC", 4), ("test_logloss", "test LogLoss", 4))
 
 
-def prepare_command(data: str, src: str | None, sample_users: int) -> tuple[list[str], Path]:
+def prepare_command(data: str, src: str | None, sample_users: int, rows_per_user: int) -> tuple[list[str], Path]:
     spec = DATASETS[data]
+    suffix = (f"-u{sample_users}" if sample_users else "") + (f"-r{rows_per_user}" if rows_per_user else "")
+    out = spec.out + suffix
     if spec.src is None:
+        if rows_per_user:
+            raise SystemExit("--rows-per-user applies to prepared datasets, not to synthetic")
         users = ["--users", str(sample_users)] if sample_users else []
-        out = f"{spec.out}-u{sample_users}" if sample_users else spec.out
         return [str(BIN / "longer-data"), "synthetic", "--out", out, *users], ROOT / out
-    out = f"{spec.out}-u{sample_users}" if sample_users else spec.out
-    sample = ["--sample-users", str(sample_users)] if sample_users else []
+    sample = (["--sample-users", str(sample_users)] if sample_users else []) + (
+        ["--rows-per-user", str(rows_per_user)] if rows_per_user else [])
     return [str(BIN / "longer-data"), "prepare", data, "--src", src or spec.src, "--out", out, *sample], ROOT / out
 
 
@@ -95,11 +100,13 @@ def _mean_std(values: list[float], digits: int) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
-def summarise(data: str, runs: dict[str, dict], seeds: list[int], experiments: list[str]) -> tuple[list, list]:
+def summarise(
+    data: str, runs: dict[str, dict], seeds: dict[str, list[int]], experiments: list[str]
+) -> tuple[list, list]:
     """(table rows, (experiment, mean test AUC) of the experiments with results) over the given seeds."""
     rows, aucs = [], []
     for experiment in experiments:
-        done = [runs[n] for n in (run_name(data, experiment, s) for s in seeds) if n in runs]
+        done = [runs[n] for n in (run_name(data, experiment, s) for s in seeds[experiment]) if n in runs]
         if not done:
             rows.append([EXPERIMENTS[experiment], f"`{experiment}`", "0", "not run", "", "", "", "", ""])
             continue
@@ -139,15 +146,21 @@ def machine() -> str:
 
 
 def report(data: str, bench_command: str, prepare: list[str], meta: dict, rows: list, order: list[str],
-           seeds: list[int], runs_table: Path) -> str:
+           seeds: dict[str, list[int]], runs_table: Path) -> str:
     header = ["model", "experiment config", "n", *(name for _, name, _ in METRICS), "GFLOPs/sample",
               "train samples/s", "max_len", "min/run"]
     table = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
     table += ["| " + " | ".join(row) + " |" for row in rows]
-    sample = meta.get("params", {}).get("sample_users")
-    subsample = (f"**{sample['users']} of {sample['of']} users**, drawn at random (seed {sample['seed']}) with all "
-                 "their rows; ids, vocabularies and the time split's cut points are those of the whole dataset"
-                 if sample else "every user (no subsampling)")
+    params = meta.get("params", {})
+    parts = []
+    if "sample_users" in params:
+        sample = params["sample_users"]
+        parts.append(f"**{sample['users']} of {sample['of']} users** drawn at random (seed {sample['seed']})")
+    if "rows_per_user" in params:
+        parts.append(f"**at most {params['rows_per_user']['rows']} rows per user and split**, drawn at random "
+                     f"(seed {params['rows_per_user']['seed']}; a kept row's history is still every earlier event)")
+    subsample = ("subsampled: " + "; ".join(parts) + "; ids, vocabularies and the time split's cut points are "
+                 "those of the whole dataset") if parts else "every row (no subsampling)"
     rows_line = ", ".join(f"{split} {n:,}" for split, n in meta.get("rows", {}).items())
     length = meta.get("history_length", {})
     return "\n".join([
@@ -160,7 +173,9 @@ def report(data: str, bench_command: str, prepare: list[str], meta: dict, rows: 
         f"Rows: {rows_line}. Stored history length p50 {length.get('p50')}, p90 {length.get('p90')}, "
         f"max {length.get('max')}; the models keep the newest `data.max_len` events (column max_len).",
         "",
-        f"Protocol: one epoch, seeds {', '.join(map(str, seeds))} (`train.seed`: model init and shuffling), "
+        f"Protocol: one epoch, seeds {', '.join(map(str, seeds['longer']))} for {', '.join(MULTI_SEED)} and "
+        f"{', '.join(map(str, seeds.get('no_sequence', [0])))} for the other baselines (`train.seed`: model init "
+        "and shuffling), "
         "metrics on the test split (the last ~10 % of time); mean ± sample std over the n seeds. GFLOPs/sample "
         "is the analytic forward count of the dense model at max_len; samples/s counts train step time only.",
         f"Machine: {machine()}.",
@@ -190,20 +205,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--src", help="raw dataset for `longer-data prepare` (default: the copy in /work/shared)")
     parser.add_argument("--sample-users", type=int, help="users kept (0 = all; default per dataset: "
                         + ", ".join(f"{k} {v.sample_users}" for k, v in DATASETS.items()) + ")")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per experiment")
+    parser.add_argument("--rows-per-user", type=int, help="rows kept per user and split (0 = all; default: "
+                        + ", ".join(f"{k} {v.rows_per_user}" for k, v in DATASETS.items()) + ")")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of longer, transformer and din")
+    parser.add_argument("--baseline-seeds", type=int, default=1,
+                        help="seeds 0..N-1 of the cheaper baselines din_recent50, sum_pooling, no_sequence")
     parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=list(EXPERIMENTS))
     parser.add_argument("--report-only", action="store_true", help="write the tables from the runs so far")
     args = parser.parse_args(argv)
     os.chdir(ROOT)
     sample_users = DATASETS[args.data].sample_users if args.sample_users is None else args.sample_users
-    prepare, root = prepare_command(args.data, args.src, sample_users)
+    rows_per_user = DATASETS[args.data].rows_per_user if args.rows_per_user is None else args.rows_per_user
+    prepare, root = prepare_command(args.data, args.src, sample_users, rows_per_user)
     if not (root / ".complete").exists():
         print("$ " + " ".join(prepare), flush=True)
         subprocess.run(prepare, check=True)
-    seeds = list(range(args.seeds))
+    seeds = {e: list(range(args.seeds if e in MULTI_SEED else args.baseline_seeds)) for e in args.experiments}
     table = RESULTS / f"quality_{args.data}.jsonl"
-    for seed in seeds if not args.report_only else []:  # seed-major: a cut-short benchmark has every model
-        for experiment in args.experiments:
+    for seed in range(max(map(len, seeds.values()))) if not args.report_only else []:  # seed-major
+        for experiment in (e for e in args.experiments if seed in seeds[e]):
             name = run_name(args.data, experiment, seed)
             if name in read_runs(table, root):
                 continue
@@ -218,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name}: test auc {runs[name]['test_auc']:.4f} in {runs[name]['wall_s']:.0f} s", flush=True)
     rows, aucs = summarise(args.data, read_runs(table, root), seeds, args.experiments)
     meta = json.loads((root / "meta.json").read_text())
-    bench = f"make bench-quality DATA={args.data} USERS={sample_users} SEEDS={args.seeds}"
+    bench = f"make bench-quality DATA={args.data} USERS={sample_users} ROWS={rows_per_user} SEEDS={args.seeds}"
+    if args.baseline_seeds != 1:
+        bench += f" BASELINE_SEEDS={args.baseline_seeds}"
     body = report(args.data, bench, prepare, meta, rows, ordering(aucs, args.experiments), seeds, table)
     out = RESULTS / f"quality_{args.data}.md"
     out.write_text(f"# Quality benchmark: {args.data}\n\n{body}")
