@@ -52,8 +52,10 @@ EXPERIMENTS = {
     "sum_pooling": "SumPooling", "no_sequence": "Base (no sequence)",
 }
 MULTI_SEED = ("longer", "transformer", "din")  # mean ± std over --seeds; the rest --baseline-seeds
-# the same for every run: one validation pass at the end of the epoch, no checkpoint, no W&B, no progress bar
-RUN_SETTINGS = ["train.eval_every=0", "train.checkpoint=false", "logging.wandb_mode=disabled",
+# the same for every run: batches of 64 (the capped datasets hold ~8k training rows: ~130 steps of one epoch,
+# where batches of 256 gave 33, 20 of them warmup), one validation pass at the end of the epoch, no
+# checkpoint, no W&B, no progress bar
+RUN_SETTINGS = ["data.batch_size=64", "train.eval_every=0", "train.checkpoint=false", "logging.wandb_mode=disabled",
                 "train.progress_bar=false"]
 METRICS = (("test_auc", "test AUC", 4), ("test_gauc", "test GAUC", 4), ("test_logloss", "test LogLoss", 4))
 
@@ -108,7 +110,7 @@ def summarise(
     for experiment in experiments:
         done = [runs[n] for n in (run_name(data, experiment, s) for s in seeds[experiment]) if n in runs]
         if not done:
-            rows.append([EXPERIMENTS[experiment], f"`{experiment}`", "0", "not run", "", "", "", "", ""])
+            rows.append([EXPERIMENTS[experiment], f"`{experiment}`", "0", "not run", *[""] * 6])
             continue
         wall = [r["wall_s"] for r in done if "wall_s" in r]
         rows.append([
@@ -141,7 +143,7 @@ def machine() -> str:
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     import torch
 
-    return (f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} threads; "
+    return (f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, torch threads {torch.get_num_threads()}; "
             "the cores were shared with other jobs, so samples/s and minutes are rough")
 
 
@@ -164,12 +166,12 @@ def report(data: str, bench_command: str, prepare: list[str], meta: dict, rows: 
     rows_line = ", ".join(f"{split} {n:,}" for split, n in meta.get("rows", {}).items())
     length = meta.get("history_length", {})
     return "\n".join([
-        f"Command: `{bench_command}` (one process per run: `{' '.join(prepare[:2])} ...` once, then "
+        f"Command: `{bench_command}` (one process per run: `longer-data {prepare[1]} ...` once, then "
         f"`longer-train configs/datasets/{data}.yaml configs/experiments/<experiment>.yaml data.root=... "
         f"train.seed=<seed> {' '.join(RUN_SETTINGS)} ...`; every run's results line is in "
         f"`{runs_table.relative_to(ROOT)}`).",
         "",
-        f"Data: `{' '.join(shlex.quote(a) for a in prepare[1:])}` (`longer-data`) — {subsample}. "
+        f"Data: `longer-data {' '.join(shlex.quote(a) for a in prepare[1:])}` — {subsample}. "
         f"Rows: {rows_line}. Stored history length p50 {length.get('p50')}, p90 {length.get('p90')}, "
         f"max {length.get('max')}; the models keep the newest `data.max_len` events (column max_len).",
         "",
