@@ -9,7 +9,7 @@
 #                         (DATA = synthetic | movielens | taobao); prepares the data first if missing,
 #                         from SRC (default: the copy in /work/shared/data), keeping USERS random users
 #                         (default 0 = all) and at most ROWS random rows per user and split (default 3
-#                         for movielens, 8 for taobao; 0 = all); writes
+#                         for movielens, 24 for taobao; 0 = all); writes
 #                         benchmarks/results/quality_$(DATA).md and its section of docs/results.md
 #
 # CUDA=cpu (default) installs the CPU torch + fbgemm-gpu-cpu; CUDA=cu126 or CUDA=cu130 takes torch and

@@ -44,7 +44,7 @@ class Dataset:
 DATASETS = {
     "synthetic": Dataset(None, 0, 0, "data/synthetic"),
     "movielens": Dataset("/work/shared/data/movielens-1m-partial", 0, 3, "data/movielens-1m-partial"),
-    "taobao": Dataset("/work/shared/data/taobao-userbehavior-head", 0, 8, "data/taobao-head"),
+    "taobao": Dataset("/work/shared/data/taobao-userbehavior-head", 0, 24, "data/taobao-head"),
 }
 # (experiment config, the paper's Table 1 name); the paper's expected order of test AUC, highest first
 EXPERIMENTS = {
