@@ -42,7 +42,7 @@ class Dataset:
 
 
 DATASETS = {
-    "synthetic": Dataset(None, 0, 0, "data/synthetic"),
+    "synthetic": Dataset(None, 800, 0, "data/synthetic"),  # --users of the generator
     "movielens": Dataset("/work/shared/data/movielens-1m-partial", 0, 3, "data/movielens-1m-partial"),
     "taobao": Dataset("/work/shared/data/taobao-userbehavior-head", 0, 24, "data/taobao-head"),
 }
