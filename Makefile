@@ -6,6 +6,14 @@
 #   make test             run the CPU test suite
 #   make lint             ruff
 #   make gpu-check        on the GPU machine: kernel tests at GPU sizes + kernel benchmarks (docs/kernels.md)
+#   make bench-quality DATA=movielens   every model of the paper's Table 1 on a dataset, SEEDS=3 seeds of
+#                         LONGER, Transformer, DIN and BASELINE_SEEDS=1 of the rest;
+#                         (DATA = synthetic | movielens | taobao); prepares the data first if missing,
+#                         from SRC (default: the copy in /work/shared/data), keeping USERS random users
+#                         (default 800 generated users for synthetic, 0 = all for the others) and at
+#                         most ROWS random rows per user and split (default 3
+#                         for movielens, 24 for taobao; 0 = all); writes
+#                         benchmarks/results/quality_$(DATA).md and its section of docs/results.md
 #
 # CUDA=cpu (default) installs the CPU torch + fbgemm-gpu-cpu; CUDA=cu126 or CUDA=cu130 takes torch and
 # fbgemm-gpu from the PyTorch wheel index for that CUDA version (all three must come from one index).
@@ -34,7 +42,10 @@ ARGS ?=
 GPU_PYTHON ?= python3
 GPU_PATH := build/gpu-check
 
-.PHONY: setup train data test lint gpu-check clean
+BENCH_ARGS = $(if $(SRC),--src $(SRC)) $(if $(USERS),--sample-users $(USERS)) $(if $(ROWS),--rows-per-user $(ROWS)) $(if $(SEEDS),--seeds $(SEEDS)) \
+	$(if $(BASELINE_SEEDS),--baseline-seeds $(BASELINE_SEEDS))
+
+.PHONY: setup train data test lint gpu-check clean bench-quality
 
 setup: $(STAMP)
 
@@ -60,6 +71,9 @@ train: $(STAMP) $(DATA_DIR)/.complete
 
 test: $(STAMP)
 	WANDB_MODE=offline $(PY) -m pytest -q tests
+
+bench-quality: $(STAMP)
+	$(PY) benchmarks/quality.py $(DATA) $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check longer_train kernels tests benchmarks

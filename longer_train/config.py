@@ -11,7 +11,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import OmegaConf
 
@@ -93,7 +93,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     # longer, or a baseline of the paper's Table 1 (models/baselines.py); the Transformer baseline is
-    # longer with merge_k=1 and num_queries >= max_len (configs/transformer.yaml)
+    # longer with merge_k=1 and num_queries >= max_len (configs/experiments/transformer.yaml)
     name: str = _choice("longer", ("longer", "no_sequence", "sum_pooling", "din"))
     token_dim: int = 32  # d: width of one behaviour token before merging
     time_buckets: int = 64  # log-bucketised (request time - event time)
@@ -254,12 +254,35 @@ def config_from_dict(values: dict) -> Config:
     return cfg
 
 
-def load_config(path: str | Path, overrides: List[str] | None = None) -> Config:
-    """Load a YAML config and apply `key=value` overrides (dotted keys, YAML values)."""
-    path = Path(path)
+def _compose(path: Path, seen: tuple[Path, ...] = ()) -> Any:
+    """The file's `defaults` (paths relative to it, each composed the same way) merged in order, then the file
+    itself. Each file's keys are checked on their own, so an unknown key names the file that holds it."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: 'defaults' includes itself ({' -> '.join(str(p) for p in seen + (path,))})")
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    merged = OmegaConf.load(path)
+        raise ConfigError(f"config file not found: {path}" + (f" (in 'defaults' of {seen[-1]})" if seen else ""))
+    own = OmegaConf.load(path)
+    defaults = own.pop("defaults", [])
+    if not OmegaConf.is_list(defaults) and not isinstance(defaults, list):
+        raise ConfigError(f"{path}: config key 'defaults' must be a list of YAML paths, got {defaults!r}")
+    try:
+        _build(Config, OmegaConf.to_container(own, resolve=True), "")
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    parts = [_compose(path.parent / str(name), seen + (path,)) for name in defaults]
+    return OmegaConf.merge(*parts, own)
+
+
+def load_config(paths: str | Path | Sequence[str | Path], overrides: List[str] | None = None) -> Config:
+    """Load one YAML config, or several merged in order (a dataset config, then an experiment config), and
+    apply `key=value` overrides (dotted keys, YAML values). A file may start with `defaults: [path, ...]`
+    (relative to that file): those are merged first, in order, then the file; mappings merge key by key,
+    lists and scalars are replaced by the later file."""
+    paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    if not paths:
+        raise ConfigError("no config file given")
+    merged = OmegaConf.merge(*[_compose(p) for p in paths])
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -273,7 +296,7 @@ def load_config(path: str | Path, overrides: List[str] | None = None) -> Config:
     try:
         return config_from_dict(values)
     except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
+        raise ConfigError(f"{' + '.join(str(p) for p in paths)}: {err}") from None
 
 
 def to_dict(cfg: Config) -> dict:

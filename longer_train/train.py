@@ -1,4 +1,8 @@
-"""Entry point: `longer-train CONFIG [key=value ...]`, also `torchrun ... -m longer_train.train CONFIG`."""
+"""Entry point: `longer-train CONFIG [CONFIG ...] [key=value ...]`, also `torchrun ... -m longer_train.train CONFIG`.
+
+Several CONFIG files are merged in order, e.g. a dataset config then an experiment config:
+`longer-train configs/datasets/movielens.yaml configs/experiments/din.yaml train.seed=1`.
+"""
 
 from __future__ import annotations
 
@@ -17,11 +21,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="longer-train", description="Train a LONGER ranking model from a YAML config."
     )
-    parser.add_argument("config", help="YAML experiment config, e.g. configs/quickstart.yaml")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.seed=1")
-    args = parser.parse_args(argv)
+    parser.add_argument("args", nargs="+", metavar="CONFIG|key=value",
+                        help="YAML config(s) merged in order, e.g. configs/quickstart.yaml, then dotted key=value "
+                             "overrides, e.g. train.seed=1")
+    args = parser.parse_args(argv).args
+    configs = [a for a in args if "=" not in a]
+    overrides = [a for a in args if "=" in a]
+    if args[:len(configs)] != configs:
+        parser.error("config files go before the key=value overrides")
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(configs, overrides)
     except ConfigError as err:
         print(f"longer-train: config error: {err}", file=sys.stderr)
         return 2

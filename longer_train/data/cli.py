@@ -49,7 +49,9 @@ def _print_meta(meta: dict) -> None:
 def _prepare(args: argparse.Namespace) -> int:
     out = Path(args.out)
     start = time.perf_counter()
-    meta = _build(args, lambda: prepare.prepare(args.name, args.src, out, max_len=args.max_len, force=args.force))
+    meta = _build(args, lambda: prepare.prepare(
+        args.name, args.src, out, max_len=args.max_len, force=args.force, sample_users=args.sample_users,
+        rows_per_user=args.rows_per_user))
     if isinstance(meta, int):
         return meta
     print(f"wrote {out} in {time.perf_counter() - start:.1f} s ({meta['source']['format']}, "
@@ -81,6 +83,11 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("--src", required=True, help="the downloaded file, archive or folder")
     prep.add_argument("--out", required=True, help="output folder (train/, valid/, test/, vocab/, meta.json)")
     prep.add_argument("--max-len", type=int, default=2000, help="longest history kept per row")
+    prep.add_argument("--sample-users", type=int, default=0, metavar="N",
+                      help="keep N users drawn at random (seed 0) with all their rows; ids, vocab and time split "
+                           "stay those of the whole dataset (default 0: every user)")
+    prep.add_argument("--rows-per-user", type=int, default=0, metavar="M",
+                      help="keep at most M random rows (seed 0) of each user in each split; histories unchanged")
     prep.add_argument("--force", action="store_true", help="prepare again even if OUT/.complete exists")
     prep.set_defaults(run=_prepare)
     return parser

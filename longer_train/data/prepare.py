@@ -27,6 +27,7 @@ from .writer import SPLITS, is_replaceable, time_split, write_dataset
 
 DATASETS = ("movielens", "taobao")
 SHUFFLE_SEED = 0  # rows are shuffled within each split with this fixed seed: the output is deterministic
+SAMPLE_USERS_SEED = 0  # `sample_users` draws its users with this fixed seed
 
 ML_ACTIONS = ("1", "2", "3", "4", "5")  # hist_action = floor(rating) - 1 (0.5 counts as 1 star)
 ML_POSITIVE_RATING = 4.0
@@ -416,6 +417,19 @@ def card(meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _cap_rows_per_user(user: np.ndarray, split_of: np.ndarray, cap: int) -> np.ndarray:
+    """split_of with all but `cap` random rows of each (user, split) set to -1 (not written)."""
+    shuffled = np.random.default_rng(SAMPLE_USERS_SEED).permutation(len(user))
+    grouped = shuffled[np.lexsort((user[shuffled], split_of[shuffled]))]  # by split, user; random within
+    g_user, g_split = user[grouped], split_of[grouped]
+    first = np.r_[True, (g_user[1:] != g_user[:-1]) | (g_split[1:] != g_split[:-1])]
+    index = np.arange(len(grouped))
+    rank = index - np.maximum.accumulate(np.where(first, index, 0))  # position within its (split, user) group
+    capped = split_of.copy()
+    capped[grouped[rank >= cap]] = -1
+    return capped
+
+
 def _check_out(out: Path, force: bool) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not force:
@@ -425,20 +439,46 @@ def _check_out(out: Path, force: bool) -> None:
                                   "even with --force")
 
 
-def prepare(name: str, src: str | Path, out: str | Path, max_len: int = 2000, force: bool = False) -> dict:
+def prepare(name: str, src: str | Path, out: str | Path, max_len: int = 2000, force: bool = False,
+            sample_users: int = 0, rows_per_user: int = 0) -> dict:
     """Read dataset `name` from `src` and write OUT/{train,valid,test}/, vocab/, meta.json, CARD.md and, last,
-    `.complete`, through a temporary folder next to OUT that is renamed at the end; return meta."""
+    `.complete`, through a temporary folder next to OUT that is renamed at the end; return meta.
+
+    `sample_users` > 0 keeps only that many users, drawn at random with SAMPLE_USERS_SEED, with all their rows;
+    ids, vocabularies and the time split's cut points stay those of the whole dataset, so the output is a
+    subset of the full one (and the same configs apply). `rows_per_user` > 0 then keeps at most that many
+    rows of each user in each split, drawn at random with the same seed (histories are unchanged: a kept row
+    still sees every earlier event)."""
     out = Path(out)
     if name not in READERS:
         raise ValueError(f"unknown dataset {name!r}, expected one of {', '.join(DATASETS)}")
     if max_len < 1:
         raise ValueError(f"max_len must be >= 1, got {max_len}")
+    if sample_users < 0 or rows_per_user < 0:
+        raise ValueError(f"sample_users and rows_per_user must be >= 0, got {sample_users} and {rows_per_user}")
     _check_out(out, force)
     data = READERS[name](src)
     s = _samples(data, max_len)
     split_of, valid_from, test_from = time_split(s.columns["timestamp"])
     meta = _meta(name, data, s, max_len)
     meta["time_split"] = {"valid_from": valid_from, "test_from": test_from}
+    if sample_users:
+        users = np.arange(len(s.vocab["user"]))
+        chosen = np.random.default_rng(SAMPLE_USERS_SEED).choice(users, min(sample_users, len(users)), replace=False)
+        kept = np.isin(s.columns["user_id"], chosen)
+        split_of = np.where(kept, split_of, -1)  # write_dataset writes the rows of splits 0, 1, 2 only
+        meta["params"]["sample_users"] = {"users": len(chosen), "of": len(users), "seed": SAMPLE_USERS_SEED}
+        meta["notes"] = [*meta["notes"], f"users subsampled: {len(chosen)} of {len(users)} drawn at random (seed "
+                         f"{SAMPLE_USERS_SEED}) with all their rows; ids, vocab and time split of the full data"]
+    if rows_per_user:
+        split_of = _cap_rows_per_user(s.columns["user_id"], split_of, rows_per_user)
+        meta["params"]["rows_per_user"] = {"rows": rows_per_user, "seed": SAMPLE_USERS_SEED}
+        meta["notes"] = [*meta["notes"], f"at most {rows_per_user} rows per user and split, drawn at random (seed "
+                         f"{SAMPLE_USERS_SEED}); histories keep every earlier event"]
+    if sample_users or rows_per_user:
+        kept = split_of >= 0
+        meta["history_length"] = _percentiles((s.end - s.start)[kept])
+        meta["full_history_length"] = _percentiles((s.end - s.user_start)[kept])
 
     def vocab_and_card(folder: Path, meta: dict) -> None:
         _write_vocab(folder / "vocab", s.vocab)

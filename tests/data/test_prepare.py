@@ -173,6 +173,42 @@ def test_split_is_by_time_and_meta_counts_rows(tmp_path):
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 
+def test_sample_users_keeps_whole_users_with_the_full_data_ids_and_cut_points(tmp_path):
+    ratings = [(u, m, 1 + (u + m) % 5, 1000 + 7 * i) for i, (u, m) in enumerate(
+        (u, m) for m in range(1, 21) for u in range(1, 11))]
+    (tmp_path / "ratings.dat").write_text(_ml1m_text(ratings))
+    full = prepare.prepare("movielens", tmp_path / "ratings.dat", tmp_path / "full")
+    meta = prepare.prepare("movielens", tmp_path / "ratings.dat", tmp_path / "some", sample_users=3)
+    def rows_of(out):  # every row as a tuple of its values, sorted
+        return sorted(tuple(map(str, row.values())) for row in _all_rows(out).to_pylist())
+
+    rows = rows_of(tmp_path / "some")
+    users = {row["user_id"] for row in _all_rows(tmp_path / "some").to_pylist()}
+    assert len(users) == 3 and meta["params"]["sample_users"] == {"users": 3, "of": 10, "seed": 0}
+    assert meta["vocab"] == full["vocab"] and meta["time_split"] == full["time_split"]
+    full_rows = _all_rows(tmp_path / "full").to_pylist()
+    expected = sorted(tuple(map(str, r.values())) for r in full_rows if r["user_id"] in users)
+    assert len(rows) == 60 and rows == expected  # every row of the kept users, identical to the full data's
+
+
+def test_rows_per_user_caps_each_user_in_each_split_and_keeps_whole_histories(tmp_path):
+    ratings = [(u, m, 1 + (u + m) % 5, 1000 + 7 * i) for i, (u, m) in enumerate(
+        (u, m) for m in range(1, 21) for u in range(1, 11))]
+    (tmp_path / "ratings.dat").write_text(_ml1m_text(ratings))
+    full = prepare.prepare("movielens", tmp_path / "ratings.dat", tmp_path / "full")
+    meta = prepare.prepare("movielens", tmp_path / "ratings.dat", tmp_path / "capped", rows_per_user=2)
+    full_rows = {(r["user_id"], r["timestamp"]): r for r in _all_rows(tmp_path / "full").to_pylist()}
+    for split in SPLITS:
+        users = [r["user_id"] for r in _read(tmp_path / "full", split).to_pylist()]
+        kept = _read(tmp_path / "capped", split).to_pylist()
+        # min(2, rows the user has in this split) rows per user, every one identical to the full data's row
+        expected = sorted(u for u in set(users) for _ in range(min(2, users.count(u))))
+        assert sorted(r["user_id"] for r in kept) == expected
+        assert all(r == full_rows[(r["user_id"], r["timestamp"])] for r in kept)
+    assert meta["params"]["rows_per_user"] == {"rows": 2, "seed": 0} and meta["vocab"] == full["vocab"]
+    assert sum(meta["rows"].values()) == 60
+
+
 def test_missing_genre_file_gives_one_unknown_category(tmp_path):
     (tmp_path / "ratings.dat").write_text(_ml1m_text(ML1M_RATINGS))
     out = tmp_path / "out"

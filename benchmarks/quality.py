@@ -1,0 +1,256 @@
+"""The quality benchmark: every model of the paper's Table 1 on one prepared dataset, several seeds each.
+
+For a dataset name it prepares the data if missing (`longer-data prepare`, optionally a random subsample of
+users; `longer-data synthetic` for the built-in data), trains each (experiment, seed) as its own
+`longer-train configs/datasets/<data>.yaml configs/experiments/<experiment>.yaml ...` process, appends the
+runs' results lines to benchmarks/results/quality_<data>.jsonl, and writes the table (mean ± std over seeds
+of test AUC / GAUC / LogLoss, GFLOPs/sample, train samples/s) to benchmarks/results/quality_<data>.md and to
+the matching section of docs/results.md. Runs already in the results file are not run again, so an
+interrupted benchmark continues where it stopped (delete the .jsonl to start over).
+
+    python benchmarks/quality.py movielens [--src PATH] [--sample-users N] [--seeds 3] [--experiments ...]
+    make bench-quality DATA=movielens [SRC=PATH] [USERS=N] [SEEDS=3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DOC = ROOT / "docs" / "results.md"
+BIN = Path(sys.executable).parent  # longer-train / longer-data of the same environment
+
+
+@dataclass(frozen=True)
+class Dataset:
+    src: str | None  # default --src of `longer-data prepare`; None: the synthetic generator
+    sample_users: int  # default --sample-users (0 = every user)
+    rows_per_user: int  # default --rows-per-user: at most this many rows per user and split (0 = all)
+    out: str  # prepared folder; the subsample is appended, e.g. data/movielens-1m-partial-r3
+
+
+DATASETS = {
+    "synthetic": Dataset(None, 800, 0, "data/synthetic"),  # --users of the generator
+    "movielens": Dataset("/work/shared/data/movielens-1m-partial", 0, 3, "data/movielens-1m-partial"),
+    "taobao": Dataset("/work/shared/data/taobao-userbehavior-head", 0, 24, "data/taobao-head"),
+}
+# (experiment config, the paper's Table 1 name); the paper's expected order of test AUC, highest first
+EXPERIMENTS = {
+    "longer": "LONGER", "transformer": "Transformer", "din": "DIN (full)", "din_recent50": "DIN (Recent50)",
+    "sum_pooling": "SumPooling", "no_sequence": "Base (no sequence)",
+}
+MULTI_SEED = ("longer", "transformer", "din")  # mean ± std over --seeds; the rest --baseline-seeds
+# the same for every run: batches of 64 (the capped datasets hold ~8k training rows: ~130 steps of one epoch,
+# where batches of 256 gave 33, 20 of them warmup), one validation pass at the end of the epoch, no
+# checkpoint, no W&B, no progress bar
+RUN_SETTINGS = ["data.batch_size=64", "train.eval_every=0", "train.checkpoint=false", "logging.wandb_mode=disabled",
+                "train.progress_bar=false"]
+METRICS = (("test_auc", "test AUC", 4), ("test_gauc", "test GAUC", 4), ("test_logloss", "test LogLoss", 4))
+
+
+def prepare_command(data: str, src: str | None, sample_users: int, rows_per_user: int) -> tuple[list[str], Path]:
+    spec = DATASETS[data]
+    suffix = (f"-u{sample_users}" if sample_users else "") + (f"-r{rows_per_user}" if rows_per_user else "")
+    out = spec.out + suffix
+    if spec.src is None:
+        if rows_per_user:
+            raise SystemExit("--rows-per-user applies to prepared datasets, not to synthetic")
+        users = ["--users", str(sample_users)] if sample_users else []
+        return [str(BIN / "longer-data"), "synthetic", "--out", out, *users], ROOT / out
+    sample = (["--sample-users", str(sample_users)] if sample_users else []) + (
+        ["--rows-per-user", str(rows_per_user)] if rows_per_user else [])
+    return [str(BIN / "longer-data"), "prepare", data, "--src", src or spec.src, "--out", out, *sample], ROOT / out
+
+
+def train_command(data: str, experiment: str, root: Path, seed: int, table: Path) -> list[str]:
+    return [
+        str(BIN / "longer-train"), f"configs/datasets/{data}.yaml", f"configs/experiments/{experiment}.yaml",
+        f"data.root={root.relative_to(ROOT)}", f"train.seed={seed}", *RUN_SETTINGS,
+        f"train.runs_table={table.relative_to(ROOT)}", f"train.output_dir=runs/quality-{data}",
+        f"train.run_name={run_name(data, experiment, seed)}",
+    ]
+
+
+def run_name(data: str, experiment: str, seed: int) -> str:
+    return f"{data}-{experiment}-seed{seed}"
+
+
+def read_runs(table: Path, root: Path) -> dict[str, dict]:
+    """Results lines on the prepared data `root` by run name (a run that was repeated counts once: its latest
+    line); lines of other runs, e.g. on another subsample, are kept in the file but not returned."""
+    if not table.exists():
+        return {}
+    rows = [json.loads(line) for line in table.read_text().splitlines() if line.strip()]
+    return {row["run"]: row for row in rows if row["data_root"] == str(root.relative_to(ROOT))}
+
+
+def _mean_std(values: list[float], digits: int) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def summarise(
+    data: str, runs: dict[str, dict], seeds: dict[str, list[int]], experiments: list[str]
+) -> tuple[list, list]:
+    """(table rows, (experiment, mean test AUC) of the experiments with results) over the given seeds."""
+    rows, aucs = [], []
+    for experiment in experiments:
+        done = [runs[n] for n in (run_name(data, experiment, s) for s in seeds[experiment]) if n in runs]
+        if not done:
+            rows.append([EXPERIMENTS[experiment], f"`{experiment}`", "0", "not run", *[""] * 6])
+            continue
+        wall = [r["wall_s"] for r in done if "wall_s" in r]
+        rows.append([
+            EXPERIMENTS[experiment], f"`{experiment}`", str(len(done)),
+            *(_mean_std([r[key] for r in done], digits) for key, _, digits in METRICS),
+            f"{done[0]['gflops_per_sample']:.3g}", f"{np.mean([r['train_samples_per_s'] for r in done]):.0f}",
+            str(done[0]["max_len"]), f"{np.mean(wall) / 60:.1f}" if wall else "",
+        ])
+        aucs.append((experiment, float(np.mean([r["test_auc"] for r in done]))))
+    return rows, aucs
+
+
+def ordering(aucs: list[tuple[str, float]], experiments: list[str]) -> list[str]:
+    """The measured order of mean test AUC and, for each adjacent pair of the paper's expected order that is
+    inverted, by how much."""
+    measured = sorted(aucs, key=lambda pair: -pair[1])
+    lines = ["Measured order of mean test AUC: " + " > ".join(f"{EXPERIMENTS[e]} ({a:.4f})" for e, a in measured)
+             + "."]
+    mean = dict(aucs)
+    expected = [e for e in experiments if e in mean]
+    inverted = [(a, b) for a, b in zip(expected, expected[1:]) if mean[a] < mean[b]]
+    lines.append("Expected (the paper): " + " > ".join(EXPERIMENTS[e] for e in expected) + ". "
+                 + ("Every adjacent pair holds." if not inverted else "Inverted adjacent pairs: " + "; ".join(
+                     f"{EXPERIMENTS[a]} < {EXPERIMENTS[b]} by {mean[b] - mean[a]:.4f}" for a, b in inverted) + "."))
+    return lines
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    import torch
+
+    return (f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, torch threads {torch.get_num_threads()}; "
+            "the cores were shared with other jobs, so samples/s and minutes are rough")
+
+
+def report(data: str, bench_command: str, prepare: list[str], meta: dict, rows: list, order: list[str],
+           seeds: dict[str, list[int]], runs_table: Path) -> str:
+    header = ["model", "experiment config", "n", *(name for _, name, _ in METRICS), "GFLOPs/sample",
+              "train samples/s", "max_len", "min/run"]
+    table = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    table += ["| " + " | ".join(row) + " |" for row in rows]
+    params = meta.get("params", {})
+    parts = []
+    if "sample_users" in params:
+        sample = params["sample_users"]
+        parts.append(f"**{sample['users']} of {sample['of']} users** drawn at random (seed {sample['seed']})")
+    if "rows_per_user" in params:
+        parts.append(f"**at most {params['rows_per_user']['rows']} rows per user and split**, drawn at random "
+                     f"(seed {params['rows_per_user']['seed']}; a kept row's history is still every earlier event)")
+    subsample = ("subsampled: " + "; ".join(parts) + "; ids, vocabularies and the time split's cut points are "
+                 "those of the whole dataset") if parts else "every row (no subsampling)"
+    rows_line = ", ".join(f"{split} {n:,}" for split, n in meta.get("rows", {}).items())
+    length = meta.get("history_length", {})
+    return "\n".join([
+        f"Command: `{bench_command}` (one process per run: `longer-data {prepare[1]} ...` once, then "
+        f"`longer-train configs/datasets/{data}.yaml configs/experiments/<experiment>.yaml data.root=... "
+        f"train.seed=<seed> {' '.join(RUN_SETTINGS)} ...`; every run's results line is in "
+        f"`{runs_table.relative_to(ROOT)}`).",
+        "",
+        f"Data: `longer-data {' '.join(shlex.quote(a) for a in prepare[1:])}` — {subsample}. "
+        f"Rows: {rows_line}. Stored history length p50 {length.get('p50')}, p90 {length.get('p90')}, "
+        f"max {length.get('max')}; the models keep the newest `data.max_len` events (column max_len).",
+        "",
+        f"Protocol: one epoch, seeds {', '.join(map(str, seeds['longer']))} for {', '.join(MULTI_SEED)} and "
+        f"{', '.join(map(str, seeds.get('no_sequence', [0])))} for the other baselines (`train.seed`: model init "
+        "and shuffling), "
+        "metrics on the test split (the last ~10 % of time); mean ± sample std over the n seeds. GFLOPs/sample "
+        "is the analytic forward count of the dense model at max_len; samples/s counts train step time only.",
+        f"Machine: {machine()}.",
+        "",
+        *table,
+        "",
+        *order,
+        "",
+    ])
+
+
+def write_doc_section(data: str, body: str) -> None:
+    """Replace the text between this dataset's markers in docs/results.md (appended if there are none)."""
+    begin, end = f"<!-- quality:{data}:begin -->", f"<!-- quality:{data}:end -->"
+    text = DOC.read_text() if DOC.exists() else "# Results\n"
+    block = f"{begin}\n{body}{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + f"\n\n## {data}\n\n{block}\n"
+    DOC.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", choices=sorted(DATASETS))
+    parser.add_argument("--src", help="raw dataset for `longer-data prepare` (default: the copy in /work/shared)")
+    parser.add_argument("--sample-users", type=int, help="users kept (0 = all; default per dataset: "
+                        + ", ".join(f"{k} {v.sample_users}" for k, v in DATASETS.items()) + ")")
+    parser.add_argument("--rows-per-user", type=int, help="rows kept per user and split (0 = all; default: "
+                        + ", ".join(f"{k} {v.rows_per_user}" for k, v in DATASETS.items()) + ")")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of longer, transformer and din")
+    parser.add_argument("--baseline-seeds", type=int, default=1,
+                        help="seeds 0..N-1 of the cheaper baselines din_recent50, sum_pooling, no_sequence")
+    parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=list(EXPERIMENTS))
+    parser.add_argument("--report-only", action="store_true", help="write the tables from the runs so far")
+    args = parser.parse_args(argv)
+    os.chdir(ROOT)
+    sample_users = DATASETS[args.data].sample_users if args.sample_users is None else args.sample_users
+    rows_per_user = DATASETS[args.data].rows_per_user if args.rows_per_user is None else args.rows_per_user
+    prepare, root = prepare_command(args.data, args.src, sample_users, rows_per_user)
+    if not (root / ".complete").exists():
+        print("$ " + " ".join(prepare), flush=True)
+        subprocess.run(prepare, check=True)
+    seeds = {e: list(range(args.seeds if e in MULTI_SEED else args.baseline_seeds)) for e in args.experiments}
+    table = RESULTS / f"quality_{args.data}.jsonl"
+    for seed in range(max(map(len, seeds.values()))) if not args.report_only else []:  # seed-major
+        for experiment in (e for e in args.experiments if seed in seeds[e]):
+            name = run_name(args.data, experiment, seed)
+            if name in read_runs(table, root):
+                continue
+            command = train_command(args.data, experiment, root, seed, table)
+            print(f"$ {' '.join(command)}", flush=True)
+            start = time.perf_counter()
+            subprocess.run(command, check=True, env={**os.environ, "WANDB_MODE": "disabled"})
+            lines = [json.loads(line) for line in table.read_text().splitlines() if line.strip()]
+            lines[-1]["wall_s"] = round(time.perf_counter() - start, 1)  # the trainer just appended this run's line
+            table.write_text("".join(json.dumps(row) + "\n" for row in lines))
+            runs = read_runs(table, root)
+            print(f"  {name}: test auc {runs[name]['test_auc']:.4f} in {runs[name]['wall_s']:.0f} s", flush=True)
+    rows, aucs = summarise(args.data, read_runs(table, root), seeds, args.experiments)
+    meta = json.loads((root / "meta.json").read_text())
+    bench = f"make bench-quality DATA={args.data} USERS={sample_users} ROWS={rows_per_user} SEEDS={args.seeds}"
+    if args.baseline_seeds != 1:
+        bench += f" BASELINE_SEEDS={args.baseline_seeds}"
+    body = report(args.data, bench, prepare, meta, rows, ordering(aucs, args.experiments), seeds, table)
+    out = RESULTS / f"quality_{args.data}.md"
+    out.write_text(f"# Quality benchmark: {args.data}\n\n{body}")
+    write_doc_section(args.data, body)
+    print(f"wrote {out.relative_to(ROOT)} and the '{args.data}' section of {DOC.relative_to(ROOT)}")
+    print(body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
