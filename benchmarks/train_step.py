@@ -83,6 +83,10 @@ def main() -> None:
         lines.append(
             f"| {ranks} | {rate:,.0f} | {rate / base:.2f}x | {rate / ranks:,.0f} | {gflops:.3g} | {mfu} |"
         )
+    if not cuda:
+        lines += ["", "On CPU every row uses the same cores (threads split over the ranks), so the ratio is the "
+                  "cost of the gloo all-to-alls and all-reduces at equal compute, not scaling; scaling needs one GPU "
+                  "per rank."]
     text = "\n".join(lines)
     print(text)
     if args.out:
