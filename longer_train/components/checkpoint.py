@@ -1,6 +1,7 @@
 """Checkpoints with torch.distributed.checkpoint (DCP): sharded tables, dense weights, the fused sparse and
-the dense optimizer state, LR schedule, data-loader position, RNG states, step and metric state; the
-sharding plan and the resolved config beside them as `meta.json`.
+the dense optimizer state and per-rank RNG states; beside them `meta.json` with what is small and the same
+on every rank (the trainer puts the LR schedule, step, data position and metric state there, with the
+sharding plan and the resolved config).
 
 Layout: `<run>/checkpoints/step_<N>/`. A save goes into a hidden `.step_<N>.tmp` directory that is renamed
 only once every rank has written and `meta.json` is in place, so a crash mid-save leaves at most a
