@@ -57,6 +57,23 @@ def _group_rows(Valid, num_groups, GROUP_SIZE: tl.constexpr, BLOCK_R: tl.constex
     return group, token, in_range, valid
 
 
+@triton.jit
+def _group_attention_probs(
+    Q, K, V, Valid, h, stride_qg, stride_qh, stride_qt, stride_kg, stride_kh, stride_kt, stride_vg, stride_vh,
+    stride_vt, num_groups, qk_scale, GROUP_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_R: tl.constexpr, WIDEN_DOT: tl.constexpr,
+):
+    """What forward and backward both start from: this tile's rows, head h's q, k, v tiles and the
+    in-group softmax probabilities."""
+    group, token, in_range, valid = _group_rows(Valid, num_groups, GROUP_SIZE, BLOCK_R)
+    offs_d = tl.arange(0, BLOCK_D)
+    q = _group_tile(Q + h * stride_qh, group, token, valid, stride_qg, stride_qt, offs_d, HEAD_DIM)
+    k = _group_tile(K + h * stride_kh, group, token, valid, stride_kg, stride_kt, offs_d, HEAD_DIM)
+    v = _group_tile(V + h * stride_vh, group, token, valid, stride_vg, stride_vt, offs_d, HEAD_DIM)
+    p = _group_probs(q, k, group, valid, qk_scale, WIDEN_DOT)
+    return group, token, in_range, valid, offs_d, q, k, v, p
+
+
 @triton.jit(do_not_specialize=["num_groups"])
 def _group_fwd_kernel(
     Q, K, V, Valid, Out,
@@ -66,12 +83,10 @@ def _group_fwd_kernel(
     WIDEN_DOT: tl.constexpr,
 ):
     h = tl.program_id(1)
-    group, token, in_range, valid = _group_rows(Valid, num_groups, GROUP_SIZE, BLOCK_R)
-    offs_d = tl.arange(0, BLOCK_D)
-    q = _group_tile(Q + h * stride_qh, group, token, valid, stride_qg, stride_qt, offs_d, HEAD_DIM)
-    k = _group_tile(K + h * stride_kh, group, token, valid, stride_kg, stride_kt, offs_d, HEAD_DIM)
-    v = _group_tile(V + h * stride_vh, group, token, valid, stride_vg, stride_vt, offs_d, HEAD_DIM)
-    p = _group_probs(q, k, group, valid, qk_scale, WIDEN_DOT)
+    group, token, in_range, valid, offs_d, q, k, v, p = _group_attention_probs(
+        Q, K, V, Valid, h, stride_qg, stride_qh, stride_qt, stride_kg, stride_kh, stride_kt, stride_vg, stride_vh,
+        stride_vt, num_groups, qk_scale, GROUP_SIZE, HEAD_DIM, BLOCK_D, BLOCK_R, WIDEN_DOT,
+    )
     out = dot(p.to(v.dtype), v, WIDEN_DOT)
     ptrs = Out + h * stride_oh + group[:, None] * stride_og + token[:, None] * stride_ot + offs_d[None, :]
     tl.store(ptrs, out.to(Out.dtype.element_ty), mask=in_range[:, None] & (offs_d[None, :] < HEAD_DIM))
@@ -87,13 +102,11 @@ def _group_bwd_kernel(
     WIDEN_DOT: tl.constexpr,
 ):
     h = tl.program_id(1)
-    group, token, in_range, valid = _group_rows(Valid, num_groups, GROUP_SIZE, BLOCK_R)
-    offs_d = tl.arange(0, BLOCK_D)
-    q = _group_tile(Q + h * stride_qh, group, token, valid, stride_qg, stride_qt, offs_d, HEAD_DIM)
-    k = _group_tile(K + h * stride_kh, group, token, valid, stride_kg, stride_kt, offs_d, HEAD_DIM)
-    v = _group_tile(V + h * stride_vh, group, token, valid, stride_vg, stride_vt, offs_d, HEAD_DIM)
+    group, token, in_range, valid, offs_d, q, k, v, p = _group_attention_probs(
+        Q, K, V, Valid, h, stride_qg, stride_qh, stride_qt, stride_kg, stride_kh, stride_kt, stride_vg, stride_vh,
+        stride_vt, num_groups, qk_scale, GROUP_SIZE, HEAD_DIM, BLOCK_D, BLOCK_R, WIDEN_DOT,
+    )  # p: [R, R]
     do = _group_tile(DO + h * stride_doh, group, token, valid, stride_dog, stride_dot, offs_d, HEAD_DIM)
-    p = _group_probs(q, k, group, valid, qk_scale, WIDEN_DOT)  # [R, R]
     dv = dot(tl.trans(p.to(do.dtype)), do, WIDEN_DOT)
     dp = dot(do, tl.trans(v), WIDEN_DOT)
     ds = p * (dp - tl.sum(p * dp, 1)[:, None])  # softmax backward; sum(p * dp) = rowsum(dO * O)
