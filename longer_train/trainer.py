@@ -41,14 +41,19 @@ from .distributed.process_group import all_gather_arrays, init_distributed
 from .distributed.sharding import format_plan, init_tables, plan_summary, shard_model
 from .models.ranking import build_model
 
-# keys that do not change what a run computes: a restarted or re-launched job keeps its run directory
-_RUN_INDEPENDENT = ("run_name", "resume", "fault_at_step", "fault_rank", "fault", "progress_bar")
+# keys that do not change what a run computes: a job re-launched with other values of these keeps its run
+# directory (and so its checkpoints)
+_RUN_INDEPENDENT = (
+    "run_name", "resume", "fault_at_step", "fault_rank", "fault", "progress_bar", "log_every", "checkpoint_every",
+    "keep_checkpoints", "runs_table",
+)
 
 
 def default_run_name(cfg: Config) -> str:
     """`<model>-<hash of the resolved config>`: the same command finds its run (and checkpoints) again."""
     resolved = to_dict(cfg)
     resolved["train"] = {k: v for k, v in resolved["train"].items() if k not in _RUN_INDEPENDENT}
+    del resolved["logging"]
     digest = hashlib.sha1(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{cfg.model.name}-{digest}"
 
@@ -95,7 +100,7 @@ class Trainer:
         self.total_steps = min(total, cfg.train.max_steps) if cfg.train.max_steps > 0 else total
         self.scheduler = build_lr_scheduler(dense_optimizer, cfg.optim, self.total_steps)
         self.pipeline = (
-            TrainPipelineSparseDist(self.model, self.step_optimizer, env.device, )
+            TrainPipelineSparseDist(self.model, self.step_optimizer, env.device)
             if cfg.parallel.pipeline else None
         )
         # what a checkpoint restores besides the model and optimizers (the same on every rank)

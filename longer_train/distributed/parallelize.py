@@ -95,7 +95,7 @@ def recompute_targets(dense: nn.Module, mode: str) -> list[nn.Module]:
     }
     wanted = list(found) if mode == "all" else [mode]
     targets = [m for name in wanted for m in found[name]]
-    if not targets or (mode != "all" and not found[mode]):
+    if not targets:
         raise ConfigError(
             f"config key 'parallel.recompute': {mode!r} names no module of this model "
             f"({type(dense).__name__}, merge={getattr(getattr(dense, 'cfg', None), 'merge', '?')})"

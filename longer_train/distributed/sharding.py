@@ -26,8 +26,11 @@ from .process_group import DistEnv
 # data_parallel tables would be updated by the dense optimizer instead of the fused sparse one
 _SHARDED = ["table_wise", "row_wise", "column_wise"]
 _CUDA_ONLY_KERNELS = ("fused_uvm", "fused_uvm_caching", "key_value")
-# fused-optimizer state per embedding row, in units of the row width (rowwise adagrad keeps one float)
-_OPTIMIZER_STATE = {"rowwise_adagrad": None, "adagrad": 1, "sgd": 0, "adam": 2}
+# fused-optimizer state floats per embedding row of `cols` columns
+_OPTIMIZER_STATE = {
+    "rowwise_adagrad": lambda cols: 1, "adagrad": lambda cols: cols, "sgd": lambda cols: 0,
+    "adam": lambda cols: 2 * cols,
+}
 
 
 def table_constraints(data: DataConfig, device: torch.device) -> dict[str, ParameterConstraints]:
@@ -119,8 +122,7 @@ def plan_summary(plan: ShardingPlan, cfg: Config) -> dict:
             for shard in spec.sharding_spec.shards if spec.sharding_spec else []:
                 rows, cols = shard.shard_sizes
                 rank = shard.placement.rank()
-                state_cols = 1 if state is None else state * cols
-                per_rank[rank] = per_rank.get(rank, 0) + 4 * rows * (cols + state_cols)
+                per_rank[rank] = per_rank.get(rank, 0) + 4 * rows * (cols + state(cols))
                 shards.append({"rank": rank, "offsets": list(shard.shard_offsets), "sizes": [rows, cols]})
             tables[f"{module}.{table}"] = {
                 "sharding_type": spec.sharding_type, "compute_kernel": spec.compute_kernel, "shards": shards,
