@@ -36,11 +36,8 @@ DATA_DIR ?= data/synthetic
 CONFIG ?= configs/quickstart.yaml
 ARGS ?=
 
-# make gpu-check runs with the GPU machine's own python (torch + triton + pytest, no torchrec, no .venv, no
-# install): a throwaway package folder makes the top-level kernels/ importable as longer_train.kernels and
-# nothing else of longer_train; PYTHONSAFEPATH=1 keeps the repository root (and its longer_train/) off sys.path.
+# make gpu-check runs with the GPU machine's own python, no .venv and no install: benchmarks/gpu_check.sh
 GPU_PYTHON ?= python3
-GPU_PATH := build/gpu-check
 
 BENCH_ARGS = $(if $(SRC),--src $(SRC)) $(if $(USERS),--sample-users $(USERS)) $(if $(ROWS),--rows-per-user $(ROWS)) $(if $(SEEDS),--seeds $(SEEDS)) \
 	$(if $(BASELINE_SEEDS),--baseline-seeds $(BASELINE_SEEDS))
@@ -79,12 +76,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check longer_train kernels tests benchmarks
 
 gpu-check:
-	rm -rf $(GPU_PATH) && mkdir -p $(GPU_PATH)/longer_train benchmarks/results
-	touch $(GPU_PATH)/longer_train/__init__.py && ln -s $(CURDIR)/kernels $(GPU_PATH)/longer_train/kernels
-	PYTHONSAFEPATH=1 PYTHONPATH=$(GPU_PATH) KERNELS_TEST_SIZE=gpu LONGER_KERNELS_AUTOTUNE=0 timeout 110 \
-		$(GPU_PYTHON) -m pytest -q -p no:cacheprovider tests/kernels > benchmarks/results/kernel_tests_h200.txt 2>&1; \
-		status=$$?; cat benchmarks/results/kernel_tests_h200.txt; exit $$status
-	PYTHONSAFEPATH=1 PYTHONPATH=$(GPU_PATH) timeout 180 $(GPU_PYTHON) benchmarks/kernels.py --out benchmarks/results/kernels_h200.md
+	GPU_PYTHON=$(GPU_PYTHON) bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) data runs wandb build

@@ -8,9 +8,10 @@ Ops (one table each), on the padded batch the model holds (raw history lengths s
 
 Implementations: `triton` (our kernels; the forward splits the key range when B*H leaves SMs idle),
 `triton, no split-KV`, `reference` (kernels/reference.py, unfused PyTorch with a materialised mask),
-`sdpa-flash` (the padded batch with no mask at all — flash takes none — so it does the padding's work
-without masking it: a lower bound on what exact flash costs), `sdpa-efficient` (memory-efficient SDPA with
-the exact padding + causal mask as a boolean tensor) and `flex` (compiled FlexAttention with a block mask).
+`sdpa-flash` (the padded batch with bottom-right causal masking, `causal_lower_right`, and no padding mask
+— flash takes none — so it does the padding's work without masking it: a lower bound on what exact flash
+costs), `sdpa-efficient` (memory-efficient SDPA with the exact padding + causal mask as a boolean tensor)
+and `flex` (compiled FlexAttention with a block mask).
 TFLOP/s and GB/s use the same analytic *useful* work for every implementation: FLOPs of the allowed
 (query, key) pairs only (4·dh per pair and head forward, 2.5x that backward) and bytes of the valid rows
 (forward: q, k, v read, o written; backward adds q, k, v, o, dO read and dq, dk, dv written).
@@ -22,6 +23,10 @@ real data in shared/data, as a percentile table (computed once from movielens-1m
 
     python benchmarks/kernels.py [--lengths 1000 2000 4000 10000] [--batch 512] [--out FILE]
     python benchmarks/kernels.py --smoke          # tiny CPU run (what the test runs)
+
+Under the table, on CUDA, the issue's three targets are read off it: forward+backward against the best
+SDPA with padding on `real` lengths, the cross-causal forward's share of HBM bandwidth (the spec figure and
+a measured device-to-device copy), fused InnerTrans against the unfused reference.
 
 Never imports torchrec: runs on a machine with torch + triton only.
 """
@@ -45,6 +50,9 @@ from longer_train.kernels.reference import group_attention_reference, hybrid_att
 # percentile -> interactions per user, movielens-1m-partial (shared/data, 2,999 users, mean 162.6)
 REAL_PERCENTILES = [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99, 100]
 REAL_COUNTS = [20, 27, 37, 49, 66, 89, 121, 168, 245, 403, 556, 900, 1850]
+
+# HBM bandwidth from the data sheets, bytes/s (matched against torch.cuda.get_device_name())
+HBM_SPEC = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12}
 
 COLUMNS = ["op", "raw L", "lengths", "B", "impl", "fwd ms", "fwd TFLOP/s", "fwd GB/s", "fwd+bwd ms",
            "fwd+bwd TFLOP/s", "fwd+bwd GB/s"]
@@ -119,7 +127,9 @@ def hybrid_impls(q, k, v, num_pad, names: list[str]) -> dict[str, Callable[[], t
                 return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return call
 
-    impls["sdpa-flash"] = sdpa(SDPBackend.FLASH_ATTENTION, None)
+    from torch.nn.attention.bias import causal_lower_right
+
+    impls["sdpa-flash"] = sdpa(SDPBackend.FLASH_ATTENTION, causal_lower_right(lq, lk))
     if "sdpa-efficient" in names or "sdpa-math" in names:
         mask = _padding_and_causal_mask(num_pad, lq, lk)
         impls["sdpa-efficient"] = sdpa(SDPBackend.EFFICIENT_ATTENTION, mask)
@@ -133,6 +143,7 @@ def hybrid_impls(q, k, v, num_pad, names: list[str]) -> dict[str, Callable[[], t
             return (kv_idx >= num_pad[b]) & (kv_idx <= q_idx + offset)
 
         block_mask = create_block_mask(mask_mod, q.shape[0], None, lq, lk, device=q.device)
+        torch._dynamo.config.recompile_limit = 64  # one compile per shape
         flex = torch.compile(flex_attention, dynamic=False)
         impls["flex"] = lambda: flex(q, k, v, block_mask=block_mask)
     return {name: fn for name, fn in impls.items() if name in names}
@@ -208,34 +219,116 @@ def measure(name: str, fn, work: Work, inputs: list[torch.Tensor], device: str, 
 
 
 def run(args: argparse.Namespace, on_row: Callable[[list[list[str]]], None]) -> list[list[str]]:
-    """All rows of the table; `on_row(rows so far)` after each one (a time limit still leaves a table)."""
+    """All rows of the table; `on_row(rows so far)` after each one (a time limit still leaves a table).
+    FlexAttention goes in a second pass over the shapes: each of its shapes is a fresh compile, so a time
+    limit then cuts its rows, not the others'."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     heads = args.merge_k * args.token_dim // args.head_dim
     rows = []
-    for raw_len in args.lengths:
-        for dist in args.dists:
-            lengths = sample_lengths(dist, raw_len, args.batch, torch.Generator().manual_seed(raw_len))
-            label = [f"{raw_len}", f"{dist} (mean {lengths.float().mean():.0f})", f"{args.batch}"]
-            for layer in ("cross", "self"):
-                q, k, v, num_pad = hybrid_inputs(lengths, args.merge_k, args.queries, args.globals, heads,
-                                                 args.head_dim, layer, device, dtype)
-                work = hybrid_work(q, k, num_pad)
-                inputs = [t.requires_grad_() for t in (q, k, v)]
-                for name, fn in hybrid_impls(q, k, v, num_pad, args.impls).items():
-                    rows.append([f"{layer}-causal", *label, name, *measure(name, fn, work, inputs, device, args.reps)])
-                    on_row(rows)
-            qkv, valid = group_inputs(lengths, args.merge_k, args.token_dim, args.inner_heads, device, dtype)
-            work = group_work(qkv, valid, args.inner_heads)
-            qkv.requires_grad_()
-            for name, fn in group_impls(qkv, valid, args.inner_heads, args.impls).items():
-                cells = measure(name, fn, work, [qkv], device, args.reps)
-                rows.append([f"group K={args.merge_k}", *label, name, *cells])
-                on_row(rows)
-    return rows
+    passes = [[name for name in args.impls if name != "flex"]] + ([["flex"]] if "flex" in args.impls else [])
+    for names in passes:
+        for raw_len in args.lengths:
+            for dist in args.dists:
+                lengths = sample_lengths(dist, raw_len, args.batch, torch.Generator().manual_seed(raw_len))
+                label = [f"{raw_len}", f"{dist} (mean {lengths.float().mean():.0f})", f"{args.batch}"]
+                for layer in ("cross", "self"):
+                    q, k, v, num_pad = hybrid_inputs(lengths, args.merge_k, args.queries, args.globals, heads,
+                                                     args.head_dim, layer, device, dtype)
+                    work = hybrid_work(q, k, num_pad)
+                    inputs = [t.requires_grad_() for t in (q, k, v)]
+                    for name, fn in hybrid_impls(q, k, v, num_pad, names).items():
+                        cells = measure(name, fn, work, inputs, device, args.reps)
+                        rows.append([f"{layer}-causal", *label, name, *cells])
+                        on_row(_table_order(rows, args.impls))
+                qkv, valid = group_inputs(lengths, args.merge_k, args.token_dim, args.inner_heads, device, dtype)
+                work = group_work(qkv, valid, args.inner_heads)
+                qkv.requires_grad_()
+                for name, fn in group_impls(qkv, valid, args.inner_heads, names).items():
+                    cells = measure(name, fn, work, [qkv], device, args.reps)
+                    rows.append([f"group K={args.merge_k}", *label, name, *cells])
+                    on_row(_table_order(rows, args.impls))
+    return _table_order(rows, args.impls)
 
 
-def markdown(rows: list[list[str]], args: argparse.Namespace, command: str) -> str:
+def _table_order(rows: list[list[str]], impls: list[str]) -> list[list[str]]:
+    """Rows grouped by shape and op in the order first measured, implementations in `impls` order."""
+    first: dict[tuple, int] = {}
+    for row in rows:
+        first.setdefault((row[1], row[2], row[0]), len(first))
+    rank = {name: i for i, name in enumerate(impls)}
+    return sorted(rows, key=lambda row: (first[(row[1], row[2], row[0])], rank.get(row[4], len(rank))))
+
+
+def tuned_configs() -> list[str]:
+    """The config Triton's autotuner picked, per kernel and tuning key (empty before any CUDA launch)."""
+    from longer_train.kernels import group_attention_triton, hybrid_attention_triton
+    from longer_train.kernels.tile_ops import Launcher
+
+    lines = []
+    for module in (hybrid_attention_triton, group_attention_triton):
+        for name, launcher in vars(module).items():
+            if isinstance(launcher, Launcher):
+                for key, config in getattr(launcher.tuned, "cache", {}).items():
+                    lines.append(f"- `{module.__name__.rsplit('.', 1)[1]}.{name}` {key}: {config}")
+    return lines
+
+
+def copy_bandwidth() -> float:
+    """Bytes/s of a 1 GiB device-to-device copy (read + write), the practical HBM ceiling."""
+    from triton.testing import do_bench
+
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = do_bench(lambda: dst.copy_(src), warmup=25, rep=100)
+    return 2 * src.numel() / (ms / 1e3)
+
+
+def _cell(row: list[str], column: str) -> float | None:
+    value = row[COLUMNS.index(column)]
+    return None if value == "-" else float(value)
+
+
+def targets(rows: list[list[str]], hbm: dict[str, float]) -> list[str]:
+    """The issue's targets read off the rows: one markdown table row each (none for rows not measured)."""
+    by_key: dict[tuple, dict[str, list[str]]] = {}
+    for row in rows:
+        by_key.setdefault((row[0], row[1], row[2]), {})[row[4]] = row
+    out = []
+    for (op, raw_len, lengths), impls in by_key.items():
+        dist = lengths.split(" ")[0]
+        ours = impls.get("triton")
+        if ours is None:
+            continue
+        if op.endswith("-causal") and dist == "real":
+            t = _cell(ours, "fwd+bwd ms")
+            base = {name: _cell(impls[name], "fwd+bwd ms") for name in ("sdpa-flash", "sdpa-efficient")
+                    if name in impls and _cell(impls[name], "fwd+bwd ms") is not None}
+            if t and base:
+                name = min(base, key=base.get)
+                ratio = base[name] / t
+                out.append(f"| {op} fwd+bwd vs best SDPA with padding | {raw_len} | {lengths} | "
+                           f"{ratio:.2f}x ({name} {base[name]:.3g} ms / triton {t:.3g} ms) | >= 1.5x | "
+                           f"{'yes' if ratio >= 1.5 else 'NO'} |")
+        if op == "cross-causal" and hbm:
+            gbs = _cell(ours, "fwd GB/s")
+            if gbs is not None:
+                share = {name: gbs * 1e9 / bw for name, bw in hbm.items()}
+                spec = share.get("spec", share.get("copy"))
+                text = ", ".join(f"{100 * v:.0f}% of {name} {hbm[name] / 1e12:.2f} TB/s" for name, v in share.items())
+                out.append(f"| cross-causal fwd HBM bandwidth | {raw_len} | {lengths} | {gbs:.0f} GB/s = {text} | "
+                           f">= 60% | {'yes' if spec >= 0.6 else 'NO'} |")
+        if op.startswith("group") and "reference" in impls:
+            for phase in ("fwd ms", "fwd+bwd ms"):
+                ref, t = _cell(impls["reference"], phase), _cell(ours, phase)
+                if ref and t:
+                    out.append(f"| {op} {phase[:-3]} vs unfused PyTorch | {raw_len} | {lengths} | "
+                               f"{ref / t:.2f}x (reference {ref:.3g} ms / triton {t:.3g} ms) | >= 2x | "
+                               f"{'yes' if ref / t >= 2 else 'NO'} |")
+    return out
+
+
+def markdown(rows: list[list[str]], args: argparse.Namespace, command: str, hbm: dict[str, float]) -> str:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
     dtype = "bf16" if torch.cuda.is_available() else "fp32"
     lines = [
@@ -251,6 +344,12 @@ def markdown(rows: list[list[str]], args: argparse.Namespace, command: str) -> s
         "|" + "|".join("---" if i < 5 else "---:" for i in range(len(COLUMNS))) + "|",
     ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
+    checks = targets(rows, hbm)
+    if checks:
+        lines += ["", "Targets (HBM share is of the spec figure when the device is in HBM_SPEC):", "",
+                  "| target | raw L | lengths | measured | target | met |", "|---|---|---|---|---|---|", *checks]
+    if torch.cuda.is_available() and triton_available() and (tuned := tuned_configs()):
+        lines += ["", "Autotuned configs (kernel, tuning key: config):", "", *tuned]
     return "\n".join(lines) + "\n"
 
 
@@ -278,13 +377,18 @@ def main(argv: list[str] | None = None) -> None:
                       if cuda else ["reference", "sdpa-math"])
     torch.manual_seed(0)
     command = "python benchmarks/kernels.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    hbm = {}
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        spec = [bw for key, bw in HBM_SPEC.items() if key in name]
+        hbm = ({"spec": spec[0]} if spec else {}) | {"copy": copy_bandwidth()}
 
     def write(rows: list[list[str]]) -> None:
         if args.out:
             with open(args.out, "w") as f:
-                f.write(markdown(rows, args, command))
+                f.write(markdown(rows, args, command, hbm))
 
-    print(markdown(run(args, write), args, command))
+    print(markdown(run(args, write), args, command, hbm))
 
 
 if __name__ == "__main__":

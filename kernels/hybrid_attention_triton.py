@@ -19,8 +19,9 @@ Kernels (flash-attention-2 style, online softmax in base 2, fp32 accumulation):
   of the key range and writes its partial output (normalised over that chunk) and log-sum-exp;
   `combine_partials` merges them (flash-decoding). Used when Lq is small (few-queries-many-keys) and
   B*H alone would leave SMs idle.
+- `_hybrid_bwd_dq_kernel` (launched first): one program per query block computes delta = rowsum(dO * O)
+  for its rows (stored for the next kernel) and loops over its key range (no atomics).
 - `_hybrid_bwd_dkdv_kernel`: one program per key block loops over the query blocks that can see it.
-- `_hybrid_bwd_dq_kernel`: one program per query block loops over its key range (no atomics).
 On CUDA the block sizes are autotuned over a few configs aimed at sm_90 (`tile_ops.Launcher`); on CPU
 (TRITON_INTERPRET=1, tests) fixed small blocks are used.
 """
@@ -163,9 +164,9 @@ def _hybrid_bwd_dkdv_kernel(
 
 @triton.jit(do_not_specialize=_VARYING)
 def _hybrid_bwd_dq_kernel(
-    Q, K, V, DO, Lse, Delta, NumPad, DQ,
+    Q, K, V, DO, Out, Lse, Delta, NumPad, DQ,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
-    stride_dob, stride_doh, stride_dom, stride_dqb, stride_dqh, stride_dqm,
+    stride_dob, stride_doh, stride_dom, stride_ob, stride_oh, stride_om, stride_dqb, stride_dqh, stride_dqm,
     num_heads, seq_len_q, seq_len_k, query_offset, sm_scale, qk_scale, q_bucket, k_bucket,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     WIDEN_DOT: tl.constexpr,
@@ -182,7 +183,10 @@ def _hybrid_bwd_dq_kernel(
     q = _load_rows(Q + b * stride_qb + h * stride_qh, offs_m, stride_qm, first_q, seq_len_q, offs_d, HEAD_DIM)
     do = _load_rows(DO + b * stride_dob + h * stride_doh, offs_m, stride_dom, first_q, seq_len_q, offs_d, HEAD_DIM)
     lse = tl.load(Lse + pid_bh * seq_len_q + offs_m, mask=offs_m < seq_len_q, other=float("inf"))  # past Lq: p = 0
-    delta = tl.load(Delta + pid_bh * seq_len_q + offs_m, mask=offs_m < seq_len_q, other=0.0)
+    # delta = rowsum(dO * O), computed here for these query rows and stored for the dK/dV kernel (run next)
+    o = _load_rows(Out + b * stride_ob + h * stride_oh, offs_m, stride_om, first_q, seq_len_q, offs_d, HEAD_DIM)
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+    tl.store(Delta + pid_bh * seq_len_q + offs_m, delta, mask=offs_m < seq_len_q)
     k_base, v_base = K + b * stride_kb + h * stride_kh, V + b * stride_vb + h * stride_vh
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for start_n in range(lo, hi, BLOCK_N):
@@ -296,20 +300,21 @@ class HybridAttentionFunction(torch.autograd.Function):
         b, h, lq, dh = q.shape
         lk = k.shape[2]
         query_offset = lk - lq
-        delta = (d_out.float() * out.float()).sum(-1).contiguous()  # [B, H, Lq] rowsum(dO * O)
         lse = lse.contiguous()
+        delta = lse.new_empty((b, h, lq))  # rowsum(dO * O): written by the dQ kernel, read by the dK/dV kernel
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         sm_scale = 1.0 / math.sqrt(dh)
         common = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *d_out.stride()[:3])
         scalars = (*_shape_args(q, k, query_offset), sm_scale, sm_scale * LOG2E, *_buckets(q, k))
+        _bwd_dq(
+            lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * h),
+            q, k, v, d_out, out, lse, delta, num_pad, dq, *common, *out.stride()[:3], *dq.stride()[:3], *scalars,
+            **_head_constexprs(dh),
+        )
         _bwd_dkdv(
             lambda meta: (triton.cdiv(lk, meta["BLOCK_N"]), b * h),
             q, k, v, d_out, lse, delta, num_pad, dk, dv, *common, *dk.stride()[:3], *dv.stride()[:3], *scalars,
             **_head_constexprs(dh),
-        )
-        _bwd_dq(
-            lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * h),
-            q, k, v, d_out, lse, delta, num_pad, dq, *common, *dq.stride()[:3], *scalars, **_head_constexprs(dh),
         )
         return dq, dk, dv, None, None
 
