@@ -194,7 +194,7 @@ def time_ms(fn: Callable[[], torch.Tensor], backward: bool, inputs: list[torch.T
     if device == "cuda":
         from triton.testing import do_bench
 
-        return float(do_bench(step, warmup=25, rep=100))
+        return float(do_bench(step, warmup=25, rep=100, return_mode="median"))
     step()
     times = []
     for _ in range(reps):
