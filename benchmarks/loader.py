@@ -1,6 +1,7 @@
 """Data loader vs training step: samples/s of the streaming loader alone against samples/s of a training
-step (forward + backward + optimizers of the real model on batches already loaded), and the peak RSS of
-a process that streams one whole training epoch.
+step (forward + backward + optimizers of the real model on batches already loaded), the peak RSS of a
+process that streams one whole training epoch, and the time to the first batch after a resume at the
+start, the middle and the last batch of an epoch (with the row groups that took reading).
 
 For each config the loader is timed with 0 workers and with the config's data.num_workers (batches after
 the first, so worker start-up is left out), and the step on the same machine in the same run. The RSS of
@@ -59,9 +60,8 @@ def loader_rate(cfg, workers: int, batches: int) -> float:
 
 
 def step_rate(cfg, steps: int) -> float:
-    """Samples/s of forward + backward + sparse (fused) and dense optimizer steps on loaded batches."""
-    from torch.nn.utils import clip_grad_norm_
-
+    """Samples/s of forward + backward + sparse (fused) and dense optimizer steps on loaded batches: the
+    trainer's own step (`Trainer._plain_step`) without its pipeline, so no loading overlaps it."""
     from longer_train.distributed.process_group import destroy_distributed
     from longer_train.trainer import Trainer
 
@@ -72,17 +72,40 @@ def step_rate(cfg, steps: int) -> float:
         samples, elapsed = 0, 0.0
         for i, batch in enumerate(batches):
             start = time.perf_counter()
-            loss, _ = trainer.model(batch.to(trainer.env.device))
-            loss.backward()
-            clip_grad_norm_(trainer.dense_params, cfg.optim.grad_clip)
-            trainer.optimizer.step()
-            trainer.optimizer.zero_grad(set_to_none=True)
+            trainer._plain_step(iter([batch]))
             if i >= 2:  # the first steps allocate optimizer state
                 elapsed += time.perf_counter() - start
                 samples += batch.size
         return samples / elapsed
     finally:
         destroy_distributed()
+
+
+def resume_costs(cfg) -> list[tuple[int, int, float, int]]:
+    """(resume point, batches per epoch, seconds to the first batch after it, row groups read) with
+    0 workers, for resumes at the first, the middle and the last batch of epoch 0."""
+    from longer_train.data.loader import build_dataloader
+
+    cfg.data.num_workers = 0
+    read_row_group, reads = pq.ParquetFile.read_row_group, [0]
+
+    def counted(self, *args, **kwargs):
+        reads[0] += 1
+        return read_row_group(self, *args, **kwargs)
+
+    pq.ParquetFile.read_row_group = counted
+    try:
+        batches = build_dataloader(cfg.data, "train", train=True, seed=0).num_batches()
+        out = []
+        for at in (0, batches // 2, batches - 1):
+            loader = build_dataloader(cfg.data, "train", train=True, seed=0)
+            loader.load_state_dict({**loader.state_dict(), "epoch": 0, "batches": at})
+            reads[0], start = 0, time.perf_counter()
+            next(iter(loader))
+            out.append((at, batches, time.perf_counter() - start, reads[0]))
+        return out
+    finally:
+        pq.ParquetFile.read_row_group = read_row_group
 
 
 def rss_child(config: str, overrides: list[str]) -> dict:
@@ -147,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
               "largest row group MB (est.) | shuffle buffer MB (est.) | RSS before MB | max RSS streaming MB | "
               "growth MB | Arrow pool peak MB | getrusage peak before / after MB | epoch s |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    resume = ["| config | resume at batch | of | s to the first batch | row groups read |", "|---|---:|---:|---:|---:|"]
     for config in args.configs:
         name = Path(config).stem
         cfg = load_config(config, OVERRIDES)
@@ -167,6 +191,9 @@ def main(argv: list[str] | None = None) -> None:
             f"{m['peak_before_mb']:,.0f} / {m['peak_mb']:,.0f} | "
             f"{m['seconds']:.0f} |")
         print(memory[-1], flush=True)
+        for at, batches, seconds, reads in resume_costs(load_config(config, OVERRIDES)):
+            resume.append(f"| {name} | {at} | {batches} | {seconds:.2f} | {reads} |")
+            print(resume[-1], flush=True)
 
     text = "\n".join([
         "# Data loader vs training step (CPU)", "",
@@ -183,6 +210,10 @@ def main(argv: list[str] | None = None) -> None:
         "mark (ru_maxrss) before and after streaming is shown too. Arrow sizes are estimated from the first "
         "row group read with the configured columns (histories as stored, before the max_len cut).", "",
         *memory, "",
+        "## Resume: time to the first batch (0 workers, epoch 0)", "",
+        "The delivered batches are re-planned from row counts and the seed without reading them; only the "
+        "row groups holding rows of the next batches are read (see longer_train/data/loader.py).", "",
+        *resume, "",
     ])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

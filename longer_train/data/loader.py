@@ -19,9 +19,12 @@ Resume. `ShardedLoader.state_dict()` is {"epoch", "batches" delivered this epoch
 `load_state_dict()` the next pass of that epoch starts at exactly the next batch. The DataLoader takes
 batches from its workers in turn and every reader makes the same number, so batch t of a rank is batch
 t // K of reader t % K (after a resume at batch n, worker w plays reader (w + n) % K so that the turns
-still line up). Each reader replays its part of the epoch: it reads, validates and shuffles the
-row groups as before but does not build (collate) the batches already delivered. Cost: reading up to the
-resume point again (roughly the time of that part of the epoch without collation).
+still line up). Which rows make each batch is planned from row counts and the seeded RNG alone (row ids
+go through the shuffle buffer, rows are read when a batch needs them), so a resumed reader re-plans the
+delivered batches without reading them and reads only the row groups holding rows of the batches to come.
+Two settings need more: `bucket_by_length` reads the history column of the earlier row groups (their
+lengths decide the plan), and `bad_rows` / `bad_files: skip` re-read and re-validate the delivered part
+(a batch whose rows were all dropped shifts the ones after it).
 """
 
 from __future__ import annotations
@@ -188,9 +191,36 @@ class ParquetStream(IterableDataset):
         yield from _Reader(self, reader).batches(skip=done)
 
 
+@dataclass
+class _Loaded:
+    """Rows of a segment held in memory: `table` and `why` (each row's reason to be invalid, "" = valid)
+    hold the segment's rows `offsets` (sorted, numbered within the segment)."""
+
+    table: pa.Table
+    why: np.ndarray
+    offsets: np.ndarray
+
+    def rows(self, local: np.ndarray) -> pa.Table:
+        return self.table.take(pa.array(np.searchsorted(self.offsets, local)))
+
+    def why_of(self, local: np.ndarray) -> np.ndarray:
+        return self.why[np.searchsorted(self.offsets, local)]
+
+    def only(self, keep: np.ndarray) -> _Loaded:
+        """A copy holding only the rows `keep` (a subset of offsets)."""
+        at = np.searchsorted(self.offsets, keep)
+        return _Loaded(self.table.take(pa.array(at)), self.why[at], keep)
+
+
 class _Reader:
-    """Reader k of a rank (its k-th part of the rank's rows) for one epoch: segments -> validated rows ->
-    shuffle buffer -> batches. Runs in the DataLoader worker that plays reader k."""
+    """Reader k of a rank (its k-th part of the rank's rows) for one epoch, run in the DataLoader worker
+    that plays reader k.
+
+    The plan (which input rows make each batch) depends on row counts and the seeded RNG only, plus the
+    history lengths under `bucket_by_length`: this reader's rows are numbered 0..n-1 in segment order and
+    only these ids go through the shuffle buffer (`_plan`). Rows are read when a batch needs them: a segment
+    is read and validated on first use and dropped once every one of its rows is in a batch, so a resumed
+    reader reads only the segments that still hold rows of the batches to come."""
 
     def __init__(self, stream: ParquetStream, k: int) -> None:
         self.s, self.data = stream, stream.data
@@ -198,31 +228,52 @@ class _Reader:
         self.reader = stream.rank * stream.workers + k
         self.rng = np.random.default_rng((stream.seed, stream.epoch, self.reader))
         self.sizes = stream.batch_sizes(k)
+        self.segments = stream.segments(k)
+        rows = np.array([seg.stop - seg.start for seg in self.segments], dtype=np.int64)
+        self.first_id = np.concatenate([[0], np.cumsum(rows)])  # id of each segment's first row
+        self.unplaced = rows.copy()  # rows of each segment not yet in a finished batch
+        self.loaded: dict[int, _Loaded] = {}  # segments read and not yet placed in batches
+        self.pending: dict[int, np.ndarray] = {}  # segment -> which of its rows are not yet placed
+        self.lengths: dict[int, np.ndarray] = {}  # segment -> history lengths (bucket_by_length)
+        self.planned = 0  # batches planned so far
+        self.skip = 0
         self.skipped: Counter = Counter()  # rows dropped since the last batch handed out
         self.files: dict[str, pq.ParquetFile] = {}  # opened once per file, not once per row group
 
     def batches(self, skip: int) -> Iterator[Batch]:
-        for index, table in enumerate(self._non_empty()):
-            if index < skip:  # delivered before the resume point: replayed, not collated
+        self.skip = skip
+        for index, ids in enumerate(self._non_empty()):
+            if index < skip:  # delivered before the resume point
                 self.skipped.clear()
                 continue
-            batch = collate(table, self.data)
+            batch = collate(self._rows(ids), self.data)
             batch.skipped, self.skipped = dict(self.skipped), Counter()
             yield batch
 
-    def _non_empty(self) -> Iterator[pa.Table]:
-        """The valid rows of each planned batch; a batch left with none is made up by splitting the next
-        non-empty one, so the count stays len(self.sizes)."""
+    def _non_empty(self) -> Iterator[np.ndarray]:
+        """Ids of the valid rows of each planned batch; a batch left with none is made up by splitting the
+        next non-empty one, so the count stays len(self.sizes). Batches before the resume point are not
+        read when no row can be dropped: every row of a delivered batch was valid, or it would have raised."""
+        can_drop = self.data.bad_rows == "skip" or self.data.bad_files == "skip"
         owed = 0
-        for table in self._planned():
-            if table.num_rows == 0:
-                owed += 1
+        for index, ids in enumerate(self._plan()):
+            if index < self.skip and not can_drop:
+                self._place(ids)
+                yield ids
                 continue
-            parts = min(owed + 1, table.num_rows)
+            why = self._why(ids)
+            self.skipped.update(why[why != ""])
+            valid = ids[why == ""]
+            if not valid.size:
+                owed += 1
+                self._place(ids)
+                continue
+            parts = min(owed + 1, valid.size)
             owed -= parts - 1
-            cuts = [i * table.num_rows // parts for i in range(parts + 1)]
+            cuts = [i * valid.size // parts for i in range(parts + 1)]
             for a, b in zip(cuts[:-1], cuts[1:]):
-                yield table.slice(a, b - a)
+                yield valid[a:b]
+            self._place(ids)  # after its batches were built from the loaded segments
         if owed:
             raise SchemaError(
                 f"epoch {self.s.epoch}, rank {self.s.rank}, reader {self.k}: {owed} of {len(self.sizes)} "
@@ -230,62 +281,26 @@ class _Reader:
                 "fewer valid rows than batches for world_size * num_workers readers"
             )
 
-    def _planned(self) -> Iterator[pa.Table]:
-        """Valid rows of each batch of `self.sizes` input rows, drawn from the shuffle buffer."""
+    def _plan(self) -> Iterator[np.ndarray]:
+        """Row ids of each batch of `self.sizes` input rows (sorted), drawn from the shuffle buffer."""
         s = self.s
         capacity = max(self.data.shuffle_buffer, s.batch_size) if s.shuffle else s.batch_size
-        tables: list[pa.Table] = []
-        masks: list[np.ndarray] = []
-        buffered = 0
+        buffer: list[np.ndarray] = []
         sizes = list(reversed(self.sizes))  # pop() takes the next size
-        for segment in s.segments(self.k):
-            table, ok = self._read(segment)
-            tables.append(table)
-            masks.append(ok)
-            buffered += table.num_rows
-            del table  # the buffer holds the only reference: drained rows are freed with it
-            if buffered >= capacity:
-                yield from self._drain(tables, masks, sizes, final=False)
-                buffered = sum(t.num_rows for t in tables)
-        yield from self._drain(tables, masks, sizes, final=True)
+        for segment in range(len(self.segments)):
+            buffer.append(np.arange(self.first_id[segment], self.first_id[segment + 1]))
+            if sum(len(ids) for ids in buffer) >= capacity:
+                yield from self._drain(buffer, sizes, final=False)
+        yield from self._drain(buffer, sizes, final=True)
 
-    def _read(self, segment: Segment) -> tuple[pa.Table, np.ndarray]:
-        """Rows of a segment and which of them are valid; counts the others in self.skipped."""
-        group, data = segment.group, self.data
-        rows = segment.stop - segment.start
-        first_row = group.first_row + segment.start
-        try:
-            if group.path not in self.files:
-                self.files[group.path] = pq.ParquetFile(group.path)
-            table = self.files[group.path].read_row_group(group.index, columns=read_columns(data))
-        except (OSError, pa.ArrowException) as err:
-            message = (f"{group.path}: rows {first_row}..{first_row + rows - 1} (row group {group.index}) "
-                       f"cannot be read ({err})")
-            if data.bad_files == "error":
-                raise SchemaError(message) from err
-            log.warning("skipping unreadable rows (data.bad_files=skip): %s", message)
-            self.skipped["unreadable"] += rows
-            schema = self.files[group.path].schema_arrow if group.path in self.files else None
-            columns = {c: pa.nulls(rows, schema.field(c).type if schema else pa.null()) for c in read_columns(data)}
-            return pa.table(columns), np.zeros(rows, dtype=bool)
-        table = table.slice(segment.start, rows).combine_chunks()
-        if not rows:
-            return table, np.zeros(0, dtype=bool)
-        ok, counts = check_rows(table.to_batches()[0], data, group.path, first_row, skip=data.bad_rows == "skip")
-        self.skipped.update(counts)
-        return table, ok
-
-    def _drain(self, tables: list[pa.Table], masks: list[np.ndarray], sizes: list[int], final: bool
-               ) -> Iterator[pa.Table]:
+    def _drain(self, buffer: list[np.ndarray], sizes: list[int], final: bool) -> Iterator[np.ndarray]:
         """Cut the next planned batches from the buffer (shuffled when training); leave in it a tail
         smaller than the next batch, unless `final`, when every row must go."""
-        if not tables:
+        if not buffer:
             return
-        table = pa.concat_tables(tables, promote_options="permissive")
-        ok = np.concatenate(masks)
-        tables.clear()
-        masks.clear()
-        n, used, take = table.num_rows, 0, []
+        ids = np.concatenate(buffer)
+        buffer.clear()
+        n, used, take = len(ids), 0, []
         while sizes and (final or used + sizes[-1] <= n):
             take.append(sizes.pop())
             used += take[-1]
@@ -295,27 +310,115 @@ class _Reader:
             order = self.rng.permutation(n)
             tail, order = order[: n - used], order[n - used:]
             if self.data.bucket_by_length:  # similar history lengths side by side; ties stay random
-                length = pc.list_value_length(table.column(self.data.hist_timestamp)).to_numpy()
-                length = np.minimum(length, self.data.max_len)  # as collated: longer rows are cut
+                length = np.minimum(self._history_lengths(ids), self.data.max_len)  # as collated
                 order = order[np.argsort(length[order], kind="stable")]
         else:
             tail, order = np.arange(used, n), np.arange(used)
         if tail.size:
-            tables.append(table.take(tail))  # a copy: a slice would keep the whole buffer alive
-            masks.append(ok[tail])
-        if not used:
-            return
-        ordered = table.take(order) if self.s.shuffle else table
-        del table  # not kept alive while the batches are built
-        ok = ok[order]
+            buffer.append(ids[tail])
         starts = np.cumsum([0, *take])
         batches = list(range(len(take)))
         if self.s.shuffle and self.data.bucket_by_length:
             self.rng.shuffle(batches)  # buckets in random order, not shortest first
         for i in batches:
-            a, b = int(starts[i]), int(starts[i + 1])
-            piece, good = ordered.slice(a, b - a), ok[a:b]
-            yield piece if good.all() else piece.filter(pa.array(good))
+            self.planned += 1
+            yield np.sort(ids[order[starts[i]:starts[i + 1]]])
+
+    def _segment_of(self, ids: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.first_id, ids, side="right") - 1
+
+    def _place(self, ids: np.ndarray) -> None:
+        """These rows are in a finished batch: drop every segment none of whose rows is still to come, and
+        keep only the rows still to come of a loaded one mostly used up (rows left in the shuffle buffer's
+        tail would otherwise hold a whole row group in memory)."""
+        segments = self._segment_of(ids)
+        for seg in np.unique(segments):
+            seg = int(seg)
+            local = ids[segments == seg] - self.first_id[seg]
+            self.unplaced[seg] -= len(local)
+            if not self.unplaced[seg]:
+                for held in (self.loaded, self.lengths, self.pending):
+                    held.pop(seg, None)
+                continue
+            rows = int(self.first_id[seg + 1] - self.first_id[seg])
+            pending = self.pending.setdefault(seg, np.ones(rows, dtype=bool))
+            pending[local] = False
+            loaded = self.loaded.get(seg)
+            if loaded is not None and self.unplaced[seg] * 4 <= len(loaded.offsets):
+                self.loaded[seg] = loaded.only(np.flatnonzero(pending))
+
+    def _why(self, ids: np.ndarray) -> np.ndarray:
+        """Why each of these rows is invalid ("" = valid), reading their segments if needed."""
+        segments = self._segment_of(ids)
+        return np.concatenate([self._load(int(seg)).why_of(ids[segments == seg] - self.first_id[seg])
+                               for seg in np.unique(segments)]) if ids.size else np.zeros(0, dtype=object)
+
+    def _rows(self, ids: np.ndarray) -> pa.Table:
+        """The rows with these (sorted) ids, in that order."""
+        segments = self._segment_of(ids)
+        pieces = [self._load(int(seg)).rows(ids[segments == seg] - self.first_id[seg]) for seg in np.unique(segments)]
+        return pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces, promote_options="permissive")
+
+    def _history_lengths(self, ids: np.ndarray) -> np.ndarray:
+        """History length of each of these rows. Before the resume point only that column is read."""
+        segments = self._segment_of(ids)
+        out = np.zeros(len(ids), dtype=np.int64)
+        for seg in np.unique(segments):
+            seg = int(seg)
+            if seg not in self.lengths:
+                rows = int(self.first_id[seg + 1] - self.first_id[seg])
+                loaded = self._load(seg) if self.planned >= self.skip else self.loaded.get(seg)  # rows wanted
+                if loaded is not None and len(loaded.offsets) == rows:
+                    table = loaded.table
+                else:  # before the resume point: only the history column
+                    table = self._read_table(self.segments[seg], [self.data.hist_timestamp])
+                column = None if table is None else table.column(self.data.hist_timestamp)
+                if column is None or not pa.types.is_list(column.type):  # unreadable (bad_files=skip)
+                    self.lengths[seg] = np.zeros(self.first_id[seg + 1] - self.first_id[seg], dtype=np.int64)
+                else:
+                    self.lengths[seg] = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False)
+            out[segments == seg] = self.lengths[seg][ids[segments == seg] - self.first_id[seg]]
+        return out
+
+    def _load(self, seg: int) -> _Loaded:
+        """A segment's rows, read and validated on first use."""
+        if seg not in self.loaded:
+            table, why = self._read(self.segments[seg])
+            self.loaded[seg] = _Loaded(table, why, np.arange(table.num_rows))
+        return self.loaded[seg]
+
+    def _read_table(self, segment: Segment, columns: list[str]) -> pa.Table | None:
+        """These columns of a segment's rows; None when they cannot be read (logged, or SchemaError under
+        data.bad_files=error)."""
+        group = segment.group
+        first_row = group.first_row + segment.start
+        try:
+            if group.path not in self.files:
+                self.files[group.path] = pq.ParquetFile(group.path)
+            table = self.files[group.path].read_row_group(group.index, columns=columns)
+        except (OSError, pa.ArrowException) as err:
+            last_row = first_row + segment.stop - segment.start - 1
+            message = f"{group.path}: rows {first_row}..{last_row} (row group {group.index}) cannot be read ({err})"
+            if self.data.bad_files == "error":
+                raise SchemaError(message) from err
+            log.warning("skipping unreadable rows (data.bad_files=skip): %s", message)
+            return None
+        return table.slice(segment.start, segment.stop - segment.start).combine_chunks()
+
+    def _read(self, segment: Segment) -> tuple[pa.Table, np.ndarray]:
+        """Rows of a segment and why each is invalid ("" = valid)."""
+        group, data = segment.group, self.data
+        rows = segment.stop - segment.start
+        table = self._read_table(segment, read_columns(data))
+        if table is None:
+            schema = self.files[group.path].schema_arrow if group.path in self.files else None
+            columns = {c: pa.nulls(rows, schema.field(c).type if schema else pa.null()) for c in read_columns(data)}
+            return pa.table(columns), np.full(rows, "unreadable", dtype=object)
+        if not rows:
+            return table, np.zeros(0, dtype=object)
+        why = check_rows(table.to_batches()[0], data, group.path, group.first_row + segment.start,
+                         skip=data.bad_rows == "skip")
+        return table, why
 
 
 class ShardedLoader:

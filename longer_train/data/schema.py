@@ -3,14 +3,13 @@
 Which columns a file must hold comes from the config (`DataConfig.features` and the label, timestamp,
 hist_timestamp and user_id keys), never from code. `validate_schema` checks column presence and types;
 `validate_batch` checks the values of one record batch, vectorised; `check_rows` does the same for the
-loader and, under `data.bad_rows: skip`, returns the valid rows and counts of the others per reason
-instead of raising. Every error is a `SchemaError` that names the file, the column and, when a row is at
+loader and, under `data.bad_rows: skip`, returns why each row is invalid ("" for a valid row) instead of
+raising. Every error is a `SchemaError` that names the file, the column and, when a row is at
 fault, the row (numbered within the file).
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
@@ -230,16 +229,14 @@ def validate_batch(
 
 def check_rows(
     batch: pa.RecordBatch, cfg: DataConfig, path: str, first_row: int = 0, skip: bool = False
-) -> tuple[np.ndarray, Counter]:
-    """(valid rows as a bool mask, skipped rows per reason) of a batch whose schema is valid. Without
-    `skip` the first bad row raises SchemaError; with it, every bad row is dropped and counted once,
-    under the first reason found for it."""
+) -> np.ndarray:
+    """Why each row of a batch whose schema is valid is invalid: an object array of reasons, "" for a valid
+    row. Without `skip` the first bad row raises SchemaError; with it, every bad row gets the first reason
+    found for it."""
     problems = row_problems(batch, cfg)
-    keep = np.ones(batch.num_rows, dtype=bool)
-    counts: Counter = Counter()
+    why = np.full(batch.num_rows, "", dtype=object)
     if problems and not skip:
         raise _error(problems, path, first_row)
     for p in problems:
-        counts[p.reason] += int((p.rows & keep).sum())
-        keep &= ~p.rows
-    return keep, +counts
+        why[p.rows & (why == "")] = p.reason
+    return why

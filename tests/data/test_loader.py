@@ -205,3 +205,48 @@ def test_wrong_column_type_fails_before_training(dataset, tmp_path):
     pq.write_table(bad, tmp_path / "bad.parquet")
     with pytest.raises(SchemaError, match=r"bad\.parquet.*item_id"):
         ParquetStream([str(tmp_path / "bad.parquet")], _cfg(meta, 7), 16, False)
+
+
+@pytest.mark.parametrize("bucket", [False, True])
+def test_resume_reads_only_the_row_groups_of_the_batches_to_come(dataset, small_groups, monkeypatch, bucket):
+    """A resumed reader re-plans the delivered batches from row counts and the seed without reading them:
+    resuming at the last batch reads a few row groups, not the epoch again (with length buckets, only the
+    history column of the earlier ones)."""
+    _, meta = dataset
+    files, _ = small_groups
+    cfg = _cfg(meta, shuffle_buffer=300, bucket_by_length=bucket)
+    reads = Counter()
+    read_row_group = pq.ParquetFile.read_row_group
+
+    def counted(self, i, columns=None, **kw):
+        reads["all columns" if columns is None or len(columns) > 1 else "one column"] += 1
+        return read_row_group(self, i, columns=columns, **kw)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", counted)
+    full = _loader(files, cfg, 48)
+    full.set_epoch(1)
+    batches = [b.user_ids.tolist() for b in full]
+    epoch_reads, reads = dict(reads), Counter()
+    resumed = _loader(files, cfg, 48)
+    resumed.load_state_dict({**full.state_dict(), "batches": len(batches) - 1})
+    resumed.set_epoch(1)
+    assert [b.user_ids.tolist() for b in resumed] == batches[-1:]
+    print(f"row group reads, whole epoch: {epoch_reads}; resumed at the last batch: {dict(reads)}")
+    assert epoch_reads == {"all columns": len(full.stream.segments(0))} == {"all columns": 12}
+    assert reads["all columns"] <= 3
+    assert reads["one column"] <= (12 if bucket else 0)
+
+
+def test_a_reader_holds_about_a_shuffle_buffer_of_rows(dataset, small_groups):
+    """Rows left in the shuffle buffer's tail do not keep their whole row group in memory: the rows a reader
+    holds stay within the buffer plus the row group being cut, over a whole epoch."""
+    from longer_train.data.loader import _Reader
+
+    _, meta = dataset
+    files, table = small_groups
+    stream = ParquetStream(files, _cfg(meta, shuffle_buffer=300), 16, shuffle=True)
+    reader = _Reader(stream, 0)
+    held = [sum(len(rows.offsets) for rows in reader.loaded.values()) for _ in reader.batches(skip=0)]
+    assert len(held) == stream.num_batches() and not reader.loaded  # everything released at the end
+    print(f"rows held: max {max(held)}, mean {np.mean(held):.0f} (buffer 300, row groups of 97 and 211 rows)")
+    assert max(held) <= 300 + 211
