@@ -111,6 +111,10 @@ class ModelConfig:
     head_hidden: List[int] = field(default_factory=lambda: [256, 64])
     attention_impl: str = _choice("auto", ("auto", "reference", "triton"))  # kernels dispatcher (kernels/dispatch.py)
     din_hidden: List[int] = field(default_factory=lambda: [64, 32])  # DIN's attention MLP
+    # sum_pooling / din: how the per-event weights are normalised within a row: none (the paper's
+    # baselines: a plain sum, DIN's raw attention scores) | length (divide by the row's length: mean
+    # pooling) | softmax (DIN's scores softmax-normalised over the row)
+    pool_norm: str = _choice("none", ("none", "length", "softmax"))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -363,6 +367,11 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(
             f"config key 'model.head_dim' ({model.head_dim}) must divide the merged width {width} "
             "(model.token_dim * model.merge_k, or model.merge_proj_dim)"
+        )
+    if model.pool_norm != "none" and model.name not in ("sum_pooling", "din"):
+        raise ConfigError(
+            f"config key 'model.pool_norm' ({model.pool_norm}) applies to model.name sum_pooling or din only, "
+            f"not {model.name}"
         )
     for i, component in enumerate(cfg.parallel.bf16):
         if component not in BF16_COMPONENTS:

@@ -51,6 +51,12 @@ def test_unknown_key_in_yaml_is_named(tmp_path):
         load_config(path)
 
 
+def test_pool_norm_on_a_model_without_pooling_is_rejected():
+    with pytest.raises(ConfigError, match=r"'model.pool_norm' \(softmax\) applies to .* not longer"):
+        load_config(QUICKSTART, ["model.pool_norm=softmax"])
+    assert load_config(QUICKSTART, ["model.name=din", "model.pool_norm=softmax"]).model.pool_norm == "softmax"
+
+
 def test_override_without_equals_is_rejected():
     with pytest.raises(ConfigError, match="key=value"):
         load_config(QUICKSTART, ["train.seed"])

@@ -6,6 +6,8 @@ comparison changes only how the history is used:
 - `din`: target attention (DIN): each behaviour token weighted by an MLP over [token, candidate,
   token - candidate, token * candidate], unnormalised, then summed. DIN over the recent 50 events is the
   same model with `data.max_len=50`.
+`model.pool_norm` normalises the weights of both within each row: `length` (divided by the row's length:
+mean pooling) or `softmax` (over the row's events); the default `none` is the paper's baselines.
 The Transformer baseline (full causal attention over the unmerged sequence, every position a query) is
 LONGER itself with `model.merge_k=1` and `model.num_queries >= data.max_len`.
 """
@@ -61,7 +63,14 @@ class _PooledSequence(nn.Module):
         recency = (torch.cumsum(lengths, 0))[row] - 1 - torch.arange(n, device=lengths.device)
         tokens = self.tokens(x.events, x.time_diff, recency)  # [N, d], valid events only
         candidate = self.candidate_token(x.candidate)  # [B, d]
-        weighted = tokens * self.weights(tokens, candidate[row])
+        weights = self.weights(tokens, candidate[row])  # [N, 1]
+        if self.cfg.pool_norm == "length":
+            weights = weights / lengths.clamp(min=1)[row, None]
+        elif self.cfg.pool_norm == "softmax":  # over each row's events; empty rows pool to zero
+            top = weights.new_full((b, 1), float("-inf")).scatter_reduce(0, row[:, None], weights, "amax")
+            weights = torch.exp(weights - top[row])
+            weights = weights / weights.new_zeros((b, 1)).index_add(0, row, weights)[row]
+        weighted = tokens * weights
         pooled = tokens.new_zeros((b, tokens.shape[1])).index_add(0, row, weighted)  # [B, d]
         return self.head(torch.cat([pooled, candidate, x.candidate, x.user, x.dense], dim=-1)).squeeze(-1)
 

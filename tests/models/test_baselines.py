@@ -59,3 +59,34 @@ def test_transformer_baseline_is_longer_without_merge_and_all_queries():
     states = model.encode(make_inputs(LENGTHS))
     assert states.merged.shape[1] == max(LENGTHS)  # no merge
     assert states.layers[0].shape[1] == max(LENGTHS) + model.num_globals  # every position is a query
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("cls", [SumPooling, DIN])
+def test_pool_norm_length_and_softmax_normalise_each_row(cls):
+    """`length` divides the pooled sum by the row's length; `softmax` makes each row's weights sum to 1
+    (SumPooling: then both are the mean). Recomputed here row by row from the model's own pieces."""
+    x = make_inputs(LENGTHS)
+    outputs = {}
+    for norm in ("none", "length", "softmax"):
+        torch.manual_seed(0)
+        model = cls(ModelConfig(token_dim=8, head_hidden=[16], din_hidden=[12, 6], pool_norm=norm), DIMS).eval()
+        pooled = {}
+        model.head.register_forward_hook(lambda m, args, out, pooled=pooled: pooled.update(x=args[0][:, :8]))
+        outputs[norm] = model(x)
+        outputs[norm, "pooled"] = pooled["x"]
+    lengths = torch.tensor(LENGTHS, dtype=torch.float32)[:, None]
+    torch.testing.assert_close(outputs["length", "pooled"], outputs["none", "pooled"] / lengths.clamp(min=1))
+    assert outputs["softmax", "pooled"][0].abs().sum() == 0  # the empty row
+    if cls is SumPooling:
+        torch.testing.assert_close(outputs["softmax", "pooled"], outputs["length", "pooled"])
+    else:
+        model.cfg.pool_norm = "none"
+        n, row = x.events.shape[0], torch.repeat_interleave(torch.arange(len(LENGTHS)), torch.tensor(LENGTHS))
+        recency = torch.cumsum(torch.tensor(LENGTHS), 0)[row] - 1 - torch.arange(n)
+        tokens = model.tokens(x.events, x.time_diff, recency)
+        scores = model.weights(tokens, model.candidate_token(x.candidate)[row])
+        for r, length in enumerate(LENGTHS):
+            if length:
+                w = torch.softmax(scores[row == r, 0], 0)
+                torch.testing.assert_close(outputs["softmax", "pooled"][r], (w[:, None] * tokens[row == r]).sum(0))
