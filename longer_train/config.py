@@ -307,6 +307,23 @@ def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def non_default(value: Any) -> Any:
+    """Like `to_dict`, without the fields that hold their default: a dataclass becomes a dict of the fields
+    that differ from a default-constructed one (all of them when the class has required fields)."""
+    if dataclasses.is_dataclass(value):
+        try:
+            default = type(value)()
+        except TypeError:
+            default = None
+        return {f.name: non_default(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if default is None or getattr(value, f.name) != getattr(default, f.name)}
+    if isinstance(value, dict):
+        return {k: non_default(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [non_default(v) for v in value]
+    return value
+
+
 def check_config(cfg: Config) -> None:
     """Cross-field checks that a single key's type cannot express."""
     data, model = cfg.data, cfg.model

@@ -15,7 +15,6 @@ global batch, as in one process (tests/distributed/test_sharding_parity.py check
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -34,7 +33,7 @@ from .components.checkpoint import CheckpointManager, load_checkpoint, read_meta
 from .components.metrics import ranking_metrics
 from .components.optimizer import apply_sparse_optimizer, build_lr_scheduler, build_optimizer
 from .components.run_logger import RunLogger
-from .config import Config, to_dict
+from .config import Config, non_default, to_dict
 from .data.batch import Batch
 from .data.loader import build_dataloader
 from .distributed.parallelize import apply_compute_policies
@@ -50,29 +49,12 @@ _RUN_INDEPENDENT = (
 )
 
 
-def _non_default(value: Any) -> Any:
-    """The config without the fields that hold their default: a dataclass becomes a dict of the fields that
-    differ from a default-constructed one (all fields when the class has required ones)."""
-    if dataclasses.is_dataclass(value):
-        try:
-            default = type(value)()
-        except TypeError:
-            default = None
-        return {f.name: _non_default(getattr(value, f.name)) for f in dataclasses.fields(value)
-                if default is None or getattr(value, f.name) != getattr(default, f.name)}
-    if isinstance(value, dict):
-        return {k: _non_default(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_non_default(v) for v in value]
-    return value
-
-
 def default_run_name(cfg: Config) -> str:
     """`<model>-<hash of the config's non-default values>`: the same command finds its run (and
     checkpoints) again. Fields holding their default do not enter the hash, so a later version that adds
     a config field (with a default) still finds the runs of an earlier one; nor do logging and the keys
     that do not change what is trained (_RUN_INDEPENDENT)."""
-    resolved = _non_default(cfg)
+    resolved = non_default(cfg)
     resolved["train"] = {k: v for k, v in resolved.get("train", {}).items() if k not in _RUN_INDEPENDENT}
     resolved.pop("logging", None)
     digest = hashlib.sha1(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:10]

@@ -374,7 +374,7 @@ class _Reader:
                     table = self._read_table(self.segments[seg], [self.data.hist_timestamp])
                 column = None if table is None else table.column(self.data.hist_timestamp)
                 if column is None or not pa.types.is_list(column.type):  # unreadable (bad_files=skip)
-                    self.lengths[seg] = np.zeros(self.first_id[seg + 1] - self.first_id[seg], dtype=np.int64)
+                    self.lengths[seg] = np.zeros(rows, dtype=np.int64)
                 else:
                     self.lengths[seg] = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False)
             out[segments == seg] = self.lengths[seg][ids[segments == seg] - self.first_id[seg]]
