@@ -74,13 +74,18 @@ def _bad_rows(table: pa.Table):
     ]
 
 
+def _file_with_bad_row(table: pa.Table, tmp_path, case: int) -> tuple[str, str, str, str]:
+    """(path, column, reason, message fragment): the table written with bad row `case` at BAD_ROW."""
+    column, value, reason, fragment = _bad_rows(table)[case]
+    if column == "hist_timestamp" and not table.column(column)[BAD_ROW].as_py():
+        pytest.skip("the chosen row has an empty history")
+    return _write(_with(table, column, BAD_ROW, value), tmp_path / "bad.parquet"), column, reason, fragment
+
+
 @pytest.mark.parametrize("case", range(8))
 def test_bad_row_is_an_error_naming_file_row_and_column(clean, tmp_path, case):
     table, vocab = clean
-    column, value, _, fragment = _bad_rows(table)[case]
-    if column == "hist_timestamp" and not table.column(column)[BAD_ROW].as_py():
-        pytest.skip("the chosen row has an empty history")
-    path = _write(_with(table, column, BAD_ROW, value), tmp_path / "bad.parquet")
+    path, column, _, fragment = _file_with_bad_row(table, tmp_path, case)
     with pytest.raises(SchemaError) as err:
         _read_all([path], _cfg(vocab))
     assert str(err.value).startswith(f"{path}: row {BAD_ROW}, column '{column}': ")
@@ -90,10 +95,7 @@ def test_bad_row_is_an_error_naming_file_row_and_column(clean, tmp_path, case):
 @pytest.mark.parametrize("case", range(8))
 def test_bad_row_is_skipped_and_counted(clean, tmp_path, case):
     table, vocab = clean
-    column, value, reason, _ = _bad_rows(table)[case]
-    if column == "hist_timestamp" and not table.column(column)[BAD_ROW].as_py():
-        pytest.skip("the chosen row has an empty history")
-    path = _write(_with(table, column, BAD_ROW, value), tmp_path / "bad.parquet")
+    path, _, reason, _ = _file_with_bad_row(table, tmp_path, case)
     batches, loader = _read_all([path], _cfg(vocab, bad_rows="skip"))
     users = [u for b in batches for u in b.user_ids.tolist()]
     expected = table.column("user_id").to_pylist()

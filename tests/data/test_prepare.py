@@ -173,11 +173,16 @@ def test_split_is_by_time_and_meta_counts_rows(tmp_path):
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 
-def test_sample_users_keeps_whole_users_with_the_full_data_ids_and_cut_points(tmp_path):
+def _ten_users_prepared(tmp_path) -> dict:
+    """ratings.dat of 10 users x 20 movies in tmp_path, prepared whole into tmp_path/full; its meta."""
     ratings = [(u, m, 1 + (u + m) % 5, 1000 + 7 * i) for i, (u, m) in enumerate(
         (u, m) for m in range(1, 21) for u in range(1, 11))]
     (tmp_path / "ratings.dat").write_text(_ml1m_text(ratings))
-    full = prepare.prepare("movielens", tmp_path / "ratings.dat", tmp_path / "full")
+    return prepare.prepare("movielens", tmp_path / "ratings.dat", tmp_path / "full")
+
+
+def test_sample_users_keeps_whole_users_with_the_full_data_ids_and_cut_points(tmp_path):
+    full = _ten_users_prepared(tmp_path)
     meta = prepare.prepare("movielens", tmp_path / "ratings.dat", tmp_path / "some", sample_users=3)
     def rows_of(out):  # every row as a tuple of its values, sorted
         return sorted(tuple(map(str, row.values())) for row in _all_rows(out).to_pylist())
@@ -192,10 +197,7 @@ def test_sample_users_keeps_whole_users_with_the_full_data_ids_and_cut_points(tm
 
 
 def test_rows_per_user_caps_each_user_in_each_split_and_keeps_whole_histories(tmp_path):
-    ratings = [(u, m, 1 + (u + m) % 5, 1000 + 7 * i) for i, (u, m) in enumerate(
-        (u, m) for m in range(1, 21) for u in range(1, 11))]
-    (tmp_path / "ratings.dat").write_text(_ml1m_text(ratings))
-    full = prepare.prepare("movielens", tmp_path / "ratings.dat", tmp_path / "full")
+    full = _ten_users_prepared(tmp_path)
     meta = prepare.prepare("movielens", tmp_path / "ratings.dat", tmp_path / "capped", rows_per_user=2)
     full_rows = {(r["user_id"], r["timestamp"]): r for r in _all_rows(tmp_path / "full").to_pylist()}
     for split in SPLITS:
