@@ -28,3 +28,13 @@ def test_loader_benchmark_measures_step_and_resume(small, tmp_path):
     costs = bench["resume_costs"](load_config(QUICKSTART, overrides))
     assert [at for at, *_ in costs] == [0, costs[0][1] // 2, costs[0][1] - 1]
     assert all(seconds > 0 and 1 <= reads <= 3 for _, _, seconds, reads in costs), costs
+
+
+def test_summarise_runs_groups_seeds_of_one_run(tmp_path):
+    """The table behind the extra checks in docs/results.md: seeds of one run averaged, a repeated run counted
+    once (its latest line)."""
+    summarise = runpy.run_path(str(ROOT / "benchmarks" / "summarise_runs.py"), run_name="benchmark")["summarise"]
+    line = lambda run, auc: {"run": run, "test_auc": auc, "test_gauc": 0.5, "test_logloss": 0.6}
+    rows = summarise([line("m-a-seed0", 0.1), line("m-a-seed1", 0.2), line("m-a-seed1", 0.3), line("m-b-seed0", 0.7)])
+    assert rows[2] == "| m-a | 2 | 0.2000 ± 0.1414 | 0.5000 ± 0.0000 | 0.6000 ± 0.0000 |"
+    assert rows[3] == "| m-b | 1 | 0.7000 | 0.5000 | 0.6000 |"
