@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import triton
@@ -27,6 +28,27 @@ def autotune_enabled() -> bool:
     return os.environ.get("LONGER_KERNELS_AUTOTUNE", "1") != "0"
 
 
+# Triton's interpreter before the fix for triton-lang/triton#9171 (3.6 has the bug, 3.9 not) turns a scalar
+# into a Python int with int(<1-element array>), which numpy >= 2.4 refuses; the kernels' loop bounds hit it.
+_OLD_INTERPRETER_ERROR = "only 0-dimensional arrays can be converted to Python scalars"
+_OLD_INTERPRETER_HINT = (
+    "the Triton {} interpreter (TRITON_INTERPRET=1) cannot run these kernels with numpy >= 2.4 "
+    "(triton-lang/triton#9171): install numpy<2.4, or the triton this project pins (make setup)"
+)
+
+
+@contextlib.contextmanager
+def explain_interpreter_errors():
+    """Re-raises the old interpreter's numpy TypeError (which the interpreter may wrap in its own
+    InterpreterError) as an error that says what to install; any other error passes through."""
+    try:
+        yield
+    except Exception as err:
+        if _OLD_INTERPRETER_ERROR in str(err):
+            raise RuntimeError(_OLD_INTERPRETER_HINT.format(triton.__version__)) from err
+        raise
+
+
 class Launcher:
     """How one kernel is launched: autotuned over `configs` (aimed at sm_90) on CUDA, tuned per `key`; under
     the interpreter (CPU tensors, tests) with the small fixed `cpu_blocks` and widened dots."""
@@ -37,7 +59,8 @@ class Launcher:
 
     def __call__(self, grid, *args, **constexprs) -> None:
         if not args[0].is_cuda:
-            self.kernel[grid](*args, **constexprs, **self.cpu_blocks, WIDEN_DOT=True)
+            with explain_interpreter_errors():
+                self.kernel[grid](*args, **constexprs, **self.cpu_blocks, WIDEN_DOT=True)
         elif autotune_enabled():
             self.tuned[grid](*args, **constexprs, WIDEN_DOT=False)
         else:

@@ -36,3 +36,21 @@ def test_without_triton_or_interpreter_the_errors_say_what_is_missing():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
+
+
+def test_an_interpreter_too_old_for_this_numpy_is_named_not_a_bare_type_error():
+    """Triton 3.6's interpreter with numpy >= 2.4 fails inside the kernel with a TypeError about 0-dimensional
+    arrays (triton-lang/triton#9171), wrapped in an InterpreterError; the launcher's CPU path turns that into an
+    error that says what to install, and lets any other error through."""
+    pytest.importorskip("triton")
+    from longer_train.kernels.tile_ops import explain_interpreter_errors
+
+    bug = TypeError("only 0-dimensional arrays can be converted to Python scalars")
+    for raised_by_interpreter in (bug, RuntimeError(repr(bug))):
+        with pytest.raises(RuntimeError, match=r"numpy<2.4.*make setup") as raised:
+            with explain_interpreter_errors():
+                raise raised_by_interpreter
+        assert raised.value.__cause__ is raised_by_interpreter
+    with pytest.raises(ValueError, match="something else"):
+        with explain_interpreter_errors():
+            raise ValueError("something else")
