@@ -132,9 +132,9 @@ def _hybrid_bwd_dkdv_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     # queries that can see this key block: from the first valid one at or after its first key; none if
-    # the whole block is padding (the loop is then empty and zeros are written)
+    # the block holds no valid key (all padding, or past the end: the loop is then empty and zeros are written)
     lo = tl.maximum(tl.maximum(pid_n * BLOCK_N - query_offset, first_q), 0) // BLOCK_M * BLOCK_M
-    hi = tl.where((pid_n + 1) * BLOCK_N > key_start, seq_len_q, lo)
+    hi = tl.where(tl.minimum((pid_n + 1) * BLOCK_N, seq_len_k) > key_start, seq_len_q, lo)
 
     k = _load_rows(K + b * stride_kb + h * stride_kh, offs_n, stride_kn, key_start, seq_len_k, offs_d, HEAD_DIM)
     v = _load_rows(V + b * stride_vb + h * stride_vh, offs_n, stride_vn, key_start, seq_len_k, offs_d, HEAD_DIM)

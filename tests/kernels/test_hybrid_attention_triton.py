@@ -99,3 +99,52 @@ def test_candidate_attention_matches_reference(dtype):
     actual = candidate_attention(*inputs, impl="triton")
     assert actual.dtype == dtype
     assert_close_to_reference(actual, expected, "candidate attention")
+
+
+def _tiles_with_work(num_pad: torch.Tensor, lq: int, lk: int, query_offset: int, heads: int) -> int:
+    """(query block, key block) tiles of the interpreter's 16 x 16 blocks that hold at least one unmasked
+    score (a valid query, a valid key, not after the query), summed over rows and heads: the work a kernel
+    that skips padding does, and no more."""
+    from longer_train.kernels.hybrid_attention_triton import CPU_BLOCKS
+
+    bm, bn = CPU_BLOCKS["BLOCK_M"], CPU_BLOCKS["BLOCK_N"]
+    q_pos, k_pos = torch.arange(lq)[:, None] + query_offset, torch.arange(lk)[None, :]
+    tiles = 0
+    for pad in num_pad.tolist():
+        allowed = (k_pos >= pad) & (k_pos <= q_pos) & (q_pos >= pad)
+        tiles += sum(bool(allowed[i : i + bm, j : j + bn].any()) for i in range(0, lq, bm) for j in range(0, lk, bn))
+    return tiles * heads
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="counts tiles through the Triton interpreter (CPU)")
+@pytest.mark.parametrize("layer, num_splits", [("cross", 1), ("self", 1), ("cross", 3)])
+def test_no_work_on_padding(monkeypatch, layer, num_splits):
+    """Every kernel (forward, dQ, dK/dV) multiplies exactly the tiles that hold an unmasked score: padding
+    blocks, all-padding rows and tiles after the causal edge are skipped, not computed and masked. Counted
+    through the mask helper, which each kernel calls once per tile (the interpreter runs kernels as Python).
+    The masked loads keep results right either way, so this is what shows the skipping."""
+    import longer_train.kernels.hybrid_attention_triton as kernels
+
+    tiles = [0]
+    allowed = kernels._allowed
+
+    def counted(*args):
+        tiles[0] += 1
+        return allowed(*args)
+
+    monkeypatch.setattr(kernels, "_allowed", counted)
+    # 70 events: rows of every kind (empty, short, one block, ragged, full), over several 16-key blocks
+    q, key, v, _ = _layer_inputs(7, 6, 2, 70, 20, 16, torch.float32, layer)
+    lq, lk = q.shape[2], key.shape[2]
+    num_pad = torch.tensor([lk, lk - 1, lk - 16, lk - 23, 9, 0])
+    expected = _tiles_with_work(num_pad, lq, lk, lk - lq, heads=2)
+    q, key, v = (t.requires_grad_() for t in (q, key, v))
+    out = hybrid_attention_triton(q, key, v, num_pad, num_splits)
+    assert tiles[0] == expected, f"forward: {tiles[0]} tiles, {expected} hold work"
+    tiles[0] = 0
+    out.backward(torch.ones_like(out))
+    assert tiles[0] == 2 * expected, f"backward (dQ + dK/dV): {tiles[0]} tiles, 2 x {expected} hold work"
+
+    tiles[0] = 0  # candidates: every query after the whole cache
+    kernels.candidate_attention_triton(q.detach(), key.detach(), v.detach(), num_pad, q.detach(), q.detach())
+    assert tiles[0] == _tiles_with_work(num_pad, lq, lk, lk, heads=2)
