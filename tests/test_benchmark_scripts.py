@@ -38,3 +38,10 @@ def test_summarise_runs_groups_seeds_of_one_run(tmp_path):
     rows = summarise([line("m-a-seed0", 0.1), line("m-a-seed1", 0.2), line("m-a-seed1", 0.3), line("m-b-seed0", 0.7)])
     assert rows[2] == "| m-a | 2 | 0.2000 ± 0.1414 | 0.5000 ± 0.0000 | 0.6000 ± 0.0000 |"
     assert rows[3] == "| m-b | 1 | 0.7000 | 0.5000 | 0.6000 |"
+
+
+def test_token_merge_benchmark_prints_the_table(capsys):
+    table = runpy.run_path(str(ROOT / "benchmarks" / "token_merge.py"), run_name="benchmark")["main"](["--smoke"])
+    rows = [line for line in table.splitlines() if line.startswith("| 64 |")]
+    assert [row.split(" | ")[1].split(" ")[0] for row in rows] == ["real", "full"]
+    assert all(row.rstrip(" |").endswith("x") for row in rows)

@@ -1,10 +1,10 @@
 """Analytic forward FLOPs of the dense LONGER network per sample (matmuls, 2 FLOPs per multiply-add).
 
 Counts what the model actually computes — the quantity `torch.utils.flop_counter.FlopCounterMode`
-measures: behaviour tokens are built for valid events only (jagged), everything after the merge runs on the
-batch padded to its longest history. `longer_flops(cfg, dims, [L])` is the per-sample number to put
-beside AUC in tables ("GFLOPs/sample" at history length L). Norms, softmax, activations and embedding
-lookups are not matmuls and are not counted.
+measures: behaviour tokens are built for valid events only and InnerTrans runs on the groups holding an
+event only (jagged); everything after the merge runs on the batch padded to its longest history.
+`longer_flops(cfg, dims, [L])` is the per-sample number to put beside AUC in tables ("GFLOPs/sample" at
+history length L). Norms, softmax, activations and embedding lookups are not matmuls and are not counted.
 """
 
 from __future__ import annotations
@@ -39,10 +39,11 @@ def longer_flops(cfg: ModelConfig, dims: LongerDims, lengths: list[int]) -> int:
     n_q = min(cfg.num_queries, merged) + num_globals
 
     flops = sum(lengths) * _mlp([dims.event + d, 2 * d, d])  # token builder, valid events only
+    if cfg.merge == "inner_trans":  # on the groups holding an event only
+        groups = sum(-(-length // k) for length in lengths)
+        flops += groups * k * (2 * d * 3 * d + 2 * d * d + 4 * cfg.ffn_mult * d * d)  # qkv, out, ffn
+        flops += groups * 4 * k * k * d  # attention inside each group of K
     per_row = 0
-    if cfg.merge == "inner_trans":
-        per_row += padded * (2 * d * 3 * d + 2 * d * d + 4 * cfg.ffn_mult * d * d)  # qkv, out, ffn
-        per_row += merged * 4 * k * k * d  # attention inside each group of K
     if cfg.merge_proj_dim:
         per_row += 2 * merged * k * d * width
     if dims.user + dims.dense > 0:

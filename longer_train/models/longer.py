@@ -102,7 +102,7 @@ class Longer(nn.Module):
         recency = (starts + lengths)[row] - 1 - torch.arange(n, device=lengths.device)
         tokens = self.tokens(x.events, x.time_diff, recency)  # [N, d], valid events only
         tokens, valid = to_left_padded(tokens, lengths, total)  # [B, L_pad, d], [B, L_pad]
-        merged = self.merge(tokens, valid)  # [B, L', D]
+        merged = self.merge(tokens, valid, skip_padding=x.capacity is None)  # [B, L', D]; export: fixed shapes
         num_pad = merged.shape[1] - torch.div(lengths + k - 1, k, rounding_mode="floor")  # [B]
         return merged, num_pad
 

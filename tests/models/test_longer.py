@@ -67,6 +67,26 @@ def test_padding_inside_a_group_is_ignored_by_token_merge(merge):
     torch.testing.assert_close(op(tokens, valid), op(garbage, valid))
 
 
+def test_inner_trans_runs_only_on_groups_holding_an_event():
+    """A ragged batch is padded to its longest history; InnerTrans skips the all-padding groups, giving the
+    outputs and gradients (inputs and every parameter) of running it on every group."""
+    k, d = 4, 8
+    op = TokenMerge("inner_trans", k, d, None, heads=2, ffn_mult=2, norm="layernorm", attention_impl="auto")
+    tokens = torch.randn(4, 24, d, generator=torch.Generator().manual_seed(3))
+    valid = torch.arange(24)[None, :] >= torch.tensor([0, 13, 24, 21])[:, None]  # 24, 11, 0 and 3 events
+    groups_seen = []
+    op.inner.register_forward_hook(lambda module, args, out: groups_seen.append(args[0].shape[0]))
+    results = []
+    for skip in (True, False):
+        x = tokens.clone().requires_grad_()
+        out = op(x, valid, skip_padding=skip)
+        grads = torch.autograd.grad((out * out).sum(), [x, *op.parameters()])
+        results.append((out, *grads))
+    assert groups_seen == [6 + 3 + 0 + 1, 4 * 6]  # ceil(length / K) per row, then every group
+    for skipped, full in zip(*results):
+        torch.testing.assert_close(skipped, full)
+
+
 @torch.no_grad()
 def test_recent_k_queries_are_the_most_recent_valid_merged_tokens(merge):
     """In a ragged batch each row's query states equal those of the row run alone (no padding at all),
