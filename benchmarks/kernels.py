@@ -150,12 +150,13 @@ def hybrid_impls(q, k, v, num_pad, names: list[str]) -> dict[str, Callable[[], t
 
 
 def group_inputs(lengths: torch.Tensor, merge_k: int, token_dim: int, heads: int, device: str, dtype):
-    """qkv [G, K, 3d] of left-padded rows and valid [G, K]."""
-    b = lengths.shape[0]
+    """qkv [G, K, 3d] and valid [G, K] for the groups of left-padded rows that hold an event: what the model's
+    InnerTrans passes on (it skips all-padding groups), so only a row's oldest group can be partly padding."""
     total = -(-int(lengths.max()) // merge_k) * merge_k
-    valid = torch.arange(total)[None, :] >= (total - lengths)[:, None]
-    qkv = torch.randn(b * total // merge_k, merge_k, 3 * token_dim, device=device, dtype=dtype)
-    return qkv, valid.reshape(-1, merge_k).to(device)
+    valid = (torch.arange(total)[None, :] >= (total - lengths)[:, None]).reshape(-1, merge_k)
+    valid = valid[valid.any(1)]
+    qkv = torch.randn(valid.shape[0], merge_k, 3 * token_dim, device=device, dtype=dtype)
+    return qkv, valid.to(device)
 
 
 def group_work(qkv: torch.Tensor, valid: torch.Tensor, heads: int) -> Work:
