@@ -26,12 +26,12 @@ HERE = Path(__file__).resolve().parent
 sample_lengths = runpy.run_path(str(HERE / "kernels.py"), run_name="benchmark")["sample_lengths"]
 
 
-def time_ms(merge: TokenMerge, tokens: torch.Tensor, valid: torch.Tensor, reps: int) -> tuple[float, float]:
+def time_ms(merge: TokenMerge, tokens: torch.Tensor, valid: torch.Tensor, live: int, reps: int) -> tuple[float, float]:
     """Median ms of forward + backward (through the inputs and the block's parameters) over every group and
     over the live groups only; on CPU the two alternate rep by rep, so drift in the machine's load hits both."""
     def step(skip: bool):
         x = tokens.detach().requires_grad_()
-        out = merge(x, valid, skip_padding=skip)
+        out = merge(x, valid, live if skip else None)
         out.backward(torch.ones_like(out))
 
     if tokens.is_cuda:
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> list[list[str]]:
             tokens = torch.randn(args.batch, total, args.token_dim, device=device)
             live = int((-(-lengths // args.merge_k)).sum())
             groups = args.batch * total // args.merge_k
-            every, only_live = time_ms(merge, tokens, valid, args.reps)
+            every, only_live = time_ms(merge, tokens, valid, live, args.reps)
             rows.append([str(raw_len), f"{dist} (mean {lengths.float().mean():.0f})", str(args.batch),
                          f"{live / groups:.0%}", f"{every:.3g}", f"{only_live:.3g}", f"{every / only_live:.2f}x"])
             print(" | ".join(rows[-1]), file=sys.stderr)

@@ -94,7 +94,11 @@ class Longer(nn.Module):
         b = x.lengths.shape[0]
         k = self.cfg.merge_k
         lengths = x.lengths.long()
-        longest = x.capacity if x.capacity is not None else (int(lengths.max()) if b else 0)
+        groups = torch.div(lengths + k - 1, k, rounding_mode="floor")  # merged tokens per row [B]
+        if x.capacity is not None:  # torch.export: shapes fixed by the capacity, every group computed
+            longest, live_groups = x.capacity, None
+        else:  # one host sync for the padded length and the number of groups that hold an event
+            longest, live_groups = torch.stack([lengths.max(), groups.sum()]).tolist() if b else (0, 0)
         total = -(-longest // k) * k  # pad to a multiple of K at the front: the newest group is full
         starts = torch.cumsum(lengths, 0) - lengths
         n = x.events.shape[0]
@@ -102,8 +106,8 @@ class Longer(nn.Module):
         recency = (starts + lengths)[row] - 1 - torch.arange(n, device=lengths.device)
         tokens = self.tokens(x.events, x.time_diff, recency)  # [N, d], valid events only
         tokens, valid = to_left_padded(tokens, lengths, total)  # [B, L_pad, d], [B, L_pad]
-        merged = self.merge(tokens, valid, skip_padding=x.capacity is None)  # [B, L', D]; export: fixed shapes
-        num_pad = merged.shape[1] - torch.div(lengths + k - 1, k, rounding_mode="floor")  # [B]
+        merged = self.merge(tokens, valid, live_groups)  # [B, L', D]
+        num_pad = merged.shape[1] - groups  # [B]
         return merged, num_pad
 
     def user_globals(self, x: LongerInputs) -> Tensor:

@@ -53,31 +53,30 @@ class TokenMerge(nn.Module):
         self.proj = nn.Linear(k * token_dim, proj_dim) if proj_dim else None
         self.out_dim = proj_dim or k * token_dim
 
-    def forward(self, tokens: Tensor, valid: Tensor, skip_padding: bool = True) -> Tensor:
+    def forward(self, tokens: Tensor, valid: Tensor, live_groups: int | None = None) -> Tensor:
         """tokens [B, L, d], valid [B, L]; whatever padded positions hold never reaches the output.
-        `skip_padding=False` runs InnerTrans on every group, padding included (same result): for programs
-        whose shapes must not depend on the data (torch.export)."""
+        `live_groups`: how many groups hold an event (the sum over rows of ceil(length / K)), when the caller
+        knows it; InnerTrans then runs on those groups only. None runs it on every group (the same result):
+        for programs whose shapes must not depend on the data (torch.export)."""
         b, length, d = tokens.shape
         groups = length // self.k
         tokens = tokens * valid[..., None].to(tokens.dtype)
         if self.inner is not None:
             tokens = self._inner_trans(tokens.reshape(b * groups, self.k, d), valid.reshape(b * groups, self.k),
-                                       skip_padding).reshape(b, length, d)
+                                       live_groups).reshape(b, length, d)
         merged = tokens.reshape(b, groups, self.k * d)  # [B, L', K*d]
         if self.proj is not None:
             merged = self.proj(merged)
         return merged
 
-
-    def _inner_trans(self, groups: Tensor, valid: Tensor, skip_padding: bool) -> Tensor:
+    def _inner_trans(self, groups: Tensor, valid: Tensor, live_groups: int | None) -> Tensor:
         """InnerTrans over [G, K, d] groups. A batch is padded to its longest history, so with ragged lengths
         most groups can be all padding; only the groups holding an event go through the block (the others
-        are 0 either way, as the block zeroes padded tokens), so padding costs no compute."""
-        if not skip_padding:
+        are 0 either way, as the block zeroes padded tokens), so padding costs no compute. The count is
+        known, so finding them needs no host sync (nonzero_static)."""
+        if live_groups is None or live_groups == groups.shape[0]:
             return self.inner(groups, valid)
-        live = valid.any(1).nonzero().squeeze(1)
-        if live.numel() == groups.shape[0]:
-            return self.inner(groups, valid)
+        live = torch.nonzero_static(valid.any(1), size=live_groups).squeeze(1)
         out = self.inner(groups.index_select(0, live), valid.index_select(0, live))
         return groups.new_zeros(groups.shape).index_copy(0, live, out)
 

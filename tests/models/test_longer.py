@@ -77,14 +77,23 @@ def test_inner_trans_runs_only_on_groups_holding_an_event():
     groups_seen = []
     op.inner.register_forward_hook(lambda module, args, out: groups_seen.append(args[0].shape[0]))
     results = []
-    for skip in (True, False):
+    for live_groups in (6 + 3 + 0 + 1, None):
         x = tokens.clone().requires_grad_()
-        out = op(x, valid, skip_padding=skip)
+        out = op(x, valid, live_groups)
         grads = torch.autograd.grad((out * out).sum(), [x, *op.parameters()])
         results.append((out, *grads))
     assert groups_seen == [6 + 3 + 0 + 1, 4 * 6]  # ceil(length / K) per row, then every group
     for skipped, full in zip(*results):
         torch.testing.assert_close(skipped, full)
+
+
+@torch.no_grad()
+def test_the_model_runs_inner_trans_on_live_groups_only():
+    model = make_model("inner_trans")  # K = 4
+    groups_seen = []
+    model.merge.inner.register_forward_hook(lambda module, args, out: groups_seen.append(args[0].shape[0]))
+    model(make_inputs([5, 64, 0, 17]))
+    assert groups_seen == [2 + 16 + 0 + 5]  # of 4 x 16 in the padded batch
 
 
 @torch.no_grad()
