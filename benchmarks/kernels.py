@@ -149,7 +149,7 @@ def hybrid_impls(q, k, v, num_pad, names: list[str]) -> dict[str, Callable[[], t
     return {name: fn for name, fn in impls.items() if name in names}
 
 
-def group_inputs(lengths: torch.Tensor, merge_k: int, token_dim: int, heads: int, device: str, dtype):
+def group_inputs(lengths: torch.Tensor, merge_k: int, token_dim: int, device: str, dtype):
     """qkv [G, K, 3d] and valid [G, K] for the groups of left-padded rows that hold an event: what the model's
     InnerTrans passes on (it skips all-padding groups), so only a row's oldest group can be partly padding."""
     total = -(-int(lengths.max()) // merge_k) * merge_k
@@ -159,7 +159,7 @@ def group_inputs(lengths: torch.Tensor, merge_k: int, token_dim: int, heads: int
     return qkv, valid.to(device)
 
 
-def group_work(qkv: torch.Tensor, valid: torch.Tensor, heads: int) -> Work:
+def group_work(qkv: torch.Tensor, valid: torch.Tensor) -> Work:
     d = qkv.shape[-1] // 3
     per_group = valid.sum(1).double()
     tokens = per_group.sum().item()
@@ -242,8 +242,8 @@ def run(args: argparse.Namespace, on_row: Callable[[list[list[str]]], None]) -> 
                         cells = measure(name, fn, work, inputs, device, args.reps)
                         rows.append([f"{layer}-causal", *label, name, *cells])
                         on_row(_table_order(rows, args.impls))
-                qkv, valid = group_inputs(lengths, args.merge_k, args.token_dim, args.inner_heads, device, dtype)
-                work = group_work(qkv, valid, args.inner_heads)
+                qkv, valid = group_inputs(lengths, args.merge_k, args.token_dim, device, dtype)
+                work = group_work(qkv, valid)
                 qkv.requires_grad_()
                 for name, fn in group_impls(qkv, valid, args.inner_heads, names).items():
                     cells = measure(name, fn, work, [qkv], device, args.reps)
