@@ -39,7 +39,7 @@ class BatchStats:
 
 class DynamicBatcher(Generic[Item, Result]):
     def __init__(self, run: Callable[[Sequence[Item]], Sequence[Result]], max_requests: int = 32,
-                 max_slots: int = 16384, max_wait_s: float = 0.002, name: str = "batcher") -> None:
+                 max_slots: int = 2048, max_wait_s: float = 0.002, name: str = "batcher") -> None:
         if max_requests < 1 or max_slots < 1 or max_wait_s < 0:
             raise ValueError("max_requests and max_slots must be >= 1 and max_wait_s >= 0")
         self.run, self.max_requests, self.max_slots, self.max_wait_s = run, max_requests, max_slots, max_wait_s

@@ -214,6 +214,7 @@ class ScoringService:
             body = await self._read_body(request)  # within body_timeout_s: the protocol answers 408 otherwise
             decoded = await asyncio.get_running_loop().run_in_executor(
                 self.decoder, decode_request, body, self.scorer.cfg.data, self.limits.request)
+            del body  # not kept while the request waits for the model
             scores = await asyncio.wrap_future(self.batcher.submit(decoded, decoded.num_candidates))
             return JSONResponse({"scores": scores}, headers={"x-request-id": request_id})
         except RequestError as err:

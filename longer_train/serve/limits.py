@@ -17,7 +17,8 @@ class RequestLimits:
 class ServeLimits:
     request: RequestLimits = field(default_factory=RequestLimits)
     max_batch_requests: int = 32  # requests scored in one model call
-    max_batch_slots: int = 16384  # padded candidate slots (requests x widest request) in one model call
+    max_batch_slots: int = 2048  # padded candidate slots (requests x widest request) in one model call; on CPU
+    # larger batches cost more CPU per candidate (memory-bound intermediates): benchmarks/serving_http.py
     max_wait_ms: float = 2.0  # how long the batcher waits for more requests once it has one
     max_queue: int = 256  # requests in progress (reading, decoding, waiting, scoring); more get 503
     max_connections: int = 1024  # open connections (more are answered 503 and closed); also the listen backlog

@@ -4,9 +4,11 @@ and refusal of oversized requests before anything is expanded."""
 
 import json
 import random
+import runpy
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -366,3 +368,13 @@ def test_a_bug_is_a_500_with_the_request_id_in_the_log(trained, server, monkeypa
                                                      "X-Request-ID: abc-123\r\n"))
     assert status == 500 and json.loads(body)["request_id"] == "abc-123" and headers["x-request-id"] == "abc-123"
     assert any("abc-123" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+def test_load_benchmark_client_measures_a_running_server(server):
+    """benchmarks/serving_http.py's requests are valid for the synthetic schema and its closed-loop clients
+    count every answer (the benchmark itself starts servers in subprocesses: minutes, not run here)."""
+    bench = runpy.run_path(str(Path(__file__).resolve().parents[2] / "benchmarks" / "serving_http.py"),
+                           run_name="benchmark")
+    bodies = bench["request_bodies"](3, 64, 5, seed=0)
+    out = bench["run_load"](server.port, bodies, clients=3, requests=7)
+    assert len(out["latencies"]) == 7 and out["connection_errors"] == 0 and out["non_200"] == 0

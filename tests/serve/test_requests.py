@@ -41,3 +41,19 @@ def test_deep_bodies_are_refused_before_parsing():
             parse_json(body, 1 << 20)
         assert err.value.status == 400
     assert parse_json(b'{"a": [[1], "[[[[[[[[[[[[["]}', 1 << 20) == {"a": [[1], "[" * 13]}
+
+
+@pytest.mark.parametrize("item", [b"0", b"{}", b"[[]]", b'{"":{}}', b'"ab"', b"1.5"])
+def test_a_parsed_body_holds_at_most_35_times_its_bytes(item):
+    """The factor of the memory bound in docs/serving.md: CPython objects per byte of JSON, worst cases
+    (`{"":{}},` -- 8 bytes -- parses to two dicts) included."""
+    import tracemalloc
+
+    body = b"[" + b",".join([item] * 20_000) + b"]"
+    tracemalloc.start()
+    try:
+        parsed = parse_json(body, 1 << 24)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(parsed) == 20_000 and peak <= 35 * len(body), peak / len(body)
