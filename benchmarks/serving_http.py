@@ -17,7 +17,7 @@ one variant's requests of all rounds. Scores of a probe request must agree acros
 anything is timed.
 
     python benchmarks/serving_http.py [--clients 1 8 32 128] [--length 2000 --candidates 500]
-        [--threads 1] [--baseline-ref REF] [--out benchmarks/results/serving_http_cpu.md]
+        [--threads 1] [--baseline-ref REF [--override KEY=VALUE]] [--out benchmarks/results/serving_http_cpu.md]
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def model_overrides(length: int) -> list[str]:
             "model.num_self_layers=1", "model.head_dim=32", "logging.wandb_mode=disabled"]
 
 
-def build_scorer(length: int, seed: int):
+def build_scorer(length: int, seed: int, overrides: list[str] = ()):
     import torch
 
     from longer_train.config import load_config
@@ -60,7 +60,7 @@ def build_scorer(length: int, seed: int):
     from longer_train.models.sparse_arch import SparseArch
     from longer_train.serve.scorer import Scorer
 
-    cfg = load_config(CONFIG, model_overrides(length))
+    cfg = load_config(CONFIG, [*model_overrides(length), *overrides])
     torch.manual_seed(seed)
     sparse = SparseArch(cfg.data, device=torch.device("cpu"))
     return Scorer(cfg, sparse, Longer(cfg.model, dense_dims(cfg, sparse)))
@@ -72,7 +72,7 @@ def serve(args: argparse.Namespace) -> None:
     from longer_train.serve import http as serve_http
 
     torch.set_num_threads(args.threads)
-    scorer = build_scorer(args.length, args.seed)
+    scorer = build_scorer(args.length, args.seed, args.override)
     print(f"serving {args.serve} from {Path(serve_http.__file__).parent}", flush=True)
     if hasattr(serve_http, "HttpServer"):
         from longer_train.serve.limits import ServeLimits
@@ -191,6 +191,8 @@ def start_server(variant: str, args: argparse.Namespace, pythonpath: Path | None
         env["PYTHONPATH"] = str(pythonpath)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", variant, "--port", str(port),
            "--length", str(args.length), "--threads", str(args.threads), "--seed", str(args.seed)]
+    if variant != "baseline":
+        cmd += [f"--override={o}" for o in args.override]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -218,6 +220,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--batched-slots", type=int, nargs="+", default=[2048, 16384],
                         help="one batched variant per value of --max-batch-slots (the first is the reference)")
     parser.add_argument("--baseline-ref", default=None, help="also time the server of this git revision")
+    parser.add_argument("--override", action="append", default=[],
+                        help="config override for this revision's servers only, e.g. to run the baseline's model "
+                             "when the model gained an option since (repeatable)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="also write the table (with its command) to this file")
     parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)  # server process: the variant name
@@ -284,6 +289,7 @@ def main(argv: list[str] | None = None) -> str:
         f"# request: 1 user, L={args.length} history events (= data.max_len), {args.candidates} candidates; model "
         "K=8, k=100, d=32, 1 self layer (benchmarks/serving.py's)",
         f"# baseline: the server of {args.baseline_ref}" if args.baseline_ref else "# baseline: not run",
+        f"# this revision's servers with: {' '.join(args.override) or 'the config as it is'}",
         f"# largest |score - {batched[0]} score| on a probe request: "
         + ", ".join(f"{v} {d:.1e}" for v, d in agree.items() if v != batched[0]),
         f"# command: {command}",

@@ -48,9 +48,10 @@ logger = logging.getLogger(__name__)
 
 def _error_bytes(status: int, message: str) -> bytes:
     """A complete HTTP/1.1 error response that closes the connection (written before or instead of h11)."""
-    body = json.dumps({"error": message}).encode()
+    request_id = uuid.uuid4().hex[:16]
+    body = json.dumps({"error": message, "request_id": request_id}).encode()
     head = (f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n")
+            f"content-length: {len(body)}\r\nx-request-id: {request_id}\r\nconnection: close\r\n\r\n")
     return head.encode() + body
 
 

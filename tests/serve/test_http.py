@@ -268,8 +268,10 @@ def test_fuzz_every_malformed_request_gets_a_4xx_and_the_service_stays_correct(t
     by_class: dict[str, list] = {}
     for (name, _), (status, headers, body) in zip(cases, answers):
         by_class.setdefault(name, []).append(status)
-        if status is not None:  # every answer is JSON that says what is wrong
-            assert headers["content-type"] == "application/json" and json.loads(body)["error"], (name, body)
+        if status is not None:  # every answer is JSON that says what is wrong, with a request id
+            answer = json.loads(body)
+            assert headers["content-type"] == "application/json" and answer["error"], (name, body)
+            assert answer["request_id"] == headers["x-request-id"], (name, headers, body)
     dropped = {name: statuses.count(None) for name, statuses in by_class.items() if None in statuses}
     errors = {name: sorted({s for s in statuses if s is not None and not 400 <= s < 500})
               for name, statuses in by_class.items()}
