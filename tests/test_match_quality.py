@@ -3,9 +3,9 @@ the click depends only on the candidate's category occurring in the history, at 
 
 Measured at this size (one torch thread; oracle test AUC 0.673 for `recent`, 0.656 for `long`): DIN (Recent50)
 on `recent` 0.659 / 0.665 / 0.668 / 0.663 for seeds 0-3, and 0.460 without the candidate match
-(models/candidate_match.py; `model.candidate_match=none`); LONGER on `long` 0.630 / 0.643 for seeds 0-1, and 0.512
-without it. So a
-model that does not learn the match fails MIN_AUC, and one that does clears it by more than 0.03.
+(models/candidate_match.py; `model.candidate_match=none`); LONGER on `long` 0.630 / 0.643 for seeds 0-1, and
+0.512 without it. So a model that does not learn the match fails MIN_AUC, and one that does clears it by
+more than 0.03.
 """
 
 import pytest
