@@ -36,7 +36,8 @@ def longer_flops(cfg: ModelConfig, dims: LongerDims, lengths: list[int]) -> int:
     merged = padded // k
     width = cfg.merge_proj_dim or k * d
     num_globals = cfg.num_cls + int(dims.user + dims.dense > 0) + 1
-    n_q = min(cfg.num_queries, merged) + num_globals
+    queries = cfg.num_queries if cfg.query_selection == "learnable" else min(cfg.num_queries, merged)
+    n_q = queries + num_globals  # gathering the queries (uniform, recent_uniform) is not a matmul
 
     flops = sum(lengths) * _mlp([dims.event + d, 2 * d, d])  # token builder, valid events only
     if cfg.merge == "inner_trans":  # on the groups holding an event only

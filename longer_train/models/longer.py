@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from .blocks import MLP
 from .flops import longer_flops
-from .hybrid_attention import HybridAttention, query_padding
+from .hybrid_attention import HybridAttention
 from .token_builder import TokenBuilder
 from .token_merge import TokenMerge, to_left_padded
 
@@ -53,7 +53,7 @@ class LongerStates:
 
     merged: Tensor  # [B, L', D] merged sequence tokens (left-padded)
     num_pad: Tensor  # [B] padded merged positions at the front
-    layers: list[Tensor]  # per layer [B, n_q, D]; queries = last min(k, L') merged tokens + m globals
+    layers: list[Tensor]  # per layer [B, k + m, D]: the k sequence queries (model.query_selection), m globals
 
 
 def pool_queries(seq_q: Tensor, num_pad: Tensor) -> Tensor:
@@ -84,7 +84,7 @@ class Longer(nn.Module):
         self.num_globals = cfg.num_cls + int(self.has_user_token) + 1
         self.attention = HybridAttention(
             width, cfg.num_queries, cfg.num_self_layers, cfg.head_dim, cfg.ffn_mult, cfg.norm, cfg.dropout,
-            cfg.attention_impl,
+            cfg.attention_impl, cfg.query_selection,
         )
         head_in = width * (self.num_globals + 1) + dims.candidate + dims.user + dims.dense
         self.head = MLP(head_in, list(cfg.head_hidden), 1)
@@ -127,7 +127,7 @@ class Longer(nn.Module):
     def head_logits(self, x: LongerInputs, states: LongerStates) -> Tensor:
         final = states.layers[-1]  # [B, k_eff + m, D]
         k_eff = final.shape[1] - self.num_globals
-        num_pad = query_padding(states.num_pad, states.merged.shape[1], k_eff)
+        num_pad = self.attention.query_padding(states.num_pad, states.merged.shape[1])
         seq_mean = pool_queries(final[:, :k_eff], num_pad)
         return self.head_from_states(seq_mean, final[:, k_eff:], x.candidate, x.user, x.dense)
 
