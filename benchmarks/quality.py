@@ -17,35 +17,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import subprocess
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from longer_train.sweep.runs import BIN, DATASETS, RUN_SETTINGS, ensure_prepared, machine, mean_std, prepare_command
+from longer_train.sweep.summary import METRICS
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "results.md"
-BIN = Path(sys.executable).parent  # longer-train / longer-data of the same environment
 
-
-@dataclass(frozen=True)
-class Dataset:
-    src: str | None  # default --src of `longer-data prepare`; None: the synthetic generator
-    sample_users: int  # default --sample-users (0 = every user)
-    rows_per_user: int  # default --rows-per-user: at most this many rows per user and split (0 = all)
-    out: str  # prepared folder; the subsample is appended, e.g. data/movielens-1m-partial-r3
-
-
-DATASETS = {
-    "synthetic": Dataset(None, 800, 0, "data/synthetic"),  # --users of the generator
-    "movielens": Dataset("/work/shared/data/movielens-1m-partial", 0, 3, "data/movielens-1m-partial"),
-    "taobao": Dataset("/work/shared/data/taobao-userbehavior-head", 0, 24, "data/taobao-head"),
-}
 # (experiment config, the paper's Table 1 name); the paper's expected order of test AUC, highest first
 EXPERIMENTS = {
     "longer": "LONGER", "transformer": "Transformer", "din": "DIN (full)", "din_recent50": "DIN (Recent50)",
@@ -55,29 +40,13 @@ MULTI_SEED = ("longer", "transformer", "din")  # mean ± std over --seeds; the r
 # the same for every run: batches of 64 (the capped datasets hold ~8k training rows: ~130 steps of one epoch,
 # where batches of 256 gave 33, 20 of them warmup), one validation pass at the end of the epoch, no
 # checkpoint, no W&B, no progress bar
-RUN_SETTINGS = ["data.batch_size=64", "train.eval_every=0", "train.checkpoint=false", "logging.wandb_mode=disabled",
-                "train.progress_bar=false"]
-METRICS = (("test_auc", "test AUC", 4), ("test_gauc", "test GAUC", 4), ("test_logloss", "test LogLoss", 4))
-
-
-def prepare_command(data: str, src: str | None, sample_users: int, rows_per_user: int) -> tuple[list[str], Path]:
-    spec = DATASETS[data]
-    suffix = (f"-u{sample_users}" if sample_users else "") + (f"-r{rows_per_user}" if rows_per_user else "")
-    out = spec.out + suffix
-    if spec.src is None:
-        if rows_per_user:
-            raise SystemExit("--rows-per-user applies to prepared datasets, not to synthetic")
-        users = ["--users", str(sample_users)] if sample_users else []
-        return [str(BIN / "longer-data"), "synthetic", "--out", out, *users], ROOT / out
-    sample = (["--sample-users", str(sample_users)] if sample_users else []) + (
-        ["--rows-per-user", str(rows_per_user)] if rows_per_user else [])
-    return [str(BIN / "longer-data"), "prepare", data, "--src", src or spec.src, "--out", out, *sample], ROOT / out
+QUALITY_SETTINGS = [*RUN_SETTINGS, "data.batch_size=64", "logging.wandb_mode=disabled"]
 
 
 def train_command(data: str, experiment: str, root: Path, seed: int, table: Path) -> list[str]:
     return [
         str(BIN / "longer-train"), f"configs/datasets/{data}.yaml", f"configs/experiments/{experiment}.yaml",
-        f"data.root={root.relative_to(ROOT)}", f"train.seed={seed}", *RUN_SETTINGS,
+        f"data.root={root.relative_to(ROOT)}", f"train.seed={seed}", *QUALITY_SETTINGS,
         f"train.runs_table={table.relative_to(ROOT)}", f"train.output_dir=runs/quality-{data}",
         f"train.run_name={run_name(data, experiment, seed)}",
     ]
@@ -96,12 +65,6 @@ def read_runs(table: Path, root: Path) -> dict[str, dict]:
     return {row["run"]: row for row in rows if row["data_root"] == str(root.relative_to(ROOT))}
 
 
-def _mean_std(values: list[float], digits: int) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
-
-
 def summarise(
     data: str, runs: dict[str, dict], seeds: dict[str, list[int]], experiments: list[str]
 ) -> tuple[list, list]:
@@ -115,7 +78,7 @@ def summarise(
         wall = [r["wall_s"] for r in done if "wall_s" in r]
         rows.append([
             EXPERIMENTS[experiment], f"`{experiment}`", str(len(done)),
-            *(_mean_std([r[key] for r in done], digits) for key, _, digits in METRICS),
+            *(mean_std([r[key] for r in done], digits) for key, _, digits in METRICS),
             f"{done[0]['gflops_per_sample']:.3g}", f"{np.mean([r['train_samples_per_s'] for r in done]):.0f}",
             str(done[0]["max_len"]), f"{np.mean(wall) / 60:.1f}" if wall else "",
         ])
@@ -136,15 +99,6 @@ def ordering(aucs: list[tuple[str, float]], experiments: list[str]) -> list[str]
                  + ("Every adjacent pair holds." if not inverted else "Inverted adjacent pairs: " + "; ".join(
                      f"{EXPERIMENTS[a]} < {EXPERIMENTS[b]} by {mean[b] - mean[a]:.4f}" for a, b in inverted) + "."))
     return lines
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    import torch
-
-    return (f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, torch threads {torch.get_num_threads()}; "
-            "the cores were shared with other jobs, so samples/s and minutes are rough")
 
 
 def report(data: str, bench_command: str, prepare: list[str], meta: dict, rows: list, order: list[str],
@@ -168,7 +122,7 @@ def report(data: str, bench_command: str, prepare: list[str], meta: dict, rows: 
     return "\n".join([
         f"Command: `{bench_command}` (one process per run: `longer-data {prepare[1]} ...` once, then "
         f"`longer-train configs/datasets/{data}.yaml configs/experiments/<experiment>.yaml data.root=... "
-        f"train.seed=<seed> {' '.join(RUN_SETTINGS)} ...`; every run's results line is in "
+        f"train.seed=<seed> {' '.join(QUALITY_SETTINGS)} ...`; every run's results line is in "
         f"`{runs_table.relative_to(ROOT)}`).",
         "",
         f"Data: `longer-data {' '.join(shlex.quote(a) for a in prepare[1:])}` — {subsample}. "
@@ -204,7 +158,7 @@ def write_doc_section(data: str, body: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", choices=sorted(DATASETS))
-    parser.add_argument("--src", help="raw dataset for `longer-data prepare` (default: the copy in /work/shared)")
+    parser.add_argument("--src", help="raw dataset for `longer-data prepare` (default: the copy in ../shared/data)")
     parser.add_argument("--sample-users", type=int, help="users kept (0 = all; default per dataset: "
                         + ", ".join(f"{k} {v.sample_users}" for k, v in DATASETS.items()) + ")")
     parser.add_argument("--rows-per-user", type=int, help="rows kept per user and split (0 = all; default: "
@@ -218,10 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(ROOT)
     sample_users = DATASETS[args.data].sample_users if args.sample_users is None else args.sample_users
     rows_per_user = DATASETS[args.data].rows_per_user if args.rows_per_user is None else args.rows_per_user
-    prepare, root = prepare_command(args.data, args.src, sample_users, rows_per_user)
-    if not (root / ".complete").exists():
-        print("$ " + " ".join(prepare), flush=True)
-        subprocess.run(prepare, check=True)
+    prepare, out = prepare_command(args.data, args.src, sample_users, rows_per_user)
+    ensure_prepared(prepare, out)
+    root = ROOT / out
     seeds = {e: list(range(args.seeds if e in MULTI_SEED else args.baseline_seeds)) for e in args.experiments}
     table = RESULTS / f"quality_{args.data}.jsonl"
     for seed in range(max(map(len, seeds.values()))) if not args.report_only else []:  # seed-major

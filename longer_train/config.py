@@ -192,6 +192,7 @@ BF16_COMPONENTS = ("tokens", "attention", "ffn", "head")
 class LoggingConfig:
     wandb_mode: str = _choice("offline", ("offline", "online", "disabled"))
     wandb_project: str = "longer-train"
+    wandb_group: Optional[str] = None  # W&B run group, e.g. one per sweep (longer-sweep sets it to the sweep name)
 
 
 @dataclass
