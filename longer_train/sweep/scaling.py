@@ -104,7 +104,7 @@ def scaling_report(
     done = [r for r in rows if r.n]
     series_of = lambda r: r.values[scaling.series] if scaling.series else None
     series = list(dict.fromkeys(series_of(r) for r in done))
-    stem = f"{name}_{scaling.x.split('.')[-1]}"
+    stem = f"{name}_{scaling.x.split('.')[-1]}" + (f"_by_{scaling.series.split('.')[-1]}" if scaling.series else "")
     figures.mkdir(parents=True, exist_ok=True)
     label = scaling.series.split(".")[-1] if scaling.series else ""
     xlabel = AXIS_LABELS.get(scaling.x, scaling.x)

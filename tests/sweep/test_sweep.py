@@ -179,10 +179,22 @@ def test_scaling_report_writes_figure_and_csvs(tmp_path):
     summaries = summarise(rows, lines, reference=None)
     text, files = scaling_report("demo", summaries, Scaling("data.max_len", "model.num_self_layers"),
                                  tmp_path / "figures", tmp_path)
-    assert [f.name for f in files] == ["demo_max_len.png", "demo_max_len.csv", "demo_max_len_fits.csv"]
+    stem = "demo_max_len_by_num_self_layers"
+    assert [f.name for f in files] == [f"{stem}.png", f"{stem}.csv", f"{stem}_fits.csv"]
     assert all(f.stat().st_size > 0 for f in files)
-    assert "](figures/demo_max_len.png)" in text[0]
-    fits = (tmp_path / "figures" / "demo_max_len_fits.csv").read_text().splitlines()
+    assert f"](figures/{stem}.png)" in text[0]
+    fits = (tmp_path / "figures" / f"{stem}_fits.csv").read_text().splitlines()
     assert len(fits) == 1 + 2 * 2  # header + (AUC, LogLoss) x two depths
     auc_depth1 = next(ln for ln in text if ln.startswith("| test AUC | 1 |"))
     assert "β = -0.5" in auc_depth1 and "R² = 1.000" in auc_depth1
+
+
+def test_every_reproduction_spec_loads_with_its_configs():
+    """configs/sweeps/*.yaml: each parses and every run's config loads (what `make reproduce` starts from)."""
+    specs = sorted((CONFIGS / "sweeps").glob("*.yaml"))
+    assert {p.stem for p in specs} >= {"table1", "table2_merge", "table2_queries", "table2_rules", "scaling_length",
+                                       "scaling_params", "scaling_flops"}
+    for path in specs:
+        spec = load_spec(path)
+        spec.seeds = spec.seeds[:1]
+        assert spec.runs(), path
