@@ -83,6 +83,14 @@ def fit_power_law(x: np.ndarray | list[float], y: np.ndarray | list[float]) -> F
     return Fit(a / scale**b, b, c, r2, len(x))
 
 
+def short_number(value: float) -> str:
+    """Three significant digits, with k / M / G above a thousand: 223105 -> 223k, 0.01255 -> 0.0126."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
 def axis_value(row: RowSummary, axis: str) -> float:
     """The row's x: a config key's value, or its dense parameters / analytic GFLOPs (`params`, `gflops`)."""
     if axis in DERIVED_X:
@@ -97,6 +105,7 @@ def scaling_report(
     (points) and `<name>_<x>_fits.csv` into `figures`. Returns markdown lines (links relative to the folder
     `links_from`) and the files written."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -109,6 +118,7 @@ def scaling_report(
     label = scaling.series.split(".")[-1] if scaling.series else ""
     xlabel = AXIS_LABELS.get(scaling.x, scaling.x)
 
+    tick_format = matplotlib.ticker.FuncFormatter(lambda v, _: short_number(v))
     points, fits = [], []
     fig, axes = plt.subplots(1, len(FIT_METRICS), figsize=(6 * len(FIT_METRICS), 4.2))
     for ax, (metric, metric_name) in zip(axes, FIT_METRICS):
@@ -126,7 +136,11 @@ def scaling_report(
                         label=f"fit: α={fit.alpha:.3g}, β={fit.beta:.3g}, γ={fit.gamma:.4g}, R²={fit.r2:.3f}")
             fits.append((metric, s, fit))
             points += [(s, xv, metric, r.n, m, sd) for xv, r, m, sd in zip(x, mine, mean, std)]
-        ax.set_xscale("log")
+        ax.set_xscale("log")  # ticks at the measured x values
+        ax.set_xticks(sorted({axis_value(r, scaling.x) for r in done}))
+        ax.xaxis.set_major_formatter(tick_format)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.tick_params(axis="x", labelrotation=45, labelsize=8)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{metric_name} (mean ± std over seeds)")
         ax.set_title(f"{name}: {metric_name} vs {xlabel.split(' (')[0]}")
