@@ -213,11 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     if pending and not args.report_only:
         if prepare:
             ensure_prepared(*prepare)
-        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops runs like Ctrl-C
+        # Ctrl-C and `kill` stop the runs (SIGINT also when the shell started us with it ignored, in the background)
+        previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             failed, interrupted = Executor(spec, results, runs_dir, threads, args.wandb).run_all(pending, args.jobs)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     if not read_results(results):
         print("no finished run yet: no summary written")
         return 130 if interrupted else (1 if failed else 0)
