@@ -29,8 +29,12 @@ import torch
 from torch import Tensor, nn
 
 from ..config import QUERY_RULES
-from ..kernels import hybrid_attention
+from ..kernels import candidate_attention, hybrid_attention
 from .blocks import FeedForward, make_norm, merge_heads, split_heads
+
+# initial weight of the candidate's similarity to a merged group in its attention score: a group holding one
+# event of the candidate's item or category starts ~e^MATCH_BIAS_INIT times as attended as one holding none
+MATCH_BIAS_INIT = 1.0
 
 
 class CausalBlock(nn.Module):
@@ -78,16 +82,24 @@ class CausalBlock(nn.Module):
 
 
 class HybridAttention(nn.Module):
-    """Layer 1 cross-causal (k sequence queries + m globals as queries), then N self-causal layers."""
+    """Layer 1 cross-causal (k sequence queries + m globals as queries), then N self-causal layers.
+
+    With `match_pairs` > 0 the candidate's row of the cross-causal layer also scores each merged token by the
+    candidate's similarity to its events in the shared embedding space (models/candidate_match.py): a learned
+    weight per head and pair, added to the attention score; the similarity the candidate attended to (per
+    head and pair) is returned for the head (`readout`). Only the candidate's own row changes, so every
+    sequence-side and user-side state stays candidate-independent."""
 
     def __init__(
         self, dim: int, num_queries: int, num_self_layers: int, head_dim: int, ffn_mult: int, norm: str,
-        dropout: float, attention_impl: str, query_selection: str = "recent",
+        dropout: float, attention_impl: str, match_pairs: int = 0, match_readout: bool = True,
+        query_selection: str = "recent",
     ) -> None:
         super().__init__()
         if query_selection not in QUERY_RULES:
             raise ValueError(f"unknown query selection {query_selection!r}; expected one of {list(QUERY_RULES)}")
         self.num_queries = num_queries
+        self.attention_impl = attention_impl
         self.query_selection = query_selection
         self.learned_queries = (
             nn.Parameter(torch.randn(num_queries, dim) * 0.02) if query_selection == "learnable" else None
@@ -95,24 +107,64 @@ class HybridAttention(nn.Module):
         make = lambda: CausalBlock(dim, head_dim, ffn_mult, norm, dropout, attention_impl)
         self.cross = make()
         self.self_layers = nn.ModuleList(make() for _ in range(num_self_layers))
+        self.match_weight = (
+            nn.Parameter(torch.full((self.cross.heads, match_pairs), MATCH_BIAS_INIT)) if match_pairs else None
+        )
+        self.match_readout = match_readout
 
-    def forward(self, seq: Tensor, globals_: Tensor, num_pad: Tensor, keep_kv: list | None = None) -> list[Tensor]:
-        """seq [B, L', D] left-padded merged tokens with `num_pad` [B] padded ones; globals_ [B, m, D].
+    def forward(
+        self, seq: Tensor, globals_: Tensor, num_pad: Tensor, match: Tensor | None = None,
+        keep_kv: list | None = None,
+    ) -> tuple[list[Tensor], Tensor | None]:
+        """seq [B, L', D] left-padded merged tokens with `num_pad` [B] padded ones; globals_ [B, m, D], the
+        candidate last; match [B, 1, L', P]: the candidate's similarity to each merged token (None: off).
 
-        Returns the states after each layer: [B, k + m, D], the k sequence queries (`select_queries`) then
-        the globals. `keep_kv`, when given, receives each layer's (K, V, num_pad) (KV-cached serving).
+        Returns the states after each layer, [B, k + m, D]: the k sequence queries (`select_queries`) then the
+        globals, and the candidate's match readout [B, 1, H * P] (None when `match` is None or the readout is
+        off). `keep_kv`, when given, receives each layer's (K, V, num_pad) (KV-cached serving).
         """
         seq_len, m = seq.shape[1], globals_.shape[1]
         seq_q, q_pos, q_pad = self.select_queries(seq, num_pad)
         if q_pos is not None:  # the globals sit after the sequence
             globals_pos = torch.arange(seq_len, seq_len + m, device=seq.device).expand(q_pos.shape[0], m)
             q_pos = torch.cat([q_pos, globals_pos], dim=1)
-        x = self.cross(torch.cat([seq, globals_], dim=1), num_pad, torch.cat([seq_q, globals_], dim=1), q_pos, keep_kv)
+        tokens, x_q = torch.cat([seq, globals_], dim=1), torch.cat([seq_q, globals_], dim=1)
+        readout = None
+        if match is None:
+            x = self.cross(tokens, num_pad, x_q, q_pos, keep_kv)
+        else:  # the user-side rows as usual; the candidate's row with the match bias
+            layer = self.cross
+            keys, values = layer.keys_values(tokens)
+            q = layer.queries(x_q)
+            user_rows = hybrid_attention(q[:, :, :-1], keys[:, :, :-1], values[:, :, :-1], num_pad,
+                                         impl=self.attention_impl, q_pos=None if q_pos is None else q_pos[:, :-1])
+            candidate, readout = self.candidate_row(q[:, :, -1:], keys[:, :, :-1], values[:, :, :-1], num_pad,
+                                                    keys[:, :, -1:], values[:, :, -1:], match)
+            x = layer.finish(x_q, torch.cat([user_rows, candidate], dim=2))
         states = [x]
         for layer in self.self_layers:
             x = layer(x, q_pad, keep_kv=keep_kv)
             states.append(x)
-        return states
+        return states, readout
+
+    def candidate_row(
+        self, q: Tensor, k_cache: Tensor, v_cache: Tensor, num_pad: Tensor, k_self: Tensor, v_self: Tensor,
+        match: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """Cross-causal attention of C candidates per row with the match bias (training and KV-cached scoring
+        share it). q, k_self, v_self [B, H, C, dh]; k_cache, v_cache [B, H, Lk, dh]: the L' merged tokens then
+        the user globals; match [B, C, L', P]. Returns the attention output [B, H, C, dh] and the readout
+        [B, C, H * P]: per head and pair, the similarity weighted by the candidate's attention (None when off)."""
+        seq_len = match.shape[2]
+        bias = torch.einsum("bclp,hp->bhcl", match, self.match_weight)  # [B, H, C, L']
+        bias = torch.nn.functional.pad(bias, (0, k_cache.shape[2] - seq_len))  # the user globals: no bias
+        if not self.match_readout:
+            return candidate_attention(q, k_cache, v_cache, num_pad, k_self, v_self, self.attention_impl,
+                                       bias=bias), None
+        out, probs = candidate_attention(q, k_cache, v_cache, num_pad, k_self, v_self, self.attention_impl,
+                                         bias=bias, return_probs=True)
+        readout = torch.einsum("bhcl,bclp->bchp", probs[..., :seq_len].to(match.dtype), match)
+        return out, readout.flatten(2)
 
     def effective_queries(self, seq_len: int) -> int:
         """k actually used for a batch whose merged sequences have length seq_len."""

@@ -172,30 +172,38 @@ def test_spread_queries_are_even_and_include_the_newest(rule):
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("match", ["none", "attention_readout"])
 @pytest.mark.parametrize("rule", QUERY_RULES)
-def test_the_model_queries_the_tokens_at_the_rule_s_positions(merge, rule):
+def test_the_model_queries_the_tokens_at_the_rule_s_positions(merge, rule, match, monkeypatch):
     """The cross-causal layer's sequence queries are the merged tokens at the rule's positions (or the learned
-    vectors), each at the key position of its token; the globals follow at theirs."""
-    model = make_model(merge, query_selection=rule, num_queries=4)
-    seen = []
-    model.attention.cross.register_forward_pre_hook(lambda module, args: seen.append(args))
-    x = make_inputs(RAGGED)
-    states = model.encode(x)
-    tokens, num_pad, queries, q_pos, _ = seen[0]
-    seq_len, m = states.merged.shape[1], model.num_globals
+    vectors), and its attention gets each query's key position: that of its token, the globals after the
+    sequence (with the candidate match the candidate's row is computed apart, after the user rows)."""
+    from longer_train.models import hybrid_attention as module
+
+    model = make_model(merge, query_selection=rule, num_queries=4, candidate_match=match)
+    attention_calls, selected = [], []
+    real_attention, real_select = module.hybrid_attention, model.attention.select_queries
+    monkeypatch.setattr(module, "hybrid_attention", lambda q, k, v, pad, impl="auto", q_pos=None: (
+        attention_calls.append(q_pos), real_attention(q, k, v, pad, impl=impl, q_pos=q_pos))[1])
+    model.attention.select_queries = lambda seq, pad: (selected.append(real_select(seq, pad)), selected[-1])[1]
+    states = model.encode(make_inputs(RAGGED))
+    queries, positions, _ = selected[0]
+    cross_positions = attention_calls[0]  # the first call is the cross-causal layer's
+    seq_len, width = states.merged.shape[1:]
+    globals_ = model.num_globals - (match != "none")  # rows after the sequence queries in that call
     if rule == "recent":
-        assert q_pos is None  # bottom-right aligned: the Triton kernel's layout
-        torch.testing.assert_close(queries, tokens[:, -(4 + m) :], rtol=0, atol=0)
+        assert positions is None and cross_positions is None  # bottom-right aligned: the Triton kernel's layout
+        torch.testing.assert_close(queries, states.merged[:, -4:], rtol=0, atol=0)
         return
-    assert q_pos[:, 4:].tolist() == [list(range(seq_len, seq_len + m))] * len(RAGGED)
+    assert cross_positions[:, 4:].tolist() == [list(range(seq_len, seq_len + globals_))] * len(RAGGED)
+    assert torch.equal(cross_positions[:, :4], positions)
     if rule == "learnable":
-        assert (q_pos[:, :4] == seq_len - 1).all()
-        torch.testing.assert_close(queries[:, :4], model.attention.learned_queries.expand(len(RAGGED), -1, -1))
+        assert (positions == seq_len - 1).all()
+        torch.testing.assert_close(queries, model.attention.learned_queries.expand(len(RAGGED), -1, -1))
         return
     expected = query_positions(rule, states.num_pad, seq_len, 4)
-    assert torch.equal(q_pos[:, :4], expected)
-    width = states.merged.shape[2]
-    torch.testing.assert_close(queries[:, :4], states.merged.gather(1, expected[..., None].expand(-1, -1, width)))
+    assert torch.equal(positions, expected)
+    torch.testing.assert_close(queries, states.merged.gather(1, expected[..., None].expand(-1, -1, width)))
 
 
 def test_merge_groups_align_to_the_newest_event():
