@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from longer_train.sweep.runs import BIN, DATASETS, RUN_SETTINGS, ensure_prepared, machine, mean_std, prepare_command
-from longer_train.sweep.summary import METRICS
+from longer_train.sweep.summary import METRICS, paired_difference
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -36,17 +36,18 @@ EXPERIMENTS = {
     "longer": "LONGER", "transformer": "Transformer", "din": "DIN (full)", "din_recent50": "DIN (Recent50)",
     "sum_pooling": "SumPooling", "no_sequence": "Base (no sequence)",
 }
-MULTI_SEED = ("longer", "transformer", "din")  # mean ± std over --seeds; the rest --baseline-seeds
-# the same for every run: batches of 64 (the capped datasets hold ~8k training rows: ~130 steps of one epoch,
-# where batches of 256 gave 33, 20 of them warmup), one validation pass at the end of the epoch, no
+MULTI_SEED = ("longer", "transformer", "din")  # default --multi-seed: mean ± std over --seeds; the rest --baseline-seeds
+# the same for every run (and the dataset's batch size): one validation pass at the end of the epoch, no
 # checkpoint, no W&B, no progress bar
-QUALITY_SETTINGS = [*RUN_SETTINGS, "data.batch_size=64", "logging.wandb_mode=disabled"]
+def run_settings(data: str) -> list[str]:
+    return [f"data.batch_size={DATASETS[data].batch_size}", *RUN_SETTINGS, "logging.wandb_mode=disabled"]
 
 
 def train_command(data: str, experiment: str, root: Path, seed: int, table: Path) -> list[str]:
     return [
-        str(BIN / "longer-train"), f"configs/datasets/{data}.yaml", f"configs/experiments/{experiment}.yaml",
-        f"data.root={root.relative_to(ROOT)}", f"train.seed={seed}", *QUALITY_SETTINGS,
+        str(BIN / "longer-train"), f"configs/datasets/{DATASETS[data].config or data + '.yaml'}",
+        f"configs/experiments/{experiment}.yaml", f"data.root={root.relative_to(ROOT)}", f"train.seed={seed}",
+        *run_settings(data),
         f"train.runs_table={table.relative_to(ROOT)}", f"train.output_dir=runs/quality-{data}",
         f"train.run_name={run_name(data, experiment, seed)}",
     ]
@@ -65,20 +66,32 @@ def read_runs(table: Path, root: Path) -> dict[str, dict]:
     return {row["run"]: row for row in rows if row["data_root"] == str(root.relative_to(ROOT))}
 
 
+def paired_auc(data: str, runs: dict[str, dict], experiment: str, reference: str, seeds: list[int]) -> str:
+    """Mean over the seeds both ran of (experiment - reference) test AUC, ± its standard error."""
+    auc = lambda e: {s: runs[run_name(data, e, s)]["test_auc"] for s in seeds if run_name(data, e, s) in runs}
+    paired = paired_difference(auc(experiment), auc(reference)) if experiment != reference else None
+    if paired is None:
+        return ""
+    if paired.n == 1:
+        return f"{paired.mean:+.4f} (n=1)"
+    return f"{paired.mean:+.4f} ± {paired.se:.4f} (n={paired.n})"
+
+
 def summarise(
-    data: str, runs: dict[str, dict], seeds: dict[str, list[int]], experiments: list[str]
+    data: str, runs: dict[str, dict], seeds: dict[str, list[int]], experiments: list[str], reference: str = "longer"
 ) -> tuple[list, list]:
     """(table rows, (experiment, mean test AUC) of the experiments with results) over the given seeds."""
     rows, aucs = [], []
     for experiment in experiments:
         done = [runs[n] for n in (run_name(data, experiment, s) for s in seeds[experiment]) if n in runs]
         if not done:
-            rows.append([EXPERIMENTS[experiment], f"`{experiment}`", "0", "not run", *[""] * 6])
+            rows.append([EXPERIMENTS[experiment], f"`{experiment}`", "0", "not run", *[""] * 7])
             continue
         wall = [r["wall_s"] for r in done if "wall_s" in r]
         rows.append([
             EXPERIMENTS[experiment], f"`{experiment}`", str(len(done)),
             *(mean_std([r[key] for r in done], digits) for key, _, digits in METRICS),
+            paired_auc(data, runs, experiment, reference, seeds[experiment]),
             f"{done[0]['gflops_per_sample']:.3g}", f"{np.mean([r['train_samples_per_s'] for r in done]):.0f}",
             str(done[0]["max_len"]), f"{np.mean(wall) / 60:.1f}" if wall else "",
         ])
@@ -101,9 +114,23 @@ def ordering(aucs: list[tuple[str, float]], experiments: list[str]) -> list[str]
     return lines
 
 
+def oracle_lines(meta: dict) -> list[str]:
+    """What the generator's label model allows (synthetic data that records it): test AUC of its scores."""
+    oracle = meta.get("oracle_auc", {}).get("test")
+    if not oracle:
+        return []
+    names = {"true_probability": "the true click probabilities (the oracle)",
+             "newest_50_oracle": "the best score of the newest 50 events alone",
+             "logistic_count_full": "logistic regression on log(1 + count of the candidate's category in the history)",
+             "logistic_count_recent50": "the same over the newest 50 events"}
+    return ["What the data allows (test AUC, `oracle_auc` in the dataset's meta.json): "
+            + "; ".join(f"{names.get(k, k)} **{v:.4f}**" for k, v in oracle.items()) + ".", ""]
+
+
 def report(data: str, bench_command: str, prepare: list[str], meta: dict, rows: list, order: list[str],
-           seeds: dict[str, list[int]], runs_table: Path) -> str:
-    header = ["model", "experiment config", "n", *(name for _, name, _ in METRICS), "GFLOPs/sample",
+           seeds: dict[str, list[int]], runs_table: Path, reference: str = "longer") -> str:
+    header = ["model", "experiment config", "n", *(name for _, name, _ in METRICS),
+              f"Δ test AUC vs {EXPERIMENTS[reference]} (paired over seeds, ± s.e.)", "GFLOPs/sample",
               "train samples/s", "max_len", "min/run"]
     table = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
     table += ["| " + " | ".join(row) + " |" for row in rows]
@@ -121,26 +148,34 @@ def report(data: str, bench_command: str, prepare: list[str], meta: dict, rows: 
     length = meta.get("history_length", {})
     return "\n".join([
         f"Command: `{bench_command}` (one process per run: `longer-data {prepare[1]} ...` once, then "
-        f"`longer-train configs/datasets/{data}.yaml configs/experiments/<experiment>.yaml data.root=... "
-        f"train.seed=<seed> {' '.join(QUALITY_SETTINGS)} ...`; every run's results line is in "
-        f"`{runs_table.relative_to(ROOT)}`).",
+        f"`longer-train configs/datasets/{DATASETS[data].config or data + '.yaml'} "
+        f"configs/experiments/<experiment>.yaml data.root=... train.seed=<seed> {' '.join(run_settings(data))} "
+        f"...`; every run's results line is in `{runs_table.relative_to(ROOT)}`).",
         "",
         f"Data: `longer-data {' '.join(shlex.quote(a) for a in prepare[1:])}` — {subsample}. "
         f"Rows: {rows_line}. Stored history length p50 {length.get('p50')}, p90 {length.get('p90')}, "
         f"max {length.get('max')}; the models keep the newest `data.max_len` events (column max_len).",
         "",
-        f"Protocol: one epoch, seeds {', '.join(map(str, seeds['longer']))} for {', '.join(MULTI_SEED)} and "
-        f"{', '.join(map(str, seeds.get('no_sequence', [0])))} for the other baselines (`train.seed`: model init "
-        "and shuffling), "
-        "metrics on the test split (the last ~10 % of time); mean ± sample std over the n seeds. GFLOPs/sample "
+        "Protocol: one epoch, " + "; ".join(f"seeds {', '.join(map(str, s))} for {', '.join(e)}"
+                                            for s, e in _by_seeds(seeds)) + " (`train.seed`: model init and "
+        f"shuffling), metrics on the test split ({'unseen users' if meta.get('task') == 'match' else 'the last ~10 % of time'}); "
+        "mean ± sample std over the n seeds. GFLOPs/sample "
         "is the analytic forward count of the dense model at max_len; samples/s counts train step time only.",
         f"Machine: {machine()}.",
         "",
+        *oracle_lines(meta),
         *table,
         "",
         *order,
         "",
     ])
+
+
+def _by_seeds(seeds: dict[str, list[int]]) -> list[tuple[list[int], list[str]]]:
+    groups: dict[tuple, list[str]] = {}
+    for experiment, s in seeds.items():
+        groups.setdefault(tuple(s), []).append(experiment)
+    return [(list(s), e) for s, e in groups.items()]
 
 
 def write_doc_section(data: str, body: str) -> None:
@@ -163,9 +198,12 @@ def main(argv: list[str] | None = None) -> int:
                         + ", ".join(f"{k} {v.sample_users}" for k, v in DATASETS.items()) + ")")
     parser.add_argument("--rows-per-user", type=int, help="rows kept per user and split (0 = all; default: "
                         + ", ".join(f"{k} {v.rows_per_user}" for k, v in DATASETS.items()) + ")")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of longer, transformer and din")
-    parser.add_argument("--baseline-seeds", type=int, default=1,
-                        help="seeds 0..N-1 of the cheaper baselines din_recent50, sum_pooling, no_sequence")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of the --multi-seed experiments")
+    parser.add_argument("--baseline-seeds", type=int, default=1, help="seeds 0..N-1 of the other experiments")
+    parser.add_argument("--multi-seed", nargs="+", default=list(MULTI_SEED), choices=list(EXPERIMENTS),
+                        help="experiments run with --seeds seeds (default: " + " ".join(MULTI_SEED) + ")")
+    parser.add_argument("--reference", default="longer", choices=list(EXPERIMENTS),
+                        help="the row the paired differences are taken against (default longer)")
     parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=list(EXPERIMENTS))
     parser.add_argument("--report-only", action="store_true", help="write the tables from the runs so far")
     args = parser.parse_args(argv)
@@ -175,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     prepare, out = prepare_command(args.data, args.src, sample_users, rows_per_user)
     ensure_prepared(prepare, out)
     root = ROOT / out
-    seeds = {e: list(range(args.seeds if e in MULTI_SEED else args.baseline_seeds)) for e in args.experiments}
+    seeds = {e: list(range(args.seeds if e in args.multi_seed else args.baseline_seeds)) for e in args.experiments}
     table = RESULTS / f"quality_{args.data}.jsonl"
     for seed in range(max(map(len, seeds.values()))) if not args.report_only else []:  # seed-major
         for experiment in (e for e in args.experiments if seed in seeds[e]):
@@ -191,12 +229,17 @@ def main(argv: list[str] | None = None) -> int:
             table.write_text("".join(json.dumps(row) + "\n" for row in lines))
             runs = read_runs(table, root)
             print(f"  {name}: test auc {runs[name]['test_auc']:.4f} in {runs[name]['wall_s']:.0f} s", flush=True)
-    rows, aucs = summarise(args.data, read_runs(table, root), seeds, args.experiments)
+    rows, aucs = summarise(args.data, read_runs(table, root), seeds, args.experiments, args.reference)
     meta = json.loads((root / "meta.json").read_text())
     bench = f"make bench-quality DATA={args.data} USERS={sample_users} ROWS={rows_per_user} SEEDS={args.seeds}"
     if args.baseline_seeds != 1:
         bench += f" BASELINE_SEEDS={args.baseline_seeds}"
-    body = report(args.data, bench, prepare, meta, rows, ordering(aucs, args.experiments), seeds, table)
+    if args.multi_seed != list(MULTI_SEED):
+        bench += f" MULTI_SEED='{' '.join(args.multi_seed)}'"
+    if args.reference != "longer":
+        bench += f" REFERENCE={args.reference}"
+    body = report(args.data, bench, prepare, meta, rows, ordering(aucs, args.experiments), seeds, table,
+                  args.reference)
     out = RESULTS / f"quality_{args.data}.md"
     out.write_text(f"# Quality benchmark: {args.data}\n\n{body}")
     write_doc_section(args.data, body)

@@ -21,13 +21,21 @@ BIN = Path(sys.executable).parent  # longer-train / longer-data of the same envi
 @dataclass(frozen=True)
 class Dataset:
     src: str | None  # default --src of `longer-data prepare` (relative to the repo root); None: the generator
-    sample_users: int  # default --sample-users (0 = every user; the generator's --users for synthetic)
+    sample_users: int  # default --sample-users (0 = every user; the generator's --users for synthetic data)
     rows_per_user: int  # default --rows-per-user: at most this many rows per user and split (0 = all)
     out: str  # prepared folder; the subsample is appended, e.g. data/movielens-1m-partial-r3
+    config: str = ""  # dataset config under configs/datasets/ (default: <name>.yaml)
+    generator: tuple[str, ...] = ()  # more `longer-data synthetic` arguments
+    # the quality benchmark's batches: 64 for the small capped datasets (~8k training rows: ~130 steps of one
+    # epoch, where batches of 256 gave 33, 20 of them warmup); the match task's 48k rows keep 256
+    batch_size: int = 64
 
 
+MATCH = ("--task", "match", "--variant")
 DATASETS = {
     "synthetic": Dataset(None, 800, 0, "data/synthetic"),
+    "match_long": Dataset(None, 6000, 0, "data/match_long", "synthetic_match.yaml", (*MATCH, "long"), 256),
+    "match_recent": Dataset(None, 6000, 0, "data/match_recent", "synthetic_match.yaml", (*MATCH, "recent"), 256),
     "movielens": Dataset("../shared/data/movielens-1m-partial", 0, 3, "data/movielens-1m-partial"),
     "taobao": Dataset("../shared/data/taobao-userbehavior-head", 0, 24, "data/taobao-head"),
 }
@@ -48,7 +56,7 @@ def prepare_command(data: str, src: str | None, sample_users: int, rows_per_user
         if rows_per_user:
             raise ValueError("rows_per_user applies to prepared datasets, not to synthetic")
         users = ["--users", str(sample_users)] if sample_users else []
-        return [str(BIN / "longer-data"), "synthetic", "--out", out, *users], out
+        return [str(BIN / "longer-data"), "synthetic", *spec.generator, "--out", out, *users], out
     sample = (["--sample-users", str(sample_users)] if sample_users else []) + (
         ["--rows-per-user", str(rows_per_user)] if rows_per_user else [])
     return [str(BIN / "longer-data"), "prepare", data, "--src", src or spec.src, "--out", out, *sample], out
