@@ -64,6 +64,9 @@ class DataConfig:
     train: str = "train"  # file, directory or glob, relative to root
     valid: str = "valid"
     test: str = "test"
+    # the event log of a sequence store (file, directory or glob, relative to root): read when a split's
+    # files hold no history columns (docs/data.md, "Sequence store"); unused by inline datasets
+    events: str = "events"
     label: str = "label"
     user_id: str = "user_id"  # groups GAUC
     timestamp: str = "timestamp"  # request time, unix seconds
