@@ -49,6 +49,7 @@ from ..config import DataConfig
 from .batch import Batch, collate
 from .schema import SchemaError, check_rows, validate_schema
 from .store import EventLog, history_columns, is_store_schema, open_event_log
+from .vocab import resolve_num_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -522,6 +523,7 @@ def build_dataloader(
     data: DataConfig, split: str, train: bool, seed: int, rank: int = 0, world_size: int = 1
 ) -> ShardedLoader:
     """The loader of one split for one rank: shuffled (and length-bucketed if configured) when training."""
+    resolve_num_embeddings(data)
     stream = ParquetStream(
         resolve_files(data.root, getattr(data, split)), data,
         batch_size=data.batch_size if train else data.eval_batch_size,

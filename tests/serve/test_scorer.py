@@ -20,7 +20,7 @@ from longer_train.components.metrics import auc
 from longer_train.config import load_config
 from longer_train.data import synthetic
 from longer_train.data.batch import collate
-from longer_train.data.loader import resolve_files
+from longer_train.data.store import read_inline
 from longer_train.data.schema import SchemaError
 from longer_train.distributed.process_group import destroy_distributed
 from longer_train.serve.cli import main as serve_main
@@ -42,7 +42,7 @@ def trained(tmp_path_factory):
         summary = Trainer(cfg).train()
     finally:
         destroy_distributed()
-    test = pq.read_table(resolve_files(str(root / "data"), "test"))
+    test = read_inline(root / "data", "test", cfg.data)  # requests carry their histories (inline schema)
     return summary, Scorer.from_checkpoint(summary["checkpoint"]), test
 
 
