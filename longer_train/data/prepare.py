@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import os
 import re
 import shutil
 import zipfile
 import zlib
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, TextIO
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -96,21 +95,19 @@ class TextFile:
 
     @contextmanager
     def open_binary(self) -> Iterator[BinaryIO]:
-        try:
-            if self.member is None:
-                opener = gzip.open if self.path.suffix == ".gz" else open
-                with opener(self.path, "rb") as f:
-                    yield f
-            else:
-                with zipfile.ZipFile(self.path) as archive, archive.open(self.member) as raw:
-                    yield raw
-        except _UNREADABLE as err:
-            raise PrepareError(f"{self.name}: cannot read ({_describe(err)})") from None
-
-    @contextmanager
-    def open(self, encoding: str) -> Iterator[TextIO]:
-        with self.open_binary() as raw:
-            yield io.TextIOWrapper(raw, encoding=encoding, newline="")
+        """The file's bytes (decompressed); an error while opening is a PrepareError naming it (errors while
+        reading are the reader's to name, with the line reached)."""
+        with ExitStack() as stack:
+            try:
+                if self.member is None:
+                    opener = gzip.open if self.path.suffix == ".gz" else open
+                    f = stack.enter_context(opener(self.path, "rb"))
+                else:
+                    archive = stack.enter_context(zipfile.ZipFile(self.path))
+                    f = stack.enter_context(archive.open(self.member))
+            except _UNREADABLE as err:
+                raise PrepareError(f"{self.name}: cannot read ({_describe(err)})") from None
+            yield f
 
     def sibling(self, name: str) -> TextFile | None:
         """The file `name` (or `name.gz`) in the same folder of the disk or the archive, if there is one."""
@@ -147,11 +144,16 @@ class Skipped:
 
     counts: dict[str, int] = field(default_factory=dict)
     first: dict[str, str] = field(default_factory=dict)
+    first_line: dict[str, int] = field(default_factory=dict)
 
-    def add(self, reason: str, where: str, count: int = 1) -> None:
+    def add(self, reason: str, where: str, count: int = 1, line: int | None = None) -> None:
+        """Count `count` lines; `where` describes one of them (line `line`): the example kept is the earliest."""
         if count:
             self.counts[reason] = self.counts.get(reason, 0) + count
-            self.first.setdefault(reason, where)
+            if reason not in self.first or line is not None and line < self.first_line.get(reason, line + 1):
+                self.first[reason] = where
+                if line is not None:
+                    self.first_line[reason] = line
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -173,7 +175,7 @@ class _Block:
             i = int(np.argmax(bad))
             value = self.fields[column][i].as_py()
             skipped.add("malformed_lines", f"{self.text.name}:{self.number[i]}, column {column + 1}: {what(value)}",
-                        int(bad.sum()))
+                        int(bad.sum()), int(self.number[i]))
             self.valid &= ~bad
 
 
@@ -216,7 +218,8 @@ def _to_strings(data: bytes, ends: np.ndarray) -> pa.StringArray:
     lengths = stops - starts
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     index = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
-    return pa.StringArray.from_buffers(len(lengths), pa.py_buffer(offsets.tobytes()), pa.py_buffer(buf[index].tobytes()))
+    return pa.StringArray.from_buffers(len(lengths), pa.py_buffer(offsets.tobytes()),
+                                       pa.py_buffer(buf[index].tobytes()))
 
 
 def _blocks(text: TextFile, sep: str, fields: int, skipped: Skipped, header: str | None = None) -> Iterator[_Block]:
@@ -236,7 +239,7 @@ def _blocks(text: TextFile, sep: str, fields: int, skipped: Skipped, header: str
         if wrong.any():
             i = int(np.argmax(wrong))
             skipped.add("malformed_lines", f"{text.name}:{number[i]}: {count[i]} fields, expected {fields}",
-                        int(wrong.sum()))
+                        int(wrong.sum()), int(number[i]))
         valid = (count == fields) & ~empty
         padded = pc.if_else(pa.array(valid), split, pa.scalar([""] * fields, pa.list_(pa.string())))
         yield _Block(text, number, [pc.list_element(padded, k) for k in range(fields)], valid)
@@ -346,24 +349,33 @@ def find_source(src: str | Path, names: tuple[str, ...]) -> TextFile:
 
 
 def _genres(text: TextFile) -> dict[int, str]:
-    """Raw movie id -> its first genre, from movies.dat, u.item or movies.csv."""
+    """Raw movie id -> its first genre, from movies.dat, u.item or movies.csv (a line that cannot be decoded or
+    read is a PrepareError naming the file and line)."""
     is_csv = text.name.endswith((".csv", ".csv.gz"))
-    genres, number = {}, 0
+    encoding = "utf-8" if is_csv else "latin-1"
+    genres, number = {}, [0]
+
+    def decoded(raw: BinaryIO) -> Iterator[str]:
+        for number[0], line in enumerate(raw, 1):
+            try:
+                yield line.decode(encoding)
+            except UnicodeDecodeError as err:
+                raise PrepareError(f"{text.name}:{number[0]}: cannot decode the text as {encoding.upper()} "
+                                   f"({err.reason} at byte {err.start} of the line)") from None
+
     try:
-        with text.open("utf-8" if is_csv else "latin-1") as f:
-            lines = csv.reader(f) if is_csv else (line.rstrip("\r\n") for line in f)
-            for number, line in enumerate(lines, 1):
+        with text.open_binary() as raw:
+            lines = csv.reader(decoded(raw)) if is_csv else (line.rstrip("\r\n") for line in decoded(raw))
+            for line in lines:
                 try:
                     movie, genre = _genre_of(line)
                 except (ValueError, IndexError) as err:
-                    raise PrepareError(f"{text.name}:{number}: cannot read the movie id and genres ({err})") from None
+                    raise PrepareError(
+                        f"{text.name}:{number[0]}: cannot read the movie id and genres ({err})") from None
                 if movie is not None:
                     genres[movie] = genre
-    except UnicodeDecodeError as err:
-        raise PrepareError(f"{text.name}:{number + 1}: cannot decode the text as UTF-8 ({err.reason} at byte "
-                           f"{err.start} of the line)") from None
     except (csv.Error, *_UNREADABLE[:-1]) as err:
-        raise PrepareError(f"{text.name}: cannot read past line {number} ({_describe(err)})") from None
+        raise PrepareError(f"{text.name}: cannot read past line {number[0]} ({_describe(err)})") from None
     return genres
 
 
@@ -462,7 +474,8 @@ def read_taobao(src: str | Path) -> Source:
                     f"[{TAOBAO_WINDOW[0]}, {TAOBAO_WINDOW[1]})", outside["count"])
 
     return Source(
-        file=text.name, blocks=blocks, actions=TAOBAO_ACTIONS, info={"format": "Taobao UserBehavior", "behaviors": text.name},
+        file=text.name, blocks=blocks, actions=TAOBAO_ACTIONS,
+        info={"format": "Taobao UserBehavior", "behaviors": text.name},
         notes=[f"label = 1 if behavior in {{{', '.join(TAOBAO_POSITIVE)}}} else 0 (pv)",
                "hist_action = behavior: " + ", ".join(f"{b} {i}" for i, b in enumerate(TAOBAO_ACTIONS)),
                f"rows with timestamps outside [{TAOBAO_WINDOW[0]}, {TAOBAO_WINDOW[1]}) (2017-11-25 .. 2017-12-03, "

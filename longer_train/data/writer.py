@@ -63,7 +63,8 @@ class _Parts:
 
     def __init__(self, folder: Path, schema: pa.Schema, group_rows: int, groups: int, options: dict) -> None:
         folder.mkdir(parents=True)
-        self.folder, self.schema, self.group_rows, self.groups, self.options = folder, schema, group_rows, groups, options
+        self.folder, self.schema, self.options = folder, schema, options
+        self.group_rows, self.groups = group_rows, groups
         self.pending: list[pa.Table] = []
         self.pending_rows = 0
         self.writer: pq.ParquetWriter | None = None

@@ -13,7 +13,7 @@ import torch
 from data_configs import data_config
 
 from longer_train.data import synthetic
-from longer_train.data.loader import ParquetStream, ShardedLoader, resolve_files
+from longer_train.data.loader import ParquetStream, ShardedLoader
 from longer_train.data.oov import map_ids
 from longer_train.data.schema import SchemaError
 from longer_train.data.store import read_inline

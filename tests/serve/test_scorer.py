@@ -20,8 +20,8 @@ from longer_train.components.metrics import auc
 from longer_train.config import load_config
 from longer_train.data import synthetic
 from longer_train.data.batch import collate
-from longer_train.data.store import read_inline
 from longer_train.data.schema import SchemaError
+from longer_train.data.store import read_inline
 from longer_train.distributed.process_group import destroy_distributed
 from longer_train.serve.cli import main as serve_main
 from longer_train.serve.http import make_server
