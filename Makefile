@@ -9,7 +9,7 @@
 #   make bench-quality DATA=movielens   every model of the paper's Table 1 on a dataset, SEEDS=3 seeds of
 #                         LONGER, Transformer, DIN and BASELINE_SEEDS=1 of the rest;
 #                         (DATA = synthetic | movielens | taobao); prepares the data first if missing,
-#                         from SRC (default: the copy in /work/shared/data), keeping USERS random users
+#                         from SRC (default: the copy in ../shared/data), keeping USERS random users
 #                         (default 800 generated users for synthetic, 0 = all for the others) and at
 #                         most ROWS random rows per user and split (default 3
 #                         for movielens, 24 for taobao; 0 = all); writes

@@ -43,8 +43,8 @@ class Dataset:
 
 DATASETS = {
     "synthetic": Dataset(None, 800, 0, "data/synthetic"),  # --users of the generator
-    "movielens": Dataset("/work/shared/data/movielens-1m-partial", 0, 3, "data/movielens-1m-partial"),
-    "taobao": Dataset("/work/shared/data/taobao-userbehavior-head", 0, 24, "data/taobao-head"),
+    "movielens": Dataset("../shared/data/movielens-1m-partial", 0, 3, "data/movielens-1m-partial"),
+    "taobao": Dataset("../shared/data/taobao-userbehavior-head", 0, 24, "data/taobao-head"),
 }
 # (experiment config, the paper's Table 1 name); the paper's expected order of test AUC, highest first
 EXPERIMENTS = {
@@ -204,7 +204,9 @@ def write_doc_section(data: str, body: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", choices=sorted(DATASETS))
-    parser.add_argument("--src", help="raw dataset for `longer-data prepare` (default: the copy in /work/shared)")
+    parser.add_argument("--src", help="raw dataset for `longer-data prepare` (default: the copy in ../shared/data, "
+                        "relative to the repo root); another copy of the dataset works with the same configs "
+                        "(num_embeddings: auto)")
     parser.add_argument("--sample-users", type=int, help="users kept (0 = all; default per dataset: "
                         + ", ".join(f"{k} {v.sample_users}" for k, v in DATASETS.items()) + ")")
     parser.add_argument("--rows-per-user", type=int, help="rows kept per user and split (0 = all; default: "
