@@ -59,7 +59,7 @@ def test_a_fixed_size_smaller_than_the_data_fails_before_any_batch(copies):
 
 def test_auto_without_meta_json_and_bad_values_are_config_errors(tmp_path):
     data = load_config(MOVIELENS, [f"data.root={tmp_path}"]).data
-    with pytest.raises(ConfigError, match=r"'data.tables.item.num_embeddings' is auto, but there is no readable .*meta"):
+    with pytest.raises(ConfigError, match=r"'data.tables.item.num_embeddings' is auto, but there is no readable "):
         resolve_num_embeddings(data)
     with pytest.raises(ConfigError, match=r"num_embeddings' must be a positive integer or 'auto', got 'many'"):
         load_config(MOVIELENS, ["data.tables.item.num_embeddings=many"])
