@@ -112,16 +112,21 @@ def rss_child(config: str, overrides: list[str]) -> dict:
     """Runs in its own process: stream one training epoch (0 workers), report sizes and peak RSS."""
     from longer_train.config import load_config
     from longer_train.data.loader import build_dataloader, read_columns, resolve_files
+    from longer_train.data.store import event_files, is_store_schema
+    from longer_train.data.vocab import resolve_num_embeddings
 
     cfg = load_config(config, overrides)
     cfg.data.num_workers = 0  # read and collate in this process
+    resolve_num_embeddings(cfg.data)
     files = resolve_files(cfg.data.root, cfg.data.train)
     metas = [pq.ParquetFile(f).metadata for f in files]
     groups = [m.row_group(i) for m in metas for i in range(m.num_row_groups)]
     rows = sum(g.num_rows for g in groups)
-    first = pq.ParquetFile(files[0]).read_row_group(0, columns=read_columns(cfg.data))
-    arrow_per_row = first.nbytes / first.num_rows  # bytes of a row once read into Arrow
+    store = is_store_schema(pq.ParquetFile(files[0]).schema_arrow, cfg.data)
+    first = pq.ParquetFile(files[0]).read_row_group(0, columns=read_columns(cfg.data, store=store))
+    arrow_per_row = first.nbytes / first.num_rows  # bytes of a row once read into Arrow (a store: no history)
     del first
+    events_mb = sum(os.path.getsize(f) for f in event_files(cfg.data)) / 2**20 if store else 0.0
     loader = build_dataloader(cfg.data, "train", train=True, seed=0)
     before, peak_before = _rss_mb(), _max_rss_mb()
     samples, start, streaming = 0, time.perf_counter(), before
@@ -131,7 +136,8 @@ def rss_child(config: str, overrides: list[str]) -> dict:
     return {
         "rows": rows, "samples": samples, "seconds": time.perf_counter() - start,
         "dataset_mb": rows * arrow_per_row / 2**20,
-        "disk_mb": sum(os.path.getsize(f) for f in files) / 2**20,
+        "disk_mb": sum(os.path.getsize(f) for f in files) / 2**20, "events_mb": events_mb,
+        "layout": "store" if store else "inline",
         "row_group_mb": max(g.num_rows for g in groups) * arrow_per_row / 2**20,
         "buffer_mb": cfg.data.shuffle_buffer * arrow_per_row / 2**20,
         "shuffle_buffer": cfg.data.shuffle_buffer, "rss_before_mb": before, "rss_streaming_mb": streaming,
@@ -166,10 +172,11 @@ def main(argv: list[str] | None = None) -> None:
 
     speed = ["| config | batch | loader 0 workers samples/s | loader N workers samples/s | N | "
              "train step samples/s | loader (N) / step |", "|---|---:|---:|---:|---:|---:|---:|"]
-    memory = ["| config | train rows | shuffle buffer rows | rows / buffer | split in Arrow MB (est.) | on disk MB | "
+    memory = ["| config | layout | train rows | shuffle buffer rows | rows / buffer | split in Arrow MB (est.) | "
+              "on disk MB (split + event log) | "
               "largest row group MB (est.) | shuffle buffer MB (est.) | RSS before MB | max RSS streaming MB | "
               "growth MB | Arrow pool peak MB | getrusage peak before / after MB | epoch s |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     resume = ["| config | resume at batch | of | s to the first batch | row groups read |", "|---|---:|---:|---:|---:|"]
     for config in args.configs:
         name = Path(config).stem
@@ -184,8 +191,9 @@ def main(argv: list[str] | None = None) -> None:
         m = rss[config]
         assert m["samples"] == m["rows"], m
         memory.append(
-            f"| {name} | {m['rows']:,} | {m['shuffle_buffer']:,} | {m['rows'] / m['shuffle_buffer']:.0f} | "
-            f"{m['dataset_mb']:,.0f} | {m['disk_mb']:,.0f} | {m['row_group_mb']:,.0f} | {m['buffer_mb']:,.0f} | "
+            f"| {name} | {m['layout']} | {m['rows']:,} | {m['shuffle_buffer']:,} | "
+            f"{m['rows'] / m['shuffle_buffer']:.0f} | {m['dataset_mb']:,.0f} | {m['disk_mb']:,.0f} + "
+            f"{m['events_mb']:,.0f} | {m['row_group_mb']:,.0f} | {m['buffer_mb']:,.0f} | "
             f"{m['rss_before_mb']:,.0f} | {m['rss_streaming_mb']:,.0f} | "
             f"{m['rss_streaming_mb'] - m['rss_before_mb']:,.0f} | {m['arrow_peak_mb']:,.0f} | "
             f"{m['peak_before_mb']:,.0f} / {m['peak_mb']:,.0f} | "
@@ -208,11 +216,14 @@ def main(argv: list[str] | None = None) -> None:
         "loader's own memory (row groups being read, the shuffle buffer, a batch, allocator caches); Arrow pool "
         "peak: the most memory pyarrow held at once (pa.default_memory_pool().max_memory()). The getrusage high-water "
         "mark (ru_maxrss) before and after streaming is shown too. Arrow sizes are estimated from the first "
-        "row group read with the configured columns (histories as stored, before the max_len cut).", "",
+        "row group read with the configured columns (a sequence store's sample rows hold no history: histories are "
+        "rebuilt per row group from the event log, whose value columns are memory-mapped, so the pages of it that "
+        "were touched count in the RSS as shared file cache).", "",
         *memory, "",
         "## Resume: time to the first batch (0 workers, epoch 0)", "",
         "The delivered batches are re-planned from row counts and the seed without reading them; only the "
-        "row groups holding rows of the next batches are read (see longer_train/data/loader.py).", "",
+        "row groups holding rows of the next batches are read (see longer_train/data/loader.py); a store's event "
+        "log is memory-mapped, so its reads are page faults on the events those rows need, not row group reads.", "",
         *resume, "",
     ])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

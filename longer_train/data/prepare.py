@@ -35,6 +35,7 @@ from typing import BinaryIO, Callable, Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from .writer import SPLIT_QUANTILES, SPLITS, OutputError, StoreWriter, event_schema, id_type, is_replaceable
@@ -165,23 +166,25 @@ class _Block:
 
     text: TextFile
     number: np.ndarray  # line number (1-based) of each line
-    fields: list[pa.Array]  # field k of each line ("" where the line has fewer fields)
+    fields: list[pa.Array]  # field k of each line, trimmed ("" where the line has fewer fields)
     valid: np.ndarray  # bool per line
+    typed: list | None = None  # the fast path: every field already parsed (numpy, or trimmed strings)
 
     def reject(self, bad: np.ndarray, column: int, what: Callable[[str], str], skipped: Skipped) -> None:
         """Mark lines `bad` (among the valid ones) malformed; `what(value)` says why (first one only)."""
         bad = bad & self.valid
         if bad.any():
             i = int(np.argmax(bad))
-            value = self.fields[column][i].as_py()
+            value = (self.fields[column] if self.typed is None else self.typed[column])[i]
+            value = value.as_py() if isinstance(value, pa.Scalar) else value.item()
             skipped.add("malformed_lines", f"{self.text.name}:{self.number[i]}, column {column + 1}: {what(value)}",
                         int(bad.sum()), int(self.number[i]))
             self.valid &= ~bad
 
 
-def _lines(text: TextFile) -> Iterator[tuple[pa.StringArray, int]]:
-    """(lines of one block without their line break, number of the first line), for the whole file; latin-1 text
-    (every byte is a character) as UTF-8 strings."""
+def _lines(text: TextFile) -> Iterator[tuple[bytes, np.ndarray, int]]:
+    """(a block of whole lines as bytes, the end of each line (its \\n, or the end of the data for a last line
+    without one), number of the first line), for the whole file."""
     number, rest = 1, b""
     with text.open_binary() as f:
         while True:
@@ -192,46 +195,76 @@ def _lines(text: TextFile) -> Iterator[tuple[pa.StringArray, int]]:
             data = rest + chunk
             if not chunk:
                 if data:
-                    yield _to_strings(data, np.array([len(data)])), number
+                    yield data, np.array([len(data)]), number
                 return
-            buf = np.frombuffer(data, dtype=np.uint8)
-            ends = np.flatnonzero(buf == 10)
+            ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
             if not len(ends):
                 rest = data
                 continue
             cut = int(ends[-1]) + 1
-            yield _to_strings(data[:cut], ends), number
+            yield data[:cut], ends, number
             number += len(ends)
             rest = data[cut:]
 
 
 def _to_strings(data: bytes, ends: np.ndarray) -> pa.StringArray:
-    """The lines of `data` ending at `ends` (the line break, or the end of data for the last one), as strings."""
+    """The lines of `data` as strings over the same bytes (no copy), each with its line break (the fields are
+    trimmed later); latin-1 text with bytes >= 0x80 is re-encoded as UTF-8 first (every byte is valid latin-1)."""
+    if (np.frombuffer(data, dtype=np.uint8) >= 0x80).any():
+        data = data.decode("latin-1").encode("utf-8")
+        ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+        ends = ends if len(ends) and ends[-1] == len(data) - 1 else np.r_[ends, len(data)]
+    offsets = np.concatenate([[0], np.minimum(ends + 1, len(data))]).astype(np.int32)
+    return pa.StringArray.from_buffers(len(ends), pa.py_buffer(offsets.tobytes()), pa.py_buffer(data))
+
+
+def _typed(data: bytes, ends: np.ndarray, sep: str, types: list[pa.DataType]) -> list[np.ndarray] | None:
+    """The fast path: a block whose every line is ASCII, not blank and has exactly the fields expected, parsed by
+    pyarrow's CSV reader straight into typed columns (strings trimmed). None when the block needs the line-by-line
+    path (any odd line: a value that does not parse, a blank line, \\r, quotes, another field count)."""
     buf = np.frombuffer(data, dtype=np.uint8)
-    if (buf >= 0x80).any():  # latin-1: re-encode as UTF-8 (rare; every byte is valid latin-1)
-        lines = data.decode("latin-1").split("\n")[: len(ends)]
-        return pa.array(lines, pa.string())
-    starts = np.concatenate([[0], ends[:-1] + 1])
-    stops = ends.copy()
-    stops -= (stops > starts) & (buf[np.maximum(stops - 1, 0)] == 13)  # a \r before the \n
-    # offsets of a string array over the same bytes: line i is data[starts[i]:stops[i]]; rebuild a compact copy
-    lengths = stops - starts
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    index = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
-    return pa.StringArray.from_buffers(len(lengths), pa.py_buffer(offsets.tobytes()),
-                                       pa.py_buffer(buf[index].tobytes()))
+    if len(sep) != 1 or (buf >= 0x80).any() or (buf == 13).any():
+        return None
+    starts = np.r_[0, ends[:-1] + 1]
+    if (ends - starts < len(types) * 2 - 1).any():  # blank or too short to hold every field
+        return None
+    count = np.add.reduceat((buf == ord(sep)).astype(np.int32), starts)
+    if (count != len(types) - 1).any():
+        return None
+    names = [f"f{k}" for k in range(len(types))]
+    try:
+        table = pacsv.read_csv(
+            pa.BufferReader(data), read_options=pacsv.ReadOptions(column_names=names, block_size=len(data) + 1),
+            parse_options=pacsv.ParseOptions(delimiter=sep, quote_char=False, ignore_empty_lines=False),
+            convert_options=pacsv.ConvertOptions(column_types=dict(zip(names, types)), null_values=[],
+                                                 strings_can_be_null=False, quoted_strings_can_be_null=False))
+    except pa.ArrowInvalid:
+        return None
+    if table.num_rows != len(ends):
+        return None
+    return [pc.utf8_trim_whitespace(c).combine_chunks() if pa.types.is_string(t) else c.to_numpy()
+            for c, t in zip(table.columns, types)]
 
 
-def _blocks(text: TextFile, sep: str, fields: int, skipped: Skipped, header: str | None = None) -> Iterator[_Block]:
-    """Blocks of lines split on `sep`; a line with another number of fields is counted malformed, an empty line is
-    ignored. `header`, if given, must be the first line."""
-    for lines, first in _lines(text):
-        number = np.arange(first, first + len(lines))
+def _blocks(text: TextFile, sep: str, types: list[pa.DataType], skipped: Skipped,
+            header: str | None = None) -> Iterator[_Block]:
+    """Blocks of lines split on `sep` into len(types) fields; a line with another number of fields is counted
+    malformed, an empty line is ignored. `header`, if given, must be the first line."""
+    fields = len(types)
+    for data, ends, first in _lines(text):
         if first == 1 and header is not None:
-            found = lines[0].as_py() if len(lines) else ""
-            if found.strip() != header:
+            found = data[: int(ends[0])].decode("latin-1").strip()
+            if found != header:
                 raise PrepareError(f"{text.name}:1: header is {found!r}, expected {header!r}")
-            lines, number = lines[1:], number[1:]
+            data, ends, first = data[int(ends[0]) + 1:], ends[1:] - int(ends[0]) - 1, 2
+            if not len(ends):
+                continue
+        number = np.arange(first, first + len(ends))
+        typed = _typed(data, ends, sep, types)
+        if typed is not None:
+            yield _Block(text, number, [], np.ones(len(ends), dtype=bool), typed)
+            continue
+        lines = _to_strings(data, ends)
         split = pc.split_pattern(lines, pattern=sep)
         count = pc.list_value_length(split).to_numpy()
         empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(lines)), 0).to_numpy(zero_copy_only=False)
@@ -242,16 +275,16 @@ def _blocks(text: TextFile, sep: str, fields: int, skipped: Skipped, header: str
                         int(wrong.sum()), int(number[i]))
         valid = (count == fields) & ~empty
         padded = pc.if_else(pa.array(valid), split, pa.scalar([""] * fields, pa.list_(pa.string())))
-        yield _Block(text, number, [pc.list_element(padded, k) for k in range(fields)], valid)
-
-
+        yield _Block(text, number, [pc.utf8_trim_whitespace(pc.list_element(padded, k)) for k in range(fields)], valid)
 _INT = r"^[+-]?[0-9]+$"
 _FLOAT = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 
 
 def _ints(block: _Block, column: int, skipped: Skipped) -> np.ndarray:
     """Field `column` as int64; lines where it is not an integer, or is beyond int64, are rejected."""
-    values = pc.utf8_trim_whitespace(block.fields[column])
+    if block.typed is not None:
+        return block.typed[column]
+    values = block.fields[column]
     syntax = pc.match_substring_regex(values, _INT).to_numpy(zero_copy_only=False)
     block.reject(~syntax, column, lambda v: f"{v!r} is not an integer", skipped)
     digits = pc.utf8_length(pc.utf8_ltrim(values, "+-0")).to_numpy()
@@ -266,10 +299,13 @@ def _ints(block: _Block, column: int, skipped: Skipped) -> np.ndarray:
 
 
 def _floats(block: _Block, column: int, skipped: Skipped, low: float, high: float, name: str) -> np.ndarray:
-    values = pc.utf8_trim_whitespace(block.fields[column])
-    syntax = pc.match_substring_regex(values, _FLOAT).to_numpy(zero_copy_only=False)
-    block.reject(~syntax, column, lambda v: f"{name} {v!r} is not a number", skipped)
-    number = pc.cast(pc.if_else(pa.array(block.valid), pc.utf8_ltrim(values, "+"), "0"), pa.float64()).to_numpy()
+    if block.typed is not None:
+        number = block.typed[column]
+    else:
+        values = block.fields[column]
+        syntax = pc.match_substring_regex(values, _FLOAT).to_numpy(zero_copy_only=False)
+        block.reject(~syntax, column, lambda v: f"{name} {v!r} is not a number", skipped)
+        number = pc.cast(pc.if_else(pa.array(block.valid), pc.utf8_ltrim(values, "+"), "0"), pa.float64()).to_numpy()
     block.reject(~((number >= low) & (number <= high)), column, lambda v: f"{name} {v} is outside {low:g}..{high:g}",
                  skipped)
     return number
@@ -409,7 +445,7 @@ def read_movielens(src: str | Path) -> Source:
     unknown = names.index(UNKNOWN_GENRE)
 
     def blocks(skipped: Skipped) -> Iterator[pa.Table]:
-        for block in _blocks(ratings, fmt.sep, 4, skipped, fmt.header):
+        for block in _blocks(ratings, fmt.sep, [pa.int64(), pa.int64(), pa.float64(), pa.int64()], skipped, fmt.header):
             user, item = _ints(block, 0, skipped), _ints(block, 1, skipped)
             rating = _floats(block, 2, skipped, 0.5, 5.0, "rating")
             ts = _ints(block, 3, skipped)
@@ -452,9 +488,10 @@ def read_taobao(src: str | Path) -> Source:
     positive = np.array([TAOBAO_ACTIONS.index(b) for b in TAOBAO_POSITIVE])
 
     def blocks(skipped: Skipped) -> Iterator[pa.Table]:
-        for block in _blocks(text, ",", 5, skipped):
+        for block in _blocks(text, ",", [pa.int64()] * 3 + [pa.string(), pa.int64()], skipped):
             user, item, category = (_ints(block, k, skipped) for k in range(3))
-            action = pc.index_in(pc.utf8_trim_whitespace(block.fields[3]), value_set=pa.array(TAOBAO_ACTIONS))
+            behavior = block.fields[3] if block.typed is None else block.typed[3]
+            action = pc.index_in(behavior, value_set=pa.array(TAOBAO_ACTIONS))
             block.reject(action.is_null().to_numpy(zero_copy_only=False), 3, lambda v: (
                 f"unknown behavior {v!r}, expected one of {', '.join(TAOBAO_ACTIONS)}"), skipped)
             action = action.fill_null(0).to_numpy().astype(np.int8)
