@@ -13,9 +13,12 @@ carry a timestamp before the 9-day window (the real head has 35 in 84k), which p
     python benchmarks/prepare.py --lines 5000000 [--keep-input] [--memory-budget 1GB] [--work DIR]
         [--out benchmarks/results/prepare_cpu.md]
     python benchmarks/prepare.py --lines 5000000 --readers   # time each candidate CSV engine reading the file
+        [--out benchmarks/results/prepare_readers_cpu.md]
 
 The generated input and the prepared output are written under --work (default data/bench-prepare) and
-deleted at the end unless --keep-input / --keep-output; results are appended to --out (one table row per run).
+deleted at the end unless --keep-input / --keep-output; results are appended to --out (one table row per run;
+the engines' timings as a table of their own). The CSV engines DuckDB and Polars are timed only if installed
+(`pip install polars`; DuckDB is a dependency).
 """
 
 from __future__ import annotations
@@ -162,9 +165,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep-input", action="store_true")
     parser.add_argument("--keep-output", action="store_true")
     parser.add_argument("--readers", action="store_true", help="time the CSV engines instead of preparing")
-    parser.add_argument("--out", default="benchmarks/results/prepare_cpu.md")
+    parser.add_argument("--out", help="results file (default: benchmarks/results/prepare_cpu.md, or "
+                        "prepare_readers_cpu.md with --readers)")
     args = parser.parse_args(argv)
     argv_shown = sys.argv[1:] if argv is None else argv
+    results = Path(args.out or f"benchmarks/results/prepare{'_readers' if args.readers else ''}_cpu.md")
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -177,26 +182,32 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.readers:
             rows = ["| engine | rows | s |", "|---|---:|---:|", *time_readers(src)]
-            section = [f"## CSV engines on {args.lines:,} lines ({_size(src) / 1e9:.2f} GB)", "",
-                       f"command: `python benchmarks/prepare.py {shlex.join(argv_shown)}`", "", *rows]
-        else:
-            out = work / f"prepared-{args.lines}"
-            command, wall, peak, printed = run_prepare(src, out, args.memory_budget, [])
-            meta = json.loads((out / "meta.json").read_text())
-            size = _size(out)
-            print(printed)
-            row = (f"| {args.lines:,} | {_size(src) / 1e9:.2f} | {wall:.0f} | {peak:.2f} | {size / 1e9:.3f} | "
-                   f"{sum(meta['rows'].values()):,} | {meta['vocab']['users']:,} | {load[0]:.1f} | "
-                   f"`python benchmarks/prepare.py {shlex.join(argv_shown)}` |")
-            section = [row]
-            print(f"prepare: {shlex.join(command)}")
-            if not args.keep_output:
-                shutil.rmtree(out)
+            section = [f"# CSV engines reading {args.lines:,} UserBehavior lines ({_size(src) / 1e9:.2f} GB) into "
+                       "typed columns (CPU)", "", f"command: `python benchmarks/prepare.py {shlex.join(argv_shown)}`",
+                       "", f"{os.cpu_count()} cores shared with other jobs, 1-minute load average {load[0]:.1f} at the "
+                       "start; the engines run one after the other.", "", *rows]
+            results.parent.mkdir(parents=True, exist_ok=True)
+            results.write_text("\n".join(section) + "\n")
+            print("\n".join(section))
+            return
+        out = work / f"prepared-{args.lines}"
+        command, wall, peak, printed = run_prepare(src, out, args.memory_budget, [])
+        meta = json.loads((out / "meta.json").read_text())
+        print(printed)
+        size, events = _size(out) / 1e9, _size(out / "events") / 1e9
+        row = (f"| {args.lines:,} | {_size(src) / 1e9:.2f} | {args.memory_budget} | {wall:.0f} | {peak:.2f} | "
+               f"{size:.3f} ({events:.3f} + {size - events:.3f}) | "
+               f"{sum(meta['rows'].values()):,} | {meta['vocab']['users']:,} | {load[0]:.1f} | "
+               f"`python benchmarks/prepare.py {shlex.join(argv_shown)}` |")
+        section = [row]
+        print(f"prepare: {shlex.join(command)}")
+        if not args.keep_output:
+            shutil.rmtree(out)
     finally:
         if not args.keep_input:
             src.unlink()
     print("\n".join(section))
-    path = Path(args.out)
+    path = results
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(
@@ -204,8 +215,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other jobs (load: the "
             "1-minute load average when the run started). Input: a generated UserBehavior-format file "
             "(benchmarks/prepare.py). Peak RSS: getrusage high-water mark of the `longer-data` process.\n\n"
-            "| input lines | input GB | wall s | peak RSS GiB | output GB | rows | users | load | command |\n"
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+            "| input lines | input GB | memory budget | wall s | peak RSS GiB | output GB (events + the rest) | rows | "
+            "users | load | command |\n|---:|---:|---|---:|---:|---:|---:|---:|---:|---|\n")
     with path.open("a") as f:
         f.write("\n".join(section) + "\n")
 
