@@ -229,10 +229,10 @@ class EventLog:
         for c, chunk in enumerate(self.chunks):
             ts = self._column_chunk(c, ts_name)
             lo, hi = chunk.first, chunk.first + chunk.rows
-            # events whose predecessor (global index - 1) belongs to the same user
-            at = np.arange(lo, hi)
-            owner = np.searchsorted(self.first, at, side="right") - 1
-            same = at > self.first[owner]
+            # events whose predecessor (global index - 1) belongs to the same user: all but each user's first
+            same = np.ones(chunk.rows, dtype=bool)
+            firsts = self.first[(self.first >= lo) & (self.first < hi)]
+            same[firsts - lo] = False
             prev = np.empty(chunk.rows, np.int64)
             prev[1:] = ts[:-1]
             if chunk.rows:
@@ -240,9 +240,10 @@ class EventLog:
             bad = np.flatnonzero(same & (ts < prev))
             if bad.size:
                 i = int(bad[0])
+                owner = int(np.searchsorted(self.first, lo + i, side="right") - 1)
                 raise SchemaError(
                     f"{chunk.path}: row {chunk.first_row + i}, column '{ts_name}': event at {int(ts[i])} comes after "
-                    f"one at {int(prev[i])} of the same user {int(self.users[owner[i]])}; the event log must be "
+                    f"one at {int(prev[i])} of the same user {int(self.users[owner])}; the event log must be "
                     "sorted by user, then time")
             if chunk.rows:
                 prev_ts = int(ts[-1])
@@ -268,6 +269,9 @@ class EventLog:
         """int64 values of column `name` at global event indices `index`."""
         out = np.empty(len(index), dtype=np.int64)
         if not len(index):
+            return out
+        if len(self.chunks) == 1:
+            out[:] = self._column_chunk(0, name)[index]
             return out
         chunk = np.searchsorted(self.starts, index, side="right") - 1
         if (chunk == chunk[0]).all():
