@@ -179,9 +179,10 @@ class EventLog:
                     if last_user is not None and user[0] == last_user:  # a user continued from the last chunk
                         counts[-1][-1] += int(starts[1] if len(starts) > 1 else len(user))
                         starts = starts[1:]
-                    users.append(user[starts])
-                    firsts.append(total + starts)
-                    counts.append(np.diff(np.r_[starts, len(user)]))
+                    if len(starts):  # (no empty arrays: counts[-1] is always the last user's)
+                        users.append(user[starts])
+                        firsts.append(total + starts)
+                        counts.append(np.diff(np.r_[starts, len(user)]))
                     last_user, last_where = int(user[-1]), path
                 total += chunk.rows
                 first_row += chunk.rows

@@ -157,7 +157,8 @@ def test_the_event_log_is_memory_mapped_and_a_compressed_copy_reads_the_same(sto
     mapped = open_event_log(cfg)
     assert len(mapped.plain) == len(mapped.chunks) * len(history_columns(cfg))  # every value column mapped
     events = pq.read_table(root / "events")
-    pq.write_table(events, tmp_path / "events.parquet", row_group_size=1000)  # snappy, dictionary, many pages
+    # snappy, dictionary, many pages; row groups of 7 events, so users span several of them
+    pq.write_table(events, tmp_path / "events.parquet", row_group_size=7)
     copy = EventLog([str(tmp_path / "events.parquet")], cfg)
     assert not copy.plain and len(copy.chunks) > 1
     rows = pq.read_table(resolve_files(str(root), "test"))
