@@ -8,6 +8,7 @@ import threading
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -65,6 +66,18 @@ def test_batch_cli_writes_scores(trained, tmp_path):
     assert serve_main(args) == 0
     written = pq.read_table(out)
     np.testing.assert_allclose(written["score"].to_numpy(), scorer.score_table(test.slice(0, 50)), atol=1e-6)
+
+
+def test_batch_cli_scores_a_sequence_store_split(trained, tmp_path):
+    """--requests may be a store's split (no history columns): histories are rebuilt from events/ beside it."""
+    summary, scorer, test = trained
+    out = tmp_path / "scores.parquet"
+    split = Path(scorer.cfg.data.root) / "test"
+    args = ["score", "--checkpoint", summary["checkpoint"], "--requests", str(split), "--out", str(out)]
+    assert serve_main(args) == 0
+    written = pq.read_table(out)
+    assert "hist_item_id" in written.column_names and written.num_rows == test.num_rows
+    np.testing.assert_allclose(written["score"].to_numpy(), scorer.score_table(test), atol=1e-6)
 
 
 def test_export_cli_programs_reproduce_the_scorer(trained, tmp_path):
