@@ -11,6 +11,7 @@ the data.
 
     python benchmarks/loader.py [--configs configs/quickstart.yaml configs/movielens.yaml] [--batches 150]
         [--steps 15] [--out benchmarks/results/loader_cpu.md]
+    (a config may carry overrides: configs/taobao.yaml@data.root=data/bench-prepare/prepared-5000000)
 """
 
 from __future__ import annotations
@@ -32,6 +33,14 @@ import pyarrow.parquet as pq
 # parent that is still small, because a child's getrusage high-water mark starts at its parent's RSS.
 
 OVERRIDES = ["logging.wandb_mode=disabled", "train.progress_bar=false", "train.checkpoint=false"]
+
+
+def _config(spec: str):
+    """A --configs entry: `PATH` or `PATH@key=value@key=value` (overrides, e.g. another data.root)."""
+    from longer_train.config import load_config
+
+    path, *extra = spec.split("@")
+    return load_config(path, OVERRIDES + extra)
 
 
 def _max_rss_mb() -> float:
@@ -108,14 +117,13 @@ def resume_costs(cfg) -> list[tuple[int, int, float, int]]:
         pq.ParquetFile.read_row_group = read_row_group
 
 
-def rss_child(config: str, overrides: list[str]) -> dict:
+def rss_child(config: str) -> dict:
     """Runs in its own process: stream one training epoch (0 workers), report sizes and peak RSS."""
-    from longer_train.config import load_config
     from longer_train.data.loader import build_dataloader, read_columns, resolve_files
     from longer_train.data.store import event_files, is_store_schema
     from longer_train.data.vocab import resolve_num_embeddings
 
-    cfg = load_config(config, overrides)
+    cfg = _config(config)
     cfg.data.num_workers = 0  # read and collate in this process
     resolve_num_embeddings(cfg.data)
     files = resolve_files(cfg.data.root, cfg.data.train)
@@ -148,14 +156,15 @@ def rss_child(config: str, overrides: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="+", default=["configs/quickstart.yaml", "configs/movielens.yaml"])
+    parser.add_argument("--configs", nargs="+", default=["configs/quickstart.yaml", "configs/movielens.yaml"],
+                        help="config files, each optionally with overrides: PATH@key=value@key=value")
     parser.add_argument("--batches", type=int, default=150, help="batches timed per loader measurement")
     parser.add_argument("--steps", type=int, default=15, help="training steps timed per config")
     parser.add_argument("--out", default="benchmarks/results/loader_cpu.md")
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)  # internal: the RSS measurement process
     args = parser.parse_args(argv)
     if args.rss_child:
-        print(json.dumps(rss_child(args.rss_child, OVERRIDES)))
+        print(json.dumps(rss_child(args.rss_child)))
         return
 
     command = "python benchmarks/loader.py " + shlex.join(sys.argv[1:] if argv is None else argv)
@@ -168,7 +177,6 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from longer_train.config import load_config
 
     speed = ["| config | batch | loader 0 workers samples/s | loader N workers samples/s | N | "
              "train step samples/s | loader (N) / step |", "|---|---:|---:|---:|---:|---:|---:|"]
@@ -179,12 +187,12 @@ def main(argv: list[str] | None = None) -> None:
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     resume = ["| config | resume at batch | of | s to the first batch | row groups read |", "|---|---:|---:|---:|---:|"]
     for config in args.configs:
-        name = Path(config).stem
-        cfg = load_config(config, OVERRIDES)
+        name = Path(config.split("@")[0]).stem + "".join(f" ({o})" for o in config.split("@")[1:])
+        cfg = _config(config)
         workers = cfg.data.num_workers
-        alone = loader_rate(load_config(config, OVERRIDES), 0, args.batches)
-        with_workers = loader_rate(load_config(config, OVERRIDES), workers, args.batches) if workers else alone
-        step = step_rate(load_config(config, OVERRIDES), args.steps)
+        alone = loader_rate(_config(config), 0, args.batches)
+        with_workers = loader_rate(_config(config), workers, args.batches) if workers else alone
+        step = step_rate(_config(config), args.steps)
         speed.append(f"| {name} | {cfg.data.batch_size} | {alone:,.0f} | {with_workers:,.0f} | {workers} | "
                      f"{step:,.0f} | {with_workers / step:.1f}x |")
         print(speed[-1], flush=True)
@@ -199,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{m['peak_before_mb']:,.0f} / {m['peak_mb']:,.0f} | "
             f"{m['seconds']:.0f} |")
         print(memory[-1], flush=True)
-        for at, batches, seconds, reads in resume_costs(load_config(config, OVERRIDES)):
+        for at, batches, seconds, reads in resume_costs(_config(config)):
             resume.append(f"| {name} | {at} | {batches} | {seconds:.2f} | {reads} |")
             print(resume[-1], flush=True)
 
