@@ -615,7 +615,8 @@ def _connect(work: Path, budget: int, threads: int | None):
     con = duckdb.connect(str(work / "work.duckdb"))
     limit = max(budget - _RESERVE, budget // 2)
     con.execute(f"SET memory_limit='{limit // 2**20}MB'")
-    con.execute(f"SET temp_directory='{work / 'spill'}'")
+    spill = str(work / "spill").replace("'", "''")  # a SQL string literal
+    con.execute(f"SET temp_directory='{spill}'")
     con.execute("SET preserve_insertion_order=false")
     if threads:
         con.execute(f"SET threads={int(threads)}")
