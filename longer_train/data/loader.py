@@ -440,7 +440,7 @@ class _Reader:
             where = lambda column, value: f" (event: {self.s.events.where(int(events[value]))})"  # noqa: E731
         if not rows:
             return table, np.zeros(0, dtype=object)
-        why = check_rows(table.to_batches()[0] if table.num_rows else table, data, group.path,
+        why = check_rows(table.to_batches()[0], data, group.path,
                          group.first_row + segment.start, skip=data.bad_rows == "skip", where=where)
         return table, why
 
