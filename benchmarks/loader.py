@@ -90,9 +90,10 @@ def step_rate(cfg, steps: int) -> float:
         destroy_distributed()
 
 
-def resume_costs(cfg) -> list[tuple[int, int, float, int]]:
-    """(resume point, batches per epoch, seconds to the first batch after it, row groups read) with
-    0 workers, for resumes at the first, the middle and the last batch of epoch 0."""
+def resume_costs(cfg) -> list[tuple[int, int, float, int, float]]:
+    """(resume point, batches per epoch, seconds to the first batch after it, row groups read, seconds to build
+    the loader: listing the files and, for a store, opening and checking its event log) with 0 workers, for resumes
+    at the first, the middle and the last batch of epoch 0."""
     from longer_train.data.loader import build_dataloader
 
     cfg.data.num_workers = 0
@@ -107,11 +108,13 @@ def resume_costs(cfg) -> list[tuple[int, int, float, int]]:
         batches = build_dataloader(cfg.data, "train", train=True, seed=0).num_batches()
         out = []
         for at in (0, batches // 2, batches - 1):
+            start = time.perf_counter()
             loader = build_dataloader(cfg.data, "train", train=True, seed=0)
+            built = time.perf_counter() - start
             loader.load_state_dict({**loader.state_dict(), "epoch": 0, "batches": at})
             reads[0], start = 0, time.perf_counter()
             next(iter(loader))
-            out.append((at, batches, time.perf_counter() - start, reads[0]))
+            out.append((at, batches, time.perf_counter() - start, reads[0], built))
         return out
     finally:
         pq.ParquetFile.read_row_group = read_row_group
@@ -161,6 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, default=150, help="batches timed per loader measurement")
     parser.add_argument("--steps", type=int, default=15, help="training steps timed per config")
     parser.add_argument("--out", default="benchmarks/results/loader_cpu.md")
+    parser.add_argument("--resume-only", action="store_true",
+                        help="only the resume table (for a split too big to stream whole here)")
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)  # internal: the RSS measurement process
     args = parser.parse_args(argv)
     if args.rss_child:
@@ -168,6 +173,24 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     command = "python benchmarks/loader.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    resume = ["| config | resume at batch | of | s to build the loader | s to the first batch | row groups read |",
+              "|---|---:|---:|---:|---:|---:|"]
+    if args.resume_only:
+        for config in args.configs:
+            name = Path(config.split("@")[0]).stem + "".join(f" ({o})" for o in config.split("@")[1:])
+            for at, batches, seconds, reads, built in resume_costs(_config(config)):
+                resume.append(f"| {name} | {at} | {batches} | {built:.2f} | {seconds:.2f} | {reads} |")
+                print(resume[-1], flush=True)
+        text = "\n".join(["# Data loader: resume costs (CPU)", "", f"command: `{command}`", "",
+                          f"{os.cpu_count()} CPU cores shared with other jobs (1-minute load average "
+                          f"{os.getloadavg()[0]:.1f} at the end). Build: listing the files and, for a sequence "
+                          "store, opening and checking its event log (sorted users, times in order); then the time "
+                          "to the first batch after a resume and the row groups of sample rows it read (the event "
+                          "log is memory-mapped: no row group of it is read).", "", *resume, ""])
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+        print(text)
+        return
     rss = {}
     for config in args.configs:  # first, while this process is small (see the imports)
         out = subprocess.run([sys.executable, __file__, "--rss-child", config], check=True, capture_output=True,
@@ -185,7 +208,6 @@ def main(argv: list[str] | None = None) -> None:
               "largest row group MB (est.) | shuffle buffer MB (est.) | RSS before MB | max RSS streaming MB | "
               "growth MB | Arrow pool peak MB | getrusage peak before / after MB | epoch s |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    resume = ["| config | resume at batch | of | s to the first batch | row groups read |", "|---|---:|---:|---:|---:|"]
     for config in args.configs:
         name = Path(config.split("@")[0]).stem + "".join(f" ({o})" for o in config.split("@")[1:])
         cfg = _config(config)
@@ -207,8 +229,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{m['peak_before_mb']:,.0f} / {m['peak_mb']:,.0f} | "
             f"{m['seconds']:.0f} |")
         print(memory[-1], flush=True)
-        for at, batches, seconds, reads in resume_costs(_config(config)):
-            resume.append(f"| {name} | {at} | {batches} | {seconds:.2f} | {reads} |")
+        for at, batches, seconds, reads, built in resume_costs(_config(config)):
+            resume.append(f"| {name} | {at} | {batches} | {built:.2f} | {seconds:.2f} | {reads} |")
             print(resume[-1], flush=True)
 
     text = "\n".join([

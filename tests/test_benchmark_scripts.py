@@ -28,7 +28,7 @@ def test_loader_benchmark_measures_step_and_resume(small, tmp_path):
     assert bench["step_rate"](load_config(QUICKSTART, overrides), 2) > 0
     costs = bench["resume_costs"](load_config(QUICKSTART, overrides))
     assert [at for at, *_ in costs] == [0, costs[0][1] // 2, costs[0][1] - 1]
-    assert all(seconds > 0 and 1 <= reads <= 3 for _, _, seconds, reads in costs), costs
+    assert all(seconds > 0 and 1 <= reads <= 3 and built > 0 for _, _, seconds, reads, built in costs), costs
 
 
 def test_summarise_runs_groups_seeds_of_one_run(tmp_path):
