@@ -237,8 +237,9 @@ def main(argv: list[str] | None = None) -> None:
         "# Data loader vs training step (CPU)", "",
         f"command: `{command}`", "",
         f"torch {torch.__version__}, {torch.get_num_threads()} torch threads, {os.cpu_count()} CPU cores "
-        "shared with other jobs: the loader and step rates are measured one after the other in the same run, "
-        "so their ratio is meaningful, the absolute numbers less so.", "",
+        f"shared with other jobs (1-minute load average {os.getloadavg()[0]:.1f} at the end): the loader and step "
+        "rates are measured one after the other in the same run, so their ratio is meaningful, the absolute "
+        "numbers less so.", "",
         "## Throughput (training split, epoch 0)", "", *speed, "",
         "## Peak RSS of one whole training epoch streamed (0 workers, one process)", "",
         "RSS before: after imports (torch, TorchRec, FBGEMM) and building the loader; max RSS streaming: the "
