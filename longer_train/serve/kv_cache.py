@@ -14,8 +14,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..kernels import candidate_attention, hybrid_attention
-from ..models.hybrid_attention import query_padding
 from ..models.longer import Longer, LongerInputs, pool_queries
 
 
@@ -38,29 +36,18 @@ class UserCache:
 
 @torch.no_grad()
 def prefill(model: Longer, x: LongerInputs) -> UserCache:
-    """Run the user side of `x` (its `candidate` field is not read) once."""
-    attention, impl = model.attention, model.cfg.attention_impl
+    """Run the user side of `x` (its `candidate` field is not read) once: the hybrid attention over the
+    sequence and the user-side globals, keeping each layer's keys/values."""
+    attention = model.attention
     merged, num_pad, match_groups = model.encode_sequence(x)  # [U, L', D]
-    seq_len = merged.shape[1]
-    tokens = torch.cat([merged, model.user_globals(x)], dim=1)  # [U, L' + m - 1, D]
-    k_eff = attention.effective_queries(seq_len)
-    n_user = k_eff + model.num_globals - 1  # query rows that belong to the user side
-
-    cache_kv, cache_pad = [], []
-    k, v = attention.cross.keys_values(tokens)
-    cache_kv.append((k, v))
-    cache_pad.append(num_pad)
-    states = tokens[:, tokens.shape[1] - n_user :]
-    states = attention.cross.finish(states, hybrid_attention(attention.cross.queries(states), k, v, num_pad, impl))
-    q_pad = query_padding(num_pad, seq_len, k_eff)
-    for layer in attention.self_layers:
-        k, v = layer.keys_values(states)
-        cache_kv.append((k, v))
-        cache_pad.append(q_pad)
-        states = layer.finish(states, hybrid_attention(layer.queries(states), k, v, q_pad, impl))
+    kept: list = []
+    states = attention(merged, model.user_globals(x), num_pad, keep_kv=kept)[0][-1]  # [U, k + m - 1, D]
+    k_eff = attention.effective_queries(merged.shape[1])
+    q_pad = attention.query_padding(num_pad, merged.shape[1])
     return UserCache(
-        keys_values=cache_kv, num_pad=cache_pad, seq_mean=pool_queries(states[:, :k_eff], q_pad),
-        user_globals=states[:, k_eff:], user=x.user, dense=x.dense, match_groups=match_groups,
+        keys_values=[(k, v) for k, v, _ in kept], num_pad=[pad for _, _, pad in kept],
+        seq_mean=pool_queries(states[:, :k_eff], q_pad), user_globals=states[:, k_eff:], user=x.user, dense=x.dense,
+        match_groups=match_groups,
     )
 
 
@@ -68,19 +55,18 @@ def prefill(model: Longer, x: LongerInputs) -> UserCache:
 def score(model: Longer, cache: UserCache, candidates: Tensor) -> Tensor:
     """Logits [U, C] of candidates [U, C, D_cand] (C per user; pad rows of users with fewer and ignore
     their scores): only the candidate rows are computed, against each user's cache."""
-    attention, impl = model.attention, model.cfg.attention_impl
+    attention = model.attention
     u, c = candidates.shape[:2]
     state = model.candidate_token(candidates)  # [U, C, D]
     match = model.candidate_similarity(cache.match_groups, candidates)  # [U, C, L', P] or None
     readout = None
-    for layer, (k, v), num_pad in zip([attention.cross, *attention.self_layers], cache.keys_values, cache.num_pad):
+    layers = [attention.cross, *attention.self_layers]
+    for i, (layer, (k, v), num_pad) in enumerate(zip(layers, cache.keys_values, cache.num_pad)):
         k_self, v_self = layer.keys_values(state)
-        q = layer.queries(state)
-        if layer is attention.cross and match is not None:
-            attn, readout = attention.candidate_row(q, k, v, num_pad, k_self, v_self, match)
-        else:
-            attn = candidate_attention(q, k, v, num_pad, k_self, v_self, impl)  # [U, H, C, dh]
-        state = layer.finish(state, attn)
+        # the cross-causal layer (first) takes the candidate match and gives the readout
+        attn, out = layer.candidate_row(layer.queries(state), k, v, num_pad, k_self, v_self, match if i == 0 else None)
+        readout = out if i == 0 else readout
+        state = layer.finish(state, attn)  # attn [U, H, C, dh]
     width = state.shape[-1]
     globals_ = torch.cat([cache.user_globals.unsqueeze(1).expand(u, c, -1, width), state.unsqueeze(2)], dim=2)
     repeat = lambda t: t.unsqueeze(1).expand(u, c, t.shape[-1]).reshape(u * c, t.shape[-1])
