@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         threads = split_threads(args.jobs, args.threads, available_cores())
         prepare = spec.prepare()
         data_root = prepare[1] if prepare else None
+        if prepare and not (args.dry_run or args.report_only):
+            ensure_prepared(*prepare)  # first: a run's config hash takes the vocabulary sizes from the data
         runs = spec.runs(args.overrides, data_root)
     except (SpecError, ValueError) as err:
         print(f"longer-sweep: {err}", file=sys.stderr)
@@ -211,8 +213,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     failed, interrupted = 0, False
     if pending and not args.report_only:
-        if prepare:
-            ensure_prepared(*prepare)
         # Ctrl-C and `kill` stop the runs (SIGINT also when the shell started us with it ignored, in the background)
         previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:

@@ -38,6 +38,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from ..config import Config, ConfigError, load_config, non_default
+from ..data.vocab import dataset_sizes, resolve_num_embeddings
 from .runs import DATASETS, RUN_SETTINGS
 
 SPEC_KEYS = {"description", "data", "dataset", "experiment", "overrides", "seeds", "rows", "grid", "reference",
@@ -127,6 +128,8 @@ class SweepSpec:
                 overrides = resolve_percent_queries(configs, overrides, where)
                 try:
                     cfg = load_config(configs, overrides)
+                    if dataset_sizes(cfg.data.root) is not None:  # `num_embeddings: auto` as the run will see it
+                        resolve_num_embeddings(cfg.data)
                 except ConfigError as err:
                     raise SpecError(f"{where}: {err}") from None
                 values = {key: get_value(cfg, key) for key in self.varied_keys()}
@@ -141,7 +144,9 @@ def safe_name(text: str) -> str:
 
 def config_hash(cfg: Config) -> str:
     """Of everything a run computes: its non-default config values without the runner's bookkeeping (run name,
-    output folders, results table, logging); two runs with equal hashes train the same model on the same data."""
+    output folders, results table, logging); two runs with equal hashes train the same model on the same data.
+    Vocabulary sizes count as the numbers they resolve to (`runs` resolves `num_embeddings: auto` when the data
+    is there), so a config written with `auto` finds the runs of one that spelled the sizes out."""
     values = non_default(cfg)
     values.pop("logging", None)
     train = values.get("train", {})
