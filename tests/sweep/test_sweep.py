@@ -217,3 +217,19 @@ def test_config_hash_takes_vocabulary_sizes_as_resolved_from_the_data(tmp_path):
     other = load_spec(write_spec(tmp_path, f"{one}overrides: [data.tables.category.num_embeddings=60]\n",
                                  name="other")).runs(data_root=str(root))
     assert other[0].config_hash != auto[0].config_hash
+
+
+def test_rows_may_bring_their_own_data(tmp_path):
+    """A row's `data` keys replace the spec's for that row: its own prepared folder (e.g. more users)."""
+    spec = load_spec(write_spec(tmp_path, """\
+        data: {name: synthetic, users: 800}
+        seeds: 1
+        rows:
+          - {name: small}
+          - {name: large, data: {users: 4000}}
+        """))
+    assert [p[1] for p in spec.preparations()] == ["data/synthetic-u800", "data/synthetic-u4000"]
+    assert "--users" in spec.preparations()[1][0] and "4000" in spec.preparations()[1][0]
+    assert [r.cfg.data.root for r in spec.runs()] == ["data/synthetic-u800", "data/synthetic-u4000"]
+    with pytest.raises(SpecError, match="data"):
+        load_spec(write_spec(tmp_path, "rows: [{name: a, data: {name: taobao}}]\n", name="bad"))
