@@ -19,18 +19,13 @@ from torchrec.distributed.model_parallel import DataParallelWrapper, DefaultData
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
 from torchrec.distributed.types import ShardingEnv, ShardingPlan
 
-from ..config import Config, ConfigError, DataConfig
+from ..config import Config, ConfigError, DataConfig, table_bytes
 from .parallelize import BLOCKS
 from .process_group import DistEnv
 
 # data_parallel tables would be updated by the dense optimizer instead of the fused sparse one
 _SHARDED = ["table_wise", "row_wise", "column_wise"]
 _CUDA_ONLY_KERNELS = ("fused_uvm", "fused_uvm_caching", "key_value")
-# fused-optimizer state floats per embedding row of `cols` columns
-_OPTIMIZER_STATE = {
-    "rowwise_adagrad": lambda cols: 1, "adagrad": lambda cols: cols, "sgd": lambda cols: 0,
-    "adam": lambda cols: 2 * cols,
-}
 
 
 def table_constraints(data: DataConfig, device: torch.device) -> dict[str, ParameterConstraints]:
@@ -115,14 +110,13 @@ def plan_summary(plan: ShardingPlan, cfg: Config) -> dict:
     bytes the tables and their fused optimizer state take (fp32 weights)."""
     tables: dict[str, dict] = {}
     per_rank: dict[int, int] = {}
-    state = _OPTIMIZER_STATE[cfg.optim.sparse_optimizer]
     for module, params in plan.plan.items():
         for table, spec in params.items():
             shards = []
             for shard in spec.sharding_spec.shards if spec.sharding_spec else []:
                 rows, cols = shard.shard_sizes
                 rank = shard.placement.rank()
-                per_rank[rank] = per_rank.get(rank, 0) + 4 * rows * (cols + state(cols))
+                per_rank[rank] = per_rank.get(rank, 0) + table_bytes(rows, cols, cfg.optim.sparse_optimizer)
                 shards.append({"rank": rank, "offsets": list(shard.shard_offsets), "sizes": [rows, cols]})
             tables[f"{module}.{table}"] = {
                 "sharding_type": spec.sharding_type, "compute_kernel": spec.compute_kernel, "shards": shards,
