@@ -20,6 +20,7 @@ from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterCons
 from torchrec.distributed.types import ShardingEnv, ShardingPlan
 
 from ..config import Config, ConfigError, DataConfig, table_bytes
+from ..data.oov import embedding_rows
 from .parallelize import BLOCKS
 from .process_group import DistEnv
 
@@ -85,13 +86,13 @@ def init_tables(dmp: DistributedModelParallel, data: DataConfig, seed: int) -> N
     """Re-initialise every embedding table the same way whatever the plan and world size: TorchRec
     initialises each shard from its rank's RNG, so a 2-rank run would otherwise start from different
     tables than a 1-process run. Rows are drawn in fixed chunks from generators seeded by (seed, table,
-    chunk), so each rank generates only the rows it holds. Distribution: TorchRec's default,
-    U(-sqrt(1/num_embeddings), sqrt(1/num_embeddings))."""
+    chunk), so each rank generates only the rows it holds. Every row of the table is drawn, the shared
+    OOV row under `oov: oov_row` included. Distribution: TorchRec's default, U(-sqrt(1/rows), sqrt(1/rows))."""
     for key, value in dmp.state_dict().items():
         if not hasattr(value, "local_shards") or not key.endswith(".weight"):
             continue
         table = key.split(".")[-2]
-        rows, dim = data.tables[table].num_embeddings, data.tables[table].embedding_dim
+        rows, dim = embedding_rows(data.tables[table]), data.tables[table].embedding_dim
         bound = math.sqrt(1.0 / rows)
         for shard in value.local_shards():
             (row0, col0), (nrows, ncols) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
