@@ -54,7 +54,6 @@ def report(prog: str, err: BaseException) -> int:
     rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
     line = f"{prog}: error{f' (rank {rank})' if rank is not None else ''}: {one_line(err)}"
     print(line, file=sys.stderr, flush=True)
-    print(f"{prog}: (run with --debug or LONGER_DEBUG=1 for the traceback)", file=sys.stderr, flush=True)
     error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if error_file:
         # a plain-string message: torchrun's summary prints it as it is (a dict would print a traceback)
