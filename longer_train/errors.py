@@ -9,6 +9,7 @@ summary (the "Root Cause" block) shows the message instead of `<N/A>` or a trace
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -20,6 +21,15 @@ EXIT_INPUT_ERROR = 2  # bad input, as argparse's usage errors
 
 class InputError(ValueError):
     """Bad input from the user: printed by the CLIs as one line (no traceback unless debugging)."""
+
+
+def add_debug_flag(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """`--debug` on a CLI's parser; returns a parent parser that gives each sub-command the flag too (so it
+    may come before or after the sub-command)."""
+    parser.add_argument("--debug", action="store_true", help="show the traceback of every error (also LONGER_DEBUG=1)")
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return parent
 
 
 def debug_enabled(flag: bool = False) -> bool:

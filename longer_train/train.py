@@ -16,7 +16,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from .components.run_logger import setup_logging
 from .config import load_config
-from .errors import debug_enabled, run_cli
+from .errors import add_debug_flag, debug_enabled, run_cli
 
 
 def _train(configs: list[str], overrides: list[str], debug: bool) -> int:
@@ -41,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("args", nargs="+", metavar="CONFIG|key=value",
                         help="YAML config(s) merged in order, e.g. configs/quickstart.yaml, then dotted key=value "
                              "overrides, e.g. train.seed=1")
-    parser.add_argument("--debug", action="store_true",
-                        help="show the traceback of every error (also LONGER_DEBUG=1)")
+    add_debug_flag(parser)
     parsed = parser.parse_intermixed_args(argv)  # --debug may come anywhere
     args = parsed.args
     configs = [a for a in args if "=" not in a]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from longer_train.components.run_logger import setup_logging
 from longer_train.data import prepare, synthetic
-from longer_train.errors import debug_enabled, run_cli
+from longer_train.errors import add_debug_flag, debug_enabled, run_cli
 
 
 def _build(args: argparse.Namespace, write) -> dict | int:
@@ -68,9 +68,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longer-data", description=__doc__)
-    parser.add_argument("--debug", action="store_true", help="show the traceback of every error (also LONGER_DEBUG=1)")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common = add_debug_flag(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     syn = commands.add_parser("synthetic", help="generate the synthetic long-sequence dataset", parents=[common])
     syn.add_argument("--out", required=True, help="output folder (train/, valid/, test/, meta.json)")

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from ..components.run_logger import setup_logging
 from ..data.schema import SchemaError
-from ..errors import debug_enabled, run_cli
+from ..errors import add_debug_flag, debug_enabled, run_cli
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -77,9 +77,7 @@ def _export(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="longer-serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--debug", action="store_true", help="show the traceback of every error (also LONGER_DEBUG=1)")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common = add_debug_flag(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     batch = commands.add_parser("score", help="score a Parquet file (or folder) of requests", parents=[common])
     batch.add_argument("--checkpoint", required=True,
