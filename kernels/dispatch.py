@@ -58,14 +58,17 @@ def hybrid_attention(q: Tensor, k: Tensor, v: Tensor, num_pad: Tensor, impl: str
 
 
 def candidate_attention(
-    q: Tensor, k_cache: Tensor, v_cache: Tensor, num_pad: Tensor, k_self: Tensor, v_self: Tensor, impl: str = "auto"
-) -> Tensor:
-    """Candidates against a user's KV cache plus themselves; see `reference.candidate_attention_reference`."""
-    if resolve_impl(impl, q) == "triton":
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, num_pad: Tensor, k_self: Tensor, v_self: Tensor, impl: str = "auto",
+    bias: Tensor | None = None, return_probs: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Candidates against a user's KV cache plus themselves; see `reference.candidate_attention_reference`.
+    With a score `bias` or `return_probs` (LONGER's candidate match) it is the reference: one query row per
+    candidate is a matrix-vector product, which the kernel would not speed up."""
+    if bias is None and not return_probs and resolve_impl(impl, q) == "triton":
         from .hybrid_attention_triton import candidate_attention_triton
 
         return candidate_attention_triton(q, k_cache, v_cache, num_pad, k_self, v_self)
-    return candidate_attention_reference(q, k_cache, v_cache, num_pad, k_self, v_self)
+    return candidate_attention_reference(q, k_cache, v_cache, num_pad, k_self, v_self, bias, return_probs)
 
 
 def group_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, impl: str = "auto") -> Tensor:

@@ -44,25 +44,32 @@ def hybrid_attention_reference(q: Tensor, k: Tensor, v: Tensor, num_pad: Tensor)
 
 
 def candidate_attention_reference(
-    q: Tensor, k_cache: Tensor, v_cache: Tensor, num_pad: Tensor, k_self: Tensor, v_self: Tensor
-) -> Tensor:
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, num_pad: Tensor, k_self: Tensor, v_self: Tensor,
+    bias: Tensor | None = None, return_probs: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Each candidate query attends to its user's cached keys plus its own key (KV-cached scoring).
 
     q, k_self, v_self: [U, H, C, dh] (C candidates per user, independent of each other);
     k_cache, v_cache: [U, H, Lk, dh] with num_pad [U] leading padded keys. Returns [U, H, C, dh].
     Equal to the last row of `hybrid_attention_reference` over [cache; candidate] for every candidate.
+    `bias` [U, H, C, Lk] is added to the scores of the cached keys (the candidate's similarity to them,
+    models/candidate_match.py); `return_probs` also returns the attention probabilities of the cached keys
+    [U, H, C, Lk] (fp32).
     """
     scale = 1.0 / math.sqrt(q.shape[-1])
     lk = k_cache.shape[2]
     key_valid = torch.arange(lk, device=q.device)[None, :] >= num_pad.to(q.device)[:, None]  # [U, Lk]
     cached = torch.matmul(q, k_cache.transpose(-1, -2)).float() * scale  # [U, H, C, Lk]
+    if bias is not None:
+        cached = cached + bias.float()
     cached = cached.masked_fill(~key_valid[:, None, None, :], float("-inf"))
     own = (q * k_self).sum(-1, keepdim=True).float() * scale  # [U, H, C, 1]
     top = torch.maximum(cached.amax(-1, keepdim=True), own)
     p_cached, p_own = torch.exp(cached - top), torch.exp(own - top)
     denom = p_cached.sum(-1, keepdim=True) + p_own
     out = torch.matmul(p_cached.to(v_cache.dtype), v_cache) + p_own.to(v_self.dtype) * v_self
-    return out / denom.to(out.dtype)
+    out = out / denom.to(out.dtype)
+    return (out, p_cached / denom) if return_probs else out
 
 
 def group_attention_reference(q: Tensor, k: Tensor, v: Tensor, valid: Tensor) -> Tensor:

@@ -87,6 +87,9 @@ class TableConfig:
     # ids >= num_embeddings: error (a bad row, see data.bad_rows) | hash (id mod num_embeddings) |
     # oov_row (one extra row, index num_embeddings, shared by all unseen ids); negative ids are always bad
     oov: str = _choice("error", ("error", "hash", "oov_row"))
+    # initial weights U(-init_bound, init_bound); None: TorchRec's default sqrt(1 / rows) (rows: num_embeddings,
+    # plus the OOV row under oov_row)
+    init_bound: Optional[float] = _num(None, 0.0, low_open=True)
 
 
 @dataclass
@@ -161,6 +164,12 @@ class ModelConfig:
     # baselines: a plain sum, DIN's raw attention scores) | length (divide by the row's length: mean
     # pooling) | softmax (DIN's scores softmax-normalised over the row)
     pool_norm: str = _choice("none", ("none", "length", "softmax"))
+    # the behaviours' similarity to the candidate in the shared embedding space (cosine, per candidate /
+    # sequence feature pair sharing a table; models/candidate_match.py): none | attention (it enters DIN's
+    # attention scores / LONGER's candidate row of the cross-causal layer as a learned bias) |
+    # attention_readout (also what was attended to, for the head: DIN's pooled similarities, LONGER's
+    # attention-weighted similarities of the candidate row)
+    candidate_match: str = _choice("attention_readout", ("none", "attention", "attention_readout"))
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -3,9 +3,12 @@
 import torch
 
 from longer_train.config import ModelConfig
+from longer_train.models.candidate_match import MatchPair
 from longer_train.models.longer import Longer, LongerDims, LongerInputs
 
-DIMS = LongerDims(event=12, candidate=8, user=6, dense=2, max_len=64)
+# events: item (4) | category (4) | action (4); candidate: item (4) | category (4), sharing their tables
+DIMS = LongerDims(event=12, candidate=8, user=6, dense=2, max_len=64,
+                  match_pairs=(MatchPair(0, 0, 4), MatchPair(4, 4, 4)))
 
 
 def make_model(merge: str = "concat", **overrides) -> Longer:

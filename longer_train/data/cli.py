@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from longer_train.components.run_logger import setup_logging
-from longer_train.data import prepare, synthetic
+from longer_train.data import prepare, synthetic, synthetic_match
 from longer_train.errors import add_debug_flag, debug_enabled, run_cli
 
 
@@ -27,14 +27,30 @@ def _build(args: argparse.Namespace, write) -> dict | int:
 def _synthetic(args: argparse.Namespace) -> int:
     out = Path(args.out)
     start = time.perf_counter()
-    meta = _build(args, lambda: synthetic.generate(
-        out, users=args.users, max_len=args.max_len, seed=args.seed, items=args.items, categories=args.categories))
+    if args.task == "match":
+        write = lambda: synthetic_match.generate(
+            out, users=args.users or 6000, max_len=args.max_len or 1000, seed=args.seed, items=args.items,
+            categories=args.categories or 500, variant=args.variant)
+    else:
+        write = lambda: synthetic.generate(
+            out, users=args.users or 4000, max_len=args.max_len or 512, seed=args.seed, items=args.items,
+            categories=args.categories or 50)
+    meta = _build(args, write)
     if isinstance(meta, int):
         return meta
-    print(f"wrote {out} in {time.perf_counter() - start:.1f} s "
-          f"(users={args.users}, max_len={args.max_len}, seed={args.seed})")
+    print(f"wrote {out} in {time.perf_counter() - start:.1f} s ({', '.join(f'{k}={v}' for k, v in meta['params'].items())})")
     _print_meta(meta)
+    if "oracle_auc" in meta:
+        _print_oracles(meta["oracle_auc"])
     return 0
+
+
+def _print_oracles(oracle: dict) -> None:
+    """The test AUC a model can reach on this data: the label model's own probabilities, and simpler scores."""
+    names = list(oracle["test"])
+    print(f"  {'AUC of':<26}" + "".join(f"{split:>8}" for split in oracle))
+    for name in names:
+        print(f"  {name:<26}" + "".join(f"{oracle[split][name]:>8.4f}" for split in oracle))
 
 
 def _print_meta(meta: dict) -> None:
@@ -72,11 +88,16 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     syn = commands.add_parser("synthetic", help="generate the synthetic long-sequence dataset", parents=[common])
     syn.add_argument("--out", required=True, help="output folder (train/, valid/, test/, meta.json)")
-    syn.add_argument("--users", type=int, default=4000)
-    syn.add_argument("--max-len", type=int, default=512, help="longest history kept per row")
+    syn.add_argument("--task", choices=("default", "match"), default="default",
+                     help="default: the long-sequence CTR data of the quickstart; match: the label depends only on "
+                          "the candidate's category occurring in the history (docs/data.md)")
+    syn.add_argument("--variant", choices=synthetic_match.VARIANTS, default="long",
+                     help="match task: the label counts the whole history (long) or the newest 50 events (recent)")
+    syn.add_argument("--users", type=int, default=0, help="default 4000 (match: 6000)")
+    syn.add_argument("--max-len", type=int, default=0, help="longest history kept per row; default 512 (match: 1000)")
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--items", type=int, default=20000)
-    syn.add_argument("--categories", type=int, default=50)
+    syn.add_argument("--categories", type=int, default=0, help="default 50 (match: 500)")
     syn.add_argument("--force", action="store_true", help="regenerate even if OUT/.complete exists")
     syn.set_defaults(run=_synthetic)
     prep = commands.add_parser("prepare", help="turn a public dataset (MovieLens, Taobao) into the sample schema",

@@ -87,13 +87,14 @@ def init_tables(dmp: DistributedModelParallel, data: DataConfig, seed: int) -> N
     initialises each shard from its rank's RNG, so a 2-rank run would otherwise start from different
     tables than a 1-process run. Rows are drawn in fixed chunks from generators seeded by (seed, table,
     chunk), so each rank generates only the rows it holds. Every row of the table is drawn, the shared
-    OOV row under `oov: oov_row` included. Distribution: TorchRec's default, U(-sqrt(1/rows), sqrt(1/rows))."""
+    OOV row under `oov: oov_row` included. Distribution: U(-b, b) with the table's `init_bound` b, by
+    default TorchRec's sqrt(1/rows)."""
     for key, value in dmp.state_dict().items():
         if not hasattr(value, "local_shards") or not key.endswith(".weight"):
             continue
         table = key.split(".")[-2]
         rows, dim = embedding_rows(data.tables[table]), data.tables[table].embedding_dim
-        bound = math.sqrt(1.0 / rows)
+        bound = data.tables[table].init_bound or math.sqrt(1.0 / rows)
         for shard in value.local_shards():
             (row0, col0), (nrows, ncols) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
             out = shard.tensor

@@ -4,8 +4,11 @@ comparison changes only how the history is used:
 - `no_sequence` (the paper's Base): candidate, user and dense features only;
 - `sum_pooling`: the sum of the behaviour tokens;
 - `din`: target attention (DIN): each behaviour token weighted by an MLP over [token, candidate,
-  token - candidate, token * candidate], unnormalised, then summed. DIN over the recent 50 events is the
+  token - candidate, token * candidate] and (`model.candidate_match`) the behaviour's similarity to the
+  candidate in the shared embedding space, unnormalised, then summed. DIN over the recent 50 events is the
   same model with `data.max_len=50`.
+With `model.candidate_match=attention_readout` the pooled vector also holds the pooled similarities (for DIN:
+how much of the candidate's item / category the attention found in the history; models/candidate_match.py).
 `model.pool_norm` normalises the weights of both within each row: `length` (divided by the row's length:
 mean pooling) or `softmax` (over the row's events); the default `none` is the paper's baselines.
 The Transformer baseline (full causal attention over the unmerged sequence, every position a query) is
@@ -19,6 +22,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from .blocks import MLP
+from .candidate_match import pair_similarity, unit_pairs
 from .longer import LongerDims, LongerInputs
 from .token_builder import TokenBuilder
 
@@ -49,11 +53,15 @@ class _PooledSequence(nn.Module):
         self.cfg, self.dims = cfg, dims
         self.tokens = TokenBuilder(dims.event, d, cfg.time_buckets, dims.max_len)
         self.candidate_token = MLP(dims.candidate, [d], d)
-        self.head_dims = [2 * d + dims.candidate + dims.user + dims.dense, *cfg.head_hidden, 1]
+        self.match_pairs = dims.match_pairs if cfg.candidate_match != "none" else ()
+        self.match_readout = len(self.match_pairs) if cfg.candidate_match == "attention_readout" else 0
+        pooled = d + self.match_readout
+        self.head_dims = [pooled + d + dims.candidate + dims.user + dims.dense, *cfg.head_hidden, 1]
         self.head = MLP(self.head_dims[0], list(cfg.head_hidden), 1)
 
-    def weights(self, tokens: Tensor, candidate: Tensor) -> Tensor:
-        """Per-event pooling weights [N, 1]; `candidate` [N, d] is each event's row's candidate token."""
+    def weights(self, tokens: Tensor, candidate: Tensor, match: Tensor) -> Tensor:
+        """Per-event pooling weights [N, 1]; `candidate` [N, d] is each event's row's candidate token, `match`
+        [N, P] each event's similarity to its row's candidate (P = 0 without candidate match)."""
         raise NotImplementedError
 
     def forward(self, x: LongerInputs) -> Tensor:
@@ -63,15 +71,19 @@ class _PooledSequence(nn.Module):
         recency = (torch.cumsum(lengths, 0))[row] - 1 - torch.arange(n, device=lengths.device)
         tokens = self.tokens(x.events, x.time_diff, recency)  # [N, d], valid events only
         candidate = self.candidate_token(x.candidate)  # [B, d]
-        weights = self.weights(tokens, candidate[row])  # [N, 1]
+        match = tokens.new_zeros((n, 0))
+        if self.match_pairs:
+            match = pair_similarity(unit_pairs(x.events, self.match_pairs, "event"),
+                                    unit_pairs(x.candidate, self.match_pairs, "candidate")[row], self.match_pairs)
+        weights = self.weights(tokens, candidate[row], match)  # [N, 1]
         if self.cfg.pool_norm == "length":
             weights = weights / lengths.clamp(min=1)[row, None]
         elif self.cfg.pool_norm == "softmax":  # over each row's events; empty rows pool to zero
             top = weights.new_full((b, 1), float("-inf")).scatter_reduce(0, row[:, None], weights, "amax")
             weights = torch.exp(weights - top[row])
             weights = weights / weights.new_zeros((b, 1)).index_add(0, row, weights)[row]
-        weighted = tokens * weights
-        pooled = tokens.new_zeros((b, tokens.shape[1])).index_add(0, row, weighted)  # [B, d]
+        pooled_in = torch.cat([tokens, match[:, : self.match_readout]], dim=-1)  # [N, d (+ P)]
+        pooled = tokens.new_zeros((b, pooled_in.shape[1])).index_add(0, row, pooled_in * weights)  # [B, d (+ P)]
         return self.head(torch.cat([pooled, candidate, x.candidate, x.user, x.dense], dim=-1)).squeeze(-1)
 
     def flops(self, lengths: list[int]) -> int:
@@ -82,18 +94,18 @@ class _PooledSequence(nn.Module):
 
 
 class SumPooling(_PooledSequence):
-    def weights(self, tokens: Tensor, candidate: Tensor) -> Tensor:
+    def weights(self, tokens: Tensor, candidate: Tensor, match: Tensor) -> Tensor:
         return tokens.new_ones((tokens.shape[0], 1))
 
 
 class DIN(_PooledSequence):
     def __init__(self, cfg: ModelConfig, dims: LongerDims) -> None:
         super().__init__(cfg, dims)
-        self.attention_dims = [4 * cfg.token_dim, *cfg.din_hidden, 1]
+        self.attention_dims = [4 * cfg.token_dim + len(self.match_pairs), *cfg.din_hidden, 1]
         self.attention = MLP(self.attention_dims[0], list(cfg.din_hidden), 1)
 
-    def weights(self, tokens: Tensor, candidate: Tensor) -> Tensor:
-        return self.attention(torch.cat([tokens, candidate, tokens - candidate, tokens * candidate], dim=-1))
+    def weights(self, tokens: Tensor, candidate: Tensor, match: Tensor) -> Tensor:
+        return self.attention(torch.cat([tokens, candidate, tokens - candidate, tokens * candidate, match], dim=-1))
 
     def flops(self, lengths: list[int]) -> int:
         return super().flops(lengths) + sum(lengths) * _mlp_flops(self.attention_dims)

@@ -21,9 +21,10 @@ def _mlp(dims: list[int]) -> int:
     return sum(2 * a * b for a, b in zip(dims[:-1], dims[1:]))
 
 
-def _block(n_q: int, n_kv: int, width: int, ffn_mult: int) -> int:
+def _block(n_q: int, n_kv: int, width: int, ffn_mult: int, attended: int | None = None) -> int:
+    """One attention + FFN block; `attended`: keys each query's scores are computed for (default n_kv)."""
     projections = 2 * n_q * width * width * 2 + 2 * n_kv * width * 2 * width  # q, out; k and v
-    attention = 4 * n_q * n_kv * width  # QK^T and AV over all heads
+    attention = 4 * n_q * (n_kv if attended is None else attended) * width  # QK^T and AV over all heads
     ffn = 4 * n_q * ffn_mult * width * width
     return projections + attention + ffn
 
@@ -49,9 +50,19 @@ def longer_flops(cfg: ModelConfig, dims: LongerDims, lengths: list[int]) -> int:
     if dims.user + dims.dense > 0:
         per_row += _mlp([dims.user + dims.dense, width, width])
     per_row += _mlp([dims.candidate, width, width])
-    per_row += _block(n_q, merged + num_globals, width, cfg.ffn_mult)  # cross-causal layer
+    pairs = dims.match_pairs if cfg.candidate_match != "none" else ()
+    readout = cfg.candidate_match == "attention_readout"
+    heads = width // cfg.head_dim
+    if pairs:  # the candidate's similarity to each merged token, its bias per head and the readout
+        per_row += 2 * merged * sum(p.width for p in pairs) + (1 + readout) * 2 * heads * merged * len(pairs)
+        # the user rows and the candidate row attend separately, neither computing a score for the
+        # candidate's key against the others (its own score is an elementwise product)
+        per_row += _block(n_q, merged + num_globals, width, cfg.ffn_mult, attended=merged + num_globals - 1)
+    else:
+        per_row += _block(n_q, merged + num_globals, width, cfg.ffn_mult)  # cross-causal layer
     per_row += cfg.num_self_layers * _block(n_q, n_q, width, cfg.ffn_mult)
     head_in = width * (num_globals + 1) + dims.candidate + dims.user + dims.dense
+    head_in += heads * len(pairs) * readout  # the match readout
     per_row += _mlp([head_in, *cfg.head_hidden, 1])
     flops += batch * per_row
     return flops

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from .blocks import MLP
+from .candidate_match import MatchPair, group_similarity, unit_pairs
 from .flops import longer_flops
 from .hybrid_attention import HybridAttention, query_padding
 from .token_builder import TokenBuilder
@@ -45,6 +46,8 @@ class LongerDims:
     user: int
     dense: int
     max_len: int  # longest history the model sees (position embeddings)
+    # candidate/sequence features that share a table (models/candidate_match.py); () = none
+    match_pairs: tuple[MatchPair, ...] = ()
 
 
 @dataclass
@@ -54,6 +57,7 @@ class LongerStates:
     merged: Tensor  # [B, L', D] merged sequence tokens (left-padded)
     num_pad: Tensor  # [B] padded merged positions at the front
     layers: list[Tensor]  # per layer [B, n_q, D]; queries = last min(k, L') merged tokens + m globals
+    match_readout: Tensor | None = None  # [B, H * P] the candidate's attended similarity (candidate match)
 
 
 def pool_queries(seq_q: Tensor, num_pad: Tensor) -> Tensor:
@@ -82,15 +86,19 @@ class Longer(nn.Module):
         self.user_token = MLP(dims.user + dims.dense, [width], width) if self.has_user_token else None
         self.candidate_token = MLP(dims.candidate, [width], width)
         self.num_globals = cfg.num_cls + int(self.has_user_token) + 1
+        self.match_pairs = dims.match_pairs if cfg.candidate_match != "none" else ()
+        readout = cfg.candidate_match == "attention_readout"
         self.attention = HybridAttention(
             width, cfg.num_queries, cfg.num_self_layers, cfg.head_dim, cfg.ffn_mult, cfg.norm, cfg.dropout,
-            cfg.attention_impl,
+            cfg.attention_impl, match_pairs=len(self.match_pairs), match_readout=readout,
         )
-        head_in = width * (self.num_globals + 1) + dims.candidate + dims.user + dims.dense
+        self.match_readout_dim = self.attention.cross.heads * len(self.match_pairs) if readout else 0
+        head_in = width * (self.num_globals + 1) + self.match_readout_dim + dims.candidate + dims.user + dims.dense
         self.head = MLP(head_in, list(cfg.head_hidden), 1)
 
-    def encode_sequence(self, x: LongerInputs) -> tuple[Tensor, Tensor]:
-        """Merged behaviour tokens [B, L', D] (left-padded, newest last) and padded count per row [B]."""
+    def encode_sequence(self, x: LongerInputs) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Merged behaviour tokens [B, L', D] (left-padded, newest last), padded count per row [B], and for the
+        candidate match the events' unit shared-table vectors summed per merged token [B, L', W] (None: off)."""
         b = x.lengths.shape[0]
         k = self.cfg.merge_k
         lengths = x.lengths.long()
@@ -105,10 +113,17 @@ class Longer(nn.Module):
         row = torch.repeat_interleave(torch.arange(b, device=lengths.device), lengths, output_size=n)
         recency = (starts + lengths)[row] - 1 - torch.arange(n, device=lengths.device)
         tokens = self.tokens(x.events, x.time_diff, recency)  # [N, d], valid events only
-        tokens, valid = to_left_padded(tokens, lengths, total)  # [B, L_pad, d], [B, L_pad]
+        d = tokens.shape[1]
+        if self.match_pairs:  # padded in the same pass as the tokens
+            tokens = torch.cat([tokens, unit_pairs(x.events, self.match_pairs, "event")], dim=-1)
+        tokens, valid = to_left_padded(tokens, lengths, total)  # [B, L_pad, d (+ W)], [B, L_pad]
+        match_groups = None
+        if self.match_pairs:
+            tokens, units = tokens[..., :d], tokens[..., d:]
+            match_groups = units.reshape(b, total // k, k, units.shape[-1]).sum(2)  # [B, L', W]
         merged = self.merge(tokens, valid, live_groups)  # [B, L', D]
         num_pad = merged.shape[1] - groups  # [B]
-        return merged, num_pad
+        return merged, num_pad, match_groups
 
     def user_globals(self, x: LongerInputs) -> Tensor:
         """The candidate-independent global tokens [B, m - 1, D]: CLS..., user."""
@@ -117,26 +132,37 @@ class Longer(nn.Module):
             globals_.append(self.user_token(torch.cat([x.user, x.dense], dim=-1)).unsqueeze(1))
         return torch.cat(globals_, dim=1)
 
+    def candidate_similarity(self, match_groups: Tensor | None, candidates: Tensor) -> Tensor | None:
+        """Similarity of candidates [B, C, D_cand] to each merged token [B, C, L', P] (None: off)."""
+        if match_groups is None:
+            return None
+        return group_similarity(match_groups, unit_pairs(candidates, self.match_pairs, "candidate"),
+                                self.match_pairs)
+
     def encode(self, x: LongerInputs) -> LongerStates:
-        merged, num_pad = self.encode_sequence(x)
+        merged, num_pad, match_groups = self.encode_sequence(x)
         candidate = self.candidate_token(x.candidate).unsqueeze(1)  # the candidate is the last token
         globals_t = torch.cat([self.user_globals(x), candidate], dim=1)  # [B, m, D]
-        layers = self.attention(merged, globals_t, num_pad)
-        return LongerStates(merged=merged, num_pad=num_pad, layers=layers)
+        match = self.candidate_similarity(match_groups, x.candidate.unsqueeze(1))
+        layers, readout = self.attention(merged, globals_t, num_pad, match)
+        return LongerStates(merged=merged, num_pad=num_pad, layers=layers,
+                            match_readout=None if readout is None else readout.squeeze(1))
 
     def head_logits(self, x: LongerInputs, states: LongerStates) -> Tensor:
         final = states.layers[-1]  # [B, k_eff + m, D]
         k_eff = final.shape[1] - self.num_globals
         num_pad = query_padding(states.num_pad, states.merged.shape[1], k_eff)
         seq_mean = pool_queries(final[:, :k_eff], num_pad)
-        return self.head_from_states(seq_mean, final[:, k_eff:], x.candidate, x.user, x.dense)
+        return self.head_from_states(seq_mean, final[:, k_eff:], x.candidate, x.user, x.dense, states.match_readout)
 
     def head_from_states(
-        self, seq_mean: Tensor, globals_: Tensor, candidate: Tensor, user: Tensor, dense: Tensor
+        self, seq_mean: Tensor, globals_: Tensor, candidate: Tensor, user: Tensor, dense: Tensor,
+        match_readout: Tensor | None = None,
     ) -> Tensor:
-        """Logits [B] from the pooled sequence-query states [B, D], the final global states [B, m, D] and
-        the raw candidate / user / dense inputs."""
-        features = [globals_.flatten(1), seq_mean, candidate, user, dense]
+        """Logits [B] from the pooled sequence-query states [B, D], the final global states [B, m, D], the
+        candidate's match readout [B, H * P] (candidate match on) and the raw candidate / user / dense inputs."""
+        features = [globals_.flatten(1), seq_mean, *([] if match_readout is None else [match_readout]),
+                    candidate, user, dense]
         return self.head(torch.cat(features, dim=-1)).squeeze(-1)  # [B]
 
     def forward(self, x: LongerInputs) -> Tensor:

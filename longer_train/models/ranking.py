@@ -35,7 +35,7 @@ def dense_dims(cfg: Config, sparse: SparseArch) -> LongerDims:
     layout = sparse.layout
     return LongerDims(
         event=layout.event_dim, candidate=layout.candidate_dim, user=layout.user_dim,
-        dense=len(layout.dense), max_len=cfg.data.max_len,
+        dense=len(layout.dense), max_len=cfg.data.max_len, match_pairs=layout.match_pairs,
     )
 
 

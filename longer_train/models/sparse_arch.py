@@ -9,6 +9,8 @@ Tables are created on the `meta` device; `DistributedModelParallel` materialises
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import Tensor, nn
 from torchrec import (
@@ -21,6 +23,7 @@ from torchrec import (
 
 from ..config import DataConfig
 from ..data.oov import embedding_rows
+from .candidate_match import MatchPair
 
 
 class FeatureLayout:
@@ -36,6 +39,17 @@ class FeatureLayout:
         self.event_dim = sum(dim(n) for n in self.sequence)
         self.candidate_dim = sum(dim(n) for n in self.candidate)
         self.user_dim = sum(dim(n) for n in self.user)
+        # candidate features whose table a sequence feature also looks up: the same id gives the same vector
+        event_offset = dict(zip(self.sequence, itertools.accumulate([0] + [dim(n) for n in self.sequence])))
+        by_table = {}
+        for name in self.sequence:
+            by_table.setdefault(table_of[name], name)
+        pairs, offset = [], 0
+        for name in self.candidate:
+            if table_of[name] in by_table:
+                pairs.append(MatchPair(offset, event_offset[by_table[table_of[name]]], dim(name)))
+            offset += dim(name)
+        self.match_pairs = tuple(pairs)
 
 
 def _table_configs(config_cls: type, data: DataConfig, roles: tuple[str, ...]) -> list:

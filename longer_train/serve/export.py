@@ -17,14 +17,15 @@ from .kv_cache import UserCache, prefill, score
 
 def _flatten(cache: UserCache) -> tuple[Tensor, ...]:
     kv = [t for pair in cache.keys_values for t in pair]
-    return (*kv, *cache.num_pad, cache.seq_mean, cache.user_globals, cache.user, cache.dense)
+    match = () if cache.match_groups is None else (cache.match_groups,)
+    return (*kv, *cache.num_pad, cache.seq_mean, cache.user_globals, cache.user, cache.dense, *match)
 
 
 def _unflatten(tensors: tuple[Tensor, ...], layers: int) -> UserCache:
     kv = [(tensors[2 * i], tensors[2 * i + 1]) for i in range(layers)]
     pads = list(tensors[2 * layers : 3 * layers])
-    seq_mean, user_globals, user, dense = tensors[3 * layers :]
-    return UserCache(kv, pads, seq_mean, user_globals, user, dense)
+    seq_mean, user_globals, user, dense, *match = tensors[3 * layers :]
+    return UserCache(kv, pads, seq_mean, user_globals, user, dense, *match)
 
 
 class PrefillProgram(nn.Module):

@@ -29,6 +29,7 @@ class UserCache:
     user_globals: Tensor  # [U, m - 1, D] final states of the CLS and user tokens
     user: Tensor  # [U, D_user] raw pooled user embeddings (head input)
     dense: Tensor  # [U, D_dense] raw dense features (head input)
+    match_groups: Tensor | None = None  # [U, L', W] unit shared-table vectors summed per merged token
 
     @property
     def num_users(self) -> int:
@@ -39,7 +40,7 @@ class UserCache:
 def prefill(model: Longer, x: LongerInputs) -> UserCache:
     """Run the user side of `x` (its `candidate` field is not read) once."""
     attention, impl = model.attention, model.cfg.attention_impl
-    merged, num_pad = model.encode_sequence(x)  # [U, L', D]
+    merged, num_pad, match_groups = model.encode_sequence(x)  # [U, L', D]
     seq_len = merged.shape[1]
     tokens = torch.cat([merged, model.user_globals(x)], dim=1)  # [U, L' + m - 1, D]
     k_eff = attention.effective_queries(seq_len)
@@ -59,7 +60,7 @@ def prefill(model: Longer, x: LongerInputs) -> UserCache:
         states = layer.finish(states, hybrid_attention(layer.queries(states), k, v, q_pad, impl))
     return UserCache(
         keys_values=cache_kv, num_pad=cache_pad, seq_mean=pool_queries(states[:, :k_eff], q_pad),
-        user_globals=states[:, k_eff:], user=x.user, dense=x.dense,
+        user_globals=states[:, k_eff:], user=x.user, dense=x.dense, match_groups=match_groups,
     )
 
 
@@ -70,15 +71,21 @@ def score(model: Longer, cache: UserCache, candidates: Tensor) -> Tensor:
     attention, impl = model.attention, model.cfg.attention_impl
     u, c = candidates.shape[:2]
     state = model.candidate_token(candidates)  # [U, C, D]
+    match = model.candidate_similarity(cache.match_groups, candidates)  # [U, C, L', P] or None
+    readout = None
     for layer, (k, v), num_pad in zip([attention.cross, *attention.self_layers], cache.keys_values, cache.num_pad):
         k_self, v_self = layer.keys_values(state)
-        attn = candidate_attention(layer.queries(state), k, v, num_pad, k_self, v_self, impl)  # [U, H, C, dh]
+        q = layer.queries(state)
+        if layer is attention.cross and match is not None:
+            attn, readout = attention.candidate_row(q, k, v, num_pad, k_self, v_self, match)
+        else:
+            attn = candidate_attention(q, k, v, num_pad, k_self, v_self, impl)  # [U, H, C, dh]
         state = layer.finish(state, attn)
     width = state.shape[-1]
     globals_ = torch.cat([cache.user_globals.unsqueeze(1).expand(u, c, -1, width), state.unsqueeze(2)], dim=2)
     repeat = lambda t: t.unsqueeze(1).expand(u, c, t.shape[-1]).reshape(u * c, t.shape[-1])
     logits = model.head_from_states(
         repeat(cache.seq_mean), globals_.reshape(u * c, -1, width), candidates.reshape(u * c, -1),
-        repeat(cache.user), repeat(cache.dense),
+        repeat(cache.user), repeat(cache.dense), None if readout is None else readout.reshape(u * c, -1),
     )
     return logits.view(u, c)

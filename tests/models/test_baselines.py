@@ -9,6 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from longer_train.config import ModelConfig
 from longer_train.models.baselines import DIN, NoSequence, SumPooling
+from longer_train.models.candidate_match import pair_similarity, unit_pairs
 
 LENGTHS = [0, 5, 64, 17]
 
@@ -50,7 +51,9 @@ def test_din_weights_depend_on_the_candidate():
     x = make_inputs([6])
     tokens = torch.randn(6, 8)
     a, b = torch.randn(1, 8).expand(6, 8), torch.randn(1, 8).expand(6, 8)
-    assert not torch.allclose(model.weights(tokens, a), model.weights(tokens, b))
+    match = torch.zeros(6, len(model.match_pairs))
+    assert not torch.allclose(model.weights(tokens, a, match), model.weights(tokens, b, match))
+    assert not torch.allclose(model.weights(tokens, a, match), model.weights(tokens, a, match + 1))
     assert model(x).shape == (1,)
 
 
@@ -85,7 +88,10 @@ def test_pool_norm_length_and_softmax_normalise_each_row(cls):
         n, row = x.events.shape[0], torch.repeat_interleave(torch.arange(len(LENGTHS)), torch.tensor(LENGTHS))
         recency = torch.cumsum(torch.tensor(LENGTHS), 0)[row] - 1 - torch.arange(n)
         tokens = model.tokens(x.events, x.time_diff, recency)
-        scores = model.weights(tokens, model.candidate_token(x.candidate)[row])
+        pairs = model.match_pairs
+        match = pair_similarity(unit_pairs(x.events, pairs, "event"), unit_pairs(x.candidate, pairs, "candidate")[row],
+                                pairs)
+        scores = model.weights(tokens, model.candidate_token(x.candidate)[row], match)
         for r, length in enumerate(LENGTHS):
             if length:
                 w = torch.softmax(scores[row == r, 0], 0)

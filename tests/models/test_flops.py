@@ -8,10 +8,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from longer_train.models.flops import longer_flops
 
 
+@pytest.mark.parametrize("match", ["none", "attention", "attention_readout"])
 @pytest.mark.parametrize("proj", [None, 48])
 @pytest.mark.parametrize("lengths", [[64], [5, 64, 0, 17], [33, 33]])
-def test_flops_match_flop_counter(merge, proj, lengths):
-    model = make_model(merge, merge_proj_dim=proj)
+def test_flops_match_flop_counter(merge, proj, lengths, match):
+    model = make_model(merge, merge_proj_dim=proj, candidate_match=match)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(make_inputs(lengths))
     measured = counter.get_total_flops()

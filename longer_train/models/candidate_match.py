@@ -1,0 +1,67 @@
+"""How similar each behaviour is to its row's candidate, in the shared embedding space.
+
+A candidate feature and a sequence feature that look up the same table (`item_id` / `hist_item_id`,
+`category_id` / `hist_category_id`) give the same vector for the same id, so "this behaviour is the
+candidate's item / category" is visible from the first step — before any projection has learned to align
+the candidate token with the behaviour tokens (they come from different MLPs). The sequence models take
+these similarities where the candidate meets the history (docs/model.md, "Candidate match"): DIN's
+attention scores and pooled features, LONGER's candidate row in the cross-causal layer.
+
+The similarity is the cosine, so it does not depend on the tables' scale (TorchRec's default init
+U(±sqrt(1/rows)) makes item vectors ~100x shorter than category vectors; a dot product would start near 0).
+It is bilinear in the unit vectors, so the history side can be summed per merged group and cached once per
+user: a candidate's similarity to a group of K events is one dot product with the group's sum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class MatchPair:
+    """A candidate feature and a sequence feature that share a table: their slices of the concatenated
+    candidate and event embeddings."""
+
+    candidate_offset: int
+    event_offset: int
+    width: int
+
+
+def unit_pairs(x: Tensor, pairs: tuple[MatchPair, ...], side: str) -> Tensor:
+    """The pairs' slices of `x` [..., D] (`side`: "event" or "candidate" offsets), each scaled to unit length,
+    concatenated -> [..., sum of widths]."""
+    parts = []
+    for p in pairs:
+        start = p.event_offset if side == "event" else p.candidate_offset
+        parts.append(torch.nn.functional.normalize(x[..., start: start + p.width], dim=-1, eps=1e-8))
+    return torch.cat(parts, dim=-1)
+
+
+def pair_similarity(history: Tensor, candidate: Tensor, pairs: tuple[MatchPair, ...]) -> Tensor:
+    """Per pair, the dot product of `unit_pairs` vectors: history [..., W], candidate [..., W] -> [..., P].
+
+    history [N, W] with candidate [N, W] gives each event's cosine to its candidate; history [B, L', W]
+    (unit vectors summed per merged group) with candidate [B, C, W] gives [B, C, L', P] by broadcasting
+    through `group_similarity`."""
+    out, start = [], 0
+    for p in pairs:
+        out.append((history[..., start: start + p.width] * candidate[..., start: start + p.width]).sum(-1))
+        start += p.width
+    return torch.stack(out, dim=-1)
+
+
+def group_similarity(groups: Tensor, candidates: Tensor, pairs: tuple[MatchPair, ...]) -> Tensor:
+    """Similarity of each candidate to each merged group, per pair: the sum over the group's events of their
+    cosine to the candidate. groups [B, L', W] (unit vectors summed per group), candidates [B, C, W] unit
+    vectors -> [B, C, L', P]."""
+    out, start = [], 0
+    for p in pairs:
+        g = groups[..., start: start + p.width]  # [B, L', w]
+        c = candidates[..., start: start + p.width]  # [B, C, w]
+        out.append(torch.matmul(c, g.transpose(1, 2)))  # [B, C, L']
+        start += p.width
+    return torch.stack(out, dim=-1)
