@@ -36,7 +36,8 @@ EXPERIMENTS = {
     "longer": "LONGER", "transformer": "Transformer", "din": "DIN (full)", "din_recent50": "DIN (Recent50)",
     "sum_pooling": "SumPooling", "no_sequence": "Base (no sequence)",
 }
-MULTI_SEED = ("longer", "transformer", "din")  # default --multi-seed: mean ± std over --seeds; the rest --baseline-seeds
+# default --multi-seed: mean ± std over --seeds; the rest --baseline-seeds
+MULTI_SEED = ("longer", "transformer", "din")
 # the same for every run (and the dataset's batch size): one validation pass at the end of the epoch, no
 # checkpoint, no W&B, no progress bar
 def run_settings(data: str) -> list[str]:
@@ -158,7 +159,8 @@ def report(data: str, bench_command: str, prepare: list[str], meta: dict, rows: 
         "",
         "Protocol: one epoch, " + "; ".join(f"seeds {', '.join(map(str, s))} for {', '.join(e)}"
                                             for s, e in _by_seeds(seeds)) + " (`train.seed`: model init and "
-        f"shuffling), metrics on the test split ({'unseen users' if meta.get('task') == 'match' else 'the last ~10 % of time'}); "
+        "shuffling), metrics on the test split "
+        f"({'unseen users' if meta.get('task') == 'match' else 'the last ~10 % of time'}); "
         "mean ± sample std over the n seeds. GFLOPs/sample "
         "is the analytic forward count of the dense model at max_len; samples/s counts train step time only.",
         f"Machine: {machine()}.",

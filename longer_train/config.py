@@ -15,7 +15,7 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -75,7 +75,9 @@ def _num(default: Any = None, low: Optional[float] = None, high: Optional[float]
 class TableConfig:
     """One embedding table. Several features may share it (e.g. `item_id` and `hist_item_id`)."""
 
-    num_embeddings: int = _num(0, 1)  # vocabulary size: valid ids are 0 .. num_embeddings-1
+    # vocabulary size: valid ids are 0 .. num_embeddings-1; "auto": read from the dataset's meta.json at startup
+    # (data/vocab.py), so one dataset config serves every copy of a dataset; a number is checked against it
+    num_embeddings: Union[int, str] = _num(0, 1)
     embedding_dim: int = _num(16, 1)
     # None lets TorchRec's planner choose among the choices below (data_parallel is never used: its
     # tables would be updated by the dense optimizer instead of the fused sparse one)
@@ -111,6 +113,9 @@ class DataConfig:
     train: str = "train"  # file, directory or glob, relative to root
     valid: str = "valid"
     test: str = "test"
+    # the event log of a sequence store (file, directory or glob, relative to root): read when a split's
+    # files hold no history columns (docs/data.md, "Sequence store"); unused by inline datasets
+    events: str = "events"
     label: str = "label"
     user_id: str = "user_id"  # groups GAUC
     timestamp: str = "timestamp"  # request time, unix seconds
@@ -278,7 +283,13 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], key)
+        for option in inner:
+            try:
+                return _convert(value, option, key)
+            except ConfigError:
+                if len(inner) == 1:
+                    raise
+        raise ConfigError(f"config key '{key}' must be of type {' or '.join(map(_type_name, inner))}, got {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}' must be a mapping of {tp.__name__} fields, got {value!r}")
@@ -510,7 +521,10 @@ def check_config(cfg: Config) -> None:
             "config key 'data.tables': tables of candidate/sequence features share one TorchRec "
             f"EmbeddingCollection and need one embedding_dim, got {per_id_dims}"
         )
-    for name in data.tables:
+    for name, table in data.tables.items():  # a number is in range (_check_bounds); a string must be 'auto'
+        if isinstance(table.num_embeddings, str) and table.num_embeddings != "auto":
+            raise ConfigError(f"config key 'data.tables.{name}.num_embeddings' must be a positive integer or 'auto', "
+                              f"got {table.num_embeddings!r}")
         if name not in pooled | per_id:
             raise ConfigError(f"config key 'data.tables.{name}' is not used by any feature")
     width = model.merge_proj_dim or model.token_dim * model.merge_k
@@ -573,7 +587,7 @@ def _host_memory() -> int:
 
 def check_machine(cfg: Config) -> None:
     """The device the config names exists here, and the embedding tables fit in the memory of the job's
-    processes (WORLD_SIZE / LOCAL_WORLD_SIZE from torchrun; one process without it)."""
+    processes (WORLD_SIZE / LOCAL_WORLD_SIZE from torchrun; one process without it; `check_table_memory`)."""
     device, local_rank = cfg.train.device, int(os.environ.get("LOCAL_RANK", "0"))
     gpus = 0
     if device in ("cuda", "auto"):
@@ -590,13 +604,26 @@ def check_machine(cfg: Config) -> None:
                 f"config key 'train.device' ({device}): this process is local rank {local_rank} but the machine "
                 f"has {gpus} CUDA device(s); start at most {gpus} processes per node, or use train.device=cpu"
             )
+    check_table_memory(cfg)
+
+
+def check_table_memory(cfg: Config) -> None:
+    """The embedding tables with their sparse-optimizer state fit in the memory of the job's processes: GPU
+    memory for `fused` tables on CUDA, host memory for the rest, nothing for SSD-backed `key_value` ones.
+    Tables whose size is still `auto` are left out; the trainer checks again once they are resolved."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    gpus = 0
+    if cfg.train.device in ("cuda", "auto"):
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     world = int(os.environ.get("WORLD_SIZE", "1"))
     nodes = max(1, world // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world))))
     available = {"host": _host_memory() * nodes}
     if gpus:
         import torch
 
-        available["GPU"] = torch.cuda.get_device_properties(local_rank).total_memory * world
+        available["GPU"] = torch.cuda.get_device_properties(min(local_rank, gpus - 1)).total_memory * world
     optimizer = cfg.optim.sparse_optimizer
     tables: dict[str, list[tuple[int, str]]] = {"host": [], "GPU": []}
     for name, table in cfg.data.tables.items():

@@ -7,7 +7,6 @@ import logging
 import shutil
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 from test_config import QUICKSTART
 from torch.distributed.checkpoint import FileSystemReader
@@ -134,9 +133,9 @@ def test_no_usable_checkpoint_is_one_clear_error(finished, tmp_path, capsys):
 
 
 def _score(checkpoint: Path, data: Path, tmp_path: Path) -> list[str]:
-    requests = tmp_path / "requests.parquet"
-    pq.write_table(pq.read_table(data / "test").slice(0, 20), requests)
-    return ["score", "--checkpoint", str(checkpoint), "--requests", str(requests), "--out", str(tmp_path / "s.parquet")]
+    """Score the test split (a sequence store's: histories from events/ beside it)."""
+    out = tmp_path / "s.parquet"
+    return ["score", "--checkpoint", str(checkpoint), "--requests", str(data / "test"), "--out", str(out)]
 
 
 def test_serving_refuses_a_checkpoint_with_flipped_weights(finished, tmp_path, capsys):

@@ -1,5 +1,6 @@
 """Config errors name the key at fault (and the allowed keys); overrides apply; the shipped configs load."""
 
+import json
 import re
 from pathlib import Path
 
@@ -233,3 +234,14 @@ def test_a_yaml_file_that_is_not_a_config_mapping_is_named(tmp_path, content, ex
 def test_override_with_invalid_yaml_is_a_config_error():
     with pytest.raises(ConfigError, match=r"override 'model.head_hidden=\[1': the value is not valid YAML"):
         load_config(QUICKSTART, ["model.head_hidden=[1"])
+
+
+def test_table_sizes_read_from_the_data_are_checked_against_memory_too(tmp_path):
+    from longer_train.trainer import Trainer
+
+    sizes = {"item_id": 10**12, "hist_item_id": 10**12, "category_id": 50, "hist_category_id": 50, "hist_action": 3,
+             "user_id": 4000, "user_segment": 8}
+    (tmp_path / "meta.json").write_text(json.dumps({"num_embeddings": sizes}))
+    cfg = load_config(QUICKSTART, [f"data.root={tmp_path}", "data.tables.item.num_embeddings=auto"])
+    with pytest.raises(ConfigError, match=r"'data.tables.item.num_embeddings' \(1000000000000\): .* GiB"):
+        Trainer(cfg)  # before any process group or table is made

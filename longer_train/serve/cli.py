@@ -1,7 +1,7 @@
 """`longer-serve`: score requests with a trained checkpoint.
 
-    longer-serve score --checkpoint DIR --requests FILE_OR_DIR --out FILE.parquet
-    longer-serve http --checkpoint DIR --port P [--host 127.0.0.1] [--max-candidates N]
+    longer-serve score --checkpoint DIR --requests FILE_OR_DIR --out FILE.parquet [--events DIR]
+    longer-serve http --checkpoint DIR --port P [--host 127.0.0.1] [--threads N] [limits: docs/serving.md]
     longer-serve export --checkpoint DIR --out DIR   (torch.export programs of the dense prefill and score)
 
 --checkpoint is a checkpoint folder (runs/<run>/checkpoints/step_N), verified against its manifest before
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,6 +22,7 @@ import pyarrow.parquet as pq
 
 from ..components.run_logger import setup_logging
 from ..data.schema import SchemaError
+from ..data.store import EVENTS, EventLog, event_files, is_store_schema
 from ..errors import add_debug_flag, debug_enabled, run_cli
 
 
@@ -30,13 +32,19 @@ def _score(args: argparse.Namespace) -> int:
     scorer = Scorer.from_checkpoint(args.checkpoint)
     source = Path(args.requests)
     files = sorted(source.rglob("*.parquet")) if source.is_dir() else [source]
-    tables = []
+    tables, events = [], None
     start = time.perf_counter()
     for path in files:
         try:
             table = pq.read_table(path)
         except (OSError, pa.ArrowException) as err:
             raise SchemaError(f"{path}: cannot read Parquet file ({err})") from None
+        if is_store_schema(table.schema, scorer.cfg.data):  # a sequence store's split: rebuild the histories
+            if events is None:
+                default = (source if source.is_dir() else source.parent).parent / EVENTS
+                where = replace(scorer.cfg.data, root=".", events=str(args.events or default))
+                events = EventLog(event_files(where), scorer.cfg.data)
+            table = events.rebuild(table)[0]
         scores = scorer.score_table(table, source=str(path))
         tables.append(table.append_column("score", pa.array(scores, pa.float32())))
     out = pa.concat_tables(tables)
@@ -47,11 +55,52 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _http(args: argparse.Namespace) -> int:
-    from .http import serve_forever
+    import logging
+
+    import torch
+
+    from .http import HttpServer
+    from .limits import RequestLimits, ServeLimits
     from .scorer import Scorer
 
-    serve_forever(Scorer.from_checkpoint(args.checkpoint), args.host, args.port, args.max_candidates)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    limits = ServeLimits(
+        request=RequestLimits(args.max_body_bytes, args.max_candidates, args.max_history),
+        max_batch_requests=args.max_batch_requests, max_batch_slots=args.max_batch_slots,
+        max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_connections=args.max_connections,
+        decode_workers=args.decode_workers, header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
+        keep_alive_s=args.keep_alive,
+    )
+    server = HttpServer(Scorer.from_checkpoint(args.checkpoint), args.host, args.port, limits)
+    print(f"longer-serve: listening on {server.url} (POST /score, GET /health); no authentication: "
+          "keep it on localhost or behind a reverse proxy (docs/serving.md)", flush=True)
+    server.serve_forever()
     return 0
+
+
+def _add_http_limits(http: argparse.ArgumentParser) -> None:
+    from .limits import RequestLimits, ServeLimits
+
+    r, s = RequestLimits(), ServeLimits()
+    add = http.add_argument
+    add("--threads", type=int, default=0, help="torch threads of the model (0: torch's default)")
+    add("--max-candidates", type=int, default=r.max_candidates, help="candidates in one request (more: 413)")
+    add("--max-history", type=int, default=r.max_history, help="events in one history list (more: 413)")
+    add("--max-body-bytes", type=int, default=r.max_body_bytes, help="request body size (more: 413)")
+    add("--max-batch-requests", type=int, default=s.max_batch_requests,
+        help="requests scored together in one model call (1: no batching)")
+    add("--max-batch-slots", type=int, default=s.max_batch_slots,
+        help="padded candidate slots (requests x widest request) in one model call")
+    add("--max-wait-ms", type=float, default=s.max_wait_ms, help="wait for more requests once one is waiting")
+    add("--max-queue", type=int, default=s.max_queue, help="requests in progress at once (more: 503, retry)")
+    add("--max-connections", type=int, default=s.max_connections,
+        help="open connections (more: 503); also the listen backlog")
+    add("--decode-workers", type=int, default=s.decode_workers, help="threads parsing and validating bodies")
+    add("--header-timeout", type=float, default=s.header_timeout_s, help="seconds to receive a request's headers")
+    add("--body-timeout", type=float, default=s.body_timeout_s, help="seconds to receive a request's body")
+    add("--keep-alive", type=float, default=s.keep_alive_s, help="seconds an idle keep-alive connection stays open")
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -83,14 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     batch.add_argument("--checkpoint", required=True,
                        help="a checkpoint folder (runs/<run>/checkpoints/step_N), or a run folder: its newest "
                             "checkpoint that verifies")
-    batch.add_argument("--requests", required=True, help="Parquet rows in the sample schema (label optional)")
+    batch.add_argument("--requests", required=True, help="Parquet rows in the sample schema (label optional), or a "
+                       "sequence store's split (histories rebuilt from its event log)")
+    batch.add_argument("--events", help="the event log of a store's requests (default: events/ beside their folder)")
     batch.add_argument("--out", required=True, help="output Parquet: the request rows plus a 'score' column")
     batch.set_defaults(run=_score)
     http = commands.add_parser("http", help="serve JSON scoring requests over HTTP", parents=[common])
     http.add_argument("--checkpoint", required=True)
-    http.add_argument("--host", default="127.0.0.1")
+    http.add_argument("--host", default="127.0.0.1", help="no authentication: keep the default (localhost) "
+                                                           "or put a reverse proxy in front")
     http.add_argument("--port", type=int, default=8080)
-    http.add_argument("--max-candidates", type=int, default=2000, help="candidates allowed in one request")
+    _add_http_limits(http)
     http.set_defaults(run=_http)
     export = commands.add_parser("export", help="write torch.export programs of prefill and score", parents=[common])
     export.add_argument("--checkpoint", required=True)
