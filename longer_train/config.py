@@ -1,27 +1,71 @@
 """Typed experiment configuration: YAML (OmegaConf) + `key=value` overrides -> validated dataclasses.
 
 Every key is checked against the dataclass that owns it: an unknown or mistyped key fails with a
-`ConfigError` that names the full key, what was expected and, for unknown keys, the allowed keys.
+`ConfigError` that names the full key, what was expected and, for unknown keys, the allowed keys. Every
+numeric key declares its allowed range beside its default (`_num`), checked when the config is loaded; so
+are a few things of the machine (the device exists, the embedding tables fit in its memory).
 New knobs go here, never into new command-line flags.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import InputError, one_line
+
+INT64_MAX = 2**63 - 1
 
 
-class ConfigError(ValueError):
-    """A config key is unknown, missing or has a value of the wrong type or outside its choices."""
+class ConfigError(InputError):
+    """A config key is unknown, missing or has a value of the wrong type, outside its choices or its range."""
 
 
 def _choice(default: Any, choices: tuple, doc: str = "") -> Any:
     return field(default=default, metadata={"choices": choices, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The allowed range of a numeric key: low/high (None: unbounded), each end open or closed."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def phrase(self) -> str:
+        """How an error says it: '>= 1', 'in [0, 1)'."""
+        return str(self) if self.high is None else f"in {self}"
+
+    def __str__(self) -> str:
+        fmt = lambda v: f"{v:g}" if isinstance(v, float) else str(v)
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {fmt(self.low)}"
+        return f"{'(' if self.low_open else '['}{fmt(self.low)}, {fmt(self.high)}{')' if self.high_open else ']'}"
+
+
+def _num(default: Any = None, low: Optional[float] = None, high: Optional[float] = None, *, low_open: bool = False,
+         high_open: bool = False, factory: Any = None) -> Any:
+    """A numeric field (or a list of numbers: each element) with its allowed range."""
+    meta = {"bound": Bound(low, high, low_open, high_open)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -33,8 +77,8 @@ class TableConfig:
 
     # vocabulary size: valid ids are 0 .. num_embeddings-1; "auto": read from the dataset's meta.json at startup
     # (data/vocab.py), so one dataset config serves every copy of a dataset; a number is checked against it
-    num_embeddings: Union[int, str] = 0
-    embedding_dim: int = 16
+    num_embeddings: Union[int, str] = _num(0, 1)
+    embedding_dim: int = _num(16, 1)
     # None lets TorchRec's planner choose among the choices below (data_parallel is never used: its
     # tables would be updated by the dense optimizer instead of the fused sparse one)
     sharding_type: Optional[str] = _choice(None, (None, "table_wise", "row_wise", "column_wise"))
@@ -45,8 +89,9 @@ class TableConfig:
     # ids >= num_embeddings: error (a bad row, see data.bad_rows) | hash (id mod num_embeddings) |
     # oov_row (one extra row, index num_embeddings, shared by all unseen ids); negative ids are always bad
     oov: str = _choice("error", ("error", "hash", "oov_row"))
-    # initial weights U(-init_bound, init_bound); None: TorchRec's default sqrt(1 / num_embeddings)
-    init_bound: Optional[float] = None
+    # initial weights U(-init_bound, init_bound); None: TorchRec's default sqrt(1 / rows) (rows: num_embeddings,
+    # plus the OOV row under oov_row)
+    init_bound: Optional[float] = _num(None, 0.0, low_open=True)
 
 
 @dataclass
@@ -75,13 +120,13 @@ class DataConfig:
     user_id: str = "user_id"  # groups GAUC
     timestamp: str = "timestamp"  # request time, unix seconds
     hist_timestamp: str = "hist_timestamp"  # per-event time, same length as the sequence features
-    max_len: int = 256  # keep the most recent max_len events of every history
+    max_len: int = _num(256, 1)  # keep the most recent max_len events of every history
     tables: Dict[str, TableConfig] = field(default_factory=dict)
     features: List[FeatureConfig] = field(default_factory=list)
-    batch_size: int = 256
-    eval_batch_size: int = 1024
-    shuffle_buffer: int = 8192  # rows; 0 disables shuffling of the training stream
-    num_workers: int = 0  # DataLoader worker processes building batches
+    batch_size: int = _num(256, 1)
+    eval_batch_size: int = _num(1024, 1)
+    shuffle_buffer: int = _num(8192, 0)  # rows; 0 disables shuffling of the training stream
+    num_workers: int = _num(0, 0)  # DataLoader worker processes building batches
     # batches of similar history length, drawn from the shuffle buffer (less padding); training only
     bucket_by_length: bool = False
     # a row that fails validation: error (names file, row, column) | skip (dropped, counted per reason)
@@ -105,26 +150,29 @@ class ModelConfig:
     # longer, or a baseline of the paper's Table 1 (models/baselines.py); the Transformer baseline is
     # longer with merge_k=1 and num_queries >= max_len (configs/experiments/transformer.yaml)
     name: str = _choice("longer", ("longer", "no_sequence", "sum_pooling", "din"))
-    token_dim: int = 32  # d: width of one behaviour token before merging
-    time_buckets: int = 64  # log-bucketised (request time - event time)
+    token_dim: int = _num(32, 1)  # d: width of one behaviour token before merging
+    # log-bucketised (request time - event time), two buckets per doubling of seconds: 128 buckets cover
+    # every int64 time difference, more would never be used
+    time_buckets: int = _num(64, 1, 128)
     merge: str = _choice("concat", ("concat", "inner_trans"))
-    merge_k: int = 4  # K: behaviour tokens per merged token
-    merge_proj_dim: Optional[int] = None  # None keeps width K*d after merging (the paper's FLOPs)
-    inner_trans_heads: int = 1
-    num_cls: int = 2  # learnable CLS global tokens (plus the user and the candidate token)
-    num_queries: int = 16  # k: sequence queries of the cross-causal layer (at most the merged length, but learnable)
+    merge_k: int = _num(4, 1)  # K: behaviour tokens per merged token
+    merge_proj_dim: Optional[int] = _num(None, 1)  # None keeps width K*d after merging (the paper's FLOPs)
+    inner_trans_heads: int = _num(1, 1)
+    num_cls: int = _num(2, 0)  # learnable CLS global tokens (plus the user and the candidate token)
+    # k: sequence queries of the cross-causal layer (at most the merged length, but learnable)
+    num_queries: int = _num(16, 1)
     # which merged tokens are the k queries (the paper's Table 2, docs/model.md): recent (the k newest) |
     # uniform (spread evenly, newest included) | learnable (k learned vectors) | recent_uniform (ceil(k/2)
     # newest + the rest spread over the older tokens)
     query_selection: str = _choice("recent", QUERY_RULES)
-    num_self_layers: int = 1  # N self-causal layers after the cross-causal one
-    head_dim: int = 32  # attention head width; heads = width // head_dim
-    ffn_mult: int = 4
+    num_self_layers: int = _num(1, 0)  # N self-causal layers after the cross-causal one
+    head_dim: int = _num(32, 1)  # attention head width; heads = width // head_dim
+    ffn_mult: int = _num(4, 1)
     norm: str = _choice("layernorm", ("layernorm", "rmsnorm"))
-    dropout: float = 0.0
-    head_hidden: List[int] = field(default_factory=lambda: [256, 64])
+    dropout: float = _num(0.0, 0.0, 1.0, high_open=True)  # a probability
+    head_hidden: List[int] = _num(low=1, factory=lambda: [256, 64])  # widths of the head MLP's hidden layers
     attention_impl: str = _choice("auto", ("auto", "reference", "triton"))  # kernels dispatcher (kernels/dispatch.py)
-    din_hidden: List[int] = field(default_factory=lambda: [64, 32])  # DIN's attention MLP
+    din_hidden: List[int] = _num(low=1, factory=lambda: [64, 32])  # DIN's attention MLP
     # sum_pooling / din: how the per-event weights are normalised within a row: none (the paper's
     # baselines: a plain sum, DIN's raw attention scores) | length (divide by the row's length: mean
     # pooling) | softmax (DIN's scores softmax-normalised over the row)
@@ -142,40 +190,40 @@ class ModelConfig:
 # ----------------------------------------------------------------------------------------------------
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3  # dense AdamW peak learning rate
-    weight_decay: float = 0.01
-    warmup_steps: int = 50
+    lr: float = _num(1e-3, 0.0, low_open=True)  # dense AdamW peak learning rate
+    weight_decay: float = _num(0.01, 0.0)
+    warmup_steps: int = _num(50, 0)
     decay: str = _choice("cosine", ("cosine", "linear", "constant"))
-    min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio
-    grad_clip: float = 1.0  # max global grad norm of the dense parameters; 0 disables
+    min_lr_ratio: float = _num(0.1, 0.0, 1.0)  # final lr = lr * min_lr_ratio
+    grad_clip: float = _num(1.0, 0.0)  # max global grad norm of the dense parameters; 0 disables
     # the sparse optimizer runs fused into the embedding backward (FBGEMM); adam needs CUDA
     sparse_optimizer: str = _choice("rowwise_adagrad", ("rowwise_adagrad", "adagrad", "sgd", "adam"))
-    sparse_lr: float = 0.05
-    sparse_eps: float = 1e-8
+    sparse_lr: float = _num(0.05, 0.0, low_open=True)
+    sparse_eps: float = _num(1e-8, 0.0, low_open=True)
 
 
 @dataclass
 class TrainConfig:
-    seed: int = 0
-    epochs: int = 1
-    max_steps: int = 0  # >0 stops after this many steps even within an epoch
-    eval_every: int = 0  # steps between validation passes; 0 = once per epoch
-    log_every: int = 10
+    seed: int = _num(0, 0)
+    epochs: int = _num(1, 1)
+    max_steps: int = _num(0, 0)  # >0 stops after this many steps even within an epoch
+    eval_every: int = _num(0, 0)  # steps between validation passes; 0 = once per epoch
+    log_every: int = _num(10, 1)  # steps between the logged (and printed) train loss, lr and samples/s
     device: str = _choice("auto", ("auto", "cpu", "cuda"))
     output_dir: str = "runs"  # each run writes runs/<run_name>/ (checkpoint, wandb)
     run_name: Optional[str] = None  # default: <model>-<timestamp>
     runs_table: str = "runs/runs.jsonl"  # one results line appended per run
     checkpoint: bool = True  # write checkpoints (every checkpoint_every steps and at the end)
-    checkpoint_every: int = 0  # steps between checkpoints; 0 = only the final one
-    keep_checkpoints: int = 3  # keep the latest k checkpoints of the run, delete older ones
+    checkpoint_every: int = _num(0, 0)  # steps between checkpoints; 0 = only the final one
+    keep_checkpoints: int = _num(3, 1)  # keep the latest k checkpoints of the run, delete older ones
     # auto: a run whose directory holds a checkpoint resumes from the latest one (so a restarted job
     # continues without extra flags); never: start from scratch, deleting the run's old checkpoints
     resume: str = _choice("auto", ("auto", "never"))
     # fault injection for tests and drills: rank `fault_rank` raises (or SIGKILLs itself) right after
     # step `fault_at_step`, only in a job that started from scratch and was not restarted by torchrun
     # (so the same command, run again, resumes and finishes); 0 disables
-    fault_at_step: int = 0
-    fault_rank: int = 0
+    fault_at_step: int = _num(0, 0)
+    fault_rank: int = _num(0, 0)
     fault: str = _choice("kill", ("kill", "raise"))
     progress_bar: bool = True
 
@@ -195,7 +243,7 @@ class ParallelConfig:
     bf16: List[str] = field(default_factory=list)
     # activation recomputation: drop a component's activations in forward, recompute them in backward
     recompute: str = _choice("none", ("none", "inner_trans", "cross", "self", "all"))
-    collective_timeout_s: int = 600  # a rank stuck in a collective this long fails instead of hanging
+    collective_timeout_s: int = _num(600, 1)  # a rank stuck in a collective this long fails instead of hanging
 
 
 BF16_COMPONENTS = ("tokens", "attention", "ffn", "head")
@@ -206,6 +254,8 @@ class LoggingConfig:
     wandb_mode: str = _choice("offline", ("offline", "online", "disabled"))
     wandb_project: str = "longer-train"
     wandb_group: Optional[str] = None  # W&B run group, e.g. one per sweep (longer-sweep sets it to the sweep name)
+    # console warnings from rank 0 only (errors come from every rank); true: from every rank, marked [rank N]
+    all_ranks: bool = False
 
 
 @dataclass
@@ -285,6 +335,27 @@ def config_from_dict(values: dict) -> Config:
     return cfg
 
 
+def _read_yaml(path: Path) -> DictConfig:
+    """A config file's top-level mapping; ConfigError naming the file when it cannot be one."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        byte = err.object[err.start]
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{byte:02x} at offset {err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror})") from None
+    sections = ", ".join(f.name for f in dataclasses.fields(Config))
+    try:
+        own = OmegaConf.create(text)  # OmegaConf's YAML loader (it reads 1e-3 as a float)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {one_line(err)}") from None
+    except (OmegaConfBaseException, AssertionError, ValueError) as err:  # e.g. a lone number
+        raise ConfigError(f"{path}: the top level must be a mapping of config sections ({sections}): {err!r}") from None
+    if not isinstance(own, DictConfig):
+        raise ConfigError(f"{path}: the top level must be a mapping of config sections ({sections}), got a list")
+    return own
+
+
 def _compose(path: Path, seen: tuple[Path, ...] = ()) -> Any:
     """The file's `defaults` (paths relative to it, each composed the same way) merged in order, then the file
     itself. Each file's keys are checked on their own, so an unknown key names the file that holds it."""
@@ -293,7 +364,7 @@ def _compose(path: Path, seen: tuple[Path, ...] = ()) -> Any:
         raise ConfigError(f"{path}: 'defaults' includes itself ({' -> '.join(str(p) for p in seen + (path,))})")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}" + (f" (in 'defaults' of {seen[-1]})" if seen else ""))
-    own = OmegaConf.load(path)
+    own = _read_yaml(path)
     defaults = own.pop("defaults", [])
     if not OmegaConf.is_list(defaults) and not isinstance(defaults, list):
         raise ConfigError(f"{path}: config key 'defaults' must be a list of YAML paths, got {defaults!r}")
@@ -301,6 +372,8 @@ def _compose(path: Path, seen: tuple[Path, ...] = ()) -> Any:
         _build(Config, OmegaConf.to_container(own, resolve=True), "")
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
+    except OmegaConfBaseException as err:  # e.g. an interpolation ${...} that names no key
+        raise ConfigError(f"{path}: {one_line(err)}") from None
     parts = [_compose(path.parent / str(name), seen + (path,)) for name in defaults]
     return OmegaConf.merge(*parts, own)
 
@@ -318,16 +391,23 @@ def load_config(paths: str | Path | Sequence[str | Path], overrides: List[str] |
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. train.seed=1)")
-        value = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={raw}"]))["value"]  # YAML-typed
+        try:
+            value = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={raw}"]))["value"]  # YAML-typed
+        except (yaml.YAMLError, OmegaConfBaseException) as err:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({one_line(err)})") from None
         try:
             OmegaConf.update(merged, key, value, merge=True)
         except Exception as err:  # OmegaConf raises several types for a path that cannot exist
             raise ConfigError(f"override {item!r}: config key '{key}' cannot be set ({err})") from None
-    values = OmegaConf.to_container(merged, resolve=True)
     try:
-        return config_from_dict(values)
+        values = OmegaConf.to_container(merged, resolve=True)
+        cfg = config_from_dict(values)
+        check_machine(cfg)
     except ConfigError as err:
         raise ConfigError(f"{' + '.join(str(p) for p in paths)}: {err}") from None
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{' + '.join(str(p) for p in paths)}: {one_line(err)}") from None
+    return cfg
 
 
 def to_dict(cfg: Config) -> dict:
@@ -351,8 +431,63 @@ def non_default(value: Any) -> Any:
     return value
 
 
+def numeric_keys(cls: type = None, prefix: str = "") -> dict[str, tuple[Any, Optional[Bound]]]:
+    """Every numeric key of the config schema -> (its type, its Bound or None); a table's keys are listed
+    under `data.tables.<table>` and list elements as `key[]`."""
+    cls = cls or Config
+    found: dict[str, tuple[Any, Optional[Bound]]] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key, tp = f"{prefix}{f.name}", hints[f.name]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        origin = typing.get_origin(tp)
+        inner = args[0] if origin in (typing.Union, list, List) else tp
+        if origin in (dict, Dict):
+            inner, key = args[1], f"{key}.<table>"
+        if dataclasses.is_dataclass(inner):
+            found.update(numeric_keys(inner, f"{key}{'[]' if origin in (list, List) else ''}."))
+        elif inner in (int, float):
+            found[key + ("[]" if origin in (list, List) else "")] = (inner, f.metadata.get("bound"))
+    return found
+
+
+def _check_bounds(value: Any, key: str) -> None:
+    """Every numeric field of a (nested) config dataclass within its declared Bound."""
+    for f in dataclasses.fields(value):
+        item, name = getattr(value, f.name), f"{key}.{f.name}" if key else f.name
+        bound = f.metadata.get("bound")
+        if dataclasses.is_dataclass(item):
+            _check_bounds(item, name)
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                if dataclasses.is_dataclass(v):
+                    _check_bounds(v, f"{name}.{k}")
+        elif isinstance(item, list):
+            for i, v in enumerate(item):
+                if dataclasses.is_dataclass(v):
+                    _check_bounds(v, f"{name}[{i}]")
+                elif bound is not None:
+                    _check_number(v, bound, f"{name}[{i}]")
+        elif bound is not None:
+            _check_number(item, bound, name)
+
+
+def _check_number(value: Any, bound: Bound, key: str) -> None:
+    # only numbers are checked: None is an unset Optional, and a string is a value a later step resolves
+    # (e.g. `num_embeddings: auto`, read from the data)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key '{key}' must be a finite number {bound.phrase()}, got {value}")
+    if not bound.holds(value):
+        raise ConfigError(f"config key '{key}' must be {bound.phrase()}, got {value}")
+    if isinstance(value, int) and value > INT64_MAX:
+        raise ConfigError(f"config key '{key}' must be at most 2**63 - 1 (int64), got {value}")
+
+
 def check_config(cfg: Config) -> None:
-    """Cross-field checks that a single key's type cannot express."""
+    """Every numeric key within its range, then the cross-field checks that a single key cannot express."""
+    _check_bounds(cfg, "")
     data, model = cfg.data, cfg.model
     roles = {f.role for f in data.features}
     for role in ("candidate", "sequence"):
@@ -386,29 +521,12 @@ def check_config(cfg: Config) -> None:
             "config key 'data.tables': tables of candidate/sequence features share one TorchRec "
             f"EmbeddingCollection and need one embedding_dim, got {per_id_dims}"
         )
-    for name, table in data.tables.items():
+    for name, table in data.tables.items():  # a number is in range (_check_bounds); a string must be 'auto'
         if isinstance(table.num_embeddings, str) and table.num_embeddings != "auto":
             raise ConfigError(f"config key 'data.tables.{name}.num_embeddings' must be a positive integer or 'auto', "
                               f"got {table.num_embeddings!r}")
-        if table.num_embeddings != "auto" and table.num_embeddings <= 0 or table.embedding_dim <= 0:
-            raise ConfigError(f"config key 'data.tables.{name}': num_embeddings and embedding_dim must be > 0")
         if name not in pooled | per_id:
             raise ConfigError(f"config key 'data.tables.{name}' is not used by any feature")
-    positive = {
-        "data.max_len": data.max_len, "data.batch_size": data.batch_size,
-        "data.eval_batch_size": data.eval_batch_size, "model.token_dim": model.token_dim,
-        "model.merge_k": model.merge_k, "model.num_queries": model.num_queries,
-        "model.head_dim": model.head_dim, "model.time_buckets": model.time_buckets,
-        "model.ffn_mult": model.ffn_mult, "train.epochs": cfg.train.epochs,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"config key '{key}' must be > 0, got {value}")
-    for key, value in {"data.num_workers": data.num_workers, "data.shuffle_buffer": data.shuffle_buffer}.items():
-        if value < 0:
-            raise ConfigError(f"config key '{key}' must be >= 0, got {value}")
-    if model.num_cls < 0 or model.num_self_layers < 0:
-        raise ConfigError("config keys 'model.num_cls' and 'model.num_self_layers' must be >= 0")
     width = model.merge_proj_dim or model.token_dim * model.merge_k
     if width % model.head_dim:
         raise ConfigError(
@@ -436,11 +554,92 @@ def check_config(cfg: Config) -> None:
             raise ConfigError(
                 f"config key 'parallel.bf16[{i}]' must be one of {list(BF16_COMPONENTS)}, got {component!r}"
             )
-    train = cfg.train
-    if train.checkpoint_every < 0 or train.keep_checkpoints < 1 or cfg.parallel.collective_timeout_s <= 0:
-        raise ConfigError(
-            "config keys 'train.checkpoint_every' (>= 0), 'train.keep_checkpoints' (>= 1) and "
-            "'parallel.collective_timeout_s' (> 0) are out of range"
-        )
     if model.merge == "inner_trans" and model.token_dim % model.inner_trans_heads:
         raise ConfigError("config key 'model.inner_trans_heads' must divide model.token_dim")
+
+
+# ----------------------------------------------------------------------------------------------------
+# what the config asks of the machine (checked by load_config, not for a checkpoint's config in serving)
+# ----------------------------------------------------------------------------------------------------
+# fused sparse-optimizer state, in floats per embedding row of `cols` columns
+OPTIMIZER_STATE_FLOATS = {
+    "rowwise_adagrad": lambda cols: 1, "adagrad": lambda cols: cols, "sgd": lambda cols: 0,
+    "adam": lambda cols: 2 * cols,
+}
+
+
+def table_bytes(rows: int, cols: int, sparse_optimizer: str) -> int:
+    """fp32 bytes of `rows` x `cols` embedding rows with their fused optimizer state."""
+    return 4 * rows * (cols + OPTIMIZER_STATE_FLOATS[sparse_optimizer](cols))
+
+
+def _host_memory() -> int:
+    """Bytes of memory of this machine, or of this container when its cgroup sets a smaller limit."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit.isdigit():
+            total = min(total, int(limit))
+    except OSError:
+        pass
+    return total
+
+
+def check_machine(cfg: Config) -> None:
+    """The device the config names exists here, and the embedding tables fit in the memory of the job's
+    processes (WORLD_SIZE / LOCAL_WORLD_SIZE from torchrun; one process without it; `check_table_memory`)."""
+    device, local_rank = cfg.train.device, int(os.environ.get("LOCAL_RANK", "0"))
+    gpus = 0
+    if device in ("cuda", "auto"):
+        import torch  # only here: the rest of the config is pure
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if device == "cuda" and not gpus:
+            raise ConfigError(
+                "config key 'train.device' is 'cuda' but this machine has no usable CUDA device "
+                "(torch.cuda.is_available() is False); allowed here: auto, cpu"
+            )
+        if gpus and local_rank >= gpus:
+            raise ConfigError(
+                f"config key 'train.device' ({device}): this process is local rank {local_rank} but the machine "
+                f"has {gpus} CUDA device(s); start at most {gpus} processes per node, or use train.device=cpu"
+            )
+    check_table_memory(cfg)
+
+
+def check_table_memory(cfg: Config) -> None:
+    """The embedding tables with their sparse-optimizer state fit in the memory of the job's processes: GPU
+    memory for `fused` tables on CUDA, host memory for the rest, nothing for SSD-backed `key_value` ones.
+    Tables whose size is still `auto` are left out; the trainer checks again once they are resolved."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    gpus = 0
+    if cfg.train.device in ("cuda", "auto"):
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    nodes = max(1, world // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+    available = {"host": _host_memory() * nodes}
+    if gpus:
+        import torch
+
+        available["GPU"] = torch.cuda.get_device_properties(min(local_rank, gpus - 1)).total_memory * world
+    optimizer = cfg.optim.sparse_optimizer
+    tables: dict[str, list[tuple[int, str]]] = {"host": [], "GPU": []}
+    for name, table in cfg.data.tables.items():
+        if not isinstance(table.num_embeddings, int) or table.compute_kernel == "key_value":  # SSD-backed
+            continue
+        where = "GPU" if gpus and table.compute_kernel == "fused" else "host"
+        tables[where].append((table_bytes(table.num_embeddings, table.embedding_dim, optimizer), name))
+    for where, sized in tables.items():
+        need = sum(size for size, _ in sized)
+        if sized and need > available[where]:
+            size, name = max(sized)
+            table = cfg.data.tables[name]
+            rows = max(0, available[where] - (need - size)) // table_bytes(1, table.embedding_dim, optimizer)
+            raise ConfigError(
+                f"config key 'data.tables.{name}.num_embeddings' ({table.num_embeddings}): the embedding tables "
+                f"take {need / 2**30:.1f} GiB (fp32 weights + {optimizer} state) but the {world} process(es) of "
+                f"this job have {available[where] / 2**30:.1f} GiB of {where} memory; with the other tables as "
+                f"they are it must be in [1, {rows}]"
+            )

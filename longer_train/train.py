@@ -2,46 +2,26 @@
 
 Several CONFIG files are merged in order, e.g. a dataset config then an experiment config:
 `longer-train configs/datasets/movielens.yaml configs/experiments/din.yaml train.seed=1`.
+
+A config, data or checkpoint error is printed as one line (naming the key, file, row, column) with exit
+code 2; `--debug` or `LONGER_DEBUG=1` shows its traceback instead (errors.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-import warnings
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from .config import ConfigError, load_config
+from .components.run_logger import setup_logging
+from .config import load_config
+from .errors import add_debug_flag, debug_enabled, run_cli
 
 
-@record  # under torchrun, a failing rank's traceback goes into the job's error summary
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="longer-train", description="Train a LONGER ranking model from a YAML config."
-    )
-    parser.add_argument("args", nargs="+", metavar="CONFIG|key=value",
-                        help="YAML config(s) merged in order, e.g. configs/quickstart.yaml, then dotted key=value "
-                             "overrides, e.g. train.seed=1")
-    args = parser.parse_args(argv).args
-    configs = [a for a in args if "=" not in a]
-    overrides = [a for a in args if "=" in a]
-    if args[:len(configs)] != configs:
-        parser.error("config files go before the key=value overrides")
-    try:
-        cfg = load_config(configs, overrides)
-    except ConfigError as err:
-        print(f"longer-train: config error: {err}", file=sys.stderr)
-        return 2
-
-    # TorchRec's planner and FX warn on every run about things a user cannot act on; keep the console to
-    # what the run reports (errors still show)
-    logging.getLogger().setLevel(logging.ERROR)
-    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
-    logging.getLogger("longer_train").setLevel(logging.WARNING)  # ours still show, e.g. a kernel fallback's reason
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
+def _train(configs: list[str], overrides: list[str], debug: bool) -> int:
+    cfg = load_config(configs, overrides)
+    setup_logging(all_ranks=cfg.logging.all_ranks, debug=debug)
 
     from .distributed.process_group import destroy_distributed
     from .trainer import Trainer  # heavy imports (torchrec) only once the config is valid
@@ -51,6 +31,25 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         destroy_distributed()
     return 0
+
+
+@record  # under torchrun, a failing rank's error goes into the job's failure summary
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="longer-train", description="Train a LONGER ranking model from a YAML config."
+    )
+    parser.add_argument("args", nargs="+", metavar="CONFIG|key=value",
+                        help="YAML config(s) merged in order, e.g. configs/quickstart.yaml, then dotted key=value "
+                             "overrides, e.g. train.seed=1")
+    add_debug_flag(parser)
+    parsed = parser.parse_intermixed_args(argv)  # --debug may come anywhere
+    args = parsed.args
+    configs = [a for a in args if "=" not in a]
+    overrides = [a for a in args if "=" in a]
+    if args[:len(configs)] != configs:
+        parser.error("config files go before the key=value overrides")
+    debug = debug_enabled(parsed.debug)
+    return run_cli("longer-train", lambda: _train(configs, overrides, debug), debug)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import signal
@@ -26,14 +27,15 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.nn.utils import clip_grad_norm_
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
-from .components.checkpoint import CheckpointManager, load_checkpoint, read_meta, saved_keys
+from .components.checkpoint import CheckpointManager, load_checkpoint, saved_keys
 from .components.metrics import ranking_metrics
 from .components.optimizer import apply_sparse_optimizer, build_lr_scheduler, build_optimizer
 from .components.run_logger import RunLogger
-from .config import Config, non_default, to_dict
+from .config import Config, check_table_memory, non_default, to_dict
 from .data.batch import Batch
 from .data.loader import build_dataloader
 from .data.vocab import resolve_num_embeddings
@@ -42,6 +44,8 @@ from .distributed.process_group import all_gather_arrays, init_distributed
 from .distributed.sharding import format_plan, init_tables, plan_summary, shard_model
 from .models.flops import longer_flops, transformer_config
 from .models.ranking import build_model
+
+log = logging.getLogger(__name__)
 
 # keys that do not change what a run computes: a job re-launched with other values of these keeps its run
 # directory (and so its checkpoints)
@@ -84,6 +88,7 @@ class Trainer:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         resolve_num_embeddings(cfg.data)  # num_embeddings: auto -> the dataset's vocabulary sizes (meta.json)
+        check_table_memory(cfg)  # again, now that every table size is known
         self.env = env = init_distributed(cfg.train.device, cfg.parallel.collective_timeout_s)
         torch.manual_seed(cfg.train.seed)  # identical dense init on every rank
 
@@ -179,14 +184,21 @@ class Trainer:
                 progress["train_samples"] += size * env.world_size
                 self.logger.advance(loss_value)
                 if self.step % cfg.train.log_every == 0 or self.step == self.total_steps:
-                    self.logger.log(self.step, {
-                        "train/loss": window_loss / window_samples,
+                    metrics = {
+                        "train/loss": self._mean_over_ranks(window_loss, window_samples),
                         "train/lr": self.scheduler.get_last_lr()[0],
                         "train/grad_norm": self.step_optimizer.grad_norm,
                         "train/samples_per_s": window_samples * env.world_size / max(window_time, 1e-9),
                         "train/epoch": progress["epoch"],
                         **{f"data/skipped_{k}": v for k, v in self.train_loader.skipped.items()},
-                    })
+                    }
+                    self.logger.log(self.step, metrics)
+                    # on the console too (with or without the progress bar): a run stuck at chance shows here
+                    self.logger.print(
+                        f"step {self.step:>6}/{self.total_steps}  train/loss {metrics['train/loss']:.4f}  "
+                        f"lr {metrics['train/lr']:.3g}  grad_norm {metrics['train/grad_norm']:.3g}  "
+                        f"samples/s {metrics['train/samples_per_s']:.0f}"
+                    )
                     window_loss, window_samples, window_time = 0.0, 0, 0.0
                 if self.step % eval_every == 0 or self.step == self.total_steps:
                     progress["valid"] = self.evaluate("valid")
@@ -222,6 +234,14 @@ class Trainer:
         self.logger.finish(summary)
         self.logger.print(results_table(summary))
         return summary
+
+    def _mean_over_ranks(self, total: float, count: int) -> float:
+        """sum(total) / sum(count) over all ranks: the training loss of a logging window over the global
+        batch (a collective; every rank logs at the same steps)."""
+        sums = torch.tensor([total, count], dtype=torch.float64, device=self.env.device)
+        if self.env.world_size > 1:
+            dist.all_reduce(sums)
+        return float(sums[0] / sums[1])
 
     def _maybe_inject_fault(self) -> None:
         cfg = self.cfg.train
@@ -283,17 +303,22 @@ class Trainer:
         if self.cfg.train.resume == "never":
             self.checkpoints.clear()
             return
-        path = self.checkpoints.latest()
-        if path is None:
-            return
-        meta = read_meta(path)
-        self.resumed_from = path
+        # the newest checkpoint that verifies against its manifest and loads; those passed over are reported
+        self.resumed_from = self.checkpoints.load_newest(self._load, log.warning)
+        if self.resumed_from is not None:
+            self.logger.print(
+                f"resumed from {self.resumed_from} at step {self.step} (saved with "
+                f"world_size={self._saved_world_size}, now {self.env.world_size})"
+            )
+
+    def _load(self, path: Path, meta: dict[str, Any]) -> None:
+        """Load a verified checkpoint into the model, optimizers, schedule, progress and RNG (all ranks)."""
         self.optimizer.init_state()  # creates the dense optimizer's state tensors to load into
         state = self._state()
         rank_key = f"rank{self.env.rank}"
         if not any(key.startswith(rank_key + ".") for key in saved_keys(path)):
             del state[rank_key]  # this rank did not exist in the saved run (world size changed)
-        load_checkpoint(path, state)
+        load_checkpoint(path, state, verify=False)  # load_newest verified it on all ranks
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(meta["scheduler"])
@@ -304,17 +329,12 @@ class Trainer:
             torch.set_rng_state(state[rank_key]["torch"])
             if "cuda" in state[rank_key] and torch.cuda.is_available():
                 torch.cuda.set_rng_state(state[rank_key]["cuda"], self.env.device)
-        saved_world = meta["world_size"]
+        self._saved_world_size = saved_world = meta["world_size"]
         if saved_world != self.env.world_size:
             # the rows of an epoch are split over a different number of ranks: continue at the same fraction
             # of the epoch (exact resume needs the same world size)
             done = self.progress["batch_in_epoch"] * saved_world
             self.progress["batch_in_epoch"] = min(math.ceil(done / self.env.world_size), self.steps_per_epoch)
-        self.logger.print(
-            f"resumed from {path} at step {self.step} (saved with world_size={saved_world}, "
-            f"now {self.env.world_size})"
-        )
-
 
 def _format(metrics: dict[str, float], split: str) -> str:
     keys = ("auc", "gauc", "logloss", "calibration")

@@ -1,5 +1,7 @@
 """Config errors name the key at fault (and the allowed keys); overrides apply; the shipped configs load."""
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -132,3 +134,114 @@ def test_cli_merges_several_configs_then_overrides(capsys):
     assert "model.typo" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([str(dataset), "train.seed=1", str(experiment)])  # files after an override: usage error
+
+
+# ----------------------------------------------------------------------------------------------------
+# numeric ranges, the YAML file itself, and what the config asks of the machine
+# ----------------------------------------------------------------------------------------------------
+def _override(key: str, value) -> tuple[str, str]:
+    """(override, the key an error names) for a schema key (`data.tables.<table>.x`, `model.head_hidden[]`)
+    set to `value` on quickstart; a list key gets a one-element list."""
+    key = key.replace("<table>", "item")
+    text = {"nan": ".nan", "inf": ".inf"}.get(str(value), str(value))  # YAML spells them this way
+    if key.endswith("[]"):
+        return f"{key[:-2]}=[{text}]", key.replace("[]", "[0]")
+    return f"{key}={text}", key
+
+
+def _outside(bound, tp) -> list:
+    """Values just outside the bound (and non-finite ones for floats)."""
+    step = 1 if tp is int else 0.5
+    values = []
+    if bound.low is not None:
+        values.append(tp(bound.low) if bound.low_open else tp(bound.low - step))
+    if bound.high is not None:
+        values.append(tp(bound.high) if bound.high_open else tp(bound.high + step))
+    if tp is float:
+        values += [float("nan"), float("inf")]
+    return values
+
+
+def _numeric_cases():
+    from longer_train.config import numeric_keys
+
+    return [(key, tp, bound, value) for key, (tp, bound) in numeric_keys().items() for value in _outside(bound, tp)]
+
+
+def test_every_numeric_key_declares_a_range():
+    from longer_train.config import numeric_keys
+
+    keys = numeric_keys()
+    assert len(keys) >= 35 and "optim.min_lr_ratio" in keys and "data.tables.<table>.num_embeddings" in keys
+    assert [key for key, (_, bound) in keys.items() if bound is None] == []
+
+
+@pytest.mark.parametrize("key, tp, bound, value", _numeric_cases(), ids=lambda v: str(v))
+def test_a_numeric_key_outside_its_range_names_the_key_and_the_range(key, tp, bound, value):
+    override, named = _override(key, value)
+    with pytest.raises(ConfigError) as err:
+        load_config(QUICKSTART, [override])
+    message = str(err.value)
+    assert f"'{named}'" in message and str(bound) in message, message
+
+
+def test_the_issues_values_are_refused_at_load_time():
+    cases = {
+        "optim.warmup_steps=-10": ">= 0", "optim.min_lr_ratio=5": "in [0, 1]", "optim.grad_clip=-1": ">= 0",
+        "train.eval_every=-1": ">= 0", "train.max_steps=-1": ">= 0", "model.head_hidden=[0]": ">= 1",
+        "optim.lr=-0.001": "> 0", "optim.sparse_lr=-1": "> 0", "optim.weight_decay=-0.1": ">= 0",
+        "model.dropout=1.5": "in [0, 1)", "train.log_every=0": ">= 1", "model.time_buckets=100000000": "in [1, 128]",
+    }
+    for override, allowed in cases.items():
+        key = override.split("=")[0].replace("head_hidden", "head_hidden[0]")
+        with pytest.raises(ConfigError, match=re.escape(f"'{key}' must be {allowed}, got")):
+            load_config(QUICKSTART, [override])
+
+
+def test_tables_that_cannot_fit_in_memory_are_refused():
+    with pytest.raises(ConfigError) as err:
+        load_config(QUICKSTART, ["data.tables.item.num_embeddings=1000000000000"])
+    message = str(err.value)
+    assert "'data.tables.item.num_embeddings' (1000000000000)" in message and "GiB" in message
+    allowed = int(re.search(r"must be in \[1, (\d+)\]", message).group(1))
+    assert 1 < allowed < 10**12
+    load_config(QUICKSTART, [f"data.tables.item.num_embeddings={allowed // 2}"])  # within the range: loads
+
+
+def test_cuda_is_checked_against_the_machine(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"'train.device' is 'cuda' but this machine has no usable CUDA device"):
+        load_config(QUICKSTART, ["train.device=cuda"])
+    assert load_config(QUICKSTART, ["train.device=auto"]).train.device == "auto"
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"- data\n- model\n", "the top level must be a mapping of config sections (data, model, optim"),
+    (b"model:\n  name: \xe9t\xe9\n", "not UTF-8 text (byte 0xe9 at offset 15)"),
+    (b"model: {merge_k: 4\n", "not valid YAML"),
+    (b"42\n", "the top level must be a mapping"),
+])
+def test_a_yaml_file_that_is_not_a_config_mapping_is_named(tmp_path, content, expected):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(path) in str(err.value) and expected in str(err.value)
+
+
+def test_override_with_invalid_yaml_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"override 'model.head_hidden=\[1': the value is not valid YAML"):
+        load_config(QUICKSTART, ["model.head_hidden=[1"])
+
+
+def test_table_sizes_read_from_the_data_are_checked_against_memory_too(tmp_path):
+    from longer_train.trainer import Trainer
+
+    sizes = {"item_id": 10**12, "hist_item_id": 10**12, "category_id": 50, "hist_category_id": 50, "hist_action": 3,
+             "user_id": 4000, "user_segment": 8}
+    (tmp_path / "meta.json").write_text(json.dumps({"num_embeddings": sizes}))
+    cfg = load_config(QUICKSTART, [f"data.root={tmp_path}", "data.tables.item.num_embeddings=auto"])
+    with pytest.raises(ConfigError, match=r"'data.tables.item.num_embeddings' \(1000000000000\): .* GiB"):
+        Trainer(cfg)  # before any process group or table is made

@@ -1,18 +1,88 @@
 """One place that reports a run: console lines and a progress bar, Weights & Biases (offline unless the
 config says otherwise), `<run>/metrics.jsonl` (every logged metric, by step), and the runs table (one JSON
-line per finished run). Only rank 0 writes."""
+line per finished run). Only rank 0 writes.
+
+`setup_logging` configures Python logging for the command-line tools: warnings and errors on stderr from
+rank 0 (every rank with `logging.all_ranks: true`; errors from every rank always), Python warnings
+routed through it, and only a short, named list of third-party messages a user cannot act on dropped."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from ..config import Config
+
+# Messages from TorchRec / PyTorch printed on every run about their own internals (nothing a user of this
+# project can change); each is dropped by its exact text, so every other warning still shows.
+_NOISE_LOGS = {
+    "torchrec.distributed.planner.types": r"The topology was constructed directly rather than via TopologyFactory",
+    "torchrec.distributed.planner.storage_reservations": r"There is a known issue with TorchRec's dense tensor size",
+    "torch.fx._symbolic_trace": r"is_fx_tracing will return true for both fx.symbolic_trace and torch.export",
+}
+_NOISE_WARNINGS = (  # (category, message regex)
+    (FutureWarning, r"HeuristicalStorageReservation is known to cause issues"),
+    (FutureWarning, r"`broadcast_buffers` is deprecated"),
+    (FutureWarning, r"Please use DTensor instead and we are deprecating ShardedTensor"),
+    (UserWarning, r"torch.distributed is disabled, unavailable or uninitialized, assuming the intent is to load"),
+)
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, pattern: str) -> None:
+        super().__init__()
+        self.pattern = re.compile(pattern)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.pattern.search(record.getMessage())
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record is emitted (not the one at setup)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def setup_logging(all_ranks: bool = False, debug: bool = False) -> None:
+    """Console logging for a command-line tool. Under torchrun (RANK set) rank 0 logs warnings and above
+    and the other ranks only errors unless `all_ranks`; lines carry the rank when there is more than one.
+    `debug` logs longer_train's debug messages too."""
+    rank = int(os.environ.get("RANK", "0"))
+    many = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    handler = _StderrHandler()
+    prefix = f"[rank {rank}] " if many else ""
+    handler.setFormatter(logging.Formatter(prefix + "%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_longer_train", False)]:
+        root.removeHandler(old)
+    handler._longer_train = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING if rank == 0 or all_ranks else logging.ERROR)
+    logging.getLogger("longer_train").setLevel(
+        logging.DEBUG if debug else logging.INFO if rank == 0 or all_ranks else logging.ERROR
+    )
+    for name, pattern in _NOISE_LOGS.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessage) and f.pattern.pattern == pattern for f in logger.filters):
+            logger.addFilter(_DropMessage(pattern))
+    for category, pattern in _NOISE_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern, category=category)
+    logging.captureWarnings(True)  # the rest go through logging: shown once per place, rank-filtered
 
 
 class RunLogger:

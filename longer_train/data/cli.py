@@ -1,27 +1,27 @@
-"""`longer-data`: build datasets in the sample schema (`synthetic`, or `prepare` a public dataset)."""
+"""`longer-data`: build datasets in the sample schema (`synthetic`, or `prepare` a public dataset).
+
+Bad input (an unreadable or malformed source, an output folder that cannot be written) is one line on
+stderr and exit code 2; --debug (or LONGER_DEBUG=1) shows the traceback."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
+from longer_train.components.run_logger import setup_logging
 from longer_train.data import prepare, synthetic, synthetic_match
+from longer_train.errors import add_debug_flag, debug_enabled, run_cli
 
 
 def _build(args: argparse.Namespace, write) -> dict | int:
-    """The dataset's meta from `write()`, or the exit code to return instead: 0 when OUT is already a
-    complete dataset (and --force is not given), 2 when writing fails (the error is on stderr)."""
+    """The dataset's meta from `write()`, or 0 (the exit code) when OUT is already a complete dataset and
+    --force is not given."""
     out = Path(args.out)
     if (out / ".complete").exists() and not args.force:
         print(f"{out} is already there ({out / '.complete'} exists); pass --force to build it again")
         return 0
-    try:
-        return write()
-    except (FileExistsError, ValueError, OSError) as err:
-        print(f"longer-data {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    return write()
 
 
 def _synthetic(args: argparse.Namespace) -> int:
@@ -90,8 +90,9 @@ def _prepare(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longer-data", description=__doc__)
+    common = add_debug_flag(parser)
     commands = parser.add_subparsers(dest="command", required=True)
-    syn = commands.add_parser("synthetic", help="generate the synthetic long-sequence dataset")
+    syn = commands.add_parser("synthetic", help="generate the synthetic long-sequence dataset", parents=[common])
     syn.add_argument("--out", required=True, help="output folder (train/, valid/, test/, meta.json)")
     syn.add_argument("--task", choices=("default", "match"), default="default",
                      help="default: the long-sequence CTR data of the quickstart; match: the label depends only on "
@@ -105,7 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     syn.add_argument("--categories", type=int, default=0, help="default 50 (match: 500)")
     syn.add_argument("--force", action="store_true", help="regenerate even if OUT/.complete exists")
     syn.set_defaults(run=_synthetic)
-    prep = commands.add_parser("prepare", help="turn a public dataset (MovieLens, Taobao) into a sequence store")
+    prep = commands.add_parser("prepare", help="turn a public dataset (MovieLens, Taobao) into a sequence store",
+                               parents=[common])
     prep.add_argument("name", choices=prepare.DATASETS)
     prep.add_argument("--src", required=True, help="the downloaded file, archive or folder")
     prep.add_argument("--out", required=True,
@@ -127,7 +129,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return args.run(args)
+    debug = debug_enabled(args.debug)
+    setup_logging(debug=debug)
+    # the builders raise ValueError (PrepareError is one) for input they cannot use: one line, like the rest
+    return run_cli(f"longer-data {args.command}", lambda: args.run(args), debug, also=(ValueError,))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from longer_train.config import DataConfig
+from longer_train.errors import InputError
 
 from .oov import unmappable
 
@@ -29,7 +30,7 @@ FLOAT = "float"
 _KIND_OF_ROLE = {"candidate": INT, "sequence": LIST, "user": INT_OR_LIST, "dense": FLOAT}
 
 
-class SchemaError(ValueError):
+class SchemaError(InputError):
     """A Parquet file or batch does not match the sample schema (names the file, column and row)."""
 
 

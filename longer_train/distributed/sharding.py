@@ -19,18 +19,14 @@ from torchrec.distributed.model_parallel import DataParallelWrapper, DefaultData
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
 from torchrec.distributed.types import ShardingEnv, ShardingPlan
 
-from ..config import Config, ConfigError, DataConfig
+from ..config import Config, ConfigError, DataConfig, table_bytes
+from ..data.oov import embedding_rows
 from .parallelize import BLOCKS
 from .process_group import DistEnv
 
 # data_parallel tables would be updated by the dense optimizer instead of the fused sparse one
 _SHARDED = ["table_wise", "row_wise", "column_wise"]
 _CUDA_ONLY_KERNELS = ("fused_uvm", "fused_uvm_caching", "key_value")
-# fused-optimizer state floats per embedding row of `cols` columns
-_OPTIMIZER_STATE = {
-    "rowwise_adagrad": lambda cols: 1, "adagrad": lambda cols: cols, "sgd": lambda cols: 0,
-    "adam": lambda cols: 2 * cols,
-}
 
 
 def table_constraints(data: DataConfig, device: torch.device) -> dict[str, ParameterConstraints]:
@@ -90,13 +86,14 @@ def init_tables(dmp: DistributedModelParallel, data: DataConfig, seed: int) -> N
     """Re-initialise every embedding table the same way whatever the plan and world size: TorchRec
     initialises each shard from its rank's RNG, so a 2-rank run would otherwise start from different
     tables than a 1-process run. Rows are drawn in fixed chunks from generators seeded by (seed, table,
-    chunk), so each rank generates only the rows it holds. Distribution: U(-b, b) with the table's
-    `init_bound` b, by default TorchRec's sqrt(1/num_embeddings)."""
+    chunk), so each rank generates only the rows it holds. Every row of the table is drawn, the shared
+    OOV row under `oov: oov_row` included. Distribution: U(-b, b) with the table's `init_bound` b, by
+    default TorchRec's sqrt(1/rows)."""
     for key, value in dmp.state_dict().items():
         if not hasattr(value, "local_shards") or not key.endswith(".weight"):
             continue
         table = key.split(".")[-2]
-        rows, dim = data.tables[table].num_embeddings, data.tables[table].embedding_dim
+        rows, dim = embedding_rows(data.tables[table]), data.tables[table].embedding_dim
         bound = data.tables[table].init_bound or math.sqrt(1.0 / rows)
         for shard in value.local_shards():
             (row0, col0), (nrows, ncols) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
@@ -115,14 +112,13 @@ def plan_summary(plan: ShardingPlan, cfg: Config) -> dict:
     bytes the tables and their fused optimizer state take (fp32 weights)."""
     tables: dict[str, dict] = {}
     per_rank: dict[int, int] = {}
-    state = _OPTIMIZER_STATE[cfg.optim.sparse_optimizer]
     for module, params in plan.plan.items():
         for table, spec in params.items():
             shards = []
             for shard in spec.sharding_spec.shards if spec.sharding_spec else []:
                 rows, cols = shard.shard_sizes
                 rank = shard.placement.rank()
-                per_rank[rank] = per_rank.get(rank, 0) + 4 * rows * (cols + state(cols))
+                per_rank[rank] = per_rank.get(rank, 0) + table_bytes(rows, cols, cfg.optim.sparse_optimizer)
                 shards.append({"rank": rank, "offsets": list(shard.shard_offsets), "sizes": [rows, cols]})
             tables[f"{module}.{table}"] = {
                 "sharding_type": spec.sharding_type, "compute_kernel": spec.compute_kernel, "shards": shards,

@@ -3,12 +3,16 @@
     longer-serve score --checkpoint DIR --requests FILE_OR_DIR --out FILE.parquet [--events DIR]
     longer-serve http --checkpoint DIR --port P [--host 127.0.0.1] [--threads N] [limits: docs/serving.md]
     longer-serve export --checkpoint DIR --out DIR   (torch.export programs of the dense prefill and score)
+
+--checkpoint is a checkpoint folder (runs/<run>/checkpoints/step_N), verified against its manifest before
+it is used, or a run folder (or its checkpoints/ folder): then the newest checkpoint that verifies.
+Bad input (a checkpoint that fails verification, a request file that does not match the schema) is one
+line on stderr and exit code 2; --debug (or LONGER_DEBUG=1) shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -16,8 +20,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..components.run_logger import setup_logging
 from ..data.schema import SchemaError
 from ..data.store import EVENTS, EventLog, event_files, is_store_schema
+from ..errors import add_debug_flag, debug_enabled, run_cli
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -29,18 +35,17 @@ def _score(args: argparse.Namespace) -> int:
     tables, events = [], None
     start = time.perf_counter()
     for path in files:
-        table = pq.read_table(path)
         try:
-            if is_store_schema(table.schema, scorer.cfg.data):  # a sequence store's split: rebuild the histories
-                if events is None:
-                    default = (source if source.is_dir() else source.parent).parent / EVENTS
-                    where = replace(scorer.cfg.data, root=".", events=str(args.events or default))
-                    events = EventLog(event_files(where), scorer.cfg.data)
-                table = events.rebuild(table)[0]
-            scores = scorer.score_table(table, source=str(path))
-        except SchemaError as err:
-            print(f"longer-serve score: {err}", file=sys.stderr)
-            return 2
+            table = pq.read_table(path)
+        except (OSError, pa.ArrowException) as err:
+            raise SchemaError(f"{path}: cannot read Parquet file ({err})") from None
+        if is_store_schema(table.schema, scorer.cfg.data):  # a sequence store's split: rebuild the histories
+            if events is None:
+                default = (source if source.is_dir() else source.parent).parent / EVENTS
+                where = replace(scorer.cfg.data, root=".", events=str(args.events or default))
+                events = EventLog(event_files(where), scorer.cfg.data)
+            table = events.rebuild(table)[0]
+        scores = scorer.score_table(table, source=str(path))
         tables.append(table.append_column("score", pa.array(scores, pa.float32())))
     out = pa.concat_tables(tables)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -121,27 +126,32 @@ def _export(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="longer-serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    common = add_debug_flag(parser)
     commands = parser.add_subparsers(dest="command", required=True)
-    batch = commands.add_parser("score", help="score a Parquet file (or folder) of requests")
-    batch.add_argument("--checkpoint", required=True, help="a checkpoint folder: runs/<run>/checkpoints/step_N")
+    batch = commands.add_parser("score", help="score a Parquet file (or folder) of requests", parents=[common])
+    batch.add_argument("--checkpoint", required=True,
+                       help="a checkpoint folder (runs/<run>/checkpoints/step_N), or a run folder: its newest "
+                            "checkpoint that verifies")
     batch.add_argument("--requests", required=True, help="Parquet rows in the sample schema (label optional), or a "
                        "sequence store's split (histories rebuilt from its event log)")
     batch.add_argument("--events", help="the event log of a store's requests (default: events/ beside their folder)")
     batch.add_argument("--out", required=True, help="output Parquet: the request rows plus a 'score' column")
     batch.set_defaults(run=_score)
-    http = commands.add_parser("http", help="serve JSON scoring requests over HTTP")
+    http = commands.add_parser("http", help="serve JSON scoring requests over HTTP", parents=[common])
     http.add_argument("--checkpoint", required=True)
     http.add_argument("--host", default="127.0.0.1", help="no authentication: keep the default (localhost) "
                                                            "or put a reverse proxy in front")
     http.add_argument("--port", type=int, default=8080)
     _add_http_limits(http)
     http.set_defaults(run=_http)
-    export = commands.add_parser("export", help="write torch.export programs of prefill and score")
+    export = commands.add_parser("export", help="write torch.export programs of prefill and score", parents=[common])
     export.add_argument("--checkpoint", required=True)
     export.add_argument("--out", required=True, help="folder for prefill.pt2 and score.pt2")
     export.set_defaults(run=_export)
     args = parser.parse_args(argv)
-    return args.run(args)
+    debug = debug_enabled(args.debug)
+    setup_logging(debug=debug)
+    return run_cli(f"longer-serve {args.command}", lambda: args.run(args), debug)
 
 
 if __name__ == "__main__":

@@ -10,20 +10,20 @@ the HTTP service scores the requests that arrive together in one call of it.
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import torch
-import torch.distributed.checkpoint as dcp
 from torchrec import KeyedJaggedTensor
 
+from ..components.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, read_meta
 from ..config import Config, config_from_dict
 from ..data.batch import collate
 from ..data.oov import map_ids
 from ..data.schema import validate_batch
+from ..errors import one_line
 from ..models.longer import Longer, LongerInputs
 from ..models.ranking import dense_dims
 from ..models.sparse_arch import SparseArch
@@ -37,18 +37,20 @@ class Scorer:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> "Scorer":
-        path = Path(path)
-        meta_file = path / "meta.json"
-        if not meta_file.is_file():
-            raise FileNotFoundError(f"{path} is not a longer-train checkpoint (no meta.json)")
-        cfg = config_from_dict(json.loads(meta_file.read_text())["config"])
+        """A checkpoint folder, verified against its manifest, or the newest verified checkpoint of a run
+        folder (`find_checkpoint`); CheckpointError when it cannot be used."""
+        path = find_checkpoint(path)
+        cfg = config_from_dict(read_meta(path)["config"])
         if cfg.model.name != "longer":
-            raise ValueError(f"{path}: KV-cached serving is for model.name=longer, not {cfg.model.name!r}")
+            raise CheckpointError(f"{path}: KV-cached serving is for model.name=longer, not {cfg.model.name!r}")
         sparse = SparseArch(cfg.data, device=torch.device("cpu"))
         dense = Longer(cfg.model, dense_dims(cfg, sparse))
         model = torch.nn.ModuleDict({"sparse": sparse, "dense": dense})
         state = {"model": model.state_dict()}
-        dcp.load(state, checkpoint_id=str(path))  # loads in place into the module's tensors
+        try:
+            load_checkpoint(path, state, verify=False)  # in place into the module's tensors; verified above
+        except Exception as err:
+            raise CheckpointError(f"{path}: cannot be loaded ({type(err).__name__}: {one_line(err)})") from err
         model.load_state_dict(state["model"])
         return cls(cfg, sparse, dense)
 

@@ -1,16 +1,18 @@
 """Run under torchrun by test_sharding_parity.py: a few training steps on fixed global batches, split
 evenly over the ranks, for each variant (sharding plan, dense parallelism); rank 0 writes the global mean
-loss of every step as JSON.
+loss of every step and a digest of every embedding table as initialised as JSON.
 
 usage: torchrun --nproc_per_node=W parity_worker.py DATA_ROOT OUT_JSON GLOBAL_BATCH STEPS [overrides...]
 """
 
+import hashlib
 import json
 import logging
 import sys
 import warnings
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
 from longer_train.config import load_config
@@ -30,6 +32,18 @@ VARIANTS = {
 }
 
 
+def _table_digests(trainer: Trainer) -> dict[str, str]:
+    """table -> SHA-256 of the whole table (gathered from its shards onto rank 0; empty on other ranks)."""
+    digests = {}
+    for key, value in trainer.model.state_dict().items():
+        if hasattr(value, "local_shards") and key.endswith(".weight"):
+            full = torch.empty(tuple(value.size())) if dist.get_rank() == 0 else None
+            value.gather(dst=0, out=full)
+            if full is not None:
+                digests[key.split(".")[-2]] = hashlib.sha256(full.numpy().tobytes()).hexdigest()
+    return digests
+
+
 def main() -> None:
     root, out, global_batch, steps, *overrides = sys.argv[1:]
     global_batch, steps = int(global_batch), int(steps)
@@ -46,6 +60,7 @@ def main() -> None:
         ])
         trainer = Trainer(cfg)
         rank, world = trainer.env.rank, trainer.env.world_size
+        tables = _table_digests(trainer)  # as initialised, before any step
         local = global_batch // world
         rows = read_inline(root, "train", cfg.data).slice(0, global_batch * steps)
         losses = []
@@ -55,7 +70,7 @@ def main() -> None:
             loss = output[0].detach().clone()
             dist.all_reduce(loss)
             losses.append(loss.item() / world)
-        results[name] = {"losses": losses, "plan": trainer.plan}
+        results[name] = {"losses": losses, "plan": trainer.plan, "tables": tables}
         dist.barrier()
     if dist.get_rank() == 0:
         Path(out).write_text(json.dumps(results))

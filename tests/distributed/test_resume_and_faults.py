@@ -1,13 +1,18 @@
 """Launch and fault tolerance on 2 CPU ranks, through launch/torchrun.sh: a job killed with SIGKILL and
 started again with the same command continues from its latest checkpoint to exactly the losses and
-metrics of an uninterrupted run (bitwise); so does the multi-node form (2 nodes x 1 process on this
+metrics of an uninterrupted run (bitwise), and so does a run whose latest checkpoint was damaged (it falls
+back to the previous one); so does the multi-node form (2 nodes x 1 process on this
 host); a checkpoint loads at another world size; --max-restarts restarts a killed worker and the job
 finishes; a rank that raises ends the job with its error instead of a hang."""
 
 import json
+import re
+import shutil
 import socket
 import subprocess
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from torchrun_launch import REPO, launch, launch_env
 
@@ -41,11 +46,17 @@ def _comparable(metrics: dict[int, dict]) -> dict[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tiny_data, tmp_path_factory):
+def uninterrupted_run(tiny_data, tmp_path_factory):
+    """(output dir, metrics) of the uninterrupted 2-rank run; its checkpoints are steps 4 and 8."""
     out = tmp_path_factory.mktemp("uninterrupted")
     proc = launch(_command(tiny_data, out, "run"), NPROC_PER_NODE="2")
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return _comparable(_metrics(out, "run"))
+    return out, _comparable(_metrics(out, "run"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(uninterrupted_run):
+    return uninterrupted_run[1]
 
 
 def test_kill_9_and_restart_continues_bitwise(tiny_data, tmp_path, uninterrupted):
@@ -60,6 +71,21 @@ def test_kill_9_and_restart_continues_bitwise(tiny_data, tmp_path, uninterrupted
     assert sorted(resumed) == sorted(uninterrupted) == list(range(1, STEPS + 1))
     for step in uninterrupted:
         assert resumed[step] == uninterrupted[step], step  # bitwise: losses, lr, grad norm, valid/test metrics
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one_bitwise(tiny_data, tmp_path, uninterrupted_run):
+    out, uninterrupted = uninterrupted_run
+    shutil.copytree(out / "run", tmp_path / "run")
+    latest = tmp_path / "run" / "checkpoints" / f"step_{STEPS:08d}"
+    data = latest / "__0_0.distcp"  # rank 0's tensors; rank 1 is the one that verifies this file
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2 : len(raw) // 2 + 256] = bytes(256)
+    data.write_bytes(bytes(raw))
+    rerun = launch(_command(tiny_data, tmp_path, "run"), NPROC_PER_NODE="2")
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    assert f"checkpoint {latest} skipped: __0_0.distcp does not match its SHA-256" in rerun.stderr
+    assert f"resumed from {tmp_path}/run/checkpoints/step_{SAVE_AT:08d} at step {SAVE_AT}" in rerun.stdout
+    assert _comparable(_metrics(tmp_path, "run")) == uninterrupted  # steps 5.. trained again, bitwise the same
 
 
 @pytest.mark.parametrize("saved_ranks, resumed_ranks", [(2, 1), (1, 2)])
@@ -86,6 +112,21 @@ def test_a_rank_that_raises_fails_the_job_with_its_error(tiny_data, tmp_path):
     proc = launch(command, timeout=240, NPROC_PER_NODE="2")  # a hang would hit the timeout and fail the test
     assert proc.returncode != 0
     assert "injected fault on rank 1 after step 2" in proc.stderr
+
+
+def test_a_data_error_is_one_line_in_the_jobs_failure_summary(tiny_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    part = sorted((data / "train").glob("*.parquet"))[0]
+    table = pq.read_table(part)
+    labels = table["label"].to_numpy().copy()
+    labels[3] = 0.5
+    pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels)), part)
+    proc = launch(_command(data, tmp_path, "run", "data.shuffle_buffer=0"), timeout=240, NPROC_PER_NODE="2")
+    assert proc.returncode != 0
+    root_cause = proc.stderr.split("Root Cause (first observed failure)")[-1]
+    assert re.search(rf"traceback : longer-train: error \(rank \d\): {re.escape(str(part))}: row 3, column 'label'",
+                     root_cause), proc.stderr[-3000:]
 
 
 def test_multi_node_form_trains_like_one_node(tiny_data, tmp_path, uninterrupted):

@@ -1,0 +1,105 @@
+"""What the command-line tools print. Bad input (data, paths, requests) is one line naming the file, row and
+column with exit code 2 and no traceback (unless --debug / LONGER_DEBUG=1); warnings of the data loader
+reach the console; the training loss, lr and samples/s are printed every log_every steps without the
+progress bar; logging is rank-aware."""
+
+import logging
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from test_config import QUICKSTART
+
+from longer_train.components.run_logger import setup_logging
+from longer_train.data import cli as data_cli
+from longer_train.data import synthetic
+from longer_train.data.schema import SchemaError
+from longer_train.serve.cli import main as serve_main
+from longer_train.train import main as train_main
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    synthetic.generate(root, users=300, max_len=64, seed=1)
+    return root
+
+
+def _args(data, tmp_path, *extra):
+    return [
+        str(QUICKSTART), f"data.root={data}", "data.max_len=64", "data.batch_size=64", "train.max_steps=3",
+        "train.log_every=1", f"train.output_dir={tmp_path}/runs", f"train.runs_table={tmp_path}/runs.jsonl",
+        "train.progress_bar=false", "logging.wandb_mode=disabled", "train.checkpoint=false", *extra,
+    ]
+
+
+def _bad_label(tiny, tmp_path):
+    """A copy of the data whose first training file has label 0.5 in row 3; returns (root, that file)."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny, data)
+    part = sorted((data / "train").glob("*.parquet"))[0]
+    table = pq.read_table(part)
+    labels = table["label"].to_numpy().copy()
+    labels[3] = 0.5
+    pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels)), part)
+    return data, part
+
+
+def test_a_bad_row_is_one_line_naming_file_row_and_column(tiny, tmp_path, capsys, monkeypatch):
+    data, part = _bad_label(tiny, tmp_path)
+    args = _args(data, tmp_path, "data.shuffle_buffer=0", "data.num_workers=1")  # raised in a loader worker
+    assert train_main(args) == 2
+    err = capsys.readouterr().err
+    assert f"longer-train: error: {part}: row 3, column 'label'" in err, err
+    assert "Traceback" not in err and "DataLoader worker" not in err
+    args += ["data.num_workers=0", "parallel.pipeline=false"]  # the same error, sooner
+    with pytest.raises(SchemaError, match="column 'label'"):  # --debug: the error with its traceback
+        train_main([*args, "--debug"])
+    monkeypatch.setenv("LONGER_DEBUG", "1")
+    with pytest.raises(SchemaError):
+        train_main(args)
+
+
+def test_loader_warnings_and_the_training_loss_reach_the_console(tiny, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(tiny, data)
+    (data / "train" / "zz-broken.parquet").write_bytes(b"not parquet")
+    assert train_main(_args(data, tmp_path, "data.bad_files=skip")) == 0
+    out, err = capsys.readouterr()
+    assert "WARNING longer_train.data.loader: skipping file (data.bad_files=skip)" in err and "zz-broken" in err
+    # without the progress bar, every log_every steps: the windowed loss, lr, grad norm and samples/s
+    lines = [line for line in out.splitlines() if "train/loss" in line]
+    assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"], out
+    assert all(" lr " in line and "samples/s" in line for line in lines)
+
+
+def test_logging_is_rank_aware(monkeypatch, capsys):
+    log = logging.getLogger("longer_train.test")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    try:
+        setup_logging()
+        log.warning("a warning on rank 1")
+        log.error("an error on rank 1")
+        err = capsys.readouterr().err
+        assert "a warning on rank 1" not in err and "[rank 1] ERROR longer_train.test: an error on rank 1" in err
+        setup_logging(all_ranks=True)
+        log.warning("a warning on rank 1")
+        assert "[rank 1] WARNING longer_train.test: a warning on rank 1" in capsys.readouterr().err
+    finally:
+        monkeypatch.delenv("RANK")
+        monkeypatch.delenv("WORLD_SIZE")
+        setup_logging()
+
+
+def test_longer_data_and_longer_serve_report_bad_paths_in_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert data_cli.main(["synthetic", "--out", str(tmp_path / "file" / "data"), "--users", "10"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("longer-data synthetic: error: ") and str(tmp_path / "file") in err
+    assert "Traceback" not in err
+    assert serve_main(["score", "--checkpoint", str(tmp_path / "nope"), "--requests", "r.parquet", "--out",
+                       str(tmp_path / "o.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert f"longer-serve score: error: {tmp_path / 'nope'}: no such checkpoint" in err and "Traceback" not in err
