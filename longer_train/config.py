@@ -94,9 +94,9 @@ class DataConfig:
 # ----------------------------------------------------------------------------------------------------
 @dataclass
 class ModelConfig:
-    # longer, or a baseline of the paper's Table 1 (models/baselines.py); the Transformer baseline is
-    # longer with merge_k=1 and num_queries >= max_len (configs/experiments/transformer.yaml)
-    name: str = _choice("longer", ("longer", "no_sequence", "sum_pooling", "din"))
+    # longer, or a baseline of the paper's Table 1 (models/baselines.py, twin.py, hstu.py); the Transformer
+    # baseline is longer with merge_k=1 and num_queries >= max_len (configs/experiments/transformer.yaml)
+    name: str = _choice("longer", ("longer", "no_sequence", "sum_pooling", "din", "twin", "hstu"))
     token_dim: int = 32  # d: width of one behaviour token before merging
     time_buckets: int = 64  # log-bucketised (request time - event time)
     merge: str = _choice("concat", ("concat", "inner_trans"))
@@ -106,7 +106,7 @@ class ModelConfig:
     num_cls: int = 2  # learnable CLS global tokens (plus the user and the candidate token)
     num_queries: int = 16  # k: most recent merged tokens used as queries in the cross-causal layer
     num_self_layers: int = 1  # N self-causal layers after the cross-causal one
-    head_dim: int = 32  # attention head width; heads = width // head_dim
+    head_dim: int = 32  # attention head width; heads = width // head_dim (twin, hstu: token_dim // head_dim)
     ffn_mult: int = 4
     norm: str = _choice("layernorm", ("layernorm", "rmsnorm"))
     dropout: float = 0.0
@@ -117,6 +117,9 @@ class ModelConfig:
     # baselines: a plain sum, DIN's raw attention scores) | length (divide by the row's length: mean
     # pooling) | softmax (DIN's scores softmax-normalised over the row)
     pool_norm: str = _choice("none", ("none", "length", "softmax"))
+    # twin: events each row keeps by the general search unit's score for the exact search unit's attention
+    twin_top_k: int = 50
+    hstu_layers: int = 2  # hstu: HSTU layers over [history | candidate]
     # the behaviours' similarity to the candidate in the shared embedding space (cosine, per candidate /
     # sequence feature pair sharing a table; models/candidate_match.py): none | attention (it enters DIN's
     # attention scores / LONGER's candidate row of the cross-causal layer as a learned bias) |
@@ -182,6 +185,7 @@ class ParallelConfig:
     # tokens (token builder, global-token MLPs), attention (projections + attention), ffn, head
     bf16: List[str] = field(default_factory=list)
     # activation recomputation: drop a component's activations in forward, recompute them in backward
+    # (self: LONGER's self-causal layers and HSTU's layers)
     recompute: str = _choice("none", ("none", "inner_trans", "cross", "self", "all"))
     collective_timeout_s: int = 600  # a rank stuck in a collective this long fails instead of hanging
 
@@ -397,6 +401,13 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(
             f"config key 'model.pool_norm' ({model.pool_norm}) applies to model.name sum_pooling or din only, "
             f"not {model.name}"
+        )
+    if model.name in ("twin", "hstu") and (model.token_dim % model.head_dim or model.twin_top_k < 1
+                                           or model.hstu_layers < 1):
+        raise ConfigError(
+            f"model.name={model.name}: config key 'model.head_dim' ({model.head_dim}) must divide "
+            f"model.token_dim ({model.token_dim}), and 'model.twin_top_k' ({model.twin_top_k}) and "
+            f"'model.hstu_layers' ({model.hstu_layers}) must be >= 1"
         )
     for i, component in enumerate(cfg.parallel.bf16):
         if component not in BF16_COMPONENTS:

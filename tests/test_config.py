@@ -57,6 +57,15 @@ def test_pool_norm_on_a_model_without_pooling_is_rejected():
     assert load_config(QUICKSTART, ["model.name=din", "model.pool_norm=softmax"]).model.pool_norm == "softmax"
 
 
+@pytest.mark.parametrize("name", ["twin", "hstu"])
+def test_twin_and_hstu_heads_divide_the_token_width_and_sizes_are_positive(name):
+    for bad in (["model.head_dim=32"], ["model.head_dim=8", "model.twin_top_k=0"], ["model.head_dim=8",
+                                                                                    "model.hstu_layers=0"]):
+        with pytest.raises(ConfigError, match=rf"model.name={name}: .*'model.head_dim'.*'model.twin_top_k'"):
+            load_config(QUICKSTART, [f"model.name={name}", *bad])
+    assert load_config(QUICKSTART, [f"model.name={name}", "model.head_dim=8"]).model.name == name
+
+
 def test_override_without_equals_is_rejected():
     with pytest.raises(ConfigError, match="key=value"):
         load_config(QUICKSTART, ["train.seed"])

@@ -65,3 +65,25 @@ def group_similarity(groups: Tensor, candidates: Tensor, pairs: tuple[MatchPair,
         out.append(torch.matmul(c, g.transpose(1, 2)))  # [B, C, L']
         start += p.width
     return torch.stack(out, dim=-1)
+
+
+# initial weight of a similarity in an attention score: a behaviour (or merged group) holding one event of the
+# candidate's item or category starts ~e^MATCH_BIAS_INIT times as attended as one holding none
+MATCH_BIAS_INIT = 1.0
+
+
+def match_weight(heads: int, pairs: int) -> torch.nn.Parameter:
+    """The learned weight of each pair's similarity in each head's attention score [H, P]."""
+    return torch.nn.Parameter(torch.full((heads, pairs), MATCH_BIAS_INIT))
+
+
+def match_bias(match: Tensor, weight: Tensor) -> Tensor:
+    """The attention-score bias of a candidate for a key, per head: Σ_p w_{h,p}·s_p. match [..., P] (the
+    candidate's similarities to the key), weight [H, P] -> [..., H]."""
+    return match @ weight.T
+
+
+def attended_similarity(weights: Tensor, match: Tensor) -> Tensor:
+    """Per head and pair, the similarity the candidates attended to: attention weights [B, H, C, L] of the L
+    keys, match [B, C, L, P] -> [B, C, H * P]."""
+    return torch.einsum("bhcl,bclp->bchp", weights.to(match.dtype), match).flatten(2)
