@@ -12,7 +12,8 @@ how much of the candidate's item / category the attention found in the history; 
 `model.pool_norm` normalises the weights of both within each row: `length` (divided by the row's length:
 mean pooling) or `softmax` (over the row's events); the default `none` is the paper's baselines.
 The Transformer baseline (full causal attention over the unmerged sequence, every position a query) is
-LONGER itself with `model.merge_k=1` and `model.num_queries >= data.max_len`.
+LONGER itself with `model.merge_k=1` and `model.num_queries >= data.max_len`; TWIN (`twin.py`) is a pooled
+sequence too, HSTU is `hstu.py`.
 """
 
 from __future__ import annotations

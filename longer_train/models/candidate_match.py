@@ -5,7 +5,8 @@ A candidate feature and a sequence feature that look up the same table (`item_id
 candidate's item / category" is visible from the first step — before any projection has learned to align
 the candidate token with the behaviour tokens (they come from different MLPs). The sequence models take
 these similarities where the candidate meets the history (docs/model.md, "Candidate match"): DIN's
-attention scores and pooled features, LONGER's candidate row in the cross-causal layer.
+attention scores and pooled features, TWIN's target-attention scores (search and attention alike), LONGER's
+candidate row in the cross-causal layer and HSTU's candidate row in every layer.
 
 The similarity is the cosine, so it does not depend on the tables' scale (TorchRec's default init
 U(±sqrt(1/rows)) makes item vectors ~100x shorter than category vectors; a dot product would start near 0).

@@ -61,26 +61,40 @@ class HSTULayer(nn.Module):
         self.time_bias = nn.Parameter(torch.randn(time_buckets) * 0.02)
         self.match_weight = match_weight(heads, match_pairs) if match_pairs else None
         self.dropout = nn.Dropout(dropout)
-        self.normaliser = float(max_len + 1)
 
     def forward(
-        self, x: Tensor, allowed: Tensor, distance: Tensor, time_bucket: Tensor, match: Tensor | None = None
+        self, x: Tensor, mask: Tensor, distance: Tensor, time_bucket: Tensor, match: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """x [B, n, D], the candidate last; allowed [B, n, n]: the keys each position sees; distance [n, n]
-        and time_bucket [B, n, n] of each (query, key) pair; match [B, n - 1, P]: the candidate's similarity
-        to each history position (None: off). Returns the new states [B, n, D] and the candidate row's
-        attention weights over the history [B, H, 1, n - 1]."""
+        """x [B, n, D]: the history (left-padded), then the candidate; mask [B, n, n]: 1/N where a position
+        sees a key, else 0; distance [n, n] and time_bucket [B, n, n] of each (position, key) pair; match
+        [B, n - 1, P]: the candidate's similarity to each history position (None: off). Returns the new states
+        [B, n, D] and the candidate's attention weights over the history [B, H, 1, n - 1].
+
+        The history rows attend over the history only and the candidate row over everything: the causal mask
+        over the whole layout, computed without the history's never-used scores for the candidate's key."""
         u, v, q, k = F.silu(self.uvqk(self.norm_in(x))).chunk(4, dim=-1)
         q, k, v = (split_heads(t, self.heads) for t in (q, k, v))  # [B, H, n, dh]
-        rab = self.position_bias[distance] + F.embedding(time_bucket, self.time_bias[:, None]).squeeze(-1)
-        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim) + rab[:, None]  # [B, H, n, n]
-        if match is not None:  # the candidate's row only; its own key gets no bias
-            bias = F.pad(match_bias(match, self.match_weight).transpose(1, 2), (0, 1))  # [B, H, n]
-            scores = torch.cat([scores[:, :, :-1], scores[:, :, -1:] + bias.unsqueeze(2)], dim=2)
-        weights = F.silu(scores) * allowed[:, None].to(scores.dtype) / self.normaliser
-        attn = merge_heads(torch.matmul(weights, v))  # [B, n, H * dh]
+        q = q / math.sqrt(self.head_dim)
+        history, _ = self._pointwise(q[:, :, :-1], k[:, :, :-1], v[:, :, :-1],
+                                     self._bias(distance[:-1, :-1], time_bucket[:, :-1, :-1]), mask[:, :-1, :-1])
+        bias = self._bias(distance[-1:], time_bucket[:, -1:])  # [B, 1, 1, n]
+        if match is not None:  # the candidate match: its own key gets none
+            bias = bias + F.pad(match_bias(match, self.match_weight).transpose(1, 2), (0, 1)).unsqueeze(2)
+        candidate, weights = self._pointwise(q[:, :, -1:], k, v, bias, mask[:, -1:])  # [B, H, 1, dh]
+        attn = merge_heads(torch.cat([history, candidate], dim=2))  # [B, n, H * dh]
         y = x + self.out(self.dropout(u * self.norm_attn(attn)))
-        return y, weights[:, :, -1:, :-1]
+        return y, weights[..., :-1]
+
+    def _bias(self, distance: Tensor, time_bucket: Tensor) -> Tensor:
+        """The relative attention bias of (position, key) pairs [B, 1, rows, keys] (shared by the heads)."""
+        return (self.position_bias[distance] + self.time_bias[time_bucket]).unsqueeze(1)
+
+    @staticmethod
+    def _pointwise(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """HSTU's attention: weights = SiLU(q k^T + bias) * mask (no softmax), q [B, H, m, dh] (scaled),
+        k, v [B, H, n, dh], bias [B, 1 or H, m, n], mask [B, m, n] -> (weights @ v [B, H, m, dh], weights)."""
+        weights = F.silu(torch.matmul(q, k.transpose(-1, -2)) + bias) * mask.unsqueeze(1)
+        return torch.matmul(weights, v), weights
 
 
 @dataclass
@@ -129,17 +143,17 @@ class HSTU(nn.Module):
         positions = torch.arange(size, device=lengths.device)
         seen = torch.cat([valid, valid.new_ones(b, 1)], dim=1)  # [B, L + 1] the keys that are not padding
         allowed = (positions[None, :, None] >= positions[None, None, :]) & seen[:, None, :]  # [B, n, n]
+        mask = allowed.to(tokens.dtype) / (self.dims.max_len + 1)  # with the 1/N normalisation
         distance = (positions[:, None] - positions[None, :]).clamp(0, self.dims.max_len)  # [n, n]
         ago = torch.cat([ago, ago.new_zeros(b, 1)], dim=1)  # seconds before the request; the candidate: 0
-        # t_i - t_j = ago_j - ago_i; int32 halves the [B, n, n] index
-        time_bucket = time_diff_bucket(ago[:, None, :] - ago[:, :, None], self.cfg.time_buckets).int()
+        time_bucket = time_diff_bucket(ago[:, None, :] - ago[:, :, None], self.cfg.time_buckets)  # t_i - t_j
         match = None
         if self.match_pairs:
             match = group_similarity(padded[..., d:], unit_pairs(x.candidate, self.match_pairs, "candidate")
                                      .unsqueeze(1), self.match_pairs)[:, 0]  # [B, L, P]
         layers, weights = [], None
         for layer in self.layers:
-            states, weights = layer(states, allowed, distance, time_bucket, match)
+            states, weights = layer(states, mask, distance, time_bucket, match)
             layers.append(states)
         readout = attended_similarity(weights, match.unsqueeze(1)).squeeze(1) if self.readout else None
         return HSTUStates(num_pad=longest - lengths, layers=layers, match_readout=readout)
@@ -158,7 +172,8 @@ class HSTU(nn.Module):
         heads, dh = self.layers[0].heads, self.cfg.head_dim
         inner, n, pairs = heads * dh, longest + 1, len(self.match_pairs)
         flops = sum(lengths) * mlp_flops([self.dims.event + d, 2 * d, d])
-        per_layer = 2 * n * d * 4 * inner + 2 * 2 * n * n * inner + 2 * n * inner * d  # uvqk, QK^T and AV, out
+        per_layer = 2 * n * d * 4 * inner + 2 * n * inner * d  # uvqk, out
+        per_layer += 2 * 2 * (longest * longest + n) * inner  # QK^T and AV: the history's rows, the candidate's
         per_layer += 2 * longest * pairs * heads  # the candidate row's match bias
         per_row = mlp_flops([self.dims.candidate, d, d]) + len(self.layers) * per_layer + mlp_flops(self.head_dims)
         if pairs:  # the candidate's similarity to every event, and the readout
