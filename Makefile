@@ -8,7 +8,9 @@
 #   make gpu-check        on the GPU machine: kernel tests at GPU sizes + kernel benchmarks (docs/kernels.md)
 #   make bench-quality DATA=movielens   every model of the paper's Table 1 on a dataset, SEEDS=3 seeds of
 #                         LONGER, Transformer, DIN and BASELINE_SEEDS=1 of the rest;
-#                         (DATA = synthetic | movielens | taobao); prepares the data first if missing,
+#                         (DATA = synthetic | match_long | match_recent | movielens | taobao; MULTI_SEED='...'
+#                         names the experiments run with SEEDS seeds, REFERENCE the row of the paired
+#                         differences, default longer); prepares the data first if missing,
 #                         from SRC (default: the copy in /work/shared/data), keeping USERS random users
 #                         (default 800 generated users for synthetic, 0 = all for the others) and at
 #                         most ROWS random rows per user and split (default 3
@@ -40,7 +42,8 @@ ARGS ?=
 GPU_PYTHON ?= python3
 
 BENCH_ARGS = $(if $(SRC),--src $(SRC)) $(if $(USERS),--sample-users $(USERS)) $(if $(ROWS),--rows-per-user $(ROWS)) $(if $(SEEDS),--seeds $(SEEDS)) \
-	$(if $(BASELINE_SEEDS),--baseline-seeds $(BASELINE_SEEDS))
+	$(if $(BASELINE_SEEDS),--baseline-seeds $(BASELINE_SEEDS)) $(if $(MULTI_SEED),--multi-seed $(MULTI_SEED)) \
+	$(if $(REFERENCE),--reference $(REFERENCE))
 
 .PHONY: setup train data test lint gpu-check clean bench-quality
 

@@ -39,10 +39,18 @@ class Dataset:
     sample_users: int  # default --sample-users (0 = every user)
     rows_per_user: int  # default --rows-per-user: at most this many rows per user and split (0 = all)
     out: str  # prepared folder; the subsample is appended, e.g. data/movielens-1m-partial-r3
+    config: str = ""  # dataset config under configs/datasets/ (default: <name>.yaml)
+    generator: tuple[str, ...] = ()  # more `longer-data synthetic` arguments
+    # batches of 64 for the small capped datasets (~8k training rows: ~130 steps of one epoch, where batches of
+    # 256 gave 33, 20 of them warmup); the match task's 48k rows keep the dataset config's 256
+    batch_size: int = 64
 
 
+MATCH = ("--task", "match", "--variant")
 DATASETS = {
     "synthetic": Dataset(None, 800, 0, "data/synthetic"),  # --users of the generator
+    "match_long": Dataset(None, 6000, 0, "data/match_long", "synthetic_match.yaml", (*MATCH, "long"), 256),
+    "match_recent": Dataset(None, 6000, 0, "data/match_recent", "synthetic_match.yaml", (*MATCH, "recent"), 256),
     "movielens": Dataset("/work/shared/data/movielens-1m-partial", 0, 3, "data/movielens-1m-partial"),
     "taobao": Dataset("/work/shared/data/taobao-userbehavior-head", 0, 24, "data/taobao-head"),
 }
@@ -51,11 +59,10 @@ EXPERIMENTS = {
     "longer": "LONGER", "transformer": "Transformer", "din": "DIN (full)", "din_recent50": "DIN (Recent50)",
     "sum_pooling": "SumPooling", "no_sequence": "Base (no sequence)",
 }
-MULTI_SEED = ("longer", "transformer", "din")  # mean ± std over --seeds; the rest --baseline-seeds
-# the same for every run: batches of 64 (the capped datasets hold ~8k training rows: ~130 steps of one epoch,
-# where batches of 256 gave 33, 20 of them warmup), one validation pass at the end of the epoch, no
+MULTI_SEED = ("longer", "transformer", "din")  # default --multi-seed: mean ± std over --seeds; the rest --baseline-seeds
+# the same for every run (and the dataset's batch size): one validation pass at the end of the epoch, no
 # checkpoint, no W&B, no progress bar
-RUN_SETTINGS = ["data.batch_size=64", "train.eval_every=0", "train.checkpoint=false", "logging.wandb_mode=disabled",
+RUN_SETTINGS = ["train.eval_every=0", "train.checkpoint=false", "logging.wandb_mode=disabled",
                 "train.progress_bar=false"]
 METRICS = (("test_auc", "test AUC", 4), ("test_gauc", "test GAUC", 4), ("test_logloss", "test LogLoss", 4))
 
@@ -68,16 +75,21 @@ def prepare_command(data: str, src: str | None, sample_users: int, rows_per_user
         if rows_per_user:
             raise SystemExit("--rows-per-user applies to prepared datasets, not to synthetic")
         users = ["--users", str(sample_users)] if sample_users else []
-        return [str(BIN / "longer-data"), "synthetic", "--out", out, *users], ROOT / out
+        return [str(BIN / "longer-data"), "synthetic", *spec.generator, "--out", out, *users], ROOT / out
     sample = (["--sample-users", str(sample_users)] if sample_users else []) + (
         ["--rows-per-user", str(rows_per_user)] if rows_per_user else [])
     return [str(BIN / "longer-data"), "prepare", data, "--src", src or spec.src, "--out", out, *sample], ROOT / out
 
 
+def run_settings(data: str) -> list[str]:
+    return [f"data.batch_size={DATASETS[data].batch_size}", *RUN_SETTINGS]
+
+
 def train_command(data: str, experiment: str, root: Path, seed: int, table: Path) -> list[str]:
     return [
-        str(BIN / "longer-train"), f"configs/datasets/{data}.yaml", f"configs/experiments/{experiment}.yaml",
-        f"data.root={root.relative_to(ROOT)}", f"train.seed={seed}", *RUN_SETTINGS,
+        str(BIN / "longer-train"), f"configs/datasets/{DATASETS[data].config or data + '.yaml'}",
+        f"configs/experiments/{experiment}.yaml", f"data.root={root.relative_to(ROOT)}", f"train.seed={seed}",
+        *run_settings(data),
         f"train.runs_table={table.relative_to(ROOT)}", f"train.output_dir=runs/quality-{data}",
         f"train.run_name={run_name(data, experiment, seed)}",
     ]
@@ -102,20 +114,33 @@ def _mean_std(values: list[float], digits: int) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
+def paired_difference(data: str, runs: dict[str, dict], experiment: str, reference: str, seeds: list[int]) -> str:
+    """Mean over the seeds both ran of (experiment - reference) test AUC, ± its standard error."""
+    pairs = [(runs[run_name(data, experiment, s)]["test_auc"], runs[run_name(data, reference, s)]["test_auc"])
+             for s in seeds if run_name(data, experiment, s) in runs and run_name(data, reference, s) in runs]
+    if experiment == reference or not pairs:
+        return ""
+    diff = np.array([a - b for a, b in pairs])
+    if len(diff) == 1:
+        return f"{diff[0]:+.4f} (n=1)"
+    return f"{diff.mean():+.4f} ± {diff.std(ddof=1) / np.sqrt(len(diff)):.4f} (n={len(diff)})"
+
+
 def summarise(
-    data: str, runs: dict[str, dict], seeds: dict[str, list[int]], experiments: list[str]
+    data: str, runs: dict[str, dict], seeds: dict[str, list[int]], experiments: list[str], reference: str = "longer"
 ) -> tuple[list, list]:
     """(table rows, (experiment, mean test AUC) of the experiments with results) over the given seeds."""
     rows, aucs = [], []
     for experiment in experiments:
         done = [runs[n] for n in (run_name(data, experiment, s) for s in seeds[experiment]) if n in runs]
         if not done:
-            rows.append([EXPERIMENTS[experiment], f"`{experiment}`", "0", "not run", *[""] * 6])
+            rows.append([EXPERIMENTS[experiment], f"`{experiment}`", "0", "not run", *[""] * 7])
             continue
         wall = [r["wall_s"] for r in done if "wall_s" in r]
         rows.append([
             EXPERIMENTS[experiment], f"`{experiment}`", str(len(done)),
             *(_mean_std([r[key] for r in done], digits) for key, _, digits in METRICS),
+            paired_difference(data, runs, experiment, reference, seeds[experiment]),
             f"{done[0]['gflops_per_sample']:.3g}", f"{np.mean([r['train_samples_per_s'] for r in done]):.0f}",
             str(done[0]["max_len"]), f"{np.mean(wall) / 60:.1f}" if wall else "",
         ])
@@ -147,9 +172,23 @@ def machine() -> str:
             "the cores were shared with other jobs, so samples/s and minutes are rough")
 
 
+def oracle_lines(meta: dict) -> list[str]:
+    """What the generator's label model allows (synthetic data that records it): test AUC of its scores."""
+    oracle = meta.get("oracle_auc", {}).get("test")
+    if not oracle:
+        return []
+    names = {"true_probability": "the true click probabilities (the oracle)",
+             "newest_50_oracle": "the best score of the newest 50 events alone",
+             "logistic_count_full": "logistic regression on log(1 + count of the candidate's category in the history)",
+             "logistic_count_recent50": "the same over the newest 50 events"}
+    return ["What the data allows (test AUC, `oracle_auc` in the dataset's meta.json): "
+            + "; ".join(f"{names.get(k, k)} **{v:.4f}**" for k, v in oracle.items()) + ".", ""]
+
+
 def report(data: str, bench_command: str, prepare: list[str], meta: dict, rows: list, order: list[str],
-           seeds: dict[str, list[int]], runs_table: Path) -> str:
-    header = ["model", "experiment config", "n", *(name for _, name, _ in METRICS), "GFLOPs/sample",
+           seeds: dict[str, list[int]], runs_table: Path, reference: str = "longer") -> str:
+    header = ["model", "experiment config", "n", *(name for _, name, _ in METRICS),
+              f"Δ test AUC vs {EXPERIMENTS[reference]} (paired over seeds, ± s.e.)", "GFLOPs/sample",
               "train samples/s", "max_len", "min/run"]
     table = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
     table += ["| " + " | ".join(row) + " |" for row in rows]
@@ -167,26 +206,34 @@ def report(data: str, bench_command: str, prepare: list[str], meta: dict, rows: 
     length = meta.get("history_length", {})
     return "\n".join([
         f"Command: `{bench_command}` (one process per run: `longer-data {prepare[1]} ...` once, then "
-        f"`longer-train configs/datasets/{data}.yaml configs/experiments/<experiment>.yaml data.root=... "
-        f"train.seed=<seed> {' '.join(RUN_SETTINGS)} ...`; every run's results line is in "
-        f"`{runs_table.relative_to(ROOT)}`).",
+        f"`longer-train configs/datasets/{DATASETS[data].config or data + '.yaml'} "
+        f"configs/experiments/<experiment>.yaml data.root=... train.seed=<seed> {' '.join(run_settings(data))} "
+        f"...`; every run's results line is in `{runs_table.relative_to(ROOT)}`).",
         "",
         f"Data: `longer-data {' '.join(shlex.quote(a) for a in prepare[1:])}` — {subsample}. "
         f"Rows: {rows_line}. Stored history length p50 {length.get('p50')}, p90 {length.get('p90')}, "
         f"max {length.get('max')}; the models keep the newest `data.max_len` events (column max_len).",
         "",
-        f"Protocol: one epoch, seeds {', '.join(map(str, seeds['longer']))} for {', '.join(MULTI_SEED)} and "
-        f"{', '.join(map(str, seeds.get('no_sequence', [0])))} for the other baselines (`train.seed`: model init "
-        "and shuffling), "
-        "metrics on the test split (the last ~10 % of time); mean ± sample std over the n seeds. GFLOPs/sample "
+        "Protocol: one epoch, " + "; ".join(f"seeds {', '.join(map(str, s))} for {', '.join(e)}"
+                                            for s, e in _by_seeds(seeds)) + " (`train.seed`: model init and "
+        f"shuffling), metrics on the test split ({'unseen users' if meta.get('task') == 'match' else 'the last ~10 % of time'}); "
+        "mean ± sample std over the n seeds. GFLOPs/sample "
         "is the analytic forward count of the dense model at max_len; samples/s counts train step time only.",
         f"Machine: {machine()}.",
         "",
+        *oracle_lines(meta),
         *table,
         "",
         *order,
         "",
     ])
+
+
+def _by_seeds(seeds: dict[str, list[int]]) -> list[tuple[list[int], list[str]]]:
+    groups: dict[tuple, list[str]] = {}
+    for experiment, s in seeds.items():
+        groups.setdefault(tuple(s), []).append(experiment)
+    return [(list(s), e) for s, e in groups.items()]
 
 
 def write_doc_section(data: str, body: str) -> None:
@@ -209,9 +256,12 @@ def main(argv: list[str] | None = None) -> int:
                         + ", ".join(f"{k} {v.sample_users}" for k, v in DATASETS.items()) + ")")
     parser.add_argument("--rows-per-user", type=int, help="rows kept per user and split (0 = all; default: "
                         + ", ".join(f"{k} {v.rows_per_user}" for k, v in DATASETS.items()) + ")")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of longer, transformer and din")
-    parser.add_argument("--baseline-seeds", type=int, default=1,
-                        help="seeds 0..N-1 of the cheaper baselines din_recent50, sum_pooling, no_sequence")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of the --multi-seed experiments")
+    parser.add_argument("--baseline-seeds", type=int, default=1, help="seeds 0..N-1 of the other experiments")
+    parser.add_argument("--multi-seed", nargs="+", default=list(MULTI_SEED), choices=list(EXPERIMENTS),
+                        help="experiments run with --seeds seeds (default: " + " ".join(MULTI_SEED) + ")")
+    parser.add_argument("--reference", default="longer", choices=list(EXPERIMENTS),
+                        help="the row the paired differences are taken against (default longer)")
     parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=list(EXPERIMENTS))
     parser.add_argument("--report-only", action="store_true", help="write the tables from the runs so far")
     args = parser.parse_args(argv)
@@ -222,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (root / ".complete").exists():
         print("$ " + " ".join(prepare), flush=True)
         subprocess.run(prepare, check=True)
-    seeds = {e: list(range(args.seeds if e in MULTI_SEED else args.baseline_seeds)) for e in args.experiments}
+    seeds = {e: list(range(args.seeds if e in args.multi_seed else args.baseline_seeds)) for e in args.experiments}
     table = RESULTS / f"quality_{args.data}.jsonl"
     for seed in range(max(map(len, seeds.values()))) if not args.report_only else []:  # seed-major
         for experiment in (e for e in args.experiments if seed in seeds[e]):
@@ -238,12 +288,17 @@ def main(argv: list[str] | None = None) -> int:
             table.write_text("".join(json.dumps(row) + "\n" for row in lines))
             runs = read_runs(table, root)
             print(f"  {name}: test auc {runs[name]['test_auc']:.4f} in {runs[name]['wall_s']:.0f} s", flush=True)
-    rows, aucs = summarise(args.data, read_runs(table, root), seeds, args.experiments)
+    rows, aucs = summarise(args.data, read_runs(table, root), seeds, args.experiments, args.reference)
     meta = json.loads((root / "meta.json").read_text())
     bench = f"make bench-quality DATA={args.data} USERS={sample_users} ROWS={rows_per_user} SEEDS={args.seeds}"
     if args.baseline_seeds != 1:
         bench += f" BASELINE_SEEDS={args.baseline_seeds}"
-    body = report(args.data, bench, prepare, meta, rows, ordering(aucs, args.experiments), seeds, table)
+    if args.multi_seed != list(MULTI_SEED):
+        bench += f" MULTI_SEED='{' '.join(args.multi_seed)}'"
+    if args.reference != "longer":
+        bench += f" REFERENCE={args.reference}"
+    body = report(args.data, bench, prepare, meta, rows, ordering(aucs, args.experiments), seeds, table,
+                  args.reference)
     out = RESULTS / f"quality_{args.data}.md"
     out.write_text(f"# Quality benchmark: {args.data}\n\n{body}")
     write_doc_section(args.data, body)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .writer import is_replaceable, time_split, write_dataset
+from ..components.metrics import auc
+from .writer import SPLITS, is_replaceable, time_split, write_dataset
 
 ACTIONS = 3  # 0 view, 1 click, 2 purchase/like
 SEGMENTS = 8  # user_segment vocabulary
@@ -37,6 +38,7 @@ CANDIDATE_MIX = (0.3, 0.3, 0.4)  # long-term interest, current short-term catego
 # label logit = BIAS + weights * features + N(0, NOISE)
 BIAS, W_LONG, W_SHORT, W_POP, W_ACTIVITY, NOISE = -3.2, 0.9, 1.0, 0.2, 0.15, 0.3
 RECENT = 20  # events that count as the short-term interest window
+NEWEST_ORACLE = 50  # the label model restricted to this many newest events: DIN (Recent50)'s view
 QUALITY_STD, SEGMENT_AFFINITY_STD = 0.3, 0.3
 
 
@@ -208,8 +210,10 @@ def _simulate_users(
 
 def _candidates_and_labels(
     rng: np.random.Generator, cat: _Catalog, profile: dict, rows: _Impressions
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Candidate item, its category and the 0/1 label of every row."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate item, its category, the 0/1 label of every row, its true click probability, and the same
+    label model restricted to the newest NEWEST_ORACLE events of the history (the long-range count taken over
+    them only): what the best model of the newest events could score."""
     n, user, short = len(rows.user), rows.user, rows.short
     segment_affinity = rng.normal(0.0, SEGMENT_AFFINITY_STD, (SEGMENTS, len(cat.cat_weight)))
     kind = rng.choice(3, size=n, p=CANDIDATE_MIX)
@@ -221,25 +225,28 @@ def _candidates_and_labels(
     # what the label rewards is observable in the history: how often the user engaged with the candidate's
     # category over the whole history (long-term interest; mostly older than the last 50 events) and
     # whether it was engaged with in the last RECENT events (short-term interest)
-    long_count, recent_hit = _category_engagement(rows, cand_cat)
-    logit = (BIAS + W_LONG * np.log1p(long_count) + W_SHORT * recent_hit
-             + W_POP * cat.log_pop[cand_item] + cat.quality[cand_item]
-             + segment_affinity[profile["segment"][user], cand_cat] + W_ACTIVITY * profile["activity"][user]
-             + rng.normal(0.0, NOISE, n))
-    label = (rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
-    return cand_item, cand_cat, label
+    long_count, recent_hit, newest_count = _category_engagement(rows, cand_cat)
+    rest = (W_SHORT * recent_hit + W_POP * cat.log_pop[cand_item] + cat.quality[cand_item]
+            + segment_affinity[profile["segment"][user], cand_cat] + W_ACTIVITY * profile["activity"][user]
+            + rng.normal(0.0, NOISE, n))
+    p_click = 1.0 / (1.0 + np.exp(-(BIAS + W_LONG * np.log1p(long_count) + rest)))
+    p_newest = 1.0 / (1.0 + np.exp(-(BIAS + W_LONG * np.log1p(newest_count) + rest)))
+    label = (rng.random(n) < p_click).astype(np.float32)
+    return cand_item, cand_cat, label, p_click, p_newest
 
 
-def _category_engagement(rows: _Impressions, cand_cat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: events of the candidate's category in its (max_len-cut) history, and whether any of the
-    last RECENT events has it."""
+def _category_engagement(rows: _Impressions, cand_cat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: events of the candidate's category in its (max_len-cut) history, whether any of the last
+    RECENT events has it, and its events among the newest NEWEST_ORACLE."""
     count = np.zeros(len(cand_cat), np.float64)
     recent = np.zeros(len(cand_cat), np.float64)
+    newest = np.zeros(len(cand_cat), np.float64)
     for r, (lo, hi, c) in enumerate(zip(rows.start, rows.end, cand_cat)):
-        hist = rows.events.cat[lo:hi]
-        count[r] = np.count_nonzero(hist == c)
-        recent[r] = np.any(hist[-RECENT:] == c)
-    return count, recent
+        hist = rows.events.cat[lo:hi] == c
+        count[r] = np.count_nonzero(hist)
+        recent[r] = np.any(hist[-RECENT:])
+        newest[r] = np.count_nonzero(hist[-NEWEST_ORACLE:])
+    return count, recent, newest
 
 
 def generate(
@@ -265,7 +272,7 @@ def generate(
     rng = np.random.default_rng(seed)
     cat = _catalog(rng, items, categories)
     profile, rows = _simulate_users(rng, cat, users, max_len)
-    item, category, label = _candidates_and_labels(rng, cat, profile, rows)
+    item, category, label, p_click, p_newest = _candidates_and_labels(rng, cat, profile, rows)
     columns = {
         "user_id": rows.user.astype(np.int64), "item_id": item.astype(np.int64),
         "category_id": category.astype(np.int64), "timestamp": rows.timestamp,
@@ -287,6 +294,11 @@ def generate(
         "history_length": {"p50": p50, "p90": p90, "p99": p99, "max": int(length.max()),
                            "mean": round(float(length.mean()), 1), "empty": int((length == 0).sum())},
         "time_split": {"valid_from": valid_from, "test_from": test_from},
+        # what a model can reach: AUC of the label model's own click probabilities, and of the same model
+        # knowing only the newest 50 events (a reader sees how much of the long-range gain a model captures)
+        "oracle_auc": {name: {"true_probability": round(auc(label[split_of == s], p_click[split_of == s]), 4),
+                              "newest_50_oracle": round(auc(label[split_of == s], p_newest[split_of == s]), 4)}
+                       for s, name in enumerate(SPLITS)},
     }
 
     return write_dataset(out_dir, meta, columns, history, rows.start, rows.end, split_of, rng)

@@ -104,7 +104,10 @@ def test_histories_sorted_equal_length_and_before_the_request(tiny):
 
 
 def test_full_history_predicts_the_label_better_than_the_last_50_events(tmp_path):
-    synthetic.generate(tmp_path / "d", users=1200, max_len=512, seed=0)
+    meta = synthetic.generate(tmp_path / "d", users=1200, max_len=512, seed=0)
+    for split in SPLITS:  # the label model's own probabilities, and the same model knowing the newest 50 events
+        oracle = meta["oracle_auc"][split]
+        assert oracle["true_probability"] > oracle["newest_50_oracle"] + 0.03 > 0.53, (split, oracle)
     table = pa.concat_tables([_read(tmp_path / "d", s) for s in SPLITS]).combine_chunks()
     label, cand = table["label"].to_numpy(), table["category_id"].to_numpy()
     hist = table["hist_category_id"].chunk(0)
