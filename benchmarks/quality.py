@@ -56,10 +56,11 @@ DATASETS = {
 }
 # (experiment config, the paper's Table 1 name); the paper's expected order of test AUC, highest first
 EXPERIMENTS = {
-    "longer": "LONGER", "transformer": "Transformer", "din": "DIN (full)", "din_recent50": "DIN (Recent50)",
-    "sum_pooling": "SumPooling", "no_sequence": "Base (no sequence)",
+    "longer": "LONGER", "transformer": "Transformer", "hstu": "HSTU", "din": "DIN (full)",
+    "din_recent50": "DIN (Recent50)", "twin": "TWIN", "sum_pooling": "SumPooling", "no_sequence": "Base (no sequence)",
 }
-MULTI_SEED = ("longer", "transformer", "din")  # default --multi-seed: mean ± std over --seeds; the rest --baseline-seeds
+# default --multi-seed: mean ± std over --seeds; the rest --baseline-seeds
+MULTI_SEED = ("longer", "transformer", "hstu", "din")
 # the same for every run (and the dataset's batch size): one validation pass at the end of the epoch, no
 # checkpoint, no W&B, no progress bar
 RUN_SETTINGS = ["train.eval_every=0", "train.checkpoint=false", "logging.wandb_mode=disabled",
