@@ -3,6 +3,8 @@
 #
 #   make setup            create .venv with the pinned torch / fbgemm-gpu / torchrec triple
 #   make train            generate the built-in synthetic data (once) and train configs/quickstart.yaml
+#   make train-paper      the same with the paper's final model (configs/paper.yaml: d = 32, Merge8 + InnerTrans,
+#                         k = 100, 2,000-event history, batches of 64); prints its FLOPs beside the Transformer's
 #   make test             run the CPU test suite
 #   make lint             ruff
 #   make gpu-check        on the GPU machine: kernel tests at GPU sizes + kernel benchmarks (docs/kernels.md)
@@ -45,7 +47,12 @@ BENCH_ARGS = $(if $(SRC),--src $(SRC)) $(if $(USERS),--sample-users $(USERS)) $(
 	$(if $(BASELINE_SEEDS),--baseline-seeds $(BASELINE_SEEDS)) $(if $(MULTI_SEED),--multi-seed $(MULTI_SEED)) \
 	$(if $(REFERENCE),--reference $(REFERENCE))
 
-.PHONY: setup train data test lint gpu-check clean bench-quality
+SWEEPS := table1 table2_merge table2_queries table2_rules scaling_length scaling_params scaling_flops
+SWEEP ?= $(SWEEPS)
+JOBS ?= 2
+SWEEP_ARGS ?=
+
+.PHONY: setup train train-paper data test lint gpu-check clean bench-quality reproduce
 
 setup: $(STAMP)
 
@@ -69,11 +76,20 @@ data: $(DATA_DIR)/.complete
 train: $(STAMP) $(DATA_DIR)/.complete
 	$(VENV)/bin/longer-train $(CONFIG) data.root=$(DATA_DIR) $(ARGS)
 
+train-paper: CONFIG = configs/paper.yaml
+train-paper: train
+
 test: $(STAMP)
 	WANDB_MODE=offline $(PY) -m pytest -q tests
 
 bench-quality: $(STAMP)
 	$(PY) benchmarks/quality.py $(DATA) $(BENCH_ARGS)
+
+reproduce: $(STAMP)
+	@for sweep in $(SWEEP); do \
+		echo "$$ longer-sweep configs/sweeps/$$sweep.yaml --jobs $(JOBS) $(SWEEP_ARGS)"; \
+		$(VENV)/bin/longer-sweep configs/sweeps/$$sweep.yaml --jobs $(JOBS) $(SWEEP_ARGS) || exit $$?; \
+	done
 
 lint: $(STAMP)
 	$(PY) -m ruff check longer_train kernels tests benchmarks

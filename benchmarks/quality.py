@@ -17,43 +17,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import subprocess
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from longer_train.sweep.runs import BIN, DATASETS, RUN_SETTINGS, ensure_prepared, machine, mean_std, prepare_command
+from longer_train.sweep.summary import METRICS, paired_difference
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "results.md"
-BIN = Path(sys.executable).parent  # longer-train / longer-data of the same environment
 
-
-@dataclass(frozen=True)
-class Dataset:
-    src: str | None  # default --src of `longer-data prepare`; None: the synthetic generator
-    sample_users: int  # default --sample-users (0 = every user)
-    rows_per_user: int  # default --rows-per-user: at most this many rows per user and split (0 = all)
-    out: str  # prepared folder; the subsample is appended, e.g. data/movielens-1m-partial-r3
-    config: str = ""  # dataset config under configs/datasets/ (default: <name>.yaml)
-    generator: tuple[str, ...] = ()  # more `longer-data synthetic` arguments
-    # batches of 64 for the small capped datasets (~8k training rows: ~130 steps of one epoch, where batches of
-    # 256 gave 33, 20 of them warmup); the match task's 48k rows keep the dataset config's 256
-    batch_size: int = 64
-
-
-MATCH = ("--task", "match", "--variant")
-DATASETS = {
-    "synthetic": Dataset(None, 800, 0, "data/synthetic"),  # --users of the generator
-    "match_long": Dataset(None, 6000, 0, "data/match_long", "synthetic_match.yaml", (*MATCH, "long"), 256),
-    "match_recent": Dataset(None, 6000, 0, "data/match_recent", "synthetic_match.yaml", (*MATCH, "recent"), 256),
-    "movielens": Dataset("/work/shared/data/movielens-1m-partial", 0, 3, "data/movielens-1m-partial"),
-    "taobao": Dataset("/work/shared/data/taobao-userbehavior-head", 0, 24, "data/taobao-head"),
-}
 # (experiment config, the paper's Table 1 name); the paper's expected order of test AUC, highest first
 EXPERIMENTS = {
     "longer": "LONGER", "transformer": "Transformer", "hstu": "HSTU", "din": "DIN (full)",
@@ -63,27 +40,8 @@ EXPERIMENTS = {
 MULTI_SEED = ("longer", "transformer", "hstu", "din")
 # the same for every run (and the dataset's batch size): one validation pass at the end of the epoch, no
 # checkpoint, no W&B, no progress bar
-RUN_SETTINGS = ["train.eval_every=0", "train.checkpoint=false", "logging.wandb_mode=disabled",
-                "train.progress_bar=false"]
-METRICS = (("test_auc", "test AUC", 4), ("test_gauc", "test GAUC", 4), ("test_logloss", "test LogLoss", 4))
-
-
-def prepare_command(data: str, src: str | None, sample_users: int, rows_per_user: int) -> tuple[list[str], Path]:
-    spec = DATASETS[data]
-    suffix = (f"-u{sample_users}" if sample_users else "") + (f"-r{rows_per_user}" if rows_per_user else "")
-    out = spec.out + suffix
-    if spec.src is None:
-        if rows_per_user:
-            raise SystemExit("--rows-per-user applies to prepared datasets, not to synthetic")
-        users = ["--users", str(sample_users)] if sample_users else []
-        return [str(BIN / "longer-data"), "synthetic", *spec.generator, "--out", out, *users], ROOT / out
-    sample = (["--sample-users", str(sample_users)] if sample_users else []) + (
-        ["--rows-per-user", str(rows_per_user)] if rows_per_user else [])
-    return [str(BIN / "longer-data"), "prepare", data, "--src", src or spec.src, "--out", out, *sample], ROOT / out
-
-
 def run_settings(data: str) -> list[str]:
-    return [f"data.batch_size={DATASETS[data].batch_size}", *RUN_SETTINGS]
+    return [f"data.batch_size={DATASETS[data].batch_size}", *RUN_SETTINGS, "logging.wandb_mode=disabled"]
 
 
 def train_command(data: str, experiment: str, root: Path, seed: int, table: Path) -> list[str]:
@@ -109,22 +67,15 @@ def read_runs(table: Path, root: Path) -> dict[str, dict]:
     return {row["run"]: row for row in rows if row["data_root"] == str(root.relative_to(ROOT))}
 
 
-def _mean_std(values: list[float], digits: int) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
-
-
-def paired_difference(data: str, runs: dict[str, dict], experiment: str, reference: str, seeds: list[int]) -> str:
+def paired_auc(data: str, runs: dict[str, dict], experiment: str, reference: str, seeds: list[int]) -> str:
     """Mean over the seeds both ran of (experiment - reference) test AUC, ± its standard error."""
-    pairs = [(runs[run_name(data, experiment, s)]["test_auc"], runs[run_name(data, reference, s)]["test_auc"])
-             for s in seeds if run_name(data, experiment, s) in runs and run_name(data, reference, s) in runs]
-    if experiment == reference or not pairs:
+    auc = lambda e: {s: runs[run_name(data, e, s)]["test_auc"] for s in seeds if run_name(data, e, s) in runs}
+    paired = paired_difference(auc(experiment), auc(reference)) if experiment != reference else None
+    if paired is None:
         return ""
-    diff = np.array([a - b for a, b in pairs])
-    if len(diff) == 1:
-        return f"{diff[0]:+.4f} (n=1)"
-    return f"{diff.mean():+.4f} ± {diff.std(ddof=1) / np.sqrt(len(diff)):.4f} (n={len(diff)})"
+    if paired.n == 1:
+        return f"{paired.mean:+.4f} (n=1)"
+    return f"{paired.mean:+.4f} ± {paired.se:.4f} (n={paired.n})"
 
 
 def summarise(
@@ -140,8 +91,8 @@ def summarise(
         wall = [r["wall_s"] for r in done if "wall_s" in r]
         rows.append([
             EXPERIMENTS[experiment], f"`{experiment}`", str(len(done)),
-            *(_mean_std([r[key] for r in done], digits) for key, _, digits in METRICS),
-            paired_difference(data, runs, experiment, reference, seeds[experiment]),
+            *(mean_std([r[key] for r in done], digits) for key, _, digits in METRICS),
+            paired_auc(data, runs, experiment, reference, seeds[experiment]),
             f"{done[0]['gflops_per_sample']:.3g}", f"{np.mean([r['train_samples_per_s'] for r in done]):.0f}",
             str(done[0]["max_len"]), f"{np.mean(wall) / 60:.1f}" if wall else "",
         ])
@@ -162,15 +113,6 @@ def ordering(aucs: list[tuple[str, float]], experiments: list[str]) -> list[str]
                  + ("Every adjacent pair holds." if not inverted else "Inverted adjacent pairs: " + "; ".join(
                      f"{EXPERIMENTS[a]} < {EXPERIMENTS[b]} by {mean[b] - mean[a]:.4f}" for a, b in inverted) + "."))
     return lines
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    import torch
-
-    return (f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, torch threads {torch.get_num_threads()}; "
-            "the cores were shared with other jobs, so samples/s and minutes are rough")
 
 
 def oracle_lines(meta: dict) -> list[str]:
@@ -252,7 +194,7 @@ def write_doc_section(data: str, body: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", choices=sorted(DATASETS))
-    parser.add_argument("--src", help="raw dataset for `longer-data prepare` (default: the copy in /work/shared)")
+    parser.add_argument("--src", help="raw dataset for `longer-data prepare` (default: the copy in ../shared/data)")
     parser.add_argument("--sample-users", type=int, help="users kept (0 = all; default per dataset: "
                         + ", ".join(f"{k} {v.sample_users}" for k, v in DATASETS.items()) + ")")
     parser.add_argument("--rows-per-user", type=int, help="rows kept per user and split (0 = all; default: "
@@ -269,10 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(ROOT)
     sample_users = DATASETS[args.data].sample_users if args.sample_users is None else args.sample_users
     rows_per_user = DATASETS[args.data].rows_per_user if args.rows_per_user is None else args.rows_per_user
-    prepare, root = prepare_command(args.data, args.src, sample_users, rows_per_user)
-    if not (root / ".complete").exists():
-        print("$ " + " ".join(prepare), flush=True)
-        subprocess.run(prepare, check=True)
+    prepare, out = prepare_command(args.data, args.src, sample_users, rows_per_user)
+    ensure_prepared(prepare, out)
+    root = ROOT / out
     seeds = {e: list(range(args.seeds if e in args.multi_seed else args.baseline_seeds)) for e in args.experiments}
     table = RESULTS / f"quality_{args.data}.jsonl"
     for seed in range(max(map(len, seeds.values()))) if not args.report_only else []:  # seed-major

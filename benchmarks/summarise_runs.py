@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import runpy
 from pathlib import Path
 
-quality = runpy.run_path(str(Path(__file__).with_name("quality.py")), run_name="quality")
-METRICS, mean_std = quality["METRICS"], quality["_mean_std"]
+from longer_train.sweep.runs import mean_std
+from longer_train.sweep.summary import METRICS
 
 
 def summarise(lines: list[dict]) -> list[str]:

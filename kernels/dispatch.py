@@ -4,7 +4,9 @@
 - `triton`: the Triton kernels (`hybrid_attention_triton.py`, `group_attention_triton.py`). CUDA tensors,
   or CPU tensors under the Triton interpreter (`TRITON_INTERPRET=1`, set before the first Triton call; the
   tests do this). Raises a clear error if triton is not installed.
-- `auto`: `triton` for CUDA tensors when triton is installed, `reference` otherwise.
+- `auto`: `triton` for CUDA tensors when triton is installed, `reference` otherwise; also `reference` for
+  a call the kernel does not take (hybrid attention with gathered query positions, i.e. a
+  `model.query_selection` other than `recent`), with the reason logged once per process.
 
 Triton is imported only when a Triton implementation is chosen, so `reference` and `auto` on CPU need
 no triton at all.
@@ -12,6 +14,7 @@ no triton at all.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Literal
 
@@ -21,6 +24,16 @@ from .reference import candidate_attention_reference, group_attention_reference,
 
 AttentionImpl = Literal["auto", "reference", "triton"]
 IMPLS = ("auto", "reference", "triton")
+log = logging.getLogger(__name__)
+_logged: set[str] = set()
+
+
+def _fall_back(reason: str) -> str:
+    """`auto` keeps the reference for a call the kernel does not take; the reason is logged once."""
+    if reason not in _logged:
+        _logged.add(reason)
+        log.warning("attention_impl=auto uses the PyTorch reference, not Triton: %s", reason)
+    return "reference"
 
 
 def triton_available() -> bool:
@@ -48,13 +61,27 @@ def resolve_impl(impl: str, tensor: Tensor) -> str:
     return impl
 
 
-def hybrid_attention(q: Tensor, k: Tensor, v: Tensor, num_pad: Tensor, impl: str = "auto") -> Tensor:
-    """Bottom-right-aligned causal attention with left padding; see `reference.hybrid_attention_reference`."""
-    if resolve_impl(impl, q) == "triton":
+GATHERED_QUERIES = (
+    "the Triton hybrid-attention kernel takes bottom-right aligned queries only (model.query_selection=recent); "
+    "queries gathered at per-row positions (uniform, learnable, recent_uniform) run on the reference"
+)
+
+
+def hybrid_attention(
+    q: Tensor, k: Tensor, v: Tensor, num_pad: Tensor, impl: str = "auto", q_pos: Tensor | None = None
+) -> Tensor:
+    """Causal attention with left padding: the queries are the last Lq positions (bottom-right aligned), or sit
+    at the per-row key positions `q_pos` [B, Lq]; see `reference.hybrid_attention_reference`."""
+    chosen = resolve_impl(impl, q)
+    if chosen == "triton" and q_pos is not None:
+        if impl == "triton":
+            raise NotImplementedError(f"model.attention_impl=triton: {GATHERED_QUERIES}; use attention_impl auto")
+        chosen = _fall_back(GATHERED_QUERIES)
+    if chosen == "triton":
         from .hybrid_attention_triton import hybrid_attention_triton
 
         return hybrid_attention_triton(q, k, v, num_pad)
-    return hybrid_attention_reference(q, k, v, num_pad)
+    return hybrid_attention_reference(q, k, v, num_pad, q_pos)
 
 
 def candidate_attention(

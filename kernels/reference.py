@@ -3,7 +3,8 @@
 Conventions shared with the fast kernels:
 - sequences are left-padded: sample b has `num_pad[b]` invalid positions at the front of the key axis;
 - hybrid (causal) attention aligns queries bottom-right: the Lq queries are the last Lq key positions,
-  and query i (key position Lk - Lq + i) sees keys j <= that position and j >= num_pad[b];
+  and query i (key position Lk - Lq + i) sees keys j <= that position and j >= num_pad[b]; the reference
+  also takes per-row query positions (`q_pos`), for queries gathered from anywhere in the sequence;
 - a query that is itself padding has no valid key; its output is defined as 0.
 """
 
@@ -26,20 +27,22 @@ def _masked_softmax_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, 
     return out * q_valid[:, None, :, None].to(out.dtype)
 
 
-def hybrid_attention_reference(q: Tensor, k: Tensor, v: Tensor, num_pad: Tensor) -> Tensor:
-    """Causal attention of the last Lq positions over all Lk positions, with left padding.
+def hybrid_attention_reference(q: Tensor, k: Tensor, v: Tensor, num_pad: Tensor, q_pos: Tensor | None = None) -> Tensor:
+    """Causal attention of Lq queries over all Lk positions, with left padding.
 
     q: [B, H, Lq, dh]; k, v: [B, H, Lk, dh]; num_pad: [B] int (leading invalid key positions).
+    q_pos: [B, Lq] int, the key position each query sits at (it sees keys j <= q_pos and j >= num_pad; it is
+    padding if q_pos < num_pad); None = the last Lq positions (bottom-right aligned), i.e. Lk - Lq + i.
     Returns [B, H, Lq, dh].
     """
     lq, lk = q.shape[2], k.shape[2]
     kpos = torch.arange(lk, device=q.device)
-    qpos = kpos[lk - lq :]
+    q_pos = kpos[None, lk - lq :] if q_pos is None else q_pos.to(q.device)  # [B or 1, Lq]
     num_pad = num_pad.to(q.device)
     key_valid = kpos[None, :] >= num_pad[:, None]  # [B, Lk]
-    causal = kpos[None, :] <= qpos[:, None]  # [Lq, Lk]
-    allowed = causal[None] & key_valid[:, None, :]  # [B, Lq, Lk]
-    q_valid = qpos[None, :] >= num_pad[:, None]  # [B, Lq]
+    causal = kpos[None, None, :] <= q_pos[:, :, None]  # [B or 1, Lq, Lk]
+    allowed = causal & key_valid[:, None, :]  # [B, Lq, Lk]
+    q_valid = q_pos >= num_pad[:, None]  # [B, Lq]
     return _masked_softmax_attention(q, k, v, allowed, q_valid)
 
 

@@ -92,6 +92,9 @@ class DataConfig:
 # ----------------------------------------------------------------------------------------------------
 # model
 # ----------------------------------------------------------------------------------------------------
+QUERY_RULES = ("recent", "uniform", "learnable", "recent_uniform")  # model.query_selection (the paper's Table 2)
+
+
 @dataclass
 class ModelConfig:
     # longer, or a baseline of the paper's Table 1 (models/baselines.py, twin.py, hstu.py); the Transformer
@@ -104,7 +107,11 @@ class ModelConfig:
     merge_proj_dim: Optional[int] = None  # None keeps width K*d after merging (the paper's FLOPs)
     inner_trans_heads: int = 1
     num_cls: int = 2  # learnable CLS global tokens (plus the user and the candidate token)
-    num_queries: int = 16  # k: most recent merged tokens used as queries in the cross-causal layer
+    num_queries: int = 16  # k: sequence queries of the cross-causal layer (at most the merged length, but learnable)
+    # which merged tokens are the k queries (the paper's Table 2, docs/model.md): recent (the k newest) |
+    # uniform (spread evenly, newest included) | learnable (k learned vectors) | recent_uniform (ceil(k/2)
+    # newest + the rest spread over the older tokens)
+    query_selection: str = _choice("recent", QUERY_RULES)
     num_self_layers: int = 1  # N self-causal layers after the cross-causal one
     head_dim: int = 32  # attention head width; heads = width // head_dim (twin, hstu: token_dim // head_dim)
     ffn_mult: int = 4
@@ -197,6 +204,7 @@ BF16_COMPONENTS = ("tokens", "attention", "ffn", "head")
 class LoggingConfig:
     wandb_mode: str = _choice("offline", ("offline", "online", "disabled"))
     wandb_project: str = "longer-train"
+    wandb_group: Optional[str] = None  # W&B run group, e.g. one per sweep (longer-sweep sets it to the sweep name)
 
 
 @dataclass
@@ -401,6 +409,17 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(
             f"config key 'model.pool_norm' ({model.pool_norm}) applies to model.name sum_pooling or din only, "
             f"not {model.name}"
+        )
+    if model.query_selection != "recent" and model.name != "longer":
+        raise ConfigError(
+            f"config key 'model.query_selection' ({model.query_selection}) applies to model.name longer only, "
+            f"not {model.name}"
+        )
+    if model.query_selection != "recent" and model.attention_impl == "triton":
+        raise ConfigError(
+            f"config key 'model.query_selection' ({model.query_selection}): the Triton hybrid-attention kernel "
+            "takes the recent rule only; use model.attention_impl auto (falls back to the reference for this "
+            "layer) or reference"
         )
     if model.name in ("twin", "hstu") and (model.token_dim % model.head_dim or model.twin_top_k < 1
                                            or model.hstu_layers < 1):

@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     # what the run reports (errors still show)
     logging.getLogger().setLevel(logging.ERROR)
     logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+    logging.getLogger("longer_train").setLevel(logging.WARNING)  # ours still show, e.g. a kernel fallback's reason
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
 

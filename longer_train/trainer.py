@@ -39,6 +39,7 @@ from .data.loader import build_dataloader
 from .distributed.parallelize import apply_compute_policies
 from .distributed.process_group import all_gather_arrays, init_distributed
 from .distributed.sharding import format_plan, init_tables, plan_summary, shard_model
+from .models.flops import longer_flops, transformer_config
 from .models.ranking import build_model
 
 # keys that do not change what a run computes: a job re-launched with other values of these keeps its run
@@ -86,6 +87,9 @@ class Trainer:
 
         model = build_model(cfg)
         self.flops_per_sample = model.dense.flops([cfg.data.max_len])
+        # the paper's comparison: LONGER at about half the FLOPs of the Transformer of the same d and depth
+        transformer = (longer_flops(transformer_config(cfg.model, cfg.data.max_len), model.dense.dims,
+                                    [cfg.data.max_len]) if cfg.model.name == "longer" else None)
         apply_compute_policies(model.dense, cfg.parallel, env.device.type)
         apply_sparse_optimizer(model.sparse, cfg.optim, env.device)
         self.model, plan = shard_model(model, cfg, env)
@@ -116,11 +120,13 @@ class Trainer:
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", cfg.train.keep_checkpoints, env.is_main)
         self.logger = RunLogger(cfg, self.run_dir, self.resolved, enabled=env.is_main)
         dense_count = sum(p.numel() for p in dense_params)
+        flops = f"{self.flops_per_sample / 1e9:.3g} GFLOPs/sample (forward, max_len={cfg.data.max_len}"
+        if transformer is not None:
+            flops += f"; the Transformer of this d and depth, no merge and every event a query: {transformer / 1e9:.3g}"
         self.logger.print(
             f"longer-train: world_size={env.world_size} device={env.device} backend={env.backend} "
             f"dense={cfg.parallel.dense} pipeline={cfg.parallel.pipeline} | dense params {dense_count / 1e6:.2f}M | "
-            f"{self.flops_per_sample / 1e9:.3g} GFLOPs/sample (forward, max_len={cfg.data.max_len}) | "
-            f"{self.total_steps} steps | run {self.run_dir}"
+            f"{flops}) | {self.total_steps} steps | run {self.run_dir}"
         )
         for line in format_plan(self.plan):
             self.logger.print(line)
@@ -203,7 +209,8 @@ class Trainer:
         checkpoint = self.save() if cfg.train.checkpoint else None
         summary = {
             "run": self.run_dir.name, "model": cfg.model.name, "merge": cfg.model.merge,
-            "merge_k": cfg.model.merge_k, "num_queries": cfg.model.num_queries, "max_len": cfg.data.max_len,
+            "merge_k": cfg.model.merge_k, "num_queries": cfg.model.num_queries,
+            "query_selection": cfg.model.query_selection, "max_len": cfg.data.max_len,
             "seed": cfg.train.seed, "steps": self.step, "world_size": env.world_size,
             "train_samples_per_s": progress["train_samples"] / max(progress["train_time"], 1e-9),
             "gflops_per_sample": self.flops_per_sample / 1e9,

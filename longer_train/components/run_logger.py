@@ -26,7 +26,7 @@ class RunLogger:
             os.environ.setdefault("WANDB_SILENT", "true")
             run_dir.mkdir(parents=True, exist_ok=True)
             self.wandb = wandb.init(
-                project=cfg.logging.wandb_project, name=run_dir.name, dir=str(run_dir),
+                project=cfg.logging.wandb_project, group=cfg.logging.wandb_group, name=run_dir.name, dir=str(run_dir),
                 mode=cfg.logging.wandb_mode, config=resolved,
             )
 

@@ -142,7 +142,7 @@ def generate(
     meta = {
         "task": "match",
         "params": {"users": users, "max_len": max_len, "seed": seed, "items": items, "categories": categories,
-                   "variant": variant, "rows_per_user": rows_per_user},
+                   "variant": variant, "impressions_per_user": rows_per_user},
         "vocab": {"items": items, "categories": categories, "actions": ACTIONS, "users": users,
                   "user_segments": SEGMENTS},
         "rows": {}, "positive_rate": {},

@@ -9,7 +9,12 @@ history length L). Norms, softmax, activations and embedding lookups are not mat
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..config import ModelConfig
 
@@ -37,7 +42,8 @@ def longer_flops(cfg: ModelConfig, dims: LongerDims, lengths: list[int]) -> int:
     merged = padded // k
     width = cfg.merge_proj_dim or k * d
     num_globals = cfg.num_cls + int(dims.user + dims.dense > 0) + 1
-    n_q = min(cfg.num_queries, merged) + num_globals
+    queries = cfg.num_queries if cfg.query_selection == "learnable" else min(cfg.num_queries, merged)
+    n_q = queries + num_globals  # gathering the queries (uniform, recent_uniform) is not a matmul
 
     flops = sum(lengths) * _mlp([dims.event + d, 2 * d, d])  # token builder, valid events only
     if cfg.merge == "inner_trans":  # on the groups holding an event only
@@ -66,3 +72,30 @@ def longer_flops(cfg: ModelConfig, dims: LongerDims, lengths: list[int]) -> int:
     per_row += _mlp([head_in, *cfg.head_hidden, 1])
     flops += batch * per_row
     return flops
+
+
+def transformer_config(cfg: ModelConfig, max_len: int) -> ModelConfig:
+    """The paper's Transformer baseline for a LONGER config: the same token width d and depth, no token merge
+    (K = 1, width d) and every one of the max_len events a query (configs/experiments/transformer.yaml)."""
+    return dataclasses.replace(
+        cfg, merge="concat", merge_k=1, merge_proj_dim=None, num_queries=max_len, query_selection="recent",
+        head_dim=cfg.token_dim,  # one head of width d; the head count does not change the FLOPs
+    )
+
+
+@torch.no_grad()
+def counted_flops(dense: nn.Module, dims: LongerDims, lengths: list[int], seed: int = 0) -> int:
+    """Forward FLOPs of `dense` (any model of `models/`) as torch's FlopCounterMode measures them, on random
+    inputs with these history lengths: the check of an analytic `flops(lengths)`."""
+    from .longer import LongerInputs
+
+    g = torch.Generator().manual_seed(seed)
+    n, b = sum(lengths), len(lengths)
+    x = LongerInputs(
+        events=torch.randn(n, dims.event, generator=g), lengths=torch.tensor(lengths),
+        time_diff=torch.randint(0, 10**7, (n,), generator=g), candidate=torch.randn(b, dims.candidate, generator=g),
+        user=torch.randn(b, dims.user, generator=g), dense=torch.randn(b, dims.dense, generator=g),
+    )
+    with FlopCounterMode(display=False) as counter:
+        dense(x)
+    return counter.get_total_flops()

@@ -5,9 +5,22 @@ mask over that layout is the paper's mask: sequence tokens see only older ones, 
 whole sequence but not the candidate, the candidate sees everything — so every sequence-side and user-side
 state is candidate-independent (what makes KV-cached serving exact).
 
-- `CausalBlock(cross=True)`: keys/values are all tokens, queries the last n_q (the k most recent merged
-  tokens + the m globals); output n_q tokens.
-- `CausalBlock(cross=False)`: self-causal over those n_q tokens.
+- Layer 1, cross-causal (`HybridAttention.cross`): keys/values are all tokens; queries are k sequence queries
+  chosen by `model.query_selection` (below) + the m globals; output k + m tokens. A query sits at a key
+  position and sees the keys up to it: the globals at their own positions after the sequence, a sequence
+  query at the merged token it was taken from.
+- Layers 2..N+1, self-causal (`HybridAttention.self_layers`): over those k + m tokens, in that order.
+
+Query selection (the paper's Table 2), per row over its valid merged tokens, k = min(num_queries, L'):
+- `recent` (default): the k newest; these are the last k positions, so the cross layer is bottom-right
+  aligned causal attention (the Triton kernel's layout);
+- `uniform`: k tokens spread evenly, newest included: the newest token of each of k equal strides;
+- `recent_uniform`: ceil(k/2) newest, the rest spread the same way over the older valid tokens;
+- `learnable`: k learned query vectors (all num_queries of them, whatever L'), each seeing the whole
+  sequence (they sit at the newest merged position); padding only in a row with an empty history.
+A row with at most k valid tokens uses every one of them under the three sequence rules (its padded query
+slots come first, as for `recent`). Positions are a function of the row's length only, so training,
+evaluation and KV-cached serving pick the same tokens.
 """
 
 from __future__ import annotations
@@ -15,13 +28,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..config import QUERY_RULES
 from ..kernels import candidate_attention, hybrid_attention
 from .blocks import FeedForward, make_norm, merge_heads, split_heads
 from .candidate_match import attended_similarity, match_bias, match_weight
 
 
 class CausalBlock(nn.Module):
-    """Pre-norm attention + FFN with residuals; queries are the last `n_q` positions of the input."""
+    """Pre-norm attention + FFN with residuals; causal attention of query tokens over key tokens (`forward`)."""
 
     def __init__(self, dim: int, head_dim: int, ffn_mult: int, norm: str, dropout: float, attention_impl: str) -> None:
         super().__init__()
@@ -49,16 +63,23 @@ class CausalBlock(nn.Module):
         y = x + self.dropout(self.out(merge_heads(attn)))
         return y + self.ffn(self.norm2(y))
 
-    def forward(self, x: Tensor, num_pad: Tensor, n_q: int) -> Tensor:
-        # x [B, Lk, D]; num_pad [B] leading padded positions; returns [B, n_q, D]
+    def forward(
+        self, x: Tensor, num_pad: Tensor, x_q: Tensor | None = None, q_pos: Tensor | None = None,
+        keep_kv: list | None = None,
+    ) -> Tensor:
+        """Keys/values from tokens x [B, Lk, D] (num_pad [B] leading padded); queries from x_q [B, n_q, D]
+        (default x: self-causal) at key positions q_pos [B, n_q] (default: the last n_q positions). Returns
+        [B, n_q, D]. `keep_kv`, when given, receives (K, V, num_pad) (KV-cached serving)."""
         k, v = self.keys_values(x)
-        x_q = x[:, x.shape[1] - n_q :]
-        attn = hybrid_attention(self.queries(x_q), k, v, num_pad, impl=self.attention_impl)  # [B, H, n_q, dh]
-        return self.finish(x_q, attn)
+        if keep_kv is not None:
+            keep_kv.append((k, v, num_pad))
+        x_q = x if x_q is None else x_q
+        attn = hybrid_attention(self.queries(x_q), k, v, num_pad, impl=self.attention_impl, q_pos=q_pos)
+        return self.finish(x_q, attn)  # attn [B, H, n_q, dh]
 
 
 class HybridAttention(nn.Module):
-    """Layer 1 cross-causal (k recent merged tokens + m globals as queries), then N self-causal layers.
+    """Layer 1 cross-causal (k sequence queries + m globals as queries), then N self-causal layers.
 
     With `match_pairs` > 0 the candidate's row of the cross-causal layer also scores each merged token by the
     candidate's similarity to its events in the shared embedding space (models/candidate_match.py): a learned
@@ -69,10 +90,17 @@ class HybridAttention(nn.Module):
     def __init__(
         self, dim: int, num_queries: int, num_self_layers: int, head_dim: int, ffn_mult: int, norm: str,
         dropout: float, attention_impl: str, match_pairs: int = 0, match_readout: bool = True,
+        query_selection: str = "recent",
     ) -> None:
         super().__init__()
+        if query_selection not in QUERY_RULES:
+            raise ValueError(f"unknown query selection {query_selection!r}; expected one of {list(QUERY_RULES)}")
         self.num_queries = num_queries
         self.attention_impl = attention_impl
+        self.query_selection = query_selection
+        self.learned_queries = (
+            nn.Parameter(torch.randn(num_queries, dim) * 0.02) if query_selection == "learnable" else None
+        )
         make = lambda: CausalBlock(dim, head_dim, ffn_mult, norm, dropout, attention_impl)
         self.cross = make()
         self.self_layers = nn.ModuleList(make() for _ in range(num_self_layers))
@@ -80,34 +108,37 @@ class HybridAttention(nn.Module):
         self.match_readout = match_readout
 
     def forward(
-        self, seq: Tensor, globals_: Tensor, num_pad: Tensor, match: Tensor | None = None
+        self, seq: Tensor, globals_: Tensor, num_pad: Tensor, match: Tensor | None = None,
+        keep_kv: list | None = None,
     ) -> tuple[list[Tensor], Tensor | None]:
         """seq [B, L', D] left-padded merged tokens with `num_pad` [B] padded ones; globals_ [B, m, D], the
         candidate last; match [B, 1, L', P]: the candidate's similarity to each merged token (None: off).
 
-        Returns the states after each layer, [B, n_q, D] with n_q = min(k, L') + m (queries at the end), and
-        the candidate's match readout [B, 1, H * P] (None when `match` is None or the readout is off).
+        Returns the states after each layer, [B, k + m, D]: the k sequence queries (`select_queries`) then the
+        globals, and the candidate's match readout [B, 1, H * P] (None when `match` is None or the readout is
+        off). `keep_kv`, when given, receives each layer's (K, V, num_pad) (KV-cached serving).
         """
         seq_len, m = seq.shape[1], globals_.shape[1]
-        k = self.effective_queries(seq_len)
-        tokens = torch.cat([seq, globals_], dim=1)
+        seq_q, q_pos, q_pad = self.select_queries(seq, num_pad)
+        if q_pos is not None:  # the globals sit after the sequence
+            globals_pos = torch.arange(seq_len, seq_len + m, device=seq.device).expand(q_pos.shape[0], m)
+            q_pos = torch.cat([q_pos, globals_pos], dim=1)
+        tokens, x_q = torch.cat([seq, globals_], dim=1), torch.cat([seq_q, globals_], dim=1)
         readout = None
         if match is None:
-            x = self.cross(tokens, num_pad, k + m)
+            x = self.cross(tokens, num_pad, x_q, q_pos, keep_kv)
         else:  # the user-side rows as usual; the candidate's row with the match bias
             layer = self.cross
             keys, values = layer.keys_values(tokens)
-            x_q = tokens[:, tokens.shape[1] - (k + m):]
             q = layer.queries(x_q)
             user_rows = hybrid_attention(q[:, :, :-1], keys[:, :, :-1], values[:, :, :-1], num_pad,
-                                         impl=self.attention_impl)
+                                         impl=self.attention_impl, q_pos=None if q_pos is None else q_pos[:, :-1])
             candidate, readout = self.candidate_row(q[:, :, -1:], keys[:, :, :-1], values[:, :, :-1], num_pad,
                                                     keys[:, :, -1:], values[:, :, -1:], match)
             x = layer.finish(x_q, torch.cat([user_rows, candidate], dim=2))
-        num_pad = query_padding(num_pad, seq_len, k)
         states = [x]
         for layer in self.self_layers:
-            x = layer(x, num_pad, x.shape[1])
+            x = layer(x, q_pad, keep_kv=keep_kv)
             states.append(x)
         return states, readout
 
@@ -131,10 +162,53 @@ class HybridAttention(nn.Module):
 
     def effective_queries(self, seq_len: int) -> int:
         """k actually used for a batch whose merged sequences have length seq_len."""
-        return min(self.num_queries, seq_len)
+        return self.num_queries if self.learned_queries is not None else min(self.num_queries, seq_len)
+
+    def select_queries(self, seq: Tensor, num_pad: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
+        """The sequence queries of `model.query_selection`: their tokens [B, k, D], their key positions [B, k]
+        (None for `recent`: the last k positions, bottom-right aligned) and their padded count [B] (padded
+        query slots come first)."""
+        b, seq_len = seq.shape[:2]
+        k = self.effective_queries(seq_len)
+        q_pad = self.query_padding(num_pad, seq_len)
+        if self.learned_queries is not None:
+            positions = torch.full((b, k), seq_len - 1, dtype=torch.long, device=seq.device)
+            return self.learned_queries.unsqueeze(0).expand(b, -1, -1), positions, q_pad
+        if self.query_selection == "recent":
+            return seq[:, seq_len - k :], None, q_pad
+        positions = query_positions(self.query_selection, num_pad, seq_len, k)
+        return seq.gather(1, positions[..., None].expand(-1, -1, seq.shape[2])), positions, q_pad
+
+    def query_padding(self, num_pad: Tensor, seq_len: int) -> Tensor:
+        """Padded slots [B] among the k sequence queries of rows with `num_pad` padded merged tokens."""
+        k = self.effective_queries(seq_len)
+        if self.learned_queries is not None:  # every learned query is valid unless the history is empty
+            return torch.where(num_pad >= seq_len, k, 0)
+        return query_padding(num_pad, seq_len, k)
+
+
+def query_positions(rule: str, num_pad: Tensor, seq_len: int, k: int) -> Tensor:
+    """Key positions [B, k] (ascending) of the k sequence queries of rule recent | uniform | recent_uniform,
+    for rows of seq_len merged tokens whose first num_pad [B] are padding; k <= seq_len. A row with at most k
+    valid tokens takes the last k positions (all its valid tokens, padding first) whatever the rule."""
+    slot = torch.arange(k, device=num_pad.device)[None, :]  # [1, k]
+    recent = (seq_len - k + slot).expand(num_pad.shape[0], k)
+    if rule == "recent":
+        return recent
+    first = num_pad.long()[:, None]  # first valid position [B, 1]
+    valid = seq_len - first  # [B, 1]
+    if rule == "uniform":  # the newest token of each of k equal strides of the valid tokens
+        spread = first + (slot + 1) * valid // k - 1
+    elif rule == "recent_uniform":  # ceil(k/2) newest (= the recent slots), the rest over the older tokens
+        newest = -(-k // 2)
+        older = k - newest
+        spread = torch.where(slot < older, first + (slot + 1) * (valid - newest) // max(older, 1) - 1, recent)
+    else:
+        raise ValueError(f"query_positions: unknown rule {rule!r}")
+    return torch.where(valid <= k, recent, spread)
 
 
 def query_padding(num_pad: Tensor, seq_len: int, k: int) -> Tensor:
-    """Padded tokens among the k sequence queries (the last k of seq_len merged tokens, num_pad padded)."""
+    """Padded tokens among k sequence queries taken from rows of seq_len merged tokens (num_pad padded) when
+    each row takes its valid tokens first: max(k - valid, 0)."""
     return (num_pad - (seq_len - k)).clamp(min=0)
-

@@ -16,7 +16,7 @@ from ..config import ModelConfig
 from .blocks import MLP
 from .candidate_match import MatchPair, group_similarity, unit_pairs
 from .flops import longer_flops
-from .hybrid_attention import HybridAttention, query_padding
+from .hybrid_attention import HybridAttention
 from .token_builder import TokenBuilder
 from .token_merge import TokenMerge, to_left_padded
 
@@ -56,7 +56,7 @@ class LongerStates:
 
     merged: Tensor  # [B, L', D] merged sequence tokens (left-padded)
     num_pad: Tensor  # [B] padded merged positions at the front
-    layers: list[Tensor]  # per layer [B, n_q, D]; queries = last min(k, L') merged tokens + m globals
+    layers: list[Tensor]  # per layer [B, k + m, D]: the k sequence queries (model.query_selection), m globals
     match_readout: Tensor | None = None  # [B, H * P] the candidate's attended similarity (candidate match)
 
 
@@ -91,6 +91,7 @@ class Longer(nn.Module):
         self.attention = HybridAttention(
             width, cfg.num_queries, cfg.num_self_layers, cfg.head_dim, cfg.ffn_mult, cfg.norm, cfg.dropout,
             cfg.attention_impl, match_pairs=len(self.match_pairs), match_readout=readout,
+            query_selection=cfg.query_selection,
         )
         self.match_readout_dim = self.attention.cross.heads * len(self.match_pairs) if readout else 0
         head_in = width * (self.num_globals + 1) + self.match_readout_dim + dims.candidate + dims.user + dims.dense
@@ -151,7 +152,7 @@ class Longer(nn.Module):
     def head_logits(self, x: LongerInputs, states: LongerStates) -> Tensor:
         final = states.layers[-1]  # [B, k_eff + m, D]
         k_eff = final.shape[1] - self.num_globals
-        num_pad = query_padding(states.num_pad, states.merged.shape[1], k_eff)
+        num_pad = self.attention.query_padding(states.num_pad, states.merged.shape[1])
         seq_mean = pool_queries(final[:, :k_eff], num_pad)
         return self.head_from_states(seq_mean, final[:, k_eff:], x.candidate, x.user, x.dense, states.match_readout)
 

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..kernels import candidate_attention, hybrid_attention
-from ..models.hybrid_attention import query_padding
+from ..kernels import candidate_attention
 from ..models.longer import Longer, LongerInputs, pool_queries
 
 
@@ -38,29 +37,18 @@ class UserCache:
 
 @torch.no_grad()
 def prefill(model: Longer, x: LongerInputs) -> UserCache:
-    """Run the user side of `x` (its `candidate` field is not read) once."""
-    attention, impl = model.attention, model.cfg.attention_impl
+    """Run the user side of `x` (its `candidate` field is not read) once: the hybrid attention over the
+    sequence and the user-side globals, keeping each layer's keys/values."""
+    attention = model.attention
     merged, num_pad, match_groups = model.encode_sequence(x)  # [U, L', D]
-    seq_len = merged.shape[1]
-    tokens = torch.cat([merged, model.user_globals(x)], dim=1)  # [U, L' + m - 1, D]
-    k_eff = attention.effective_queries(seq_len)
-    n_user = k_eff + model.num_globals - 1  # query rows that belong to the user side
-
-    cache_kv, cache_pad = [], []
-    k, v = attention.cross.keys_values(tokens)
-    cache_kv.append((k, v))
-    cache_pad.append(num_pad)
-    states = tokens[:, tokens.shape[1] - n_user :]
-    states = attention.cross.finish(states, hybrid_attention(attention.cross.queries(states), k, v, num_pad, impl))
-    q_pad = query_padding(num_pad, seq_len, k_eff)
-    for layer in attention.self_layers:
-        k, v = layer.keys_values(states)
-        cache_kv.append((k, v))
-        cache_pad.append(q_pad)
-        states = layer.finish(states, hybrid_attention(layer.queries(states), k, v, q_pad, impl))
+    kept: list = []
+    states = attention(merged, model.user_globals(x), num_pad, keep_kv=kept)[0][-1]  # [U, k + m - 1, D]
+    k_eff = attention.effective_queries(merged.shape[1])
+    q_pad = attention.query_padding(num_pad, merged.shape[1])
     return UserCache(
-        keys_values=cache_kv, num_pad=cache_pad, seq_mean=pool_queries(states[:, :k_eff], q_pad),
-        user_globals=states[:, k_eff:], user=x.user, dense=x.dense, match_groups=match_groups,
+        keys_values=[(k, v) for k, v, _ in kept], num_pad=[pad for _, _, pad in kept],
+        seq_mean=pool_queries(states[:, :k_eff], q_pad), user_globals=states[:, k_eff:], user=x.user, dense=x.dense,
+        match_groups=match_groups,
     )
 
 

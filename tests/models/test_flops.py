@@ -5,6 +5,7 @@ import torch
 from longer_inputs import DIMS, make_inputs, make_model
 from torch.utils.flop_counter import FlopCounterMode
 
+from longer_train.config import QUERY_RULES
 from longer_train.models.flops import longer_flops
 
 
@@ -19,6 +20,17 @@ def test_flops_match_flop_counter(merge, proj, lengths, match):
     predicted = longer_flops(model.cfg, DIMS, lengths)
     assert measured > 0
     assert abs(predicted - measured) / measured < 0.05
+
+
+@pytest.mark.parametrize("rule", QUERY_RULES)
+@pytest.mark.parametrize("k", [3, 40])  # below and above the merged length of the longest row (16)
+def test_flops_match_flop_counter_for_every_query_rule(merge, rule, k):
+    lengths = [5, 64, 0, 17]
+    model = make_model(merge, query_selection=rule, num_queries=k)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(make_inputs(lengths))
+    measured = counter.get_total_flops()
+    assert abs(longer_flops(model.cfg, DIMS, lengths) - measured) / measured < 0.05
 
 
 def test_merge_cuts_flops_like_the_paper():

@@ -1,4 +1,4 @@
-"""Properties of the dense LONGER network: causality, padding, recent-k queries, ragged merge."""
+"""Properties of the dense LONGER network: causality, padding, query selection (every rule), ragged merge."""
 
 import dataclasses
 
@@ -6,17 +6,20 @@ import pytest
 import torch
 from longer_inputs import make_inputs, make_model
 
+from longer_train.config import QUERY_RULES
+from longer_train.models.hybrid_attention import query_positions
 from longer_train.models.token_merge import TokenMerge, to_left_padded
 
 RAGGED = [0, 1, 5, 13, 30, 64, 7]  # empty, shorter than K, not multiples of K, the max
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("rule", QUERY_RULES)
 @pytest.mark.parametrize("field, changing_rows", [("candidate", 1), ("user", "globals")])
-def test_inputs_change_only_the_states_that_may_see_them(merge, field, changing_rows):
+def test_inputs_change_only_the_states_that_may_see_them(merge, rule, field, changing_rows):
     """The candidate changes only its own (last) row; user features change only the global rows (the
-    candidate sees the user token). Every sequence-side state stays bit-identical."""
-    model = make_model(merge)
+    candidate sees the user token). Every sequence-side state stays bit-identical, under every query rule."""
+    model = make_model(merge, query_selection=rule)
     x = make_inputs(RAGGED)
     other = dataclasses.replace(x, **{field: torch.randn_like(getattr(x, field))})
     a, b = model.encode(x), model.encode(other)
@@ -29,9 +32,10 @@ def test_inputs_change_only_the_states_that_may_see_them(merge, field, changing_
 
 
 @torch.no_grad()
-def test_padded_positions_change_nothing(merge):
+@pytest.mark.parametrize("rule", QUERY_RULES)
+def test_padded_positions_change_nothing(merge, rule):
     """Garbage written into every padded merged position leaves all valid states and the logits as they were."""
-    model = make_model(merge)
+    model = make_model(merge, query_selection=rule)
     x = make_inputs(RAGGED)
     clean = model.encode(x)
 
@@ -51,7 +55,7 @@ def test_padded_positions_change_nothing(merge):
     m = model.num_globals
     for layer_clean, layer_dirty in zip(clean.layers, dirty.layers):
         k_eff = layer_clean.shape[1] - m
-        q_valid = valid[:, valid.shape[1] - k_eff :]
+        q_valid = torch.arange(k_eff)[None, :] >= model.attention.query_padding(clean.num_pad, valid.shape[1])[:, None]
         torch.testing.assert_close(layer_dirty[:, :k_eff][q_valid], layer_clean[:, :k_eff][q_valid])
         torch.testing.assert_close(layer_dirty[:, k_eff:], layer_clean[:, k_eff:])
     torch.testing.assert_close(dirty_logits, model.head_logits(x, clean))
@@ -97,10 +101,12 @@ def test_the_model_runs_inner_trans_on_live_groups_only():
 
 
 @torch.no_grad()
-def test_recent_k_queries_are_the_most_recent_valid_merged_tokens(merge):
+@pytest.mark.parametrize("rule", QUERY_RULES)
+def test_each_row_queries_its_own_valid_merged_tokens(merge, rule):
     """In a ragged batch each row's query states equal those of the row run alone (no padding at all),
-    which holds only if the queries are its min(k, L_i') most recent *valid* merged tokens."""
-    model = make_model(merge)
+    which holds only if a row's queries are chosen among its own *valid* merged tokens (for `recent`: its
+    min(k, L_i') most recent ones)."""
+    model = make_model(merge, query_selection=rule)
     x = make_inputs(RAGGED)
     batched = model.encode(x)
     logits = model(x)
@@ -115,11 +121,89 @@ def test_recent_k_queries_are_the_most_recent_valid_merged_tokens(merge):
         )
         single = model.encode(alone)
         n_valid = -(-length // model.cfg.merge_k)
-        n_q = min(k, n_valid)
-        assert single.layers[0].shape[1] == n_q + m
+        n_q = (k if n_valid else 0) if rule == "learnable" else min(k, n_valid)  # valid query states
+        assert single.layers[0].shape[1] == (k if rule == "learnable" else n_q) + m
         for layer_b, layer_s in zip(batched.layers, single.layers):
-            torch.testing.assert_close(layer_b[i, layer_b.shape[1] - n_q - m :], layer_s[0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(layer_b[i, -(n_q + m) :], layer_s[0, -(n_q + m) :], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(logits[i : i + 1], model(alone), atol=1e-5, rtol=1e-5)
+
+
+# merged length 16, k = 4; rows with 0, 1, 3, 4, 5, 10 and 16 valid merged tokens (num_pad = 16 - valid)
+VALID = [0, 1, 3, 4, 5, 10, 16]
+SHORT = [[12, 13, 14, 15]] * 4  # rows with at most k valid tokens use all of them (padded slots first)
+EXPECTED_POSITIONS = {  # written out by hand from the rules' definitions (docs/model.md)
+    "recent": SHORT + [[12, 13, 14, 15]] * 3,
+    # the newest token of each of 4 equal strides: 5 tokens 11..15, 10 tokens 6..15, 16 tokens 0..15
+    "uniform": SHORT + [[11, 12, 13, 15], [7, 10, 12, 15], [3, 7, 11, 15]],
+    # the 2 newest, then the newest of each of 2 equal strides of the older tokens (11..13, 6..13, 0..13)
+    "recent_uniform": SHORT + [[11, 13, 14, 15], [9, 13, 14, 15], [6, 13, 14, 15]],
+}
+
+
+@pytest.mark.parametrize("rule", sorted(EXPECTED_POSITIONS))
+def test_query_positions_are_exactly_the_rule_s(rule):
+    num_pad = 16 - torch.tensor(VALID)
+    assert query_positions(rule, num_pad, 16, 4).tolist() == EXPECTED_POSITIONS[rule]
+
+
+@pytest.mark.parametrize("rule", ["uniform", "recent_uniform"])
+def test_spread_queries_are_even_and_include_the_newest(rule):
+    """On many ragged rows: ascending valid positions, the newest included; uniform strides differ by at most
+    one token; recent_uniform's last ceil(k/2) are the newest and the rest are spread the same way."""
+    g = torch.Generator().manual_seed(0)
+    for k in (1, 2, 3, 5, 8):
+        seq_len = 40
+        num_pad = torch.randint(0, seq_len + 1, (64,), generator=g)
+        positions = query_positions(rule, num_pad, seq_len, k)
+        for row, pad in zip(positions.tolist(), num_pad.tolist()):
+            valid = seq_len - pad
+            if valid <= k:
+                assert row == list(range(seq_len - k, seq_len))
+                continue
+            assert row[-1] == seq_len - 1 and row[0] >= pad and all(a < b for a, b in zip(row, row[1:]))
+            newest = -(-k // 2) if rule == "recent_uniform" else 0
+            if newest:
+                assert row[k - newest :] == list(range(seq_len - newest, seq_len))
+            spread = row[: k - newest]
+            if spread:
+                edges = [pad - 1, *spread]  # each query closes a stride of (valid - newest) / (k - newest)
+                strides = [b - a for a, b in zip(edges, edges[1:])]
+                assert max(strides) - min(strides) <= 1 and sum(strides) == valid - newest
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("match", ["none", "attention_readout"])
+@pytest.mark.parametrize("rule", QUERY_RULES)
+def test_the_model_queries_the_tokens_at_the_rule_s_positions(merge, rule, match, monkeypatch):
+    """The cross-causal layer's sequence queries are the merged tokens at the rule's positions (or the learned
+    vectors), and its attention gets each query's key position: that of its token, the globals after the
+    sequence (with the candidate match the candidate's row is computed apart, after the user rows)."""
+    from longer_train.models import hybrid_attention as module
+
+    model = make_model(merge, query_selection=rule, num_queries=4, candidate_match=match)
+    attention_calls, selected = [], []
+    real_attention, real_select = module.hybrid_attention, model.attention.select_queries
+    monkeypatch.setattr(module, "hybrid_attention", lambda q, k, v, pad, impl="auto", q_pos=None: (
+        attention_calls.append(q_pos), real_attention(q, k, v, pad, impl=impl, q_pos=q_pos))[1])
+    model.attention.select_queries = lambda seq, pad: (selected.append(real_select(seq, pad)), selected[-1])[1]
+    states = model.encode(make_inputs(RAGGED))
+    queries, positions, _ = selected[0]
+    cross_positions = attention_calls[0]  # the first call is the cross-causal layer's
+    seq_len, width = states.merged.shape[1:]
+    globals_ = model.num_globals - (match != "none")  # rows after the sequence queries in that call
+    if rule == "recent":
+        assert positions is None and cross_positions is None  # bottom-right aligned: the Triton kernel's layout
+        torch.testing.assert_close(queries, states.merged[:, -4:], rtol=0, atol=0)
+        return
+    assert cross_positions[:, 4:].tolist() == [list(range(seq_len, seq_len + globals_))] * len(RAGGED)
+    assert torch.equal(cross_positions[:, :4], positions)
+    if rule == "learnable":
+        assert (positions == seq_len - 1).all()
+        torch.testing.assert_close(queries, model.attention.learned_queries.expand(len(RAGGED), -1, -1))
+        return
+    expected = query_positions(rule, states.num_pad, seq_len, 4)
+    assert torch.equal(positions, expected)
+    torch.testing.assert_close(queries, states.merged.gather(1, expected[..., None].expand(-1, -1, width)))
 
 
 def test_merge_groups_align_to_the_newest_event():

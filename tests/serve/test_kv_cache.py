@@ -1,5 +1,6 @@
 """KV-cached scoring equals the full forward pass for every candidate: ragged histories (empty included),
-both merge modes, k below, at and above the merged length, with and without the candidate match."""
+both merge modes, every query-selection rule, k below, at and above the merged length, with and without the
+candidate match."""
 
 import dataclasses
 
@@ -7,15 +8,17 @@ import pytest
 import torch
 from longer_inputs import DIMS, make_inputs, make_model
 
+from longer_train.config import QUERY_RULES
 from longer_train.serve import prefill, score
 
 LENGTHS = [0, 3, 17, 64, 40]  # merged lengths 0, 1, 5, 16, 10 with K = 4
 
 
+@pytest.mark.parametrize("rule", QUERY_RULES)
 @pytest.mark.parametrize("match", ["none", "attention", "attention_readout"])
 @pytest.mark.parametrize("k", [1, 3, 8, 100])
-def test_cached_scores_equal_full_forward(merge, k, match):
-    model = make_model(merge, num_queries=k, candidate_match=match)
+def test_cached_scores_equal_full_forward(merge, k, match, rule):
+    model = make_model(merge, num_queries=k, candidate_match=match, query_selection=rule)
     users = make_inputs(LENGTHS)
     candidates = torch.randn(len(LENGTHS), 6, DIMS.candidate, generator=torch.Generator().manual_seed(7))
     cached = score(model, prefill(model, users), candidates)  # [U, C]

@@ -1,0 +1,240 @@
+"""`longer-sweep SPEC.yaml [key=value ...] [--jobs N]`: run every (row, seed) of a sweep spec (`spec.py`) as its own
+`longer-train` process, skip the runs already in the sweep's results file (so an interrupted sweep continues
+where it stopped), and write the summary (mean ± std per row, paired differences against the reference row,
+FLOPs, params, samples/s) and, for scaling sweeps, the power-law fits and figures.
+
+    longer-sweep configs/sweeps/table2_rules.yaml --jobs 2
+    longer-sweep configs/sweeps/table2_rules.yaml train.max_steps=5 --results /tmp/smoke   # a quick smoke run
+    make reproduce [SWEEP=table2_rules] [JOBS=2]
+
+Files: <results>/<sweep>.jsonl (one line per finished run, appended as runs finish: commit it as it grows),
+<results>/<sweep>.md (the summary), <runs>/<sweep>/<run>/train.log (each run's output), figures in <figures>.
+With --jobs N, runs go N at a time with cores // N torch threads each (one thread per run was measured 2-6x
+faster per run than two on a shared 2-core machine). Ctrl-C stops the running runs; run the same command again
+to continue. W&B: every run of a sweep is in the group named after the sweep (`logging.wandb_group`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from .runs import BIN, ensure_prepared, machine, model_stats, thread_env
+from .scaling import scaling_report
+from .spec import Run, SpecError, SweepSpec, load_spec
+from .summary import append_result, finished, read_results, summarise, summary_table
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def split_threads(jobs: int, threads: int | None, cores: int) -> int:
+    """Torch threads per run so that jobs x threads <= cores (at least one)."""
+    if jobs < 1:
+        raise ValueError("--jobs must be >= 1")
+    most = max(1, cores // jobs)
+    if threads is None:
+        return most
+    if threads < 1:
+        raise ValueError("--threads must be >= 1")
+    if threads > most:
+        print(f"longer-sweep: --threads {threads} x --jobs {jobs} > {cores} cores; using {most} thread(s) per run",
+              file=sys.stderr)
+    return min(threads, most)
+
+
+def train_command(spec: SweepSpec, run: Run, runs_dir: Path, wandb: str | None) -> list[str]:
+    return [
+        str(BIN / "longer-train"), *map(str, run.configs), *run.overrides, f"train.run_name={run.name}",
+        f"train.output_dir={runs_dir}", f"train.runs_table={runs_dir / run.name / 'result.jsonl'}",
+        f"logging.wandb_group={spec.name}", *([f"logging.wandb_mode={wandb}"] if wandb else []),
+    ]
+
+
+class Executor:
+    """Runs the pending runs `jobs` at a time; only this process appends to the results file."""
+
+    def __init__(self, spec: SweepSpec, results: Path, runs_dir: Path, threads: int, wandb: str | None) -> None:
+        self.spec, self.results, self.runs_dir, self.threads, self.wandb = spec, results, runs_dir, threads, wandb
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.live: set[subprocess.Popen] = set()
+        self.stats: dict[str, dict[str, float]] = {}  # per row
+        self.done = 0
+
+    def run_all(self, pending: list[Run], jobs: int) -> tuple[int, bool]:
+        """(failed runs, interrupted)."""
+        for run in pending:  # before anything starts: a model that cannot be built fails the sweep now
+            if run.row not in self.stats:
+                self.stats[run.row] = model_stats(run.cfg)
+        failed = 0
+        pool = ThreadPoolExecutor(max_workers=jobs)
+        try:
+            futures = [pool.submit(self.one, run, len(pending)) for run in pending]
+            for future in as_completed(futures):
+                failed += future.result() is False
+        except KeyboardInterrupt:
+            self.stop.set()
+            with self.lock:
+                for proc in self.live:
+                    proc.terminate()
+            pool.shutdown(wait=True, cancel_futures=True)
+            return failed, True
+        finally:
+            pool.shutdown(wait=True)
+        return failed, False
+
+    def one(self, run: Run, total: int) -> bool | None:
+        run_dir = self.runs_dir / run.name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        table = run_dir / "result.jsonl"
+        table.unlink(missing_ok=True)
+        command = train_command(self.spec, run, self.runs_dir, self.wandb)
+        start = time.perf_counter()
+        with (run_dir / "train.log").open("w") as log:
+            log.write("$ " + shlex.join(command) + "\n")
+            log.flush()
+            with self.lock:
+                if self.stop.is_set():
+                    return None
+                proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=thread_env(self.threads),
+                                        start_new_session=True)  # Ctrl-C reaches the runner, which stops them
+                self.live.add(proc)
+            code = proc.wait()
+            with self.lock:
+                self.live.discard(proc)
+        if self.stop.is_set():
+            return None
+        if code != 0 or not table.exists():
+            tail = (run_dir / "train.log").read_text().splitlines()[-15:]
+            print(f"FAILED {run.name} (exit {code}); {run_dir / 'train.log'}:\n  " + "\n  ".join(tail), flush=True)
+            return False
+        summary = read_results(table)[-1]
+        line: dict[str, Any] = {
+            **summary, "sweep": self.spec.name, "run": run.name, "row": run.row, "seed": run.seed,
+            "config_hash": run.config_hash, "values": run.values, "overrides": run.overrides,
+            **self.stats[run.row], "threads": self.threads, "wall_s": round(time.perf_counter() - start, 1),
+        }
+        with self.lock:
+            append_result(self.results, line)
+            self.done += 1
+            print(f"[{self.done}/{total}] {self.spec.name}/{run.name}: test auc {line['test_auc']:.4f} "
+                  f"logloss {line['test_logloss']:.4f} in {line['wall_s']:.0f} s", flush=True)
+        return True
+
+
+def write_summary(spec: SweepSpec, runs: list[Run], results: Path, figures: Path, command: str, extra: list[str],
+                  data_root: str | None, threads: int) -> Path:
+    lines = read_results(results)
+    done = finished(lines, {r.name: r.config_hash for r in runs})
+    rows = []
+    for row in spec.rows:
+        shown = ((f"experiment={row.experiment.as_posix()}",) if row.experiment else ()) + row.overrides
+        rows.append((row.name, shown, next(r.values for r in runs if r.row == row.name)))
+    summaries = summarise(rows, list(done.values()), spec.reference)
+    out = results.with_suffix(".md")
+    first = runs[0]
+    text = [
+        f"# Sweep `{spec.name}`", "", spec.description, "",
+        f"Command: `{command}` ({len(done)} of {len(runs)} runs finished; the same command runs the others "
+        f"and rewrites this file). Spec: `{spec.path.as_posix()}`.", "",
+        f"Each run: `longer-train {spec.dataset.as_posix()} {spec.experiment.as_posix()} "
+        f"{' '.join(spec.overrides)} <row overrides> train.seed=<seed>`"
+        + (f" with `{' '.join(extra)}` for every run (given on the command line)" if extra else "")
+        + f"; data `{data_root or first.cfg.data.root}`; results lines in `{results.as_posix()}`.", "",
+        f"Protocol: seeds {', '.join(map(str, spec.seeds))} per row (`train.seed`: model init and shuffling); "
+        "metrics on the test split; mean ± sample std over the row's seeds. "
+        + (f"Δ = the paired difference against the reference row `{spec.reference}`: the mean over the seeds both "
+           "rows have of (row − reference), ± its standard error (sample std of the differences / √n); ✓ marks "
+           "|Δ| > 2 SE, the project's bar for a real effect. " if spec.reference else "")
+        + "GFLOPs/sample: the analytic forward count at data.max_len, beside what FlopCounterMode measures "
+          "(relative difference). samples/s counts train step time only.",
+        f"Machine: {machine(threads)}.", "",
+        *summary_table(summaries, spec.reference), "",
+    ]
+    for scaling in spec.scaling:
+        section, _ = scaling_report(spec.name, summaries, scaling, figures, out.parent)
+        text += section + [""]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(text))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="longer-sweep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("spec", help="sweep spec YAML (configs/sweeps/)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="added to every run, after the spec's")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
+    parser.add_argument("--threads", type=int, help="torch threads per run (default: cores // jobs)")
+    parser.add_argument("--results", default="results/sweeps", help="results folder (default results/sweeps)")
+    parser.add_argument("--runs", default="runs/sweeps", help="run folders (logs) (default runs/sweeps)")
+    parser.add_argument("--figures", default="docs/figures", help="scaling figures (default docs/figures)")
+    parser.add_argument("--wandb", choices=["offline", "online", "disabled"],
+                        help="logging.wandb_mode of every run (default: the config's)")
+    parser.add_argument("--report-only", action="store_true", help="write the summary from the results so far")
+    parser.add_argument("--dry-run", action="store_true", help="print the runs' commands, run nothing")
+    args = parser.parse_args(argv)
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        parser.error(f"overrides must look like key=value, got {bad}")
+    try:
+        spec = load_spec(args.spec)
+        threads = split_threads(args.jobs, args.threads, available_cores())
+        prepare = spec.prepare()
+        data_root = prepare[1] if prepare else None
+        runs = spec.runs(args.overrides, data_root)
+    except (SpecError, ValueError) as err:
+        print(f"longer-sweep: {err}", file=sys.stderr)
+        return 2
+    results = Path(args.results) / f"{spec.name}.jsonl"
+    runs_dir = Path(args.runs) / spec.name
+    done = finished(read_results(results), {r.name: r.config_hash for r in runs})
+    pending = [r for r in runs if r.name not in done]
+    print(f"{spec.name}: {len(runs)} runs ({len(spec.rows)} rows x {len(spec.seeds)} seeds), {len(done)} finished, "
+          f"{len(pending)} to run, {args.jobs} at a time with {threads} torch thread(s) each; results {results}",
+          flush=True)
+    if args.dry_run:
+        for run in pending:
+            print(shlex.join(train_command(spec, run, runs_dir, args.wandb)))
+        return 0
+    failed, interrupted = 0, False
+    if pending and not args.report_only:
+        if prepare:
+            ensure_prepared(*prepare)
+        # Ctrl-C and `kill` stop the runs (SIGINT also when the shell started us with it ignored, in the background)
+        previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            failed, interrupted = Executor(spec, results, runs_dir, threads, args.wandb).run_all(pending, args.jobs)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    if not read_results(results):
+        print("no finished run yet: no summary written")
+        return 130 if interrupted else (1 if failed else 0)
+    command = shlex.join(["longer-sweep", args.spec, *args.overrides] + (["--jobs", str(args.jobs)] if args.jobs > 1
+                                                                          else []))
+    out = write_summary(spec, runs, results, Path(args.figures), command, args.overrides, data_root, threads)
+    print(f"wrote {out}")
+    if interrupted:
+        print("interrupted: finished runs are in the results file; run the same command again to continue")
+        return 130
+    if failed:
+        print(f"{failed} run(s) failed (see their train.log); run the same command again to retry them")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
