@@ -129,9 +129,9 @@ class ModelConfig:
     hstu_layers: int = 2  # hstu: HSTU layers over [history | candidate]
     # the behaviours' similarity to the candidate in the shared embedding space (cosine, per candidate /
     # sequence feature pair sharing a table; models/candidate_match.py): none | attention (it enters DIN's
-    # attention scores / LONGER's candidate row of the cross-causal layer as a learned bias) |
-    # attention_readout (also what was attended to, for the head: DIN's pooled similarities, LONGER's
-    # attention-weighted similarities of the candidate row)
+    # attention scores / TWIN's target-attention scores / LONGER's and HSTU's candidate row as a learned
+    # bias) | attention_readout (also what was attended to, for the head: DIN's pooled similarities, the
+    # others' attention-weighted similarities)
     candidate_match: str = _choice("attention_readout", ("none", "attention", "attention_readout"))
 
 
