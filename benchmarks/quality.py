@@ -159,7 +159,8 @@ def report(data: str, bench_command: str, prepare: list[str], meta: dict, rows: 
         "",
         "Protocol: one epoch, " + "; ".join(f"seeds {', '.join(map(str, s))} for {', '.join(e)}"
                                             for s, e in _by_seeds(seeds)) + " (`train.seed`: model init and "
-        f"shuffling), metrics on the test split ({'unseen users' if meta.get('task') == 'match' else 'the last ~10 % of time'}); "
+        "shuffling), metrics on the test split "
+        f"({'unseen users' if meta.get('task') == 'match' else 'the last ~10 % of time'}); "
         "mean ± sample std over the n seeds. GFLOPs/sample "
         "is the analytic forward count of the dense model at max_len; samples/s counts train step time only.",
         f"Machine: {machine()}.",

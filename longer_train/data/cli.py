@@ -38,7 +38,8 @@ def _synthetic(args: argparse.Namespace) -> int:
     meta = _build(args, write)
     if isinstance(meta, int):
         return meta
-    print(f"wrote {out} in {time.perf_counter() - start:.1f} s ({', '.join(f'{k}={v}' for k, v in meta['params'].items())})")
+    params = ", ".join(f"{k}={v}" for k, v in meta["params"].items())
+    print(f"wrote {out} in {time.perf_counter() - start:.1f} s ({params})")
     _print_meta(meta)
     if "oracle_auc" in meta:
         _print_oracles(meta["oracle_auc"])

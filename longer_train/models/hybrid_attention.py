@@ -35,12 +35,25 @@ from .candidate_match import attended_similarity, match_bias, match_weight
 
 
 class CausalBlock(nn.Module):
-    """Pre-norm attention + FFN with residuals; causal attention of query tokens over key tokens (`forward`)."""
+    """Pre-norm attention + FFN with residuals; causal attention of query tokens over key tokens (`forward`).
 
-    def __init__(self, dim: int, head_dim: int, ffn_mult: int, norm: str, dropout: float, attention_impl: str) -> None:
+    With `match_pairs` > 0 (the cross-causal layer under the candidate match) the last query — the candidate —
+    also scores each merged token by the candidate's similarity to its events in the shared embedding space
+    (models/candidate_match.py): a learned weight per head and pair, added to its attention scores; with
+    `match_readout` the similarity it attended to (per head and pair) is returned for the head. Only the
+    candidate's own row changes, so every sequence-side and user-side state stays candidate-independent.
+    Everything runs inside `forward`, so the compute policies that wrap it (bf16, recomputation, FSDP2;
+    distributed/parallelize.py) cover the candidate row too."""
+
+    def __init__(
+        self, dim: int, head_dim: int, ffn_mult: int, norm: str, dropout: float, attention_impl: str,
+        match_pairs: int = 0, match_readout: bool = True,
+    ) -> None:
         super().__init__()
         self.heads = dim // head_dim
         self.attention_impl = attention_impl
+        self.match_weight = match_weight(self.heads, match_pairs) if match_pairs else None
+        self.match_readout = match_readout
         self.norm1 = make_norm(norm, dim)
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)
@@ -65,27 +78,53 @@ class CausalBlock(nn.Module):
 
     def forward(
         self, x: Tensor, num_pad: Tensor, x_q: Tensor | None = None, q_pos: Tensor | None = None,
-        keep_kv: list | None = None,
-    ) -> Tensor:
+        keep_kv: list | None = None, match: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
         """Keys/values from tokens x [B, Lk, D] (num_pad [B] leading padded); queries from x_q [B, n_q, D]
         (default x: self-causal) at key positions q_pos [B, n_q] (default: the last n_q positions). Returns
-        [B, n_q, D]. `keep_kv`, when given, receives (K, V, num_pad) (KV-cached serving)."""
+        [B, n_q, D] and the candidate's match readout [B, 1, H * P] (None without `match` or the readout).
+        `keep_kv`, when given, receives (K, V, num_pad) (KV-cached serving). `match` [B, 1, L', P]: the last
+        token of x and of x_q is the candidate, and this is its similarity to the L' sequence tokens first in x."""
         k, v = self.keys_values(x)
         if keep_kv is not None:
             keep_kv.append((k, v, num_pad))
         x_q = x if x_q is None else x_q
-        attn = hybrid_attention(self.queries(x_q), k, v, num_pad, impl=self.attention_impl, q_pos=q_pos)
-        return self.finish(x_q, attn)  # attn [B, H, n_q, dh]
+        q = self.queries(x_q)
+        if match is None:
+            attn = hybrid_attention(q, k, v, num_pad, impl=self.attention_impl, q_pos=q_pos)
+            return self.finish(x_q, attn), None  # attn [B, H, n_q, dh]
+        # the user-side rows as without the candidate; the candidate's row with the match bias
+        user_rows = hybrid_attention(q[:, :, :-1], k[:, :, :-1], v[:, :, :-1], num_pad, impl=self.attention_impl,
+                                     q_pos=None if q_pos is None else q_pos[:, :-1])
+        candidate, readout = self.candidate_row(q[:, :, -1:], k[:, :, :-1], v[:, :, :-1], num_pad,
+                                                k[:, :, -1:], v[:, :, -1:], match)
+        return self.finish(x_q, torch.cat([user_rows, candidate], dim=2)), readout
+
+    def candidate_row(
+        self, q: Tensor, k_cache: Tensor, v_cache: Tensor, num_pad: Tensor, k_self: Tensor, v_self: Tensor,
+        match: Tensor | None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attention of C candidates per row over their row's keys and their own (training and KV-cached
+        scoring share it). q, k_self, v_self [B, H, C, dh]; k_cache, v_cache [B, H, Lk, dh]: the L' merged tokens
+        then the user globals; match [B, C, L', P] or None (no bias). Returns the attention output [B, H, C, dh]
+        and the readout [B, C, H * P]: per head and pair, the similarity weighted by the candidate's attention
+        (None without match or readout)."""
+        if match is None or self.match_weight is None:
+            return candidate_attention(q, k_cache, v_cache, num_pad, k_self, v_self, self.attention_impl), None
+        seq_len = match.shape[2]
+        bias = match_bias(match, self.match_weight).permute(0, 3, 1, 2)  # [B, H, C, L']
+        bias = torch.nn.functional.pad(bias, (0, k_cache.shape[2] - seq_len))  # the user globals: no bias
+        if not self.match_readout:
+            return candidate_attention(q, k_cache, v_cache, num_pad, k_self, v_self, self.attention_impl,
+                                       bias=bias), None
+        out, probs = candidate_attention(q, k_cache, v_cache, num_pad, k_self, v_self, self.attention_impl,
+                                         bias=bias, return_probs=True)
+        return out, attended_similarity(probs[..., :seq_len], match)
 
 
 class HybridAttention(nn.Module):
-    """Layer 1 cross-causal (k sequence queries + m globals as queries), then N self-causal layers.
-
-    With `match_pairs` > 0 the candidate's row of the cross-causal layer also scores each merged token by the
-    candidate's similarity to its events in the shared embedding space (models/candidate_match.py): a learned
-    weight per head and pair, added to the attention score; the similarity the candidate attended to (per
-    head and pair) is returned for the head (`readout`). Only the candidate's own row changes, so every
-    sequence-side and user-side state stays candidate-independent."""
+    """Layer 1 cross-causal (k sequence queries + m globals as queries), then N self-causal layers; with
+    `match_pairs` > 0 the cross-causal layer's candidate row takes the candidate match (`CausalBlock`)."""
 
     def __init__(
         self, dim: int, num_queries: int, num_self_layers: int, head_dim: int, ffn_mult: int, norm: str,
@@ -101,11 +140,9 @@ class HybridAttention(nn.Module):
         self.learned_queries = (
             nn.Parameter(torch.randn(num_queries, dim) * 0.02) if query_selection == "learnable" else None
         )
-        make = lambda: CausalBlock(dim, head_dim, ffn_mult, norm, dropout, attention_impl)
-        self.cross = make()
+        make = lambda **match: CausalBlock(dim, head_dim, ffn_mult, norm, dropout, attention_impl, **match)
+        self.cross = make(match_pairs=match_pairs, match_readout=match_readout)
         self.self_layers = nn.ModuleList(make() for _ in range(num_self_layers))
-        self.match_weight = match_weight(self.cross.heads, match_pairs) if match_pairs else None
-        self.match_readout = match_readout
 
     def forward(
         self, seq: Tensor, globals_: Tensor, num_pad: Tensor, match: Tensor | None = None,
@@ -124,41 +161,12 @@ class HybridAttention(nn.Module):
             globals_pos = torch.arange(seq_len, seq_len + m, device=seq.device).expand(q_pos.shape[0], m)
             q_pos = torch.cat([q_pos, globals_pos], dim=1)
         tokens, x_q = torch.cat([seq, globals_], dim=1), torch.cat([seq_q, globals_], dim=1)
-        readout = None
-        if match is None:
-            x = self.cross(tokens, num_pad, x_q, q_pos, keep_kv)
-        else:  # the user-side rows as usual; the candidate's row with the match bias
-            layer = self.cross
-            keys, values = layer.keys_values(tokens)
-            q = layer.queries(x_q)
-            user_rows = hybrid_attention(q[:, :, :-1], keys[:, :, :-1], values[:, :, :-1], num_pad,
-                                         impl=self.attention_impl, q_pos=None if q_pos is None else q_pos[:, :-1])
-            candidate, readout = self.candidate_row(q[:, :, -1:], keys[:, :, :-1], values[:, :, :-1], num_pad,
-                                                    keys[:, :, -1:], values[:, :, -1:], match)
-            x = layer.finish(x_q, torch.cat([user_rows, candidate], dim=2))
+        x, readout = self.cross(tokens, num_pad, x_q, q_pos, keep_kv, match)
         states = [x]
         for layer in self.self_layers:
-            x = layer(x, q_pad, keep_kv=keep_kv)
+            x, _ = layer(x, q_pad, keep_kv=keep_kv)
             states.append(x)
         return states, readout
-
-    def candidate_row(
-        self, q: Tensor, k_cache: Tensor, v_cache: Tensor, num_pad: Tensor, k_self: Tensor, v_self: Tensor,
-        match: Tensor,
-    ) -> tuple[Tensor, Tensor]:
-        """Cross-causal attention of C candidates per row with the match bias (training and KV-cached scoring
-        share it). q, k_self, v_self [B, H, C, dh]; k_cache, v_cache [B, H, Lk, dh]: the L' merged tokens then
-        the user globals; match [B, C, L', P]. Returns the attention output [B, H, C, dh] and the readout
-        [B, C, H * P]: per head and pair, the similarity weighted by the candidate's attention (None when off)."""
-        seq_len = match.shape[2]
-        bias = match_bias(match, self.match_weight).permute(0, 3, 1, 2)  # [B, H, C, L']
-        bias = torch.nn.functional.pad(bias, (0, k_cache.shape[2] - seq_len))  # the user globals: no bias
-        if not self.match_readout:
-            return candidate_attention(q, k_cache, v_cache, num_pad, k_self, v_self, self.attention_impl,
-                                       bias=bias), None
-        out, probs = candidate_attention(q, k_cache, v_cache, num_pad, k_self, v_self, self.attention_impl,
-                                         bias=bias, return_probs=True)
-        return out, attended_similarity(probs[..., :seq_len], match)
 
     def effective_queries(self, seq_len: int) -> int:
         """k actually used for a batch whose merged sequences have length seq_len."""

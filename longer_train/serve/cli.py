@@ -1,7 +1,7 @@
 """`longer-serve`: score requests with a trained checkpoint.
 
     longer-serve score --checkpoint DIR --requests FILE_OR_DIR --out FILE.parquet
-    longer-serve http --checkpoint DIR --port P [--host 127.0.0.1] [--max-candidates N]
+    longer-serve http --checkpoint DIR --port P [--host 127.0.0.1] [--threads N] [limits: docs/serving.md]
     longer-serve export --checkpoint DIR --out DIR   (torch.export programs of the dense prefill and score)
 """
 
@@ -42,11 +42,52 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _http(args: argparse.Namespace) -> int:
-    from .http import serve_forever
+    import logging
+
+    import torch
+
+    from .http import HttpServer
+    from .limits import RequestLimits, ServeLimits
     from .scorer import Scorer
 
-    serve_forever(Scorer.from_checkpoint(args.checkpoint), args.host, args.port, args.max_candidates)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    limits = ServeLimits(
+        request=RequestLimits(args.max_body_bytes, args.max_candidates, args.max_history),
+        max_batch_requests=args.max_batch_requests, max_batch_slots=args.max_batch_slots,
+        max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_connections=args.max_connections,
+        decode_workers=args.decode_workers, header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
+        keep_alive_s=args.keep_alive,
+    )
+    server = HttpServer(Scorer.from_checkpoint(args.checkpoint), args.host, args.port, limits)
+    print(f"longer-serve: listening on {server.url} (POST /score, GET /health); no authentication: "
+          "keep it on localhost or behind a reverse proxy (docs/serving.md)", flush=True)
+    server.serve_forever()
     return 0
+
+
+def _add_http_limits(http: argparse.ArgumentParser) -> None:
+    from .limits import RequestLimits, ServeLimits
+
+    r, s = RequestLimits(), ServeLimits()
+    add = http.add_argument
+    add("--threads", type=int, default=0, help="torch threads of the model (0: torch's default)")
+    add("--max-candidates", type=int, default=r.max_candidates, help="candidates in one request (more: 413)")
+    add("--max-history", type=int, default=r.max_history, help="events in one history list (more: 413)")
+    add("--max-body-bytes", type=int, default=r.max_body_bytes, help="request body size (more: 413)")
+    add("--max-batch-requests", type=int, default=s.max_batch_requests,
+        help="requests scored together in one model call (1: no batching)")
+    add("--max-batch-slots", type=int, default=s.max_batch_slots,
+        help="padded candidate slots (requests x widest request) in one model call")
+    add("--max-wait-ms", type=float, default=s.max_wait_ms, help="wait for more requests once one is waiting")
+    add("--max-queue", type=int, default=s.max_queue, help="requests in progress at once (more: 503, retry)")
+    add("--max-connections", type=int, default=s.max_connections,
+        help="open connections (more: 503); also the listen backlog")
+    add("--decode-workers", type=int, default=s.decode_workers, help="threads parsing and validating bodies")
+    add("--header-timeout", type=float, default=s.header_timeout_s, help="seconds to receive a request's headers")
+    add("--body-timeout", type=float, default=s.body_timeout_s, help="seconds to receive a request's body")
+    add("--keep-alive", type=float, default=s.keep_alive_s, help="seconds an idle keep-alive connection stays open")
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -80,9 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     batch.set_defaults(run=_score)
     http = commands.add_parser("http", help="serve JSON scoring requests over HTTP")
     http.add_argument("--checkpoint", required=True)
-    http.add_argument("--host", default="127.0.0.1")
+    http.add_argument("--host", default="127.0.0.1", help="no authentication: keep the default (localhost) "
+                                                           "or put a reverse proxy in front")
     http.add_argument("--port", type=int, default=8080)
-    http.add_argument("--max-candidates", type=int, default=2000, help="candidates allowed in one request")
+    _add_http_limits(http)
     http.set_defaults(run=_http)
     export = commands.add_parser("export", help="write torch.export programs of prefill and score")
     export.add_argument("--checkpoint", required=True)

@@ -1,129 +1,322 @@
-"""HTTP scoring service (standard library only): `POST /score` with JSON, `GET /health`.
+"""HTTP scoring service: FastAPI on uvicorn, requests that arrive together scored in one model call.
 
-Request: {"user": {<every column of the sample schema that is not a candidate feature>},
-          "candidates": [{<candidate feature columns>}, ...]}
-Response: {"scores": [p, ...]} in candidate order. Malformed requests get a 4xx with a message naming the
-field: 400 for bad JSON, missing or mistyped fields, negative ids and ids beyond the vocabulary of a table
-whose OOV policy is `error` (under `hash` or `oov_row` they are mapped as in training, `data/oov.py`), 413
-for a body over the size bound or too many candidates.
+`POST /score` with a JSON request (`requests.py`) -> `{"scores": [p, ...]}` in candidate order;
+`GET /health` -> `{"status": "ok"}`. Every request gets an HTTP answer with a JSON body and an
+`x-request-id` header: 4xx with a message naming what to fix (400 bad HTTP, JSON or field, 408 headers or
+body too slow, 413 too large), 503 when `max_queue` requests are already in progress or `max_connections`
+connections are open (retry), 500 with the request id for our own errors (logged with the same id).
+
+How a request flows: uvicorn's event loop reads it (headers within `header_timeout_s`, body within
+`body_timeout_s`, at most `max_body_bytes`); a pool of `decode_workers` threads parses and validates it;
+the `DynamicBatcher` worker thread scores it together with the other requests waiting (`batching.py`).
+docs/serving.md has the limits, the memory bound and how to run it behind a reverse proxy.
 """
 
 from __future__ import annotations
 
+import asyncio
+import http
 import json
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+import logging
+import re
+import resource
+import socket
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Sequence
 
+import h11
+import numpy as np
 import pyarrow as pa
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from ..data.schema import SchemaError
-from .scorer import Scorer
+from .batching import DynamicBatcher
+from .limits import ServeLimits
+from .requests import RequestError, ScoringRequest, decode_request
 
-MAX_BODY_BYTES = 16 * 1024 * 1024
+if TYPE_CHECKING:
+    from .scorer import Scorer
 
-
-class RequestError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+logger = logging.getLogger(__name__)
 
 
-def request_table(scorer: Scorer, body: Any, max_candidates: int) -> pa.Table:
-    """A JSON request -> rows of the sample schema (one per candidate, the user's columns repeated)."""
-    data = scorer.cfg.data
-    if not isinstance(body, dict) or not isinstance(body.get("user"), dict):
-        raise RequestError(400, "request must be a JSON object with 'user' (object) and 'candidates' (list)")
-    user, candidates = body["user"], body.get("candidates")
-    if not isinstance(candidates, list) or not candidates:
-        raise RequestError(400, "'candidates' must be a non-empty list of objects")
-    if len(candidates) > max_candidates:
-        raise RequestError(413, f"{len(candidates)} candidates, at most {max_candidates} per request")
-    candidate_columns = data.columns("candidate")
-    user_columns = [f.name for f in data.features if f.role != "candidate"]
-    user_columns += [data.user_id, data.timestamp, data.hist_timestamp]
-    sequence = set(data.columns("sequence")) | {data.hist_timestamp}
-    dense = set(data.columns("dense"))
-    columns: dict[str, pa.Array] = {}
-    n = len(candidates)
-    for name in dict.fromkeys(user_columns):
-        if name not in user:
-            raise RequestError(400, f"'user.{name}' is missing")
-        value = user[name]
-        try:
-            if name in sequence:
-                columns[name] = pa.array([value] * n, pa.list_(pa.int64()))
-            elif name in dense:
-                columns[name] = pa.array([value] * n, pa.float32())
+def _error_bytes(status: int, message: str) -> bytes:
+    """A complete HTTP/1.1 error response that closes the connection (written before or instead of h11)."""
+    request_id = uuid.uuid4().hex[:16]
+    body = json.dumps({"error": message, "request_id": request_id}).encode()
+    head = (f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nx-request-id: {request_id}\r\nconnection: close\r\n\r\n")
+    return head.encode() + body
+
+
+LINGER_S = 1.0  # after an error answer, how long unread request bytes are drained before the socket closes
+
+
+def _protocol(limits: ServeLimits) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with deadlines and JSON errors:
+
+    - a connection beyond `max_connections` is answered 503;
+    - a request whose headers are not all in `header_timeout_s` after the connection opened (or after the
+      previous response) is answered 408, and one whose body is not all in `body_timeout_s` after its
+      headers is answered 408 (or, when it was already answered, closed): slow and half-open clients
+      hold a connection for a bounded time, and never a thread;
+    - a request h11 cannot parse (a malformed or conflicting Content-Length, a bad request line, headers
+      over 16 KiB) is answered with a JSON 400 (431) saying why, where uvicorn's plain-text answer says
+      only "Invalid HTTP request received.".
+    Error answers end with a lingering close: the write side is shut, what the client still sends is read
+    and dropped for up to `LINGER_S`, so that its unread bytes do not reset the connection before it has
+    read the answer.
+    """
+
+    class Protocol(H11Protocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._deadline: tuple[Any, asyncio.TimerHandle] | None = None  # (h11 state it is for, timer)
+            self._refused = False
+            self._protocol_error: h11.RemoteProtocolError | None = None
+            next_event = self.conn.next_event
+
+            def next_event_keeping_the_error() -> Any:
+                try:
+                    return next_event()
+                except h11.RemoteProtocolError as err:
+                    self._protocol_error = err
+                    raise
+
+            self.conn.next_event = next_event_keeping_the_error
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if len(self.connections) > limits.max_connections:
+                self._refuse(503, f"{len(self.connections) - 1} connections open, at most {limits.max_connections}")
             else:
-                columns[name] = pa.array([value] * n, pa.list_(pa.int64()) if isinstance(value, list) else pa.int64())
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as err:
-            raise RequestError(400, f"'user.{name}' has the wrong type: {err}") from None
-    for name in candidate_columns:
-        values = []
-        for i, cand in enumerate(candidates):
-            if not isinstance(cand, dict) or name not in cand:
-                raise RequestError(400, f"'candidates[{i}].{name}' is missing")
-            values.append(cand[name])
-        try:
-            columns[name] = pa.array(values, pa.int64())
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as err:
-            raise RequestError(400, f"'candidates[*].{name}' must be integers: {err}") from None
-    return pa.table(columns)
+                self._watch()
 
-
-def make_handler(scorer: Scorer, max_candidates: int) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def _reply(self, status: int, payload: dict) -> None:
-            body = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            if self.path == "/health":
-                self._reply(200, {"status": "ok"})
-            else:
-                self._reply(404, {"error": f"no route {self.path}; use POST /score or GET /health"})
-
-        def do_POST(self) -> None:  # noqa: N802
-            if self.path != "/score":
-                self._reply(404, {"error": f"no route {self.path}; use POST /score"})
+        def data_received(self, data: bytes) -> None:
+            if self._refused:  # lingering: drop what the client still sends
                 return
-            try:
-                length = int(self.headers.get("Content-Length", "-1"))
-                if length < 0:
-                    raise RequestError(411, "Content-Length is required")
-                if length > MAX_BODY_BYTES:
-                    raise RequestError(413, f"body of {length} bytes, at most {MAX_BODY_BYTES}")
-                try:
-                    body = json.loads(self.rfile.read(length))
-                except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                    raise RequestError(400, f"body is not valid JSON: {err}") from None
-                table = request_table(scorer, body, max_candidates)
-                try:
-                    scores = scorer.score_table(table, source="request")
-                except SchemaError as err:  # ids out of range, bad timestamps, unequal lists, ...
-                    raise RequestError(400, str(err).replace("request: row ", "request: candidate ")) from None
-                self._reply(200, {"scores": [float(s) for s in scores]})
-            except RequestError as err:
-                self._reply(err.status, {"error": str(err)})
+            super().data_received(data)
+            self._watch()
 
-        def log_message(self, format: str, *args: Any) -> None:  # keep test and service output quiet
-            pass
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._watch()
 
-    return Handler
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._set_deadline(None)
+            super().connection_lost(exc)
+
+        def send_400_response(self, msg: str) -> None:
+            err = self._protocol_error
+            status = err.error_status_hint if err is not None and 400 <= err.error_status_hint < 500 else 400
+            self._refuse(status, f"invalid HTTP request: {err if err is not None else msg}")
+
+        def _watch(self) -> None:
+            """Keep the deadline that matches what we wait for from the client: headers or body."""
+            if self._refused or self.transport.is_closing():
+                return
+            state = self.conn.their_state
+            if state is h11.IDLE or state is h11.SEND_BODY:
+                if self._deadline is None or self._deadline[0] is not state:
+                    seconds = limits.header_timeout_s if state is h11.IDLE else limits.body_timeout_s
+                    self._set_deadline((state, self.loop.call_later(seconds, self._too_slow, state)))
+            else:
+                self._set_deadline(None)
+
+        def _set_deadline(self, deadline: tuple[Any, asyncio.TimerHandle] | None) -> None:
+            if self._deadline is not None:
+                self._deadline[1].cancel()
+            self._deadline = deadline
+
+        def _too_slow(self, state: Any) -> None:
+            self._deadline = None
+            if self._refused or self.transport.is_closing() or self.conn.their_state is not state:
+                return
+            if state is h11.IDLE:
+                self._refuse(408, f"request headers not received within {limits.header_timeout_s:g} s")
+            elif self.cycle is not None and not self.cycle.response_started:
+                self.cycle.disconnected = True  # the app's body read ends; its answer is not sent
+                self.cycle.message_event.set()
+                self._refuse(408, f"request body not received within {limits.body_timeout_s:g} s")
+            else:  # answered already (e.g. 413 before the body): stop reading the rest
+                self._linger()
+
+        def _refuse(self, status: int, message: str) -> None:
+            self.transport.write(_error_bytes(status, message))
+            self._linger()
+
+        def _linger(self) -> None:
+            self._refused = True
+            self._set_deadline(None)
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.loop.call_later(LINGER_S, self.transport.close)
+
+    return Protocol
 
 
-def make_server(scorer: Scorer, host: str, port: int, max_candidates: int) -> ThreadingHTTPServer:
-    return ThreadingHTTPServer((host, port), make_handler(scorer, max_candidates))
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
-def serve_forever(scorer: Scorer, host: str, port: int, max_candidates: int) -> None:
-    server = make_server(scorer, host, port, max_candidates)
-    print(f"longer-serve: listening on http://{host}:{server.server_address[1]} (POST /score, GET /health)")
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()
+def _request_id(request: Request) -> str:
+    """The client's (or reverse proxy's) x-request-id when it is a plain token, else a new one."""
+    given = request.headers.get("x-request-id", "")
+    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
+
+
+def _error(status: int, message: str, request_id: str, headers: dict | None = None) -> JSONResponse:
+    payload = {"error": message, "request_id": request_id}
+    return JSONResponse(payload, status_code=status, headers={"x-request-id": request_id, **(headers or {})})
+
+
+class ScoringService:
+    """The model side of the service: admission (`max_queue`), the decode pool and the batcher."""
+
+    def __init__(self, scorer: Scorer, limits: ServeLimits) -> None:
+        self.scorer, self.limits = scorer, limits
+        self.in_progress = 0  # only touched on the event loop
+        self.decoder = ThreadPoolExecutor(limits.decode_workers, thread_name_prefix="longer-serve-decode")
+        self.batcher = DynamicBatcher(self._score_batch, limits.max_batch_requests,
+                                      max(limits.max_batch_slots, limits.request.max_candidates),
+                                      limits.max_wait_ms / 1000, name="longer-serve-model")
+
+    def _score_batch(self, requests: Sequence[ScoringRequest]) -> list[list[float]]:
+        counts = np.array([r.num_candidates for r in requests])
+        scores = self.scorer.score_requests(pa.concat_tables([r.user for r in requests]),
+                                            pa.concat_tables([r.candidates for r in requests]), counts)
+        return [part.tolist() for part in np.split(scores, np.cumsum(counts)[:-1])]
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.limits.request.max_body_bytes
+        declared = request.headers.get("content-length")  # h11 has checked it is one decimal number
+        if declared is not None and int(declared) > limit:
+            raise RequestError(413, f"body of {declared} bytes, at most {limit}")
+        chunks, size = [], 0
+        async for chunk in request.stream():  # also bounds chunked bodies, which declare no length
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, f"body of more than {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def score(self, request: Request) -> JSONResponse:
+        request_id = _request_id(request)
+        if self.in_progress >= self.limits.max_queue:
+            return _error(503, f"busy: {self.in_progress} requests in progress, at most {self.limits.max_queue}; "
+                               "retry later", request_id, {"retry-after": "1"})
+        self.in_progress += 1
+        try:
+            body = await self._read_body(request)  # within body_timeout_s: the protocol answers 408 otherwise
+            decoded = await asyncio.get_running_loop().run_in_executor(
+                self.decoder, decode_request, body, self.scorer.cfg.data, self.limits.request)
+            del body  # not kept while the request waits for the model
+            scores = await asyncio.wrap_future(self.batcher.submit(decoded, decoded.num_candidates))
+            return JSONResponse({"scores": scores}, headers={"x-request-id": request_id})
+        except RequestError as err:
+            return _error(err.status, str(err), request_id)
+        except ClientDisconnect:  # gone, or answered 408 by the protocol: this answer is not sent
+            return _error(400, "client disconnected before sending the whole body", request_id)
+        except Exception:
+            logger.exception("request %s failed", request_id)
+            return _error(500, "internal error; it is logged with this request id", request_id)
+        finally:
+            self.in_progress -= 1
+
+    def close(self) -> None:
+        self.batcher.close()
+        self.decoder.shutdown(wait=True)
+
+
+def make_app(service: ScoringService) -> FastAPI:
+    app = FastAPI(title="longer-serve", docs_url=None, redoc_url=None, openapi_url=None)
+
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:  # 404, 405
+        message = f"{exc.detail}: {request.method} {request.url.path}; use POST /score or GET /health"
+        return _error(exc.status_code, message, _request_id(request), getattr(exc, "headers", None))
+
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:  # outside the endpoints
+        request_id = _request_id(request)
+        logger.error("request %s failed", request_id, exc_info=exc)
+        return _error(500, "internal error; it is logged with this request id", request_id)
+
+    app.add_api_route("/score", service.score, methods=["POST"])
+    app.add_api_route("/health", health, methods=["GET"])
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, internal_error)
+    return app
+
+
+def _raise_open_files_limit(needed: int) -> None:
+    """Each connection is a file descriptor: lift the soft limit towards the hard one if it is too low."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if target < needed:
+            logger.warning("open files limited to %d (< %d connections + 64); raise `ulimit -n`", target, needed)
+
+
+class HttpServer:
+    """The service on a socket bound at construction (port 0: a free port, see `.port`), listening with a
+    backlog of `max_connections`. `serve_forever()` blocks (Ctrl-C stops it); `start()`/`stop()` run it
+    in a background thread (tests, benchmarks)."""
+
+    def __init__(self, scorer: Scorer, host: str = "127.0.0.1", port: int = 8080,
+                 limits: ServeLimits | None = None) -> None:
+        self.limits = limits or ServeLimits()
+        _raise_open_files_limit(self.limits.max_connections + 64)
+        self.service = ScoringService(scorer, self.limits)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.socket = socket.create_server((host, port), family=family, backlog=self.limits.max_connections)
+        config = uvicorn.Config(
+            make_app(self.service), http=_protocol(self.limits), ws="none", lifespan="off", log_config=None,
+            access_log=False, backlog=self.limits.max_connections, timeout_keep_alive=self.limits.keep_alive_s,
+            server_header=False,
+        )
+        self.server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def host(self) -> str:
+        return self.socket.getsockname()[0]
+
+    @property
+    def port(self) -> int:
+        return self.socket.getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def serve_forever(self) -> None:
+        try:
+            self.server.run(sockets=[self.socket])
+        finally:
+            self.service.close()
+            self.socket.close()
+
+    def start(self, timeout: float = 30.0) -> "HttpServer":
+        self._thread = threading.Thread(target=self.serve_forever, name="longer-serve-http", daemon=True)
+        self._thread.start()
+        waited = 0.0
+        while not self.server.started and self._thread.is_alive() and waited < timeout:
+            threading.Event().wait(0.01)
+            waited += 0.01
+        if not self.server.started:
+            raise RuntimeError("the HTTP server did not start")
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)

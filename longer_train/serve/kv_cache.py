@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..kernels import candidate_attention
 from ..models.longer import Longer, LongerInputs, pool_queries
 
 
@@ -56,19 +55,18 @@ def prefill(model: Longer, x: LongerInputs) -> UserCache:
 def score(model: Longer, cache: UserCache, candidates: Tensor) -> Tensor:
     """Logits [U, C] of candidates [U, C, D_cand] (C per user; pad rows of users with fewer and ignore
     their scores): only the candidate rows are computed, against each user's cache."""
-    attention, impl = model.attention, model.cfg.attention_impl
+    attention = model.attention
     u, c = candidates.shape[:2]
     state = model.candidate_token(candidates)  # [U, C, D]
     match = model.candidate_similarity(cache.match_groups, candidates)  # [U, C, L', P] or None
     readout = None
-    for layer, (k, v), num_pad in zip([attention.cross, *attention.self_layers], cache.keys_values, cache.num_pad):
+    layers = [attention.cross, *attention.self_layers]
+    for i, (layer, (k, v), num_pad) in enumerate(zip(layers, cache.keys_values, cache.num_pad)):
         k_self, v_self = layer.keys_values(state)
-        q = layer.queries(state)
-        if layer is attention.cross and match is not None:
-            attn, readout = attention.candidate_row(q, k, v, num_pad, k_self, v_self, match)
-        else:
-            attn = candidate_attention(q, k, v, num_pad, k_self, v_self, impl)  # [U, H, C, dh]
-        state = layer.finish(state, attn)
+        # the cross-causal layer (first) takes the candidate match and gives the readout
+        attn, out = layer.candidate_row(layer.queries(state), k, v, num_pad, k_self, v_self, match if i == 0 else None)
+        readout = out if i == 0 else readout
+        state = layer.finish(state, attn)  # attn [U, H, C, dh]
     width = state.shape[-1]
     globals_ = torch.cat([cache.user_globals.unsqueeze(1).expand(u, c, -1, width), state.unsqueeze(2)], dim=2)
     repeat = lambda t: t.unsqueeze(1).expand(u, c, t.shape[-1]).reshape(u * c, t.shape[-1])

@@ -4,6 +4,8 @@ The embedding tables (gathered from however many ranks wrote them: torch.distrib
 reshards on load) and the dense network are loaded into plain, unsharded modules. Requests are rows of
 the sample schema without a label — one row per (request, candidate); rows with the same user and
 request time share a history, which is looked up and encoded once (`prefill`) for all their candidates.
+`score_requests` takes requests already split into their user side (one row each) and their candidates:
+the HTTP service scores the requests that arrive together in one call of it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from .kv_cache import prefill, score
 class Scorer:
     def __init__(self, cfg: Config, sparse: SparseArch, dense: Longer) -> None:
         self.cfg, self.sparse, self.dense = cfg, sparse.eval(), dense.eval()
-        self._lock = threading.Lock()  # one request at a time through the model
+        self._lock = threading.Lock()  # one call at a time through the model (HTTP batches requests into one)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> "Scorer":
@@ -63,29 +65,38 @@ class Scorer:
         users = table.column(data.user_id).to_numpy()
         times = table.column(data.timestamp).to_numpy()
         keys, first, group = np.unique(np.stack([users, times], 1), axis=0, return_index=True, return_inverse=True)
-        group = group.reshape(-1)
-        position = np.zeros(len(group), dtype=np.int64)  # candidate slot within its request
-        order = np.argsort(group, kind="stable")
-        counts = np.bincount(group, minlength=len(keys))
-        position[order] = np.arange(len(group)) - np.repeat(np.cumsum(counts) - counts, counts)
+        order = np.argsort(group.reshape(-1), kind="stable")  # rows grouped by request
+        counts = np.bincount(group.reshape(-1), minlength=len(keys))
+        candidates = table.select(data.columns("candidate")).take(order)
+        scores = np.empty(table.num_rows, dtype=np.float32)
+        scores[order] = self.score_requests(table.take(first), candidates, counts)
+        return scores
 
+    @torch.no_grad()
+    def score_requests(self, users: pa.Table, candidates: pa.Table, counts: np.ndarray) -> np.ndarray:
+        """Probabilities of `candidates` (rows grouped by request: counts[i] rows for request i), each
+        against its request's row of `users` (validated; one row per request, the history stored once).
+        Each history is looked up and encoded once (`prefill`) for all its request's candidates."""
+        counts = np.asarray(counts, dtype=np.int64)
+        request = np.repeat(np.arange(len(counts)), counts)
+        position = np.arange(len(request)) - np.repeat(np.cumsum(counts) - counts, counts)  # slot in request
         with self._lock:
-            user_batch = collate(table.take(first), data)  # one row per request: its history, looked up once
+            user_batch = collate(users, self.cfg.data)
             events, lengths, _, user = self.sparse(user_batch.per_id, user_batch.pooled)
-            inputs = LongerInputs(events, lengths, user_batch.time_diff, user.new_zeros((len(keys), 0)), user,
+            inputs = LongerInputs(events, lengths, user_batch.time_diff, user.new_zeros((len(counts), 0)), user,
                                   user_batch.dense)
             cache = prefill(self.dense, inputs)
-            candidates = self._candidate_embeddings(table)  # [rows, D_cand]
-            grouped = candidates.new_zeros((len(keys), int(counts.max()), candidates.shape[1]))
-            grouped[group, position] = candidates
-            logits = score(self.dense, cache, grouped)[group, position]
+            embedded = self._candidate_embeddings(candidates)  # [rows, D_cand]
+            grouped = embedded.new_zeros((len(counts), int(counts.max()), embedded.shape[1]))
+            grouped[request, position] = embedded
+            logits = score(self.dense, cache, grouped)[request, position]
         return torch.sigmoid(logits).numpy()
 
     def _candidate_embeddings(self, table: pa.Table) -> torch.Tensor:
         """Candidate feature embeddings of every row; sequence features are passed empty (not looked up)."""
         layout, rows, data = self.sparse.layout, table.num_rows, self.cfg.data
         table_of = {f.name: data.tables[f.table] for f in data.features if f.table is not None}
-        values = [torch.from_numpy(map_ids(table.column(n).to_numpy(), table_of[n])) for n in layout.candidate]
+        values = [torch.from_numpy(map_ids(table.column(n).to_numpy(), table_of[n]).copy()) for n in layout.candidate]
         lengths = [torch.ones(rows, dtype=torch.int32)] * len(layout.candidate)
         lengths += [torch.zeros(rows, dtype=torch.int32)] * len(layout.sequence)
         kjt = KeyedJaggedTensor(

@@ -153,9 +153,12 @@ def config_hash(cfg: Config) -> str:
 def get_value(cfg: Config, key: str) -> Any:
     value: Any = cfg
     for part in key.split("."):
-        if not hasattr(value, part):
+        if isinstance(value, dict) and part in value:  # e.g. data.tables.<table>
+            value = value[part]
+        elif not isinstance(value, dict) and hasattr(value, part):
+            value = getattr(value, part)
+        else:
             raise SpecError(f"config key '{key}' does not exist")
-        value = getattr(value, part)
     return value
 
 

@@ -48,8 +48,8 @@ def test_similarity_ignores_the_tables_scale_and_is_one_for_the_same_id():
     big = pair_similarity(unit_pairs(events, PAIRS, "event"),
                           unit_pairs(torch.randn(6, DIMS.candidate), PAIRS, "candidate"), PAIRS)
     assert small.abs().max() <= 1 + 1e-6 and big.abs().max() <= 1 + 1e-6
-    batched = group_similarity(unit_pairs(events, PAIRS, "event")[None], unit_pairs(candidate, PAIRS, "candidate")[None],
-                               PAIRS)  # [1, 6 candidates, 6 events, P]
+    units, candidates = unit_pairs(events, PAIRS, "event"), unit_pairs(candidate, PAIRS, "candidate")
+    batched = group_similarity(units[None], candidates[None], PAIRS)  # [1, 6 candidates, 6 events, P]
     torch.testing.assert_close(torch.diagonal(batched[0], dim1=0, dim2=1).T, sim)
 
 

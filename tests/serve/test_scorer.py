@@ -1,49 +1,20 @@
 """Scoring from a training checkpoint: the scorer reproduces the trained model's test AUC, the batch CLI
-writes scores, and the HTTP service answers good requests, rejects bad ones with 4xx, and stays correct
-under concurrent requests."""
+writes scores, the export CLI's programs agree, and requests scored together equal requests scored alone
+(the HTTP service: test_http.py)."""
 
 import copy
-import json
-import threading
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from test_config import QUICKSTART
 
 from longer_train.components.metrics import auc
-from longer_train.config import load_config
-from longer_train.data import synthetic
 from longer_train.data.batch import collate
-from longer_train.data.loader import resolve_files
 from longer_train.data.schema import SchemaError
-from longer_train.distributed.process_group import destroy_distributed
 from longer_train.serve.cli import main as serve_main
-from longer_train.serve.http import make_server
 from longer_train.serve.scorer import Scorer
-from longer_train.trainer import Trainer
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve")
-    synthetic.generate(root / "data", users=300, max_len=64, seed=4)
-    cfg = load_config(QUICKSTART, [
-        f"data.root={root / 'data'}", "data.max_len=64", "data.batch_size=64", "train.max_steps=20",
-        f"train.output_dir={root}/runs", f"train.runs_table={root}/runs.jsonl", "train.run_name=serve",
-        "train.progress_bar=false", "logging.wandb_mode=disabled", "data.num_workers=0",
-    ])
-    try:
-        summary = Trainer(cfg).train()
-    finally:
-        destroy_distributed()
-    test = pq.read_table(resolve_files(str(root / "data"), "test"))
-    return summary, Scorer.from_checkpoint(summary["checkpoint"]), test
 
 
 def test_scorer_reproduces_the_trained_model(trained):
@@ -91,79 +62,6 @@ def test_batch_cli_names_the_bad_column(trained, tmp_path, capsys):
     assert "hist_action" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def server(trained):
-    _, scorer, _ = trained
-    srv = make_server(scorer, "127.0.0.1", 0, max_candidates=20)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
-
-
-def _post(url: str, payload, raw: bytes | None = None) -> tuple[int, dict]:
-    data = raw if raw is not None else json.dumps(payload).encode()
-    req = urllib.request.Request(url + "/score", data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
-def _request(test, row: int, n: int) -> tuple[dict, list[dict]]:
-    record = test.slice(row, 1).to_pylist()[0]
-    user = {k: v for k, v in record.items() if k not in ("item_id", "category_id", "label")}
-    items = test["item_id"].to_pylist()[:n]
-    cats = test["category_id"].to_pylist()[:n]
-    return {"user": user, "candidates": [{"item_id": i, "category_id": c} for i, c in zip(items, cats)]}
-
-
-def test_http_scores_match_the_batch_scorer(trained, server):
-    _, scorer, test = trained
-    with urllib.request.urlopen(server + "/health", timeout=10) as resp:
-        assert resp.status == 200 and json.loads(resp.read()) == {"status": "ok"}
-    payload = _request(test, 3, 7)
-    status, body = _post(server, payload)
-    assert status == 200 and len(body["scores"]) == 7
-    rows = test.slice(3, 1).to_pylist()[0]
-    expected_rows = test.slice(0, 7).to_pylist()  # the 7 candidates, each with row 3's user side
-    for r in expected_rows:
-        r.update({k: rows[k] for k in payload["user"]})
-    expected = scorer.score_table(pa.Table.from_pylist(expected_rows, schema=test.schema))
-    np.testing.assert_allclose(body["scores"], expected, atol=1e-6)
-
-
-def test_http_rejects_bad_requests(trained, server):
-    _, _, test = trained
-    good = _request(test, 0, 3)
-    assert _post(server, None, raw=b"{not json")[0] == 400
-    no_hist = json.loads(json.dumps(good))
-    del no_hist["user"]["hist_item_id"]
-    status, body = _post(server, no_hist)
-    assert status == 400 and "user.hist_item_id" in body["error"]
-    out_of_range = json.loads(json.dumps(good))
-    out_of_range["candidates"][1]["item_id"] = 10**9
-    status, body = _post(server, out_of_range)
-    assert status == 400 and "item_id" in body["error"] and "candidate 1" in body["error"]
-    status, body = _post(server, _request(test, 0, 21))
-    assert status == 413 and "at most 20" in body["error"]
-    status, body = _post(server, {"user": good["user"], "candidates": []})
-    assert status == 400
-
-
-def test_http_is_correct_under_concurrent_requests(trained, server):
-    _, _, test = trained
-    payloads = [_request(test, i, 5) for i in range(8)]
-    alone = [_post(server, p)[1]["scores"] for p in payloads]
-    with ThreadPoolExecutor(8) as pool:
-        together = list(pool.map(lambda p: _post(server, p), payloads * 3))
-    for i, (status, body) in enumerate(together):
-        assert status == 200
-        np.testing.assert_allclose(body["scores"], alone[i % 8], atol=1e-6)
-
-
 def test_scoring_maps_ids_beyond_the_vocabulary_as_training_does(trained):
     _, scorer, test = trained
     size = scorer.cfg.data.tables["item"].num_embeddings
@@ -179,3 +77,31 @@ def test_scoring_maps_ids_beyond_the_vocabulary_as_training_does(trained):
     cfg.data.tables["item"].oov = "hash"
     hashed = Scorer(cfg, scorer.sparse, scorer.dense)
     np.testing.assert_allclose(hashed.score_table(beyond), scorer.score_table(rows), atol=1e-6)
+
+
+def test_requests_scored_together_equal_requests_scored_alone(trained):
+    """score_requests keys requests by position, not by (user, time): two requests of the same user at the
+    same time with different histories are two requests; a batch of them (ragged histories and candidate
+    counts, padded together) scores each as the batch scorer does, within fp32 noise."""
+    _, scorer, test = trained
+    data = scorer.cfg.data
+    cand_cols = data.columns("candidate")
+    users, candidates, counts, expected = [], [], [], []
+    for i, (row, n) in enumerate([(0, 3), (5, 1), (9, 7), (5, 4)]):
+        user = test.slice(row, 1)
+        if i == 3:  # the user and time of request 1, half its history
+            hist = {c: pa.array([user[c][0].as_py()[: len(user[c][0]) // 2]], user.schema.field(c).type)
+                    for c in [*data.columns("sequence"), data.hist_timestamp]}
+            for name, column in hist.items():
+                user = user.set_column(user.schema.get_field_index(name), name, column)
+        cands = test.slice(20 + 3 * (1 if i == 3 else i), n).select(cand_cols)  # 3 starts with 1's candidate
+        rows = pa.concat_tables([user.drop_columns(cand_cols + ["label"])] * n)
+        for name in cand_cols:
+            rows = rows.append_column(name, cands[name])
+        expected.append(scorer.score_table(rows))
+        users.append(user.drop_columns(["label"]))
+        candidates.append(cands)
+        counts.append(n)
+    together = scorer.score_requests(pa.concat_tables(users), pa.concat_tables(candidates), np.array(counts))
+    np.testing.assert_allclose(together, np.concatenate(expected), atol=1e-5, rtol=0)
+    assert abs(expected[1][0] - expected[3][0]) > 1e-4  # same candidate, user and time: the history matters
