@@ -13,7 +13,7 @@
 #                         (DATA = synthetic | match_long | match_recent | movielens | taobao; MULTI_SEED='...'
 #                         names the experiments run with SEEDS seeds, REFERENCE the row of the paired
 #                         differences, default longer); prepares the data first if missing,
-#                         from SRC (default: the copy in /work/shared/data), keeping USERS random users
+#                         from SRC (default: the copy in ../shared/data), keeping USERS random users
 #                         (default 800 generated users for synthetic, 0 = all for the others) and at
 #                         most ROWS random rows per user and split (default 3
 #                         for movielens, 24 for taobao; 0 = all); writes

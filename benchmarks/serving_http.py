@@ -45,10 +45,15 @@ CONFIG = ROOT / "configs" / "quickstart.yaml"
 # ------------------------------------------------------------------------------------------------
 # server side (a separate process per variant)
 # ------------------------------------------------------------------------------------------------
+# the synthetic data's table sizes at the generator's defaults: there is no dataset here for `num_embeddings: auto`
+TABLE_SIZES = {"item": 20000, "category": 50, "action": 3, "user": 4000, "segment": 8}
+
+
 def model_overrides(length: int) -> list[str]:
     """The model of benchmarks/serving.py (K=8, k=100, d=32, one self layer) over the synthetic schema."""
     return [f"data.max_len={length}", "model.token_dim=32", "model.merge_k=8", "model.num_queries=100",
-            "model.num_self_layers=1", "model.head_dim=32", "logging.wandb_mode=disabled"]
+            "model.num_self_layers=1", "model.head_dim=32", "logging.wandb_mode=disabled",
+            *(f"data.tables.{t}.num_embeddings={n}" for t, n in TABLE_SIZES.items())]
 
 
 def build_scorer(length: int, seed: int, overrides: list[str] = ()):

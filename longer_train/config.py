@@ -11,7 +11,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from omegaconf import OmegaConf
 
@@ -31,7 +31,9 @@ def _choice(default: Any, choices: tuple, doc: str = "") -> Any:
 class TableConfig:
     """One embedding table. Several features may share it (e.g. `item_id` and `hist_item_id`)."""
 
-    num_embeddings: int = 0  # vocabulary size: valid ids are 0 .. num_embeddings-1
+    # vocabulary size: valid ids are 0 .. num_embeddings-1; "auto": read from the dataset's meta.json at startup
+    # (data/vocab.py), so one dataset config serves every copy of a dataset; a number is checked against it
+    num_embeddings: Union[int, str] = 0
     embedding_dim: int = 16
     # None lets TorchRec's planner choose among the choices below (data_parallel is never used: its
     # tables would be updated by the dense optimizer instead of the fused sparse one)
@@ -66,6 +68,9 @@ class DataConfig:
     train: str = "train"  # file, directory or glob, relative to root
     valid: str = "valid"
     test: str = "test"
+    # the event log of a sequence store (file, directory or glob, relative to root): read when a split's
+    # files hold no history columns (docs/data.md, "Sequence store"); unused by inline datasets
+    events: str = "events"
     label: str = "label"
     user_id: str = "user_id"  # groups GAUC
     timestamp: str = "timestamp"  # request time, unix seconds
@@ -232,7 +237,13 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], key)
+        for option in inner:
+            try:
+                return _convert(value, option, key)
+            except ConfigError:
+                if len(inner) == 1:
+                    raise
+        raise ConfigError(f"config key '{key}' must be of type {' or '.join(map(_type_name, inner))}, got {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}' must be a mapping of {tp.__name__} fields, got {value!r}")
@@ -380,7 +391,10 @@ def check_config(cfg: Config) -> None:
             f"EmbeddingCollection and need one embedding_dim, got {per_id_dims}"
         )
     for name, table in data.tables.items():
-        if table.num_embeddings <= 0 or table.embedding_dim <= 0:
+        if isinstance(table.num_embeddings, str) and table.num_embeddings != "auto":
+            raise ConfigError(f"config key 'data.tables.{name}.num_embeddings' must be a positive integer or 'auto', "
+                              f"got {table.num_embeddings!r}")
+        if table.num_embeddings != "auto" and table.num_embeddings <= 0 or table.embedding_dim <= 0:
             raise ConfigError(f"config key 'data.tables.{name}': num_embeddings and embedding_dim must be > 0")
         if name not in pooled | per_id:
             raise ConfigError(f"config key 'data.tables.{name}' is not used by any feature")

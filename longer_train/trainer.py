@@ -36,6 +36,7 @@ from .components.run_logger import RunLogger
 from .config import Config, non_default, to_dict
 from .data.batch import Batch
 from .data.loader import build_dataloader
+from .data.vocab import resolve_num_embeddings
 from .distributed.parallelize import apply_compute_policies
 from .distributed.process_group import all_gather_arrays, init_distributed
 from .distributed.sharding import format_plan, init_tables, plan_summary, shard_model
@@ -82,6 +83,7 @@ class DenseStep:
 class Trainer:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        resolve_num_embeddings(cfg.data)  # num_embeddings: auto -> the dataset's vocabulary sizes (meta.json)
         self.env = env = init_distributed(cfg.train.device, cfg.parallel.collective_timeout_s)
         torch.manual_seed(cfg.train.seed)  # identical dense init on every rank
 

@@ -1,6 +1,7 @@
 """The CPU benchmarks still run against the current code (a refactor of the Trainer once broke the loader
 benchmark unnoticed): the loader benchmark's step and resume measurements, on a small generated dataset."""
 
+import json
 import runpy
 from pathlib import Path
 
@@ -27,7 +28,7 @@ def test_loader_benchmark_measures_step_and_resume(small, tmp_path):
     assert bench["step_rate"](load_config(QUICKSTART, overrides), 2) > 0
     costs = bench["resume_costs"](load_config(QUICKSTART, overrides))
     assert [at for at, *_ in costs] == [0, costs[0][1] // 2, costs[0][1] - 1]
-    assert all(seconds > 0 and 1 <= reads <= 3 for _, _, seconds, reads in costs), costs
+    assert all(seconds > 0 and 1 <= reads <= 3 and built > 0 for _, _, seconds, reads, built in costs), costs
 
 
 def test_summarise_runs_groups_seeds_of_one_run(tmp_path):
@@ -45,3 +46,21 @@ def test_token_merge_benchmark_prints_the_table(capsys):
     rows = [line for line in table.splitlines() if line.startswith("| 64 |")]
     assert [row.split(" | ")[1].split(" ")[0] for row in rows] == ["real", "full"]
     assert all(row.rstrip(" |").endswith("x") for row in rows)
+
+
+def test_prepare_benchmark_generates_userbehavior_and_reports_a_row(tmp_path):
+    """benchmarks/prepare.py on 3,000 generated lines: the file has the UserBehavior format and the requested line
+    count, `longer-data prepare taobao` reads every line of it (the out-of-window ones counted), and the results
+    row carries wall time, peak RSS, size and the command."""
+    bench = runpy.run_path(str(ROOT / "benchmarks" / "prepare.py"), run_name="benchmark")
+    out = tmp_path / "results.md"
+    bench["main"](["--lines", "3000", "--work", str(tmp_path / "work"), "--memory-budget", "512MB", "--out", str(out),
+                   "--keep-input", "--keep-output"])
+    src = tmp_path / "work" / "UserBehavior-3000.csv"
+    lines = src.read_text().splitlines()
+    assert len(lines) == 3000 and all(len(line.split(",")) == 5 for line in lines)
+    assert {line.split(",")[3] for line in lines} <= {"pv", "cart", "fav", "buy"}
+    meta = json.loads((tmp_path / "work" / "prepared-3000" / "meta.json").read_text())
+    assert sum(meta["rows"].values()) + meta["skipped"].get("out_of_window", 0) == 3000
+    row = out.read_text().splitlines()[-1]
+    assert row.startswith("| 3,000 | ") and "`python benchmarks/prepare.py --lines 3000" in row

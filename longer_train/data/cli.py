@@ -19,7 +19,7 @@ def _build(args: argparse.Namespace, write) -> dict | int:
         return 0
     try:
         return write()
-    except (FileExistsError, ValueError) as err:
+    except (FileExistsError, ValueError, OSError) as err:
         print(f"longer-data {args.command}: error: {err}", file=sys.stderr)
         return 2
 
@@ -67,15 +67,20 @@ def _prepare(args: argparse.Namespace) -> int:
     out = Path(args.out)
     start = time.perf_counter()
     meta = _build(args, lambda: prepare.prepare(
-        args.name, args.src, out, max_len=args.max_len, force=args.force, sample_users=args.sample_users,
-        rows_per_user=args.rows_per_user))
+        args.name, args.src, out, force=args.force, sample_users=args.sample_users, rows_per_user=args.rows_per_user,
+        memory_budget=args.memory_budget, threads=args.threads))
     if isinstance(meta, int):
         return meta
-    print(f"wrote {out} in {time.perf_counter() - start:.1f} s ({meta['source']['format']}, "
-          f"max_len={args.max_len}, {meta['size_mb']} MB; card: {out / 'CARD.md'})")
+    print(f"wrote {out} in {time.perf_counter() - start:.1f} s ({meta['source']['format']}, {meta['events']['rows']} "
+          f"events, {meta['size_mb']} MB; card: {out / 'CARD.md'})")
     _print_meta(meta)
-    print("  full history length (before the max_len cut): "
-          + ", ".join(f"{k} {v}" for k, v in meta["full_history_length"].items()))
+    if "before_sampling" in meta:
+        before = meta["before_sampling"]
+        print(f"  sampling ({', '.join(meta['sampling'])}) changed the rows and the label balance:")
+        print(f"  {'split':<6} {'rows before':>12} {'positive before':>16} {'rows after':>11} {'positive after':>15}")
+        for split, rows in meta["rows"].items():
+            print(f"  {split:<6} {before['rows'][split]:>12} {before['positive_rate'][split]:>16.3f} {rows:>11} "
+                  f"{meta['positive_rate'][split]:>15.3f}")
     for reason, count in meta["skipped"].items():
         print(f"  skipped {reason}: {count} (first: {meta['skipped_first'][reason]})")
     if not meta["skipped"]:
@@ -100,16 +105,21 @@ def _parser() -> argparse.ArgumentParser:
     syn.add_argument("--categories", type=int, default=0, help="default 50 (match: 500)")
     syn.add_argument("--force", action="store_true", help="regenerate even if OUT/.complete exists")
     syn.set_defaults(run=_synthetic)
-    prep = commands.add_parser("prepare", help="turn a public dataset (MovieLens, Taobao) into the sample schema")
+    prep = commands.add_parser("prepare", help="turn a public dataset (MovieLens, Taobao) into a sequence store")
     prep.add_argument("name", choices=prepare.DATASETS)
     prep.add_argument("--src", required=True, help="the downloaded file, archive or folder")
-    prep.add_argument("--out", required=True, help="output folder (train/, valid/, test/, vocab/, meta.json)")
-    prep.add_argument("--max-len", type=int, default=2000, help="longest history kept per row")
+    prep.add_argument("--out", required=True,
+                      help="output folder (events/, train/, valid/, test/, vocab/, meta.json, CARD.md)")
+    prep.add_argument("--memory-budget", default=prepare.DEFAULT_BUDGET, metavar="SIZE",
+                      help="memory the preparation may use, e.g. 1GB (default %(default)s); the engine spills "
+                           "sorts to disk beyond it")
+    prep.add_argument("--threads", type=int, default=None, help="engine threads (default: every core)")
     prep.add_argument("--sample-users", type=int, default=0, metavar="N",
                       help="keep N users drawn at random (seed 0) with all their rows; ids, vocab and time split "
                            "stay those of the whole dataset (default 0: every user)")
     prep.add_argument("--rows-per-user", type=int, default=0, metavar="M",
-                      help="keep at most M random rows (seed 0) of each user in each split; histories unchanged")
+                      help="keep at most M random rows (seed 0) of each user in each split; histories unchanged "
+                           "(prints the rows and positive rate before and after the cut)")
     prep.add_argument("--force", action="store_true", help="prepare again even if OUT/.complete exists")
     prep.set_defaults(run=_prepare)
     return parser

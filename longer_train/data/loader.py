@@ -48,6 +48,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ..config import DataConfig
 from .batch import Batch, collate
 from .schema import SchemaError, check_rows, validate_schema
+from .store import EventLog, history_columns, is_store_schema, open_event_log
+from .vocab import resolve_num_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ class RowGroup:
     index: int
     num_rows: int
     first_row: int  # row number of its first row within the file (for error messages)
+    store: bool = False  # a sequence store's sample rows: histories are rebuilt from the event log
 
 
 @dataclass(frozen=True)
@@ -85,12 +88,14 @@ class Segment:
 
 def list_row_groups(files: list[str], data: DataConfig) -> tuple[list[RowGroup], list[str]]:
     """(row groups of the usable files, files skipped). A file that cannot be opened or whose schema does
-    not match the config raises SchemaError, or is skipped with a warning under `data.bad_files: skip`."""
+    not match the config raises SchemaError, or is skipped with a warning under `data.bad_files: skip`.
+    A file holding none of the history columns is a sequence store's sample file (store.py)."""
     groups, skipped = [], []
     for path in files:
         try:
             meta = pq.ParquetFile(path)
-            validate_schema(meta.schema_arrow, data, path)
+            store = is_store_schema(meta.schema_arrow, data)
+            validate_schema(meta.schema_arrow, data, path, history=not store)
         except (OSError, pa.ArrowException, SchemaError) as err:
             message = str(err) if isinstance(err, SchemaError) else f"{path}: cannot read Parquet file ({err})"
             if data.bad_files == "error":
@@ -101,14 +106,17 @@ def list_row_groups(files: list[str], data: DataConfig) -> tuple[list[RowGroup],
         first = 0
         for i in range(meta.num_row_groups):
             n = meta.metadata.row_group(i).num_rows
-            groups.append(RowGroup(path, i, n, first))
+            groups.append(RowGroup(path, i, n, first, store))
             first += n
     return groups, skipped
 
 
-def read_columns(data: DataConfig) -> list[str]:
-    """The Parquet columns the loader reads: the configured features and the fixed columns."""
+def read_columns(data: DataConfig, store: bool = False) -> list[str]:
+    """The Parquet columns the loader reads: the configured features and the fixed columns (of a store's
+    sample file: without the history columns, which come from the event log)."""
     names = [f.name for f in data.features] + [data.label, data.timestamp, data.hist_timestamp, data.user_id]
+    if store:
+        names = [n for n in names if n not in history_columns(data)]
     return list(dict.fromkeys(names))
 
 
@@ -128,6 +136,8 @@ class ParquetStream(IterableDataset):
         self.data, self.batch_size, self.shuffle, self.seed = data, batch_size, shuffle, seed
         self.rank, self.world_size, self.workers = rank, world_size, max(num_workers, 1)
         self.groups, self.skipped_files = list_row_groups(files, data)
+        # the event log of a store, opened and checked here (before any batch); workers inherit it
+        self.events: EventLog | None = open_event_log(data) if any(g.store for g in self.groups) else None
         self.total_rows = sum(g.num_rows for g in self.groups)
         self.epoch = 0
         self.skip_batches = 0  # batches of this rank already delivered this epoch (resume)
@@ -360,25 +370,32 @@ class _Reader:
         return pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces, promote_options="permissive")
 
     def _history_lengths(self, ids: np.ndarray) -> np.ndarray:
-        """History length of each of these rows. Before the resume point only that column is read."""
+        """History length of each of these rows. Before the resume point only that column is read (of a store's
+        rows: the user and request time, whose lengths come from the event log's index)."""
         segments = self._segment_of(ids)
         out = np.zeros(len(ids), dtype=np.int64)
         for seg in np.unique(segments):
             seg = int(seg)
             if seg not in self.lengths:
-                rows = int(self.first_id[seg + 1] - self.first_id[seg])
-                loaded = self._load(seg) if self.planned >= self.skip else self.loaded.get(seg)  # rows wanted
-                if loaded is not None and len(loaded.offsets) == rows:
-                    table = loaded.table
-                else:  # before the resume point: only the history column
-                    table = self._read_table(self.segments[seg], [self.data.hist_timestamp])
-                column = None if table is None else table.column(self.data.hist_timestamp)
-                if column is None or not pa.types.is_list(column.type):  # unreadable (bad_files=skip)
-                    self.lengths[seg] = np.zeros(rows, dtype=np.int64)
-                else:
-                    self.lengths[seg] = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False)
+                self.lengths[seg] = self._segment_lengths(seg)
             out[segments == seg] = self.lengths[seg][ids[segments == seg] - self.first_id[seg]]
         return out
+
+    def _segment_lengths(self, seg: int) -> np.ndarray:
+        rows = int(self.first_id[seg + 1] - self.first_id[seg])
+        segment = self.segments[seg]
+        loaded = self._load(seg) if self.planned >= self.skip else self.loaded.get(seg)  # rows wanted
+        if loaded is not None and len(loaded.offsets) == rows:
+            table = loaded.table
+        elif segment.group.store:
+            table = self._read_table(segment, [self.data.user_id, self.data.timestamp])
+            return np.zeros(rows, dtype=np.int64) if table is None else self.s.events.history_lengths(table)
+        else:
+            table = self._read_table(segment, [self.data.hist_timestamp])
+        column = None if table is None else table.column(self.data.hist_timestamp)
+        if column is None or not pa.types.is_list(column.type):  # unreadable (bad_files=skip)
+            return np.zeros(rows, dtype=np.int64)
+        return pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False)
 
     def _load(self, seg: int) -> _Loaded:
         """A segment's rows, read and validated on first use."""
@@ -406,18 +423,25 @@ class _Reader:
         return table.slice(segment.start, segment.stop - segment.start).combine_chunks()
 
     def _read(self, segment: Segment) -> tuple[pa.Table, np.ndarray]:
-        """Rows of a segment and why each is invalid ("" = valid)."""
+        """Rows of a segment (in the inline schema: a store's rows get their histories rebuilt from the event
+        log) and why each is invalid ("" = valid)."""
         group, data = segment.group, self.data
         rows = segment.stop - segment.start
-        table = self._read_table(segment, read_columns(data))
+        table = self._read_table(segment, read_columns(data, store=group.store))
         if table is None:
             schema = self.files[group.path].schema_arrow if group.path in self.files else None
-            columns = {c: pa.nulls(rows, schema.field(c).type if schema else pa.null()) for c in read_columns(data)}
+            listed = set(history_columns(data)) if group.store else set()
+            columns = {c: pa.nulls(rows, pa.list_(pa.int64()) if c in listed else schema.field(c).type if schema
+                                   else pa.null()) for c in read_columns(data)}
             return pa.table(columns), np.full(rows, "unreadable", dtype=object)
+        where = None
+        if group.store:
+            table, events = self.s.events.rebuild(table)
+            where = lambda column, value: f" (event: {self.s.events.where(int(events[value]))})"  # noqa: E731
         if not rows:
             return table, np.zeros(0, dtype=object)
-        why = check_rows(table.to_batches()[0], data, group.path, group.first_row + segment.start,
-                         skip=data.bad_rows == "skip")
+        why = check_rows(table.to_batches()[0], data, group.path,
+                         group.first_row + segment.start, skip=data.bad_rows == "skip", where=where)
         return table, why
 
 
@@ -499,6 +523,7 @@ def build_dataloader(
     data: DataConfig, split: str, train: bool, seed: int, rank: int = 0, world_size: int = 1
 ) -> ShardedLoader:
     """The loader of one split for one rank: shuffled (and length-bucketed if configured) when training."""
+    resolve_num_embeddings(data)
     stream = ParquetStream(
         resolve_files(data.root, getattr(data, split)), data,
         batch_size=data.batch_size if train else data.eval_batch_size,

@@ -33,17 +33,21 @@ class SchemaError(ValueError):
     """A Parquet file or batch does not match the sample schema (names the file, column and row)."""
 
 
-def _column_uses(cfg: DataConfig, labelled: bool = True) -> dict[str, tuple[str, str]]:
+def _column_uses(cfg: DataConfig, labelled: bool = True, history: bool = True) -> dict[str, tuple[str, str]]:
     """column -> (kind, what it is used for); the fixed columns override a feature of the same name.
-    `labelled=False` is for scoring requests, which have no label."""
+    `labelled=False` is for scoring requests, which have no label; `history=False` for the sample files of a
+    sequence store, whose history columns live in the event log (store.py)."""
     uses = {}
     for feat in cfg.features:
+        if feat.role == "sequence" and not history:
+            continue
         where = f"{feat.role} feature" + (f", table '{feat.table}'" if feat.table else "")
         uses[feat.name] = (_KIND_OF_ROLE[feat.role], where)
     if labelled:
         uses[cfg.label] = (FLOAT, "label")
     uses[cfg.timestamp] = (INT, "request timestamp")
-    uses[cfg.hist_timestamp] = (LIST, "history timestamps")
+    if history:
+        uses[cfg.hist_timestamp] = (LIST, "history timestamps")
     uses[cfg.user_id] = (INT, "user id")
     return uses
 
@@ -67,9 +71,12 @@ def _type_ok(tp: pa.DataType, kind: str) -> bool:
     return pa.types.is_floating(tp) or pa.types.is_integer(tp)
 
 
-def validate_schema(schema: pa.Schema, cfg: DataConfig, path: str, labelled: bool = True) -> None:
-    """Raise SchemaError if a configured column is missing or has the wrong type."""
-    for name, (kind, use) in _column_uses(cfg, labelled).items():
+def validate_schema(
+    schema: pa.Schema, cfg: DataConfig, path: str, labelled: bool = True, history: bool = True
+) -> None:
+    """Raise SchemaError if a configured column is missing or has the wrong type (`history=False`: a store's
+    sample file, without the history columns)."""
+    for name, (kind, use) in _column_uses(cfg, labelled, history).items():
         found = schema.get_all_field_indices(name)
         if not found:
             raise SchemaError(
@@ -109,7 +116,16 @@ def _rows_of(bad_values: np.ndarray, parent: np.ndarray, num_rows: int) -> np.nd
 
 
 def _first_value(bad_values: np.ndarray, parent: np.ndarray, values: np.ndarray, row: int) -> int:
-    return int(values[np.flatnonzero(bad_values & (parent == row))[0]])
+    return int(values[_first_index(bad_values, parent, row)])
+
+
+def _first_index(bad_values: np.ndarray, parent: np.ndarray, row: int) -> int:
+    return int(np.flatnonzero(bad_values & (parent == row))[0])
+
+
+# (list column, index of a value in the batch's flattened column) -> where it comes from, e.g. the event log's
+# file and row for a history rebuilt from a sequence store ("" when there is nothing to add)
+Where = Callable[[str, int], str]
 
 
 def _null_problems(batch: pa.RecordBatch, uses: dict) -> list[RowProblem]:
@@ -129,7 +145,7 @@ def _null_problems(batch: pa.RecordBatch, uses: dict) -> list[RowProblem]:
     return problems
 
 
-def _value_problems(batch: pa.RecordBatch, cfg: DataConfig, labelled: bool) -> list[RowProblem]:
+def _value_problems(batch: pa.RecordBatch, cfg: DataConfig, labelled: bool, where: Where | None) -> list[RowProblem]:
     """Checks of a batch without nulls."""
     problems = []
     n = batch.num_rows
@@ -157,9 +173,11 @@ def _value_problems(batch: pa.RecordBatch, cfg: DataConfig, labelled: bool) -> l
         for reason, bad in (("negative_id", negative), ("id_out_of_vocab", beyond)):
             if bad.any():
                 problems.append(RowProblem(reason, feat.name, _rows_of(bad, parent, n),
-                                           lambda r, bad=bad, parent=parent, ids=ids, t=feat.table, table=table: (
+                                           lambda r, bad=bad, parent=parent, ids=ids, t=feat.table, table=table,
+                                           name=feat.name, listed=feat.role == "sequence": (
                     f"id {_first_value(bad, parent, ids, r)} is outside 0..{table.num_embeddings - 1} "
-                    f"(table '{t}' has num_embeddings={table.num_embeddings}, oov={table.oov})")))
+                    f"(table '{t}' has num_embeddings={table.num_embeddings}, oov={table.oov})"
+                    + (where(name, _first_index(bad, parent, r)) if where and listed else ""))))
 
     # label is exactly 0 or 1
     if labelled:
@@ -189,15 +207,18 @@ def _value_problems(batch: pa.RecordBatch, cfg: DataConfig, labelled: bool) -> l
     return problems
 
 
-def row_problems(batch: pa.RecordBatch, cfg: DataConfig, labelled: bool = True) -> list[RowProblem]:
+def row_problems(
+    batch: pa.RecordBatch, cfg: DataConfig, labelled: bool = True, where: Where | None = None
+) -> list[RowProblem]:
     """Every failed check of `batch` (schema already valid). Rows with nulls are reported as such only;
-    the value checks run on the other rows."""
+    the value checks run on the other rows. `where` adds the origin of a bad history id to its message."""
     problems = _null_problems(batch, _column_uses(cfg, labelled))
     if not problems:
-        return _value_problems(batch, cfg, labelled)
+        return _value_problems(batch, cfg, labelled, where)
     has_null = np.logical_or.reduce([p.rows for p in problems])
     rest = np.flatnonzero(~has_null)
-    for p in _value_problems(batch.take(pa.array(rest)), cfg, labelled):
+    # the null-free batch renumbers list values too, so `where` is not applied there
+    for p in _value_problems(batch.take(pa.array(rest)), cfg, labelled, None):
         rows = np.zeros(batch.num_rows, dtype=bool)
         rows[rest[p.rows]] = True
         index = np.cumsum(~has_null) - 1  # batch row -> row of the null-free batch
@@ -228,12 +249,13 @@ def validate_batch(
 
 
 def check_rows(
-    batch: pa.RecordBatch, cfg: DataConfig, path: str, first_row: int = 0, skip: bool = False
+    batch: pa.RecordBatch, cfg: DataConfig, path: str, first_row: int = 0, skip: bool = False,
+    where: Where | None = None,
 ) -> np.ndarray:
     """Why each row of a batch whose schema is valid is invalid: an object array of reasons, "" for a valid
     row. Without `skip` the first bad row raises SchemaError; with it, every bad row gets the first reason
     found for it."""
-    problems = row_problems(batch, cfg)
+    problems = row_problems(batch, cfg, where=where)
     why = np.full(batch.num_rows, "", dtype=object)
     if problems and not skip:
         raise _error(problems, path, first_row)

@@ -199,7 +199,7 @@ def _simulate_users(
         base += n
     log_rate = np.log(sessions_per_day)
     profile = {"segment": segment, "activity": (log_rate - log_rate.mean()) / max(log_rate.std(), 1e-9),
-               "interests": interests, "n_interests": n_interests}
+               "interests": interests, "n_interests": n_interests, "n_events": n_events}
     events = _History(*(np.concatenate([getattr(h, f.name) for h in histories])
                         for f in fields(_History)))
     rows = _Impressions(user=np.concatenate(user), timestamp=np.concatenate(timestamp).astype(np.int64),
@@ -257,7 +257,9 @@ def generate(
     items: int = 20000,
     categories: int = 50,
 ) -> dict:
-    """Write train/valid/test Parquet parts, meta.json and a final `.complete` marker; return meta.
+    """Write the sequence store (events/, train/, valid/, test/ Parquet parts), meta.json and a final `.complete`
+    marker; return meta. A row's history (the user's events before its request, newest max_len) is rebuilt by
+    the loader from the event log, so rows.start / rows.end are not stored.
 
     Everything is written into a temporary folder next to `out_dir` that is renamed at the end, so
     `out_dir` is either absent, the previous dataset, or complete.
@@ -280,8 +282,8 @@ def generate(
         "user_activity": profile["activity"][rows.user].astype(np.float32), "label": label,
     }
     ev = rows.events
-    history = {"hist_item_id": ev.item, "hist_category_id": ev.cat, "hist_action": ev.action,
-               "hist_timestamp": ev.time}
+    events = {"user_id": np.repeat(np.arange(users), profile["n_events"]), "hist_timestamp": ev.time,
+              "hist_item_id": ev.item, "hist_category_id": ev.cat, "hist_action": ev.action}
     split_of, valid_from, test_from = time_split(rows.timestamp)
     length = rows.end - rows.start
     p50, p90, p99 = (int(np.percentile(length, q)) for q in (50, 90, 99))
@@ -301,4 +303,4 @@ def generate(
                        for s, name in enumerate(SPLITS)},
     }
 
-    return write_dataset(out_dir, meta, columns, history, rows.start, rows.end, split_of, rng)
+    return write_dataset(out_dir, meta, columns, events, split_of, rng)

@@ -122,8 +122,10 @@ def generate(
         "user_segment": rng.integers(0, SEGMENTS, users)[row_user].astype(np.int64),
         "user_activity": rng.normal(0.0, 1.0, users)[row_user].astype(np.float32), "label": label,
     }
-    history = {"hist_item_id": event_item, "hist_category_id": event_cat, "hist_action": event_action,
-               "hist_timestamp": event_time}
+    # the store's event log (a row's history, the user's events before its request, is rebuilt by the loader:
+    # here every event of the user, as requests come after the user's last event)
+    events = {"user_id": user_of.astype(np.int64), "hist_timestamp": event_time, "hist_item_id": event_item,
+              "hist_category_id": event_cat, "hist_action": event_action}
     # oracles, per split; the count regressions are fitted on the training rows
     features = {"count_full": np.log1p(full_count), "count_recent50": np.log1p(recent_count)}
     fitted = {name: _fit_logistic(x[split_of == 0], label[split_of == 0]) for name, x in features.items()}
@@ -152,7 +154,7 @@ def generate(
         "oracle_auc": oracle,
         "logistic_fit": {f: {"intercept": round(a, 4), "slope": round(b, 4)} for f, (a, b) in fitted.items()},
     }
-    return write_dataset(out_dir, meta, columns, history, starts[row_user], ends[row_user], split_of, rng)
+    return write_dataset(out_dir, meta, columns, events, split_of, rng)
 
 
 def _item_in(rng: np.random.Generator, items_of: list[np.ndarray], cats: np.ndarray) -> np.ndarray:

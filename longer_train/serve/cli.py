@@ -1,6 +1,6 @@
 """`longer-serve`: score requests with a trained checkpoint.
 
-    longer-serve score --checkpoint DIR --requests FILE_OR_DIR --out FILE.parquet
+    longer-serve score --checkpoint DIR --requests FILE_OR_DIR --out FILE.parquet [--events DIR]
     longer-serve http --checkpoint DIR --port P [--host 127.0.0.1] [--threads N] [limits: docs/serving.md]
     longer-serve export --checkpoint DIR --out DIR   (torch.export programs of the dense prefill and score)
 """
@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..data.schema import SchemaError
+from ..data.store import EVENTS, EventLog, event_files, is_store_schema
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -24,11 +26,17 @@ def _score(args: argparse.Namespace) -> int:
     scorer = Scorer.from_checkpoint(args.checkpoint)
     source = Path(args.requests)
     files = sorted(source.rglob("*.parquet")) if source.is_dir() else [source]
-    tables = []
+    tables, events = [], None
     start = time.perf_counter()
     for path in files:
         table = pq.read_table(path)
         try:
+            if is_store_schema(table.schema, scorer.cfg.data):  # a sequence store's split: rebuild the histories
+                if events is None:
+                    default = (source if source.is_dir() else source.parent).parent / EVENTS
+                    where = replace(scorer.cfg.data, root=".", events=str(args.events or default))
+                    events = EventLog(event_files(where), scorer.cfg.data)
+                table = events.rebuild(table)[0]
             scores = scorer.score_table(table, source=str(path))
         except SchemaError as err:
             print(f"longer-serve score: {err}", file=sys.stderr)
@@ -116,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     batch = commands.add_parser("score", help="score a Parquet file (or folder) of requests")
     batch.add_argument("--checkpoint", required=True, help="a checkpoint folder: runs/<run>/checkpoints/step_N")
-    batch.add_argument("--requests", required=True, help="Parquet rows in the sample schema (label optional)")
+    batch.add_argument("--requests", required=True, help="Parquet rows in the sample schema (label optional), or a "
+                       "sequence store's split (histories rebuilt from its event log)")
+    batch.add_argument("--events", help="the event log of a store's requests (default: events/ beside their folder)")
     batch.add_argument("--out", required=True, help="output Parquet: the request rows plus a 'score' column")
     batch.set_defaults(run=_score)
     http = commands.add_parser("http", help="serve JSON scoring requests over HTTP")

@@ -134,16 +134,17 @@ class Executor:
 
 
 def write_summary(spec: SweepSpec, runs: list[Run], results: Path, figures: Path, command: str, extra: list[str],
-                  data_root: str | None, threads: int) -> Path:
+                  threads: int) -> Path:
     lines = read_results(results)
     done = finished(lines, {r.name: r.config_hash for r in runs})
     rows = []
     for row in spec.rows:
         shown = ((f"experiment={row.experiment.as_posix()}",) if row.experiment else ()) + row.overrides
+        shown += tuple(f"data {key}={value}" for key, value in (row.data or {}).items())
         rows.append((row.name, shown, next(r.values for r in runs if r.row == row.name)))
     summaries = summarise(rows, list(done.values()), spec.reference)
     out = results.with_suffix(".md")
-    first = runs[0]
+    roots = list(dict.fromkeys(r.cfg.data.root for r in runs))
     text = [
         f"# Sweep `{spec.name}`", "", spec.description, "",
         f"Command: `{command}` ({len(done)} of {len(runs)} runs finished; the same command runs the others "
@@ -151,7 +152,7 @@ def write_summary(spec: SweepSpec, runs: list[Run], results: Path, figures: Path
         f"Each run: `longer-train {spec.dataset.as_posix()} {spec.experiment.as_posix()} "
         f"{' '.join(spec.overrides)} <row overrides> train.seed=<seed>`"
         + (f" with `{' '.join(extra)}` for every run (given on the command line)" if extra else "")
-        + f"; data `{data_root or first.cfg.data.root}`; results lines in `{results.as_posix()}`.", "",
+        + f"; data {', '.join(f'`{root}`' for root in roots)}; results lines in `{results.as_posix()}`.", "",
         f"Protocol: seeds {', '.join(map(str, spec.seeds))} per row (`train.seed`: model init and shuffling); "
         "metrics on the test split; mean ± sample std over the row's seeds. "
         + (f"Δ = the paired difference against the reference row `{spec.reference}`: the mean over the seeds both "
@@ -192,9 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = load_spec(args.spec)
         threads = split_threads(args.jobs, args.threads, available_cores())
-        prepare = spec.prepare()
-        data_root = prepare[1] if prepare else None
-        runs = spec.runs(args.overrides, data_root)
+        if not (args.dry_run or args.report_only):
+            for prepare in spec.preparations():  # first: a run's config hash takes the vocabulary sizes from the data
+                ensure_prepared(*prepare)
+        runs = spec.runs(args.overrides)
     except (SpecError, ValueError) as err:
         print(f"longer-sweep: {err}", file=sys.stderr)
         return 2
@@ -211,8 +213,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     failed, interrupted = 0, False
     if pending and not args.report_only:
-        if prepare:
-            ensure_prepared(*prepare)
         # Ctrl-C and `kill` stop the runs (SIGINT also when the shell started us with it ignored, in the background)
         previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130 if interrupted else (1 if failed else 0)
     command = shlex.join(["longer-sweep", args.spec, *args.overrides] + (["--jobs", str(args.jobs)] if args.jobs > 1
                                                                           else []))
-    out = write_summary(spec, runs, results, Path(args.figures), command, args.overrides, data_root, threads)
+    out = write_summary(spec, runs, results, Path(args.figures), command, args.overrides, threads)
     print(f"wrote {out}")
     if interrupted:
         print("interrupted: finished runs are in the results file; run the same command again to continue")

@@ -11,6 +11,7 @@
     rows:                                 # either named rows ...
       - {name: recent, overrides: [model.query_selection=recent]}
       - {name: din, experiment: ../experiments/din.yaml}      # a row may name its own experiment config
+      - {name: 4k users, data: {users: 4000}}                 # ... and its own data (merged into `data`)
     grid:                                 # ... or a grid: one row per combination, named key=value,...
       model.num_self_layers: [1, 2]
       data.max_len: [32, 64, 128]
@@ -38,12 +39,13 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from ..config import Config, ConfigError, load_config, non_default
+from ..data.vocab import dataset_sizes, resolve_num_embeddings
 from .runs import DATASETS, RUN_SETTINGS
 
 SPEC_KEYS = {"description", "data", "dataset", "experiment", "overrides", "seeds", "rows", "grid", "reference",
              "scaling"}
 DATA_KEYS = {"name", "users", "rows_per_user", "src"}
-ROW_KEYS = {"name", "overrides", "experiment"}
+ROW_KEYS = {"name", "overrides", "experiment", "data"}
 DERIVED_X = {"params": "dense_params", "gflops": "gflops_analytic"}  # scaling axes read off the results
 
 
@@ -56,6 +58,7 @@ class Row:
     name: str
     overrides: tuple[str, ...]
     experiment: Path | None = None  # replaces the spec's experiment config for this row
+    data: dict[str, Any] | None = None  # replaces keys of the spec's `data` for this row (e.g. users)
 
 
 @dataclass(frozen=True)
@@ -101,32 +104,46 @@ class SweepSpec:
         keys += [k for s in self.scaling for k in (s.x, s.series) if k and k not in DERIVED_X]
         return list(dict.fromkeys(keys))
 
-    def prepare(self) -> tuple[list[str], str] | None:
-        """The longer-data command and folder of the spec's `data`, if it names one."""
+    def prepare(self, row: Row | None = None) -> tuple[list[str], str] | None:
+        """The longer-data command and folder of the spec's `data` (with `row`'s own keys), if it names one."""
         from .runs import prepare_command
 
         if self.data is None:
             return None
-        spec = DATASETS[self.data["name"]]
-        users = self.data.get("users", spec.sample_users)
-        rows = self.data.get("rows_per_user", spec.rows_per_user)
-        return prepare_command(self.data["name"], self.data.get("src"), users, rows)
+        data = {**self.data, **((row.data or {}) if row is not None else {})}
+        spec = DATASETS[data["name"]]
+        users = data.get("users", spec.sample_users)
+        rows = data.get("rows_per_user", spec.rows_per_user)
+        return prepare_command(data["name"], data.get("src"), users, rows)
+
+    def preparations(self) -> list[tuple[list[str], str]]:
+        """The distinct data preparations of the rows, in row order."""
+        found = {}
+        for row in self.rows:
+            prepare = self.prepare(row)
+            if prepare is not None:
+                found.setdefault(prepare[1], prepare)
+        return list(found.values())
 
     def runs(self, extra: list[str] = (), data_root: str | None = None) -> list[Run]:
         """Every (row, seed) run, row-major, with its config loaded and checked (a bad key fails here, before
         anything runs). `extra` overrides go to every run, after the spec's (e.g. a short run for a smoke
-        test); `data_root` is the prepared data's folder."""
+        test); `data_root`, when given, is every run's data folder, else each row's prepared `data` (if any)."""
         runs = []
         for row in self.rows:
             configs = [self.dataset, row.experiment or self.experiment]
+            prepared = self.prepare(row)
+            root = data_root if data_root is not None else (prepared[1] if prepared else None)
             for seed in self.seeds:
                 overrides = [*RUN_SETTINGS, *self.overrides, *row.overrides, f"train.seed={seed}", *extra]
-                if data_root is not None:
-                    overrides.insert(len(RUN_SETTINGS), f"data.root={data_root}")
+                if root is not None:
+                    overrides.insert(len(RUN_SETTINGS), f"data.root={root}")
                 where = f"{self.path}: row {row.name!r}"
                 overrides = resolve_percent_queries(configs, overrides, where)
                 try:
                     cfg = load_config(configs, overrides)
+                    if dataset_sizes(cfg.data.root) is not None:  # `num_embeddings: auto` as the run will see it
+                        resolve_num_embeddings(cfg.data)
                 except ConfigError as err:
                     raise SpecError(f"{where}: {err}") from None
                 values = {key: get_value(cfg, key) for key in self.varied_keys()}
@@ -141,7 +158,9 @@ def safe_name(text: str) -> str:
 
 def config_hash(cfg: Config) -> str:
     """Of everything a run computes: its non-default config values without the runner's bookkeeping (run name,
-    output folders, results table, logging); two runs with equal hashes train the same model on the same data."""
+    output folders, results table, logging); two runs with equal hashes train the same model on the same data.
+    Vocabulary sizes count as the numbers they resolve to (`runs` resolves `num_embeddings: auto` when the data
+    is there), so a config written with `auto` finds the runs of one that spelled the sizes out."""
     values = non_default(cfg)
     values.pop("logging", None)
     train = values.get("train", {})
@@ -247,7 +266,13 @@ def load_spec(path: str | Path) -> SweepSpec:
                 raise SpecError(f"{where} needs a 'name'")
             _check_keys(row, ROW_KEYS, where)
             experiment = _relative(base, row["experiment"]) if row.get("experiment") else None
-            rows.append(Row(row["name"], tuple(_strings(row.get("overrides"), f"{where}.overrides")), experiment))
+            row_data = row.get("data")
+            if row_data is not None:
+                if data is None or not isinstance(row_data, dict):
+                    raise SpecError(f"{where}: 'data' (a mapping) needs the spec's own 'data' to add to")
+                _check_keys(row_data, DATA_KEYS - {"name"}, f"{where}.data")
+            rows.append(Row(row["name"], tuple(_strings(row.get("overrides"), f"{where}.overrides")), experiment,
+                            row_data))
     else:
         grid = raw["grid"]
         if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):

@@ -14,6 +14,7 @@ from longer_train.config import FeatureConfig
 from longer_train.data import synthetic
 from longer_train.data.loader import ParquetStream, ShardedLoader, resolve_files
 from longer_train.data.schema import SchemaError
+from longer_train.data.store import read_inline
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +27,8 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def small_groups(dataset, tmp_path_factory):
     """The train split rewritten as two files of uneven row groups (so readers split row groups)."""
-    root, _ = dataset
-    table = pq.read_table(resolve_files(str(root), "train"))
+    root, meta = dataset
+    table = read_inline(root, "train", _cfg(meta))  # inline rows (the generator writes a sequence store)
     folder = tmp_path_factory.mktemp("groups")
     cut = table.num_rows // 3
     pq.write_table(table.slice(0, cut), folder / "a.parquet", row_group_size=97)
@@ -35,7 +36,7 @@ def small_groups(dataset, tmp_path_factory):
     return [str(folder / "a.parquet"), str(folder / "b.parquet")], table
 
 
-def _cfg(meta, max_len=40, **kw):
+def _cfg(meta, max_len=40, root=None, **kw):
     vocab = meta["vocab"]
     cfg = data_config(
         {"item": vocab["items"], "category": vocab["categories"], "action": vocab["actions"],
@@ -43,6 +44,7 @@ def _cfg(meta, max_len=40, **kw):
         [FeatureConfig("user_segment", "user", "segment"), FeatureConfig("user_activity", "dense", None)],
     )
     cfg.max_len = max_len
+    cfg.root = str(root) if root else cfg.root  # the store's root, where its event log is
     for key, value in kw.items():
         setattr(cfg, key, value)
     return cfg
@@ -71,12 +73,12 @@ def _table_keys(table: pa.Table, max_len: int = 40) -> Counter:
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_every_row_once_with_its_most_recent_events(dataset, shuffle):
     root, meta = dataset
-    cfg = _cfg(meta, max_len=7, shuffle_buffer=100)
+    cfg = _cfg(meta, max_len=7, root=root, shuffle_buffer=100)
     files = resolve_files(str(root), "train")
     expected = Counter(
         (r["user_id"], r["item_id"], tuple(r["hist_item_id"][-7:]),
          tuple(r["timestamp"] - t for t in r["hist_timestamp"][-7:]), r["label"])
-        for r in pq.read_table(files).to_pylist()
+        for r in read_inline(root, "train", _cfg(meta)).to_pylist()
     )
     produced = Counter()
     for batch in _loader(files, cfg, batch_size=32, shuffle=shuffle):
@@ -128,7 +130,7 @@ def test_batch_count_is_equal_on_every_rank_for_uneven_splits(dataset, small_gro
 
 def test_shuffle_is_seeded_and_changes_with_the_epoch(dataset):
     root, meta = dataset
-    cfg = _cfg(meta, max_len=7, shuffle_buffer=100)
+    cfg = _cfg(meta, max_len=7, root=root, shuffle_buffer=100)
     files = resolve_files(str(root), "train")
 
     def first(seed, epoch=0):
@@ -142,10 +144,10 @@ def test_shuffle_is_seeded_and_changes_with_the_epoch(dataset):
 def test_length_buckets_cut_padding_and_keep_every_row(dataset):
     root, meta = dataset
     files = resolve_files(str(root), "train")
-    table = pq.read_table(files)
+    table = read_inline(root, "train", _cfg(meta))
 
     def padding(bucket):
-        cfg = _cfg(meta, shuffle_buffer=2000, bucket_by_length=bucket)
+        cfg = _cfg(meta, root=root, shuffle_buffer=2000, bucket_by_length=bucket)
         produced, pad = Counter(), 0
         for b in _loader(files, cfg, batch_size=32):
             lengths = b.per_id["hist_item_id"].lengths().numpy()
@@ -193,14 +195,14 @@ def test_resume_refuses_another_reader_layout(dataset, small_groups):
 
 def test_too_few_rows_for_the_readers_is_an_error(dataset, tmp_path):
     root, meta = dataset
-    pq.write_table(pq.read_table(resolve_files(str(root), "valid")).slice(0, 3), tmp_path / "tiny.parquet")
+    pq.write_table(read_inline(root, "valid", _cfg(meta)).slice(0, 3), tmp_path / "tiny.parquet")
     with pytest.raises(ValueError, match="fewer workers"):
         ParquetStream([str(tmp_path / "tiny.parquet")], _cfg(meta), 16, False, world_size=2, num_workers=2)
 
 
 def test_wrong_column_type_fails_before_training(dataset, tmp_path):
     root, meta = dataset
-    table = pq.read_table(resolve_files(str(root), "valid"))
+    table = read_inline(root, "valid", _cfg(meta))
     bad = table.set_column(table.schema.get_field_index("item_id"), "item_id", table["item_id"].cast(pa.int32()))
     pq.write_table(bad, tmp_path / "bad.parquet")
     with pytest.raises(SchemaError, match=r"bad\.parquet.*item_id"):

@@ -1,5 +1,6 @@
-"""`longer-data prepare`: every accepted MovieLens/Taobao format on tiny files, histories, labels, vocab,
-time split, skipped-line counts, idempotence and refusal to overwrite."""
+"""`longer-data prepare`: every accepted MovieLens/Taobao format on tiny files, histories (rebuilt from the store's
+event log), labels, vocab, time split, sampling with its before/after numbers, skipped-line counts, every unreadable
+input as a PrepareError naming the file (issue 15), idempotence and refusal to overwrite."""
 
 import gzip
 import json
@@ -13,14 +14,16 @@ from data_configs import data_config
 
 from longer_train.data import cli, prepare
 from longer_train.data.schema import validate_batch, validate_schema
+from longer_train.data.store import open_event_log, read_inline
 
 SPLITS = ("train", "valid", "test")
 
 # user::movie::rating::timestamp; user 10 rates movies 100 and 200 in the same second, and movie 200 is
-# listed first, so the stable order (timestamp, then movie id) differs from the file order
+# listed first, so the stable order (timestamp, then movie id) differs from the file order; every split gets rows
+# (a split with none is an error)
 ML1M_RATINGS = [
     (10, 200, 3, 1000), (10, 100, 5, 1000), (10, 50, 4, 900), (10, 300, 2, 1100), (10, 400, 4, 1300),
-    (20, 100, 1, 950), (20, 300, 4, 1200), (20, 50, 5, 1250), (20, 200, 2, 1250),
+    (20, 100, 1, 950), (20, 300, 4, 1200), (20, 50, 5, 1250), (20, 200, 2, 1260),
     (30, 200, 5, 1050), (30, 400, 3, 1150), (30, 100, 4, 1400),
 ]
 ML1M_MOVIES = {50: ("Heat (1995)", "Action|Crime"), 100: ("Toy Story (1995)", "Animation|Comedy"),
@@ -54,12 +57,21 @@ def _write_ml1m(folder, kind: str):
     return folder / "ml-1m.zip"
 
 
-def _read(out, split: str) -> pa.Table:
-    return pq.read_table(out / split)
+def _cfg(out, max_len: int = 2000):
+    meta = json.loads((out / "meta.json").read_text())
+    v = meta["vocab"]
+    cfg = data_config({"item": v["items"], "category": v["categories"], "action": v["actions"], "user": v["users"]})
+    cfg.root, cfg.max_len = str(out), max_len
+    return cfg
 
 
-def _all_rows(out) -> pa.Table:
-    return pa.concat_tables([_read(out, s) for s in SPLITS])
+def _read(out, split: str, max_len: int = 2000) -> pa.Table:
+    """A split in the inline schema: histories rebuilt from the event log."""
+    return read_inline(out, split, _cfg(out, max_len))
+
+
+def _all_rows(out, max_len: int = 2000) -> pa.Table:
+    return pa.concat_tables([_read(out, s, max_len) for s in SPLITS])
 
 
 def _vocab(out, table: str) -> list:
@@ -68,11 +80,11 @@ def _vocab(out, table: str) -> list:
     return vocab["raw"]
 
 
-def _raw_rows(out) -> list[dict]:
+def _raw_rows(out, max_len: int = 2000) -> list[dict]:
     """Every row with ids mapped back to raw values through the vocab files."""
     users, items, cats = (_vocab(out, t) for t in ("user", "item", "category"))
     rows = []
-    for r in _all_rows(out).to_pylist():
+    for r in _all_rows(out, max_len).to_pylist():
         rows.append({"user": users[r["user_id"]], "item": items[r["item_id"]], "cat": cats[r["category_id"]],
                      "ts": r["timestamp"], "label": r["label"], "hist_item": [items[i] for i in r["hist_item_id"]],
                      "hist_cat": [cats[c] for c in r["hist_category_id"]], "hist_action": r["hist_action"],
@@ -89,7 +101,7 @@ def _expected_history(events: list[tuple], user, ts, max_len: int) -> list[tuple
 
 def _check_rows(out, events: list[tuple], labels: list[float], max_len: int = 2000) -> None:
     """Stored rows are exactly the interactions, with brute-force histories and labels."""
-    rows = _raw_rows(out)
+    rows = _raw_rows(out, max_len)
     assert sorted((r["user"], r["item"], r["ts"], r["label"]) for r in rows) == sorted(
         (e[0], e[1], e[4], lab) for e, lab in zip(events, labels))
     for r in rows:
@@ -102,14 +114,15 @@ def _check_rows(out, events: list[tuple], labels: list[float], max_len: int = 20
 
 
 def _validate(out, meta: dict) -> None:
-    v = meta["vocab"]
-    cfg = data_config({"item": v["items"], "category": v["categories"], "action": v["actions"], "user": v["users"]})
+    cfg = _cfg(out)
+    events = open_event_log(cfg)  # sorted by user then time; every value column memory-mapped
+    assert events.num_events == meta["events"]["rows"] and len(events.plain) == 4 * len(events.chunks)
     for split in SPLITS:
         for path in sorted((out / split).glob("*.parquet")):
             parquet = pq.ParquetFile(path)
-            validate_schema(parquet.schema_arrow, cfg, str(path))
+            validate_schema(parquet.schema_arrow, cfg, str(path), history=False)
             for group in range(parquet.num_row_groups):
-                for batch in parquet.read_row_group(group).to_batches():
+                for batch in events.rebuild(parquet.read_row_group(group))[0].to_batches():
                     validate_batch(batch, cfg, str(path))
 
 
@@ -138,11 +151,11 @@ def test_ml1m_forms_give_valid_rows_with_strictly_earlier_histories(tmp_path, ki
     assert later["hist_item"] == [50, 100, 200]  # same-second events ordered by movie id
 
 
-def test_max_len_keeps_the_newest_events(tmp_path):
+def test_the_store_keeps_every_event_and_data_max_len_keeps_the_newest(tmp_path):
     out = tmp_path / "out"
-    meta = prepare.prepare("movielens", _write_ml1m(tmp_path / "src", "plain"), out, max_len=2)
+    meta = prepare.prepare("movielens", _write_ml1m(tmp_path / "src", "plain"), out)
     _check_rows(out, *_ml_events(ML1M_RATINGS, ML1M_GENRES), max_len=2)
-    assert meta["history_length"]["max"] == 2 and meta["full_history_length"]["max"] == 4
+    assert meta["history_length"]["max"] == 4 and meta["events"]["rows"] == len(ML1M_RATINGS)
 
 
 def test_ids_are_dense_and_vocab_files_match_meta(tmp_path):
@@ -221,7 +234,8 @@ def test_missing_genre_file_gives_one_unknown_category(tmp_path):
 
 
 def test_ml100k_u_data_with_u_item_first_flagged_genre(tmp_path):
-    ratings = [(1, 10, 4, 500), (1, 20, 2, 400), (2, 10, 1, 450), (2, 30, 5, 600), (1, 30, 3, 700)]
+    ratings = [(1, 10, 4, 500), (1, 20, 2, 400), (2, 10, 1, 450), (2, 30, 5, 600), (1, 30, 3, 700),
+               (2, 20, 3, 800), (3, 10, 5, 900), (3, 20, 4, 1000)]
     (tmp_path / "u.data").write_text("".join("\t".join(map(str, r)) + "\n" for r in ratings))
     flags = {10: [0, 0, 1, 0, 0, 1] + [0] * 13, 20: [0] * 8 + [1] + [0] * 10, 30: [0] * 19}  # none set
     (tmp_path / "u.item").write_text("".join(
@@ -236,7 +250,8 @@ def test_ml100k_u_data_with_u_item_first_flagged_genre(tmp_path):
 
 
 def test_ml20m_csv_with_half_stars_and_quoted_titles(tmp_path):
-    ratings = [(1, 7, 3.5, 100), (1, 8, 4.5, 200), (1, 9, 0.5, 300), (2, 7, 4.0, 150), (2, 9, 5.0, 250)]
+    ratings = [(1, 7, 3.5, 100), (1, 8, 4.5, 200), (1, 9, 0.5, 300), (2, 7, 4.0, 150), (2, 9, 5.0, 250),
+               (3, 8, 3.0, 350), (3, 7, 2.5, 400), (2, 8, 1.5, 450)]
     (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n"
                                           + "".join(f"{u},{m},{r},{t}\n" for u, m, r, t in ratings))
     (tmp_path / "movies.csv").write_text('movieId,title,genres\n7,"American President, The (1995)",Comedy|Drama\n'
@@ -246,7 +261,7 @@ def test_ml20m_csv_with_half_stars_and_quoted_titles(tmp_path):
     assert meta["source"]["format"] == "ML-20M / ml-latest"
     genres = {7: "Comedy", 8: "Action", 9: "(no genres listed)"}
     events, labels = _ml_events(ratings, genres)
-    assert [e[3] for e in events] == [2, 3, 0, 3, 4] and labels == [0.0, 1.0, 0.0, 1.0, 1.0]
+    assert [e[3] for e in events] == [2, 3, 0, 3, 4, 2, 1, 0] and labels == [0, 1, 0, 1, 1, 0, 0, 0]
     _validate(out, meta)
     _check_rows(out, events, labels)
 
@@ -319,3 +334,116 @@ def test_idempotent_force_and_refusal_to_overwrite(tmp_path, capsys):
     empty.mkdir()
     assert cli.main(["prepare", "movielens", "--src", str(src), "--out", str(empty)]) == 0
     assert (empty / ".complete").is_file()
+
+
+def test_sampling_prints_and_records_rows_and_positive_rate_before_and_after_the_cut(tmp_path, capsys):
+    _ten_users_prepared(tmp_path)
+    out = tmp_path / "capped"
+    args = ["prepare", "movielens", "--src", str(tmp_path / "ratings.dat"), "--out", str(out), "--rows-per-user", "1",
+            "--sample-users", "4"]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    meta = json.loads((out / "meta.json").read_text())
+    full = json.loads((tmp_path / "full" / "meta.json").read_text())
+    assert meta["before_sampling"] == {"rows": full["rows"], "positive_rate": full["positive_rate"]}
+    assert sum(meta["rows"].values()) == 12  # 4 users x 3 splits x 1 row
+    assert "rows before" in printed and "--rows-per-user 1" in printed and "--sample-users 4" in printed
+    train_line = next(line for line in printed.splitlines() if line.strip().startswith("train") and
+                      str(full["rows"]["train"]) in line)
+    assert str(meta["rows"]["train"]) in train_line
+    card = (out / "CARD.md").read_text()
+    assert f"| train | {full['rows']['train']} | {full['positive_rate']['train']:.4f} | 4 |" in card
+
+
+# ------------------------------------------------------------------------------------------------------
+# unreadable input, overflow, empty results and unwritable output: a PrepareError naming the file (issue 15)
+# ------------------------------------------------------------------------------------------------------
+def _fails(args: list[str], capsys, *fragments: str) -> str:
+    assert cli.main(["prepare", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("longer-data prepare: error: ") and "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+def test_truncated_and_garbage_gzip_name_the_file(tmp_path, capsys):
+    text = _ml1m_text(ML1M_RATINGS * 50).encode()
+    data = gzip.compress(text)
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "ratings.dat.gz").write_bytes(data[: len(data) // 2])
+    _fails(["movielens", "--src", str(tmp_path / "cut"), "--out", str(tmp_path / "o1")], capsys,
+           "cut/ratings.dat.gz: cannot read", "truncated")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "ratings.dat.gz").write_bytes(b"this is not gzip data at all\n" * 10)
+    _fails(["movielens", "--src", str(tmp_path / "junk"), "--out", str(tmp_path / "o2")], capsys,
+           "junk/ratings.dat.gz: cannot read", "gzip")
+    assert not (tmp_path / "o1").exists() and not [p for p in tmp_path.iterdir() if ".work-" in p.name]
+
+
+def test_bad_zip_and_corrupt_member_name_the_archive(tmp_path, capsys):
+    (tmp_path / "ml-1m.zip").write_bytes(b"PK\x03\x04 not really a zip")
+    _fails(["movielens", "--src", str(tmp_path / "ml-1m.zip"), "--out", str(tmp_path / "o")], capsys,
+           "ml-1m.zip: cannot read", "zip")
+    good = tmp_path / "good.zip"
+    with zipfile.ZipFile(good, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("ml-1m/ratings.dat", _ml1m_text(ML1M_RATINGS * 200))
+    data = bytearray(good.read_bytes())
+    data[200:260] = b"\x00" * 60  # inside the deflated member
+    (tmp_path / "bad.zip").write_bytes(bytes(data))
+    _fails(["movielens", "--src", str(tmp_path / "bad.zip"), "--out", str(tmp_path / "o")], capsys,
+           "bad.zip!ml-1m/ratings.dat: cannot read")
+
+
+def test_ids_and_timestamps_beyond_int64_are_counted_malformed_lines(tmp_path, capsys):
+    rows = [",".join(map(str, r)) for r in TAOBAO_LINES]
+    rows[2] = f"1,{2**63},8,pv,{TAOBAO_START + 20}"
+    rows[5] = f"100,503,9,pv,{10**30}"
+    rows.append(f"-{2**63},500,7,pv,{TAOBAO_START + 1}")  # the int64 minimum itself is fine
+    (tmp_path / "UserBehavior.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    assert cli.main(["prepare", "taobao", "--src", str(tmp_path), "--out", str(out)]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["skipped"] == {"malformed_lines": 2}
+    assert meta["skipped_first"]["malformed_lines"].endswith(f"UserBehavior.csv:3, column 2: {2**63} is beyond the "
+                                                             "int64 range")
+    assert sum(meta["rows"].values()) == len(TAOBAO_LINES) - 1
+
+
+def test_taobao_with_every_line_outside_the_window_names_the_file(tmp_path, capsys):
+    (tmp_path / "UserBehavior.csv").write_text("".join(f"{u},5,6,pv,{1505117799 + u}\n" for u in range(20)))
+    _fails(["taobao", "--src", str(tmp_path), "--out", str(tmp_path / "out")], capsys,
+           "UserBehavior.csv: no valid interaction", "out_of_window 20")
+
+
+def test_all_events_in_one_second_give_an_empty_split_and_a_non_zero_exit(tmp_path, capsys):
+    (tmp_path / "UserBehavior.csv").write_text("".join(f"{u},{i},6,pv,{TAOBAO_START + 5}\n"
+                                                       for u in range(5) for i in range(4)))
+    _fails(["taobao", "--src", str(tmp_path), "--out", str(tmp_path / "out")], capsys,
+           "UserBehavior.csv: split train, valid would get 0 rows", "nothing was written")
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_under_a_file_names_the_path(tmp_path, capsys):
+    src = _write_ml1m(tmp_path / "src", "plain")
+    (tmp_path / "a_file").write_text("x")
+    _fails(["movielens", "--src", str(src), "--out", str(tmp_path / "a_file" / "out")], capsys,
+           "a_file/out: cannot create the output folder", "is a file")
+
+
+def test_undecodable_movies_csv_names_the_file_and_line(tmp_path, capsys):
+    ratings = "".join(f"{u},{m},4.0,{100 * u + m}\n" for u in range(1, 5) for m in (7, 8))
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + ratings)
+    (tmp_path / "movies.csv").write_bytes(b"movieId,title,genres\n7,Heat,Action\n8,Caf\xe9 \xff\xfe,Drama\n")
+    _fails(["movielens", "--src", str(tmp_path), "--out", str(tmp_path / "out")], capsys,
+           "movies.csv:3: cannot decode the text as UTF-8")
+
+
+def test_a_memory_budget_is_parsed_and_bounded(tmp_path):
+    assert prepare.parse_size("1.5GB") == 3 * 2**29 and prepare.parse_size("512MiB") == 2**29
+    with pytest.raises(prepare.PrepareError, match="expected a size"):
+        prepare.parse_size("lots")
+    with pytest.raises(prepare.PrepareError, match="at least 256MB"):
+        prepare.prepare("movielens", _write_ml1m(tmp_path / "src", "plain"), tmp_path / "o", memory_budget="100MB")
+    meta = prepare.prepare("movielens", _write_ml1m(tmp_path / "src", "plain"), tmp_path / "o", memory_budget="300MB")
+    assert sum(meta["rows"].values()) == len(ML1M_RATINGS)

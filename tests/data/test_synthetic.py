@@ -13,6 +13,7 @@ from longer_train.components.metrics import auc
 from longer_train.config import DataConfig, FeatureConfig
 from longer_train.data import cli, synthetic
 from longer_train.data.schema import validate_batch, validate_schema
+from longer_train.data.store import open_event_log, read_inline
 
 SPLITS = ("train", "valid", "test")
 
@@ -24,16 +25,20 @@ def tiny(tmp_path_factory):
     return out, meta
 
 
-def _read(out, split: str) -> pa.Table:
-    return pq.read_table(out / split)
-
-
-def _cfg(meta: dict) -> DataConfig:
+def _cfg(meta: dict, root=None) -> DataConfig:
     vocab = meta["vocab"]
     tables = {"item": vocab["items"], "category": vocab["categories"], "action": vocab["actions"],
               "user": vocab["users"], "segment": vocab["user_segments"]}
     extra = [FeatureConfig("user_segment", "user", "segment"), FeatureConfig("user_activity", "dense", None)]
-    return data_config(tables, extra)
+    cfg = data_config(tables, extra)
+    cfg.max_len, cfg.root = meta["params"]["max_len"], str(root or cfg.root)
+    return cfg
+
+
+def _read(out, split: str) -> pa.Table:
+    """A split in the inline schema (histories rebuilt from the store's event log, cut at the generator's
+    max_len)."""
+    return read_inline(out, split, _cfg(json.loads((out / "meta.json").read_text())))
 
 
 def test_layout_and_meta(tiny):
@@ -59,14 +64,16 @@ def test_layout_and_meta(tiny):
 
 def test_every_row_group_validates_against_a_matching_config(tiny):
     out, meta = tiny
-    cfg = _cfg(meta)
+    cfg = _cfg(meta, out)
+    events = open_event_log(cfg)  # sorted by user then time, every value column memory-mapped
+    assert events.num_events == meta["events"]["rows"] and len(events.plain) == 4 * len(events.chunks)
     for split in SPLITS:
         for path in sorted((out / split).glob("*.parquet")):
             parquet = pq.ParquetFile(path)
-            validate_schema(parquet.schema_arrow, cfg, str(path))
+            validate_schema(parquet.schema_arrow, cfg, str(path), history=False)
             first_row = 0
             for group in range(parquet.num_row_groups):
-                batch = parquet.read_row_group(group).to_batches()[0]
+                batch = events.rebuild(parquet.read_row_group(group))[0].to_batches()[0]
                 validate_batch(batch, cfg, str(path), first_row)
                 first_row += batch.num_rows
     segments = pc.unique(_read(out, "train")["user_segment"]).to_numpy()

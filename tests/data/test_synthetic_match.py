@@ -10,16 +10,20 @@ import pyarrow.parquet as pq
 import pytest
 
 from longer_train.components.metrics import auc
+from longer_train.config import DataConfig, FeatureConfig
 from longer_train.data import cli, synthetic_match
+from longer_train.data.store import read_inline
 
 SPLITS = ("train", "valid", "test")
+SEQUENCE = ("hist_item_id", "hist_category_id", "hist_action")
 
 
 @pytest.fixture(scope="module", params=synthetic_match.VARIANTS)
 def match(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"match_{request.param}") / "d"
     meta = synthetic_match.generate(out, users=1500, max_len=300, variant=request.param)
-    return out, meta, {s: pq.read_table(out / s) for s in SPLITS}
+    cfg = DataConfig(max_len=300, features=[FeatureConfig(c, "sequence", "t") for c in SEQUENCE])
+    return out, meta, {s: read_inline(out, s, cfg) for s in SPLITS}  # histories rebuilt from the store
 
 
 def test_splits_hold_disjoint_users_and_histories_precede_the_request(match):
@@ -83,5 +87,5 @@ def test_cli_prints_the_oracles_and_is_deterministic(tmp_path, capsys):
     assert cli.main([*args, "--out", str(tmp_path / "b")]) == 0
     a, b = (json.loads((tmp_path / d / "meta.json").read_text()) for d in "ab")
     assert a == b and a["task"] == "match"
-    for split in SPLITS:
+    for split in (*SPLITS, "events"):
         assert pq.read_table(tmp_path / "a" / split).equals(pq.read_table(tmp_path / "b" / split))

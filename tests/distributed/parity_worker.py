@@ -11,11 +11,11 @@ import sys
 import warnings
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import torch.distributed as dist
 
 from longer_train.config import load_config
 from longer_train.data.batch import collate
+from longer_train.data.store import read_inline
 from longer_train.distributed.process_group import destroy_distributed
 from longer_train.trainer import Trainer
 
@@ -47,7 +47,7 @@ def main() -> None:
         trainer = Trainer(cfg)
         rank, world = trainer.env.rank, trainer.env.world_size
         local = global_batch // world
-        rows = pq.read_table(Path(root) / "train").slice(0, global_batch * steps)
+        rows = read_inline(root, "train", cfg.data).slice(0, global_batch * steps)
         losses = []
         for step in range(steps):
             part = rows.slice(step * global_batch + rank * local, local)

@@ -1,12 +1,11 @@
 """A small trained checkpoint and its scorer, shared by the scorer and HTTP tests (trained once)."""
 
-import pyarrow.parquet as pq
 import pytest
 from test_config import QUICKSTART
 
 from longer_train.config import load_config
 from longer_train.data import synthetic
-from longer_train.data.loader import resolve_files
+from longer_train.data.store import read_inline
 from longer_train.distributed.process_group import destroy_distributed
 from longer_train.serve.scorer import Scorer
 from longer_train.trainer import Trainer
@@ -25,5 +24,5 @@ def trained(tmp_path_factory):
         summary = Trainer(cfg).train()
     finally:
         destroy_distributed()
-    test = pq.read_table(resolve_files(str(root / "data"), "test"))
+    test = read_inline(root / "data", "test", cfg.data)  # requests carry their histories (inline schema)
     return summary, Scorer.from_checkpoint(summary["checkpoint"]), test

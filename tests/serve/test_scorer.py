@@ -3,6 +3,7 @@ writes scores, the export CLI's programs agree, and requests scored together equ
 (the HTTP service: test_http.py)."""
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -36,6 +37,18 @@ def test_batch_cli_writes_scores(trained, tmp_path):
     assert serve_main(args) == 0
     written = pq.read_table(out)
     np.testing.assert_allclose(written["score"].to_numpy(), scorer.score_table(test.slice(0, 50)), atol=1e-6)
+
+
+def test_batch_cli_scores_a_sequence_store_split(trained, tmp_path):
+    """--requests may be a store's split (no history columns): histories are rebuilt from events/ beside it."""
+    summary, scorer, test = trained
+    out = tmp_path / "scores.parquet"
+    split = Path(scorer.cfg.data.root) / "test"
+    args = ["score", "--checkpoint", summary["checkpoint"], "--requests", str(split), "--out", str(out)]
+    assert serve_main(args) == 0
+    written = pq.read_table(out)
+    assert "hist_item_id" in written.column_names and written.num_rows == test.num_rows
+    np.testing.assert_allclose(written["score"].to_numpy(), scorer.score_table(test), atol=1e-6)
 
 
 def test_export_cli_programs_reproduce_the_scorer(trained, tmp_path):

@@ -198,3 +198,38 @@ def test_every_reproduction_spec_loads_with_its_configs():
         spec = load_spec(path)
         spec.seeds = spec.seeds[:1]
         assert spec.runs(), path
+
+
+def test_config_hash_takes_vocabulary_sizes_as_resolved_from_the_data(tmp_path):
+    """A dataset config with `num_embeddings: auto` finds the runs of one that spelled the same sizes out."""
+    root = tmp_path / "data"
+    root.mkdir()
+    vocab = {"items": 20000, "categories": 50, "actions": 3, "users": 4000, "user_segments": 8}
+    (root / "meta.json").write_text(json.dumps({"vocab": vocab}))
+    spelled = [f"data.tables.{t}.num_embeddings={n}" for t, n in
+               (("item", 20000), ("category", 50), ("action", 3), ("user", 4000), ("segment", 8))]
+    one = "seeds: 1\nrows: [{name: a}]\n"
+    auto = load_spec(write_spec(tmp_path, one, name="auto")).runs(data_root=str(root))
+    fixed = load_spec(write_spec(tmp_path, f"{one}overrides: [{', '.join(spelled)}]\n", name="fixed"))
+    fixed = fixed.runs(data_root=str(root))
+    assert auto[0].cfg.data.tables["category"].num_embeddings == 50
+    assert auto[0].config_hash == fixed[0].config_hash
+    other = load_spec(write_spec(tmp_path, f"{one}overrides: [data.tables.category.num_embeddings=60]\n",
+                                 name="other")).runs(data_root=str(root))
+    assert other[0].config_hash != auto[0].config_hash
+
+
+def test_rows_may_bring_their_own_data(tmp_path):
+    """A row's `data` keys replace the spec's for that row: its own prepared folder (e.g. more users)."""
+    spec = load_spec(write_spec(tmp_path, """\
+        data: {name: synthetic, users: 800}
+        seeds: 1
+        rows:
+          - {name: small}
+          - {name: large, data: {users: 4000}}
+        """))
+    assert [p[1] for p in spec.preparations()] == ["data/synthetic-u800", "data/synthetic-u4000"]
+    assert "--users" in spec.preparations()[1][0] and "4000" in spec.preparations()[1][0]
+    assert [r.cfg.data.root for r in spec.runs()] == ["data/synthetic-u800", "data/synthetic-u4000"]
+    with pytest.raises(SpecError, match="data"):
+        load_spec(write_spec(tmp_path, "rows: [{name: a, data: {name: taobao}}]\n", name="bad"))
