@@ -61,12 +61,13 @@ class HSTULayer(nn.Module):
         self.time_bias = nn.Parameter(torch.randn(time_buckets) * 0.02)
         self.match_weight = match_weight(heads, match_pairs) if match_pairs else None
         self.dropout = nn.Dropout(dropout)
+        self.normaliser = float(max_len + 1)  # N: the longest layout
 
     def forward(
-        self, x: Tensor, mask: Tensor, distance: Tensor, time_bucket: Tensor, match: Tensor | None = None
+        self, x: Tensor, allowed: Tensor, distance: Tensor, time_bucket: Tensor, match: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """x [B, n, D]: the history (left-padded), then the candidate; mask [B, n, n]: 1/N where a position
-        sees a key, else 0; distance [n, n] and time_bucket [B, n, n] of each (position, key) pair; match
+        """x [B, n, D]: the history (left-padded), then the candidate; allowed [B, n, n]: the keys each position
+        sees; distance [n, n] and time_bucket [B, n, n] of each (position, key) pair; match
         [B, n - 1, P]: the candidate's similarity to each history position (None: off). Returns the new states
         [B, n, D] and the candidate's attention weights over the history [B, H, 1, n - 1].
 
@@ -74,26 +75,26 @@ class HSTULayer(nn.Module):
         over the whole layout, computed without the history's never-used scores for the candidate's key."""
         u, v, q, k = F.silu(self.uvqk(self.norm_in(x))).chunk(4, dim=-1)
         q, k, v = (split_heads(t, self.heads) for t in (q, k, v))  # [B, H, n, dh]
-        q = q / math.sqrt(self.head_dim)
+        q, v = q / math.sqrt(self.head_dim), v / self.normaliser  # A = SiLU(.) / N, applied to V
         history, _ = self._pointwise(q[:, :, :-1], k[:, :, :-1], v[:, :, :-1],
-                                     self._bias(distance[:-1, :-1], time_bucket[:, :-1, :-1]), mask[:, :-1, :-1])
+                                     self._bias(distance[:-1, :-1], time_bucket[:, :-1, :-1]), allowed[:, :-1, :-1])
         bias = self._bias(distance[-1:], time_bucket[:, -1:])  # [B, 1, 1, n]
         if match is not None:  # the candidate match: its own key gets none
             bias = bias + F.pad(match_bias(match, self.match_weight).transpose(1, 2), (0, 1)).unsqueeze(2)
-        candidate, weights = self._pointwise(q[:, :, -1:], k, v, bias, mask[:, -1:])  # [B, H, 1, dh]
+        candidate, silu = self._pointwise(q[:, :, -1:], k, v, bias, allowed[:, -1:])  # [B, H, 1, dh]
         attn = merge_heads(torch.cat([history, candidate], dim=2))  # [B, n, H * dh]
         y = x + self.out(self.dropout(u * self.norm_attn(attn)))
-        return y, weights[..., :-1]
+        return y, silu[..., :-1] / self.normaliser
 
     def _bias(self, distance: Tensor, time_bucket: Tensor) -> Tensor:
         """The relative attention bias of (position, key) pairs [B, 1, rows, keys] (shared by the heads)."""
         return (self.position_bias[distance] + self.time_bias[time_bucket]).unsqueeze(1)
 
     @staticmethod
-    def _pointwise(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """HSTU's attention: weights = SiLU(q k^T + bias) * mask (no softmax), q [B, H, m, dh] (scaled),
-        k, v [B, H, n, dh], bias [B, 1 or H, m, n], mask [B, m, n] -> (weights @ v [B, H, m, dh], weights)."""
-        weights = F.silu(torch.matmul(q, k.transpose(-1, -2)) + bias) * mask.unsqueeze(1)
+    def _pointwise(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, allowed: Tensor) -> tuple[Tensor, Tensor]:
+        """HSTU's attention without softmax: w = SiLU(q k^T + bias) where allowed, else 0. q [B, H, m, dh],
+        k, v [B, H, n, dh], bias [B, 1 or H, m, n], allowed [B, m, n] -> (w @ v [B, H, m, dh], w)."""
+        weights = torch.where(allowed.unsqueeze(1), F.silu(torch.matmul(q, k.transpose(-1, -2)) + bias), 0.0)
         return torch.matmul(weights, v), weights
 
 
@@ -143,17 +144,18 @@ class HSTU(nn.Module):
         positions = torch.arange(size, device=lengths.device)
         seen = torch.cat([valid, valid.new_ones(b, 1)], dim=1)  # [B, L + 1] the keys that are not padding
         allowed = (positions[None, :, None] >= positions[None, None, :]) & seen[:, None, :]  # [B, n, n]
-        mask = allowed.to(tokens.dtype) / (self.dims.max_len + 1)  # with the 1/N normalisation
         distance = (positions[:, None] - positions[None, :]).clamp(0, self.dims.max_len)  # [n, n]
         ago = torch.cat([ago, ago.new_zeros(b, 1)], dim=1)  # seconds before the request; the candidate: 0
-        time_bucket = time_diff_bucket(ago[:, None, :] - ago[:, :, None], self.cfg.time_buckets)  # t_i - t_j
+        time_bucket = torch.cat([  # of t_i - t_j = ago_j - ago_i; a few rows at a time bound the temporaries
+            time_diff_bucket(rows[:, None, :] - rows[:, :, None], self.cfg.time_buckets) for rows in ago.split(64)
+        ]) if b else ago.new_zeros((0, size, size))
         match = None
         if self.match_pairs:
             match = group_similarity(padded[..., d:], unit_pairs(x.candidate, self.match_pairs, "candidate")
                                      .unsqueeze(1), self.match_pairs)[:, 0]  # [B, L, P]
         layers, weights = [], None
         for layer in self.layers:
-            states, weights = layer(states, mask, distance, time_bucket, match)
+            states, weights = layer(states, allowed, distance, time_bucket, match)
             layers.append(states)
         readout = attended_similarity(weights, match.unsqueeze(1)).squeeze(1) if self.readout else None
         return HSTUStates(num_pad=longest - lengths, layers=layers, match_readout=readout)
