@@ -9,7 +9,7 @@
 #   make lint             ruff
 #   make gpu-check        on the GPU machine: kernel tests at GPU sizes + kernel benchmarks (docs/kernels.md)
 #   make bench-quality DATA=movielens   every model of the paper's Table 1 on a dataset, SEEDS=3 seeds of
-#                         LONGER, Transformer, DIN and BASELINE_SEEDS=1 of the rest;
+#                         LONGER, Transformer, HSTU, DIN and BASELINE_SEEDS=1 of the rest;
 #                         (DATA = synthetic | match_long | match_recent | movielens | taobao; MULTI_SEED='...'
 #                         names the experiments run with SEEDS seeds, REFERENCE the row of the paired
 #                         differences, default longer); prepares the data first if missing,

@@ -33,11 +33,11 @@ DOC = ROOT / "docs" / "results.md"
 
 # (experiment config, the paper's Table 1 name); the paper's expected order of test AUC, highest first
 EXPERIMENTS = {
-    "longer": "LONGER", "transformer": "Transformer", "din": "DIN (full)", "din_recent50": "DIN (Recent50)",
-    "sum_pooling": "SumPooling", "no_sequence": "Base (no sequence)",
+    "longer": "LONGER", "transformer": "Transformer", "hstu": "HSTU", "din": "DIN (full)",
+    "din_recent50": "DIN (Recent50)", "twin": "TWIN", "sum_pooling": "SumPooling", "no_sequence": "Base (no sequence)",
 }
 # default --multi-seed: mean ± std over --seeds; the rest --baseline-seeds
-MULTI_SEED = ("longer", "transformer", "din")
+MULTI_SEED = ("longer", "transformer", "hstu", "din")
 # the same for every run (and the dataset's batch size): one validation pass at the end of the epoch, no
 # checkpoint, no W&B, no progress bar
 def run_settings(data: str) -> list[str]:

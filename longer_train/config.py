@@ -147,9 +147,9 @@ QUERY_RULES = ("recent", "uniform", "learnable", "recent_uniform")  # model.quer
 
 @dataclass
 class ModelConfig:
-    # longer, or a baseline of the paper's Table 1 (models/baselines.py); the Transformer baseline is
-    # longer with merge_k=1 and num_queries >= max_len (configs/experiments/transformer.yaml)
-    name: str = _choice("longer", ("longer", "no_sequence", "sum_pooling", "din"))
+    # longer, or a baseline of the paper's Table 1 (models/baselines.py, twin.py, hstu.py); the Transformer
+    # baseline is longer with merge_k=1 and num_queries >= max_len (configs/experiments/transformer.yaml)
+    name: str = _choice("longer", ("longer", "no_sequence", "sum_pooling", "din", "twin", "hstu"))
     token_dim: int = _num(32, 1)  # d: width of one behaviour token before merging
     # log-bucketised (request time - event time), two buckets per doubling of seconds: 128 buckets cover
     # every int64 time difference, more would never be used
@@ -166,7 +166,7 @@ class ModelConfig:
     # newest + the rest spread over the older tokens)
     query_selection: str = _choice("recent", QUERY_RULES)
     num_self_layers: int = _num(1, 0)  # N self-causal layers after the cross-causal one
-    head_dim: int = _num(32, 1)  # attention head width; heads = width // head_dim
+    head_dim: int = _num(32, 1)  # attention head width; heads = width // head_dim (twin, hstu: token_dim // head_dim)
     ffn_mult: int = _num(4, 1)
     norm: str = _choice("layernorm", ("layernorm", "rmsnorm"))
     dropout: float = _num(0.0, 0.0, 1.0, high_open=True)  # a probability
@@ -177,11 +177,14 @@ class ModelConfig:
     # baselines: a plain sum, DIN's raw attention scores) | length (divide by the row's length: mean
     # pooling) | softmax (DIN's scores softmax-normalised over the row)
     pool_norm: str = _choice("none", ("none", "length", "softmax"))
+    # twin: events each row keeps by the general search unit's score for the exact search unit's attention
+    twin_top_k: int = _num(50, 1)
+    hstu_layers: int = _num(2, 1)  # hstu: HSTU layers over [history | candidate]
     # the behaviours' similarity to the candidate in the shared embedding space (cosine, per candidate /
     # sequence feature pair sharing a table; models/candidate_match.py): none | attention (it enters DIN's
-    # attention scores / LONGER's candidate row of the cross-causal layer as a learned bias) |
-    # attention_readout (also what was attended to, for the head: DIN's pooled similarities, LONGER's
-    # attention-weighted similarities of the candidate row)
+    # attention scores / TWIN's target-attention scores / LONGER's and HSTU's candidate row as a learned
+    # bias) | attention_readout (also what was attended to, for the head: DIN's pooled similarities, the
+    # others' attention-weighted similarities)
     candidate_match: str = _choice("attention_readout", ("none", "attention", "attention_readout"))
 
 
@@ -242,6 +245,7 @@ class ParallelConfig:
     # tokens (token builder, global-token MLPs), attention (projections + attention), ffn, head
     bf16: List[str] = field(default_factory=list)
     # activation recomputation: drop a component's activations in forward, recompute them in backward
+    # (self: LONGER's self-causal layers and HSTU's layers)
     recompute: str = _choice("none", ("none", "inner_trans", "cross", "self", "all"))
     collective_timeout_s: int = _num(600, 1)  # a rank stuck in a collective this long fails instead of hanging
 
@@ -548,6 +552,13 @@ def check_config(cfg: Config) -> None:
             f"config key 'model.query_selection' ({model.query_selection}): the Triton hybrid-attention kernel "
             "takes the recent rule only; use model.attention_impl auto (falls back to the reference for this "
             "layer) or reference"
+        )
+    if model.name in ("twin", "hstu") and (model.token_dim % model.head_dim or model.twin_top_k < 1
+                                           or model.hstu_layers < 1):
+        raise ConfigError(
+            f"model.name={model.name}: config key 'model.head_dim' ({model.head_dim}) must divide "
+            f"model.token_dim ({model.token_dim}), and 'model.twin_top_k' ({model.twin_top_k}) and "
+            f"'model.hstu_layers' ({model.hstu_layers}) must be >= 1"
         )
     for i, component in enumerate(cfg.parallel.bf16):
         if component not in BF16_COMPONENTS:

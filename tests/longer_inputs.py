@@ -1,6 +1,7 @@
 """Small LONGER models and jagged inputs shared by the model tests."""
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from longer_train.config import ModelConfig
 from longer_train.models.candidate_match import MatchPair
@@ -32,3 +33,11 @@ def make_inputs(lengths: list[int], seed: int = 1) -> LongerInputs:
         user=torch.randn(b, DIMS.user, generator=g),
         dense=torch.randn(b, DIMS.dense, generator=g),
     )
+
+
+def flops_error(model, lengths: list[int]) -> float:
+    """Relative error of a model's analytic `flops(lengths)` against FlopCounterMode on one forward pass."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(make_inputs(lengths))
+    measured = counter.get_total_flops()
+    return abs(model.flops(lengths) - measured) / measured

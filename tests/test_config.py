@@ -59,6 +59,16 @@ def test_pool_norm_on_a_model_without_pooling_is_rejected():
     assert load_config(QUICKSTART, ["model.name=din", "model.pool_norm=softmax"]).model.pool_norm == "softmax"
 
 
+@pytest.mark.parametrize("name", ["twin", "hstu"])
+def test_twin_and_hstu_heads_divide_the_token_width_and_sizes_are_positive(name):
+    with pytest.raises(ConfigError, match=rf"model.name={name}: .*'model.head_dim'"):
+        load_config(QUICKSTART, [f"model.name={name}", "model.head_dim=32"])
+    for key in ("twin_top_k", "hstu_layers"):
+        with pytest.raises(ConfigError, match=rf"'model.{key}'.*0"):
+            load_config(QUICKSTART, [f"model.name={name}", "model.head_dim=8", f"model.{key}=0"])
+    assert load_config(QUICKSTART, [f"model.name={name}", "model.head_dim=8"]).model.name == name
+
+
 def test_override_without_equals_is_rejected():
     with pytest.raises(ConfigError, match="key=value"):
         load_config(QUICKSTART, ["train.seed"])

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from test_config import QUICKSTART
+from test_config import CONFIGS, QUICKSTART
 
 from longer_train.components.checkpoint import load_checkpoint, read_meta
 from longer_train.config import load_config
@@ -70,6 +70,22 @@ def test_offline_wandb_runs_table_and_checkpoint_round_trip(tiny, tmp_path):
 def test_baselines_train_through_the_same_trainer(tiny, tmp_path, name):
     try:
         summary = Trainer(_cfg(tiny, tmp_path, name, "logging.wandb_mode=disabled", f"model.name={name}")).train()
+    finally:
+        destroy_distributed()
+    assert summary["model"] == name and summary["steps"] == 3 and 0.0 <= summary["test_auc"] <= 1.0
+    assert summary["gflops_per_sample"] > 0
+
+
+@pytest.mark.parametrize("name", ["twin", "hstu"])
+def test_table1_experiment_configs_train_through_the_same_trainer(tiny, tmp_path, name):
+    """`longer-train configs/datasets/synthetic.yaml configs/experiments/<name>.yaml`, on tiny data."""
+    cfg = load_config([CONFIGS / "datasets" / "synthetic.yaml", CONFIGS / "experiments" / f"{name}.yaml"], [
+        f"data.root={tiny}", "data.max_len=64", "data.batch_size=64", "train.max_steps=3", "train.log_every=1",
+        f"train.output_dir={tmp_path}/runs", f"train.runs_table={tmp_path}/runs.jsonl", f"train.run_name={name}",
+        "train.progress_bar=false", "data.num_workers=0", "logging.wandb_mode=disabled",
+    ])
+    try:
+        summary = Trainer(cfg).train()
     finally:
         destroy_distributed()
     assert summary["model"] == name and summary["steps"] == 3 and 0.0 <= summary["test_auc"] <= 1.0

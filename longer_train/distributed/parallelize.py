@@ -17,12 +17,13 @@ from torch.utils.checkpoint import checkpoint
 
 from ..config import ConfigError, ParallelConfig
 from ..models.blocks import FeedForward
+from ..models.hstu import HSTULayer
 from ..models.hybrid_attention import CausalBlock
 from ..models.token_builder import TokenBuilder
 from ..models.token_merge import InnerTransBlock
 
 # transformer blocks: the unit of FSDP2 sharding and of bf16 "attention"
-BLOCKS = (CausalBlock, InnerTransBlock)
+BLOCKS = (CausalBlock, InnerTransBlock, HSTULayer)
 _NORMS = (nn.LayerNorm, nn.RMSNorm)
 
 
@@ -91,7 +92,7 @@ def recompute_targets(dense: nn.Module, mode: str) -> list[nn.Module]:
     found = {
         "inner_trans": [merge.inner] if merge is not None and getattr(merge, "inner", None) is not None else [],
         "cross": [attention.cross] if isinstance(getattr(attention, "cross", None), CausalBlock) else [],
-        "self": list(getattr(attention, "self_layers", [])),
+        "self": [*getattr(attention, "self_layers", []), *(m for m in dense.modules() if isinstance(m, HSTULayer))],
     }
     wanted = list(found) if mode == "all" else [mode]
     targets = [m for name in wanted for m in found[name]]

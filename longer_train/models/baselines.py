@@ -12,7 +12,8 @@ how much of the candidate's item / category the attention found in the history; 
 `model.pool_norm` normalises the weights of both within each row: `length` (divided by the row's length:
 mean pooling) or `softmax` (over the row's events); the default `none` is the paper's baselines.
 The Transformer baseline (full causal attention over the unmerged sequence, every position a query) is
-LONGER itself with `model.merge_k=1` and `model.num_queries >= data.max_len`.
+LONGER itself with `model.merge_k=1` and `model.num_queries >= data.max_len`; TWIN (`twin.py`) is a pooled
+sequence too, HSTU is `hstu.py`.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from ..config import ModelConfig
 from .blocks import MLP
 from .candidate_match import pair_similarity, unit_pairs
 from .longer import LongerDims, LongerInputs
-from .token_builder import TokenBuilder
+from .token_builder import TokenBuilder, event_rows
 
 
-def _mlp_flops(dims: list[int]) -> int:
+def mlp_flops(dims: list[int]) -> int:
     return sum(2 * a * b for a, b in zip(dims[:-1], dims[1:]))
 
 
@@ -41,13 +42,15 @@ class NoSequence(nn.Module):
         return self.head(torch.cat([x.candidate, x.user, x.dense], dim=-1)).squeeze(-1)
 
     def flops(self, lengths: list[int]) -> int:
-        return len(lengths) * _mlp_flops(self.head_dims)
+        return len(lengths) * mlp_flops(self.head_dims)
 
 
-class _PooledSequence(nn.Module):
-    """Behaviour tokens (as in LONGER) pooled into one vector per row, then the head."""
+class PooledSequence(nn.Module):
+    """Behaviour tokens (as in LONGER) pooled into one vector per row, then the head. Subclasses say how:
+    `weights` per event (SumPooling, DIN), or a whole `pool` (TWIN, models/twin.py)."""
 
-    def __init__(self, cfg: ModelConfig, dims: LongerDims) -> None:
+    def __init__(self, cfg: ModelConfig, dims: LongerDims, readout_heads: int = 1) -> None:
+        """`readout_heads`: match readouts per pair in the pooled vector (one per attention head)."""
         super().__init__()
         d = cfg.token_dim
         self.cfg, self.dims = cfg, dims
@@ -55,7 +58,7 @@ class _PooledSequence(nn.Module):
         self.candidate_token = MLP(dims.candidate, [d], d)
         self.match_pairs = dims.match_pairs if cfg.candidate_match != "none" else ()
         self.match_readout = len(self.match_pairs) if cfg.candidate_match == "attention_readout" else 0
-        pooled = d + self.match_readout
+        pooled = d + readout_heads * self.match_readout
         self.head_dims = [pooled + d + dims.candidate + dims.user + dims.dense, *cfg.head_hidden, 1]
         self.head = MLP(self.head_dims[0], list(cfg.head_hidden), 1)
 
@@ -65,16 +68,21 @@ class _PooledSequence(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: LongerInputs) -> Tensor:
-        b, n = x.lengths.shape[0], x.events.shape[0]
-        lengths = x.lengths.long()
-        row = torch.repeat_interleave(torch.arange(b, device=lengths.device), lengths, output_size=n)
-        recency = (torch.cumsum(lengths, 0))[row] - 1 - torch.arange(n, device=lengths.device)
+        row, recency = event_rows(x.lengths, x.events.shape[0])
         tokens = self.tokens(x.events, x.time_diff, recency)  # [N, d], valid events only
         candidate = self.candidate_token(x.candidate)  # [B, d]
-        match = tokens.new_zeros((n, 0))
+        match = tokens.new_zeros((x.events.shape[0], 0))
         if self.match_pairs:
             match = pair_similarity(unit_pairs(x.events, self.match_pairs, "event"),
                                     unit_pairs(x.candidate, self.match_pairs, "candidate")[row], self.match_pairs)
+        pooled = self.pool(x.lengths.long(), row, tokens, candidate, match)
+        return self.head(torch.cat([pooled, candidate, x.candidate, x.user, x.dense], dim=-1)).squeeze(-1)
+
+    def pool(self, lengths: Tensor, row: Tensor, tokens: Tensor, candidate: Tensor, match: Tensor) -> Tensor:
+        """The pooled vector [B, d (+ readout)] from the packed events' rows [N], behaviour tokens [N, d] and
+        similarities to their row's candidate [N, P], and the candidate tokens [B, d]: here the per-event
+        `weights`, normalised by `model.pool_norm`, sum tokens (and similarities, for the readout)."""
+        b = lengths.shape[0]
         weights = self.weights(tokens, candidate[row], match)  # [N, 1]
         if self.cfg.pool_norm == "length":
             weights = weights / lengths.clamp(min=1)[row, None]
@@ -83,22 +91,21 @@ class _PooledSequence(nn.Module):
             weights = torch.exp(weights - top[row])
             weights = weights / weights.new_zeros((b, 1)).index_add(0, row, weights)[row]
         pooled_in = torch.cat([tokens, match[:, : self.match_readout]], dim=-1)  # [N, d (+ P)]
-        pooled = tokens.new_zeros((b, pooled_in.shape[1])).index_add(0, row, pooled_in * weights)  # [B, d (+ P)]
-        return self.head(torch.cat([pooled, candidate, x.candidate, x.user, x.dense], dim=-1)).squeeze(-1)
+        return tokens.new_zeros((b, pooled_in.shape[1])).index_add(0, row, pooled_in * weights)  # [B, d (+ P)]
 
     def flops(self, lengths: list[int]) -> int:
         d = self.cfg.token_dim
-        per_event = _mlp_flops([self.dims.event + d, 2 * d, d])
-        per_row = _mlp_flops([self.dims.candidate, d, d]) + _mlp_flops(self.head_dims)
+        per_event = mlp_flops([self.dims.event + d, 2 * d, d])
+        per_row = mlp_flops([self.dims.candidate, d, d]) + mlp_flops(self.head_dims)
         return sum(lengths) * per_event + len(lengths) * per_row
 
 
-class SumPooling(_PooledSequence):
+class SumPooling(PooledSequence):
     def weights(self, tokens: Tensor, candidate: Tensor, match: Tensor) -> Tensor:
         return tokens.new_ones((tokens.shape[0], 1))
 
 
-class DIN(_PooledSequence):
+class DIN(PooledSequence):
     def __init__(self, cfg: ModelConfig, dims: LongerDims) -> None:
         super().__init__(cfg, dims)
         self.attention_dims = [4 * cfg.token_dim + len(self.match_pairs), *cfg.din_hidden, 1]
@@ -108,4 +115,4 @@ class DIN(_PooledSequence):
         return self.attention(torch.cat([tokens, candidate, tokens - candidate, tokens * candidate, match], dim=-1))
 
     def flops(self, lengths: list[int]) -> int:
-        return super().flops(lengths) + sum(lengths) * _mlp_flops(self.attention_dims)
+        return super().flops(lengths) + sum(lengths) * mlp_flops(self.attention_dims)

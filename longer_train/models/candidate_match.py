@@ -5,7 +5,8 @@ A candidate feature and a sequence feature that look up the same table (`item_id
 candidate's item / category" is visible from the first step — before any projection has learned to align
 the candidate token with the behaviour tokens (they come from different MLPs). The sequence models take
 these similarities where the candidate meets the history (docs/model.md, "Candidate match"): DIN's
-attention scores and pooled features, LONGER's candidate row in the cross-causal layer.
+attention scores and pooled features, TWIN's target-attention scores (search and attention alike), LONGER's
+candidate row in the cross-causal layer and HSTU's candidate row in every layer.
 
 The similarity is the cosine, so it does not depend on the tables' scale (TorchRec's default init
 U(±sqrt(1/rows)) makes item vectors ~100x shorter than category vectors; a dot product would start near 0).
@@ -65,3 +66,25 @@ def group_similarity(groups: Tensor, candidates: Tensor, pairs: tuple[MatchPair,
         out.append(torch.matmul(c, g.transpose(1, 2)))  # [B, C, L']
         start += p.width
     return torch.stack(out, dim=-1)
+
+
+# initial weight of a similarity in an attention score: a behaviour (or merged group) holding one event of the
+# candidate's item or category starts ~e^MATCH_BIAS_INIT times as attended as one holding none
+MATCH_BIAS_INIT = 1.0
+
+
+def match_weight(heads: int, pairs: int) -> torch.nn.Parameter:
+    """The learned weight of each pair's similarity in each head's attention score [H, P]."""
+    return torch.nn.Parameter(torch.full((heads, pairs), MATCH_BIAS_INIT))
+
+
+def match_bias(match: Tensor, weight: Tensor) -> Tensor:
+    """The attention-score bias of a candidate for a key, per head: Σ_p w_{h,p}·s_p. match [..., P] (the
+    candidate's similarities to the key), weight [H, P] -> [..., H]."""
+    return match @ weight.T
+
+
+def attended_similarity(weights: Tensor, match: Tensor) -> Tensor:
+    """Per head and pair, the similarity the candidates attended to: attention weights [B, H, C, L] of the L
+    keys, match [B, C, L, P] -> [B, C, H * P]."""
+    return torch.einsum("bhcl,bclp->bchp", weights.to(match.dtype), match).flatten(2)

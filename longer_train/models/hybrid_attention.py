@@ -31,10 +31,7 @@ from torch import Tensor, nn
 from ..config import QUERY_RULES
 from ..kernels import candidate_attention, hybrid_attention
 from .blocks import FeedForward, make_norm, merge_heads, split_heads
-
-# initial weight of the candidate's similarity to a merged group in its attention score: a group holding one
-# event of the candidate's item or category starts ~e^MATCH_BIAS_INIT times as attended as one holding none
-MATCH_BIAS_INIT = 1.0
+from .candidate_match import attended_similarity, match_bias, match_weight
 
 
 class CausalBlock(nn.Module):
@@ -55,9 +52,7 @@ class CausalBlock(nn.Module):
         super().__init__()
         self.heads = dim // head_dim
         self.attention_impl = attention_impl
-        self.match_weight = (
-            nn.Parameter(torch.full((self.heads, match_pairs), MATCH_BIAS_INIT)) if match_pairs else None
-        )
+        self.match_weight = match_weight(self.heads, match_pairs) if match_pairs else None
         self.match_readout = match_readout
         self.norm1 = make_norm(norm, dim)
         self.q = nn.Linear(dim, dim)
@@ -117,15 +112,14 @@ class CausalBlock(nn.Module):
         if match is None or self.match_weight is None:
             return candidate_attention(q, k_cache, v_cache, num_pad, k_self, v_self, self.attention_impl), None
         seq_len = match.shape[2]
-        bias = torch.einsum("bclp,hp->bhcl", match, self.match_weight)  # [B, H, C, L']
+        bias = match_bias(match, self.match_weight).permute(0, 3, 1, 2)  # [B, H, C, L']
         bias = torch.nn.functional.pad(bias, (0, k_cache.shape[2] - seq_len))  # the user globals: no bias
         if not self.match_readout:
             return candidate_attention(q, k_cache, v_cache, num_pad, k_self, v_self, self.attention_impl,
                                        bias=bias), None
         out, probs = candidate_attention(q, k_cache, v_cache, num_pad, k_self, v_self, self.attention_impl,
                                          bias=bias, return_probs=True)
-        readout = torch.einsum("bhcl,bclp->bchp", probs[..., :seq_len].to(match.dtype), match)
-        return out, readout.flatten(2)
+        return out, attended_similarity(probs[..., :seq_len], match)
 
 
 class HybridAttention(nn.Module):

@@ -13,8 +13,10 @@ from torch.nn.functional import binary_cross_entropy_with_logits
 from ..config import Config
 from ..data.batch import Batch
 from .baselines import DIN, NoSequence, SumPooling
+from .hstu import HSTU
 from .longer import Longer, LongerDims, LongerInputs
 from .sparse_arch import SparseArch
+from .twin import TWIN
 
 
 class RankingModel(nn.Module):
@@ -39,7 +41,9 @@ def dense_dims(cfg: Config, sparse: SparseArch) -> LongerDims:
     )
 
 
-DENSE_MODELS = {"longer": Longer, "no_sequence": NoSequence, "sum_pooling": SumPooling, "din": DIN}
+DENSE_MODELS = {
+    "longer": Longer, "no_sequence": NoSequence, "sum_pooling": SumPooling, "din": DIN, "twin": TWIN, "hstu": HSTU,
+}
 
 
 def build_model(cfg: Config) -> RankingModel:
