@@ -6,7 +6,13 @@ Every run trains the same config for the same number of steps on the same machin
 split evenly over the ranks (OMP_NUM_THREADS = cores / ranks), so 1 and 2 ranks use the same cores.
 
     python benchmarks/train_step.py [--config configs/quickstart.yaml --data data/synthetic --steps 40 \
-        --ranks 1 2 --out benchmarks/results/train_step_cpu.md] [key=value ...]
+        --ranks 1 2 --threads N --repeats R --out benchmarks/results/train_step_cpu.md] [key=value ...]
+    python benchmarks/train_step.py --against HEAD~1 --ranks 1 --threads 1 --repeats 3 [...]
+
+`--against REV` also trains the code of git revision REV (exported with `git archive` into a temporary
+folder, run with the same python and packages, the same config and data) and alternates the two trees in
+one process, repeat by repeat (A B, then B A, ...), so that both see the same machine load; the table gives
+each tree's median samples/s and the median of the per-repeat ratios.
 
 MFU = 3 x forward FLOPs/sample x samples/s / (ranks x --peak-tflops): 3 counts forward + backward (about
 twice the forward); the FLOPs are the model's analytic forward FLOPs at max_len (an upper bound per
@@ -19,6 +25,7 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,23 +34,38 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(config: str, data: str, ranks: int, steps: int, overrides: list[str], workdir: Path) -> dict:
+def run(tree: Path, config: str, data: str, ranks: int, steps: int, threads: int | None, overrides: list[str],
+        workdir: Path) -> dict:
+    """One training run of the code in `tree` (its launch/torchrun.sh, `python -m longer_train.train` from
+    there, so that tree's longer_train is the one imported); the trainer's summary line."""
     cores = os.cpu_count() or 1
     env = {
         **os.environ, "NPROC_PER_NODE": str(ranks), "MAX_RESTARTS": "0", "PYTHON": sys.executable,
-        "OMP_NUM_THREADS": str(max(1, cores // ranks)), "WANDB_MODE": "disabled",
+        "OMP_NUM_THREADS": str(threads or max(1, cores // ranks)), "WANDB_MODE": "disabled",
+        "PYTHONPATH": str(tree),  # ahead of the editable install of this checkout
     }
+    workdir.mkdir(parents=True, exist_ok=True)
     table = workdir / f"runs-{ranks}.jsonl"
     cmd = [
-        str(REPO / "launch" / "torchrun.sh"), config, f"data.root={data}", f"train.max_steps={steps}",
+        str(tree / "launch" / "torchrun.sh"), config, f"data.root={Path(data).resolve()}", f"train.max_steps={steps}",
         f"train.output_dir={workdir}", f"train.run_name=bench-{ranks}", f"train.runs_table={table}",
         "train.eval_every=0", "train.checkpoint=false", "train.resume=never", "train.progress_bar=false",
         "logging.wandb_mode=disabled", *overrides,
     ]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
     return json.loads(table.read_text().splitlines()[-1])
+
+
+def export_revision(rev: str, dest: Path) -> str:
+    """The tree of git revision `rev` written to `dest`; returns its short commit id."""
+    commit = subprocess.run(["git", "rev-parse", "--short", rev], cwd=REPO, check=True, capture_output=True,
+                            text=True).stdout.strip()
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", commit], cwd=REPO, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return commit
 
 
 def main() -> None:
@@ -52,6 +74,9 @@ def main() -> None:
     parser.add_argument("--data", default="data/synthetic")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--threads", type=int, help="torch threads per rank (default: cores / ranks)")
+    parser.add_argument("--against", metavar="REV", help="also run git revision REV, alternated with this tree")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each (ranks, tree); medians reported")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="per-GPU dense bf16 peak (H100/H200 SXM)")
     parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
     parser.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. data.batch_size=512")
@@ -61,29 +86,48 @@ def main() -> None:
 
     cuda = torch.cuda.is_available()
     device = torch.cuda.get_device_name() if cuda else f"CPU, {os.cpu_count()} cores"
-    rows = []
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     with tempfile.TemporaryDirectory() as tmp:
-        for ranks in args.ranks:
-            summary = run(args.config, args.data, ranks, args.steps, args.overrides, Path(tmp))
-            rows.append((ranks, summary))
-    base = rows[0][1]["train_samples_per_s"]
+        trees = [("this tree", REPO)]
+        if args.against:
+            commit = export_revision(args.against, Path(tmp) / "against")
+            trees.append((f"{args.against} ({commit})", Path(tmp) / "against"))
+        rates: dict[tuple[int, str], list[float]] = {}
+        gflops: dict[int, float] = {}
+        for repeat in range(args.repeats):
+            for ranks in args.ranks:
+                order = trees if repeat % 2 == 0 else trees[::-1]  # A B, B A, ...: no tree always first
+                for name, tree in order:
+                    summary = run(tree, args.config, args.data, ranks, args.steps, args.threads, args.overrides,
+                                  Path(tmp) / f"runs-{repeat}-{len(rates)}")
+                    rates.setdefault((ranks, name), []).append(summary["train_samples_per_s"])
+                    gflops[ranks] = summary["gflops_per_sample"]
+    threads = args.threads or f"cores / ranks ({os.cpu_count()} cores)"
     lines = [
         f"Command: `python {shlex.join(sys.argv)}`",
         "",
-        f"Device: {device}; config {args.config} on {args.data}, {args.steps} steps per run"
+        f"Device: {device}; {threads} torch threads per rank; load average {load:.2f} at the start; config "
+        f"{args.config} on {args.data}, {args.steps} steps per run, {args.repeats} run(s) of each row"
         + (f", overrides {' '.join(args.overrides)}" if args.overrides else ""),
         "",
-        "| ranks | train samples/s | vs first row | per-rank samples/s | GFLOPs/sample (fwd) | MFU |",
-        "|---|---|---|---|---|---|",
+        "| ranks | code | train samples/s (median) | runs | vs first row | GFLOPs/sample (fwd) | MFU |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for ranks, summary in rows:
-        rate = summary["train_samples_per_s"]
-        gflops = summary["gflops_per_sample"]
-        mfu = f"{3 * gflops * rate / (ranks * args.peak_tflops * 1e3):.2%}" if cuda else "n/a (CPU)"
-        lines.append(
-            f"| {ranks} | {rate:,.0f} | {rate / base:.2f}x | {rate / ranks:,.0f} | {gflops:.3g} | {mfu} |"
-        )
-    if not cuda:
+    base = statistics.median(rates[(args.ranks[0], trees[0][0])])
+    for ranks in args.ranks:
+        for name, _ in trees:
+            runs = rates[(ranks, name)]
+            rate = statistics.median(runs)
+            mfu = f"{3 * gflops[ranks] * rate / (ranks * args.peak_tflops * 1e3):.2%}" if cuda else "n/a (CPU)"
+            lines.append(f"| {ranks} | {name} | {rate:,.0f} | {', '.join(f'{r:,.0f}' for r in runs)} | "
+                         f"{rate / base:.2f}x | {gflops[ranks]:.3g} | {mfu} |")
+    if args.against:
+        lines += ["", f"| ranks | this tree / {trees[1][0]} (median of the per-repeat ratios) | per repeat |",
+                  "|---|---|---|"]
+        for ranks in args.ranks:
+            ratios = [a / b for a, b in zip(rates[(ranks, trees[0][0])], rates[(ranks, trees[1][0])])]
+            lines.append(f"| {ranks} | {statistics.median(ratios):.2f}x | {', '.join(f'{r:.2f}' for r in ratios)} |")
+    if not cuda and len(args.ranks) > 1:
         lines += ["", "On CPU every row uses the same cores (threads split over the ranks), so the ratio is the "
                   "cost of the gloo all-to-alls and all-reduces at equal compute, not scaling; scaling needs one GPU "
                   "per rank."]

@@ -79,7 +79,7 @@ class DenseStep:
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def step(self) -> None:
-        norm = clip_grad_norm_(self.dense_params, self.max_norm)
+        norm = clip_grad_norm_(self.dense_params, self.max_norm, foreach=True)  # one kernel per op, not per tensor
         self.grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         self.optimizer.step()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
@@ -33,11 +33,22 @@ def apply_sparse_optimizer(embeddings: nn.Module, cfg: OptimConfig, device: torc
     apply_optimizer_in_backward(cls, embeddings.parameters(), kwargs(cfg))
 
 
+def adamw_kernel(params: list[Tensor]) -> dict[str, bool]:
+    """The fastest AdamW implementation for these parameters: `fused` (one kernel over every tensor) on CPU
+    and CUDA, else `foreach`. torch's default on CPU is the per-parameter loop: a dozen small ops per tensor,
+    3.6x slower than fused for the quickstart's 0.68 M parameters in ~60 tensors (one thread)."""
+    devices = {p.device.type for p in params}
+    if devices <= {"cpu", "cuda"} and all(p.dtype.is_floating_point for p in params):
+        return {"fused": True}
+    return {"foreach": True}
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> tuple[CombinedOptimizer, KeyedOptimizerWrapper]:
     """(optimizer over sparse + dense state, the dense AdamW alone for scheduling and clipping)."""
     dense_params = dict(in_backward_optimizer_filter(model.named_parameters()))
+    kernel = adamw_kernel(list(dense_params.values()))
     dense = KeyedOptimizerWrapper(
-        dense_params, lambda params: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        dense_params, lambda params: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kernel)
     )
     return CombinedOptimizer([("sparse", model.fused_optimizer), ("dense", dense)]), dense
 
