@@ -1,0 +1,282 @@
+"""Dense-model step benchmark: LONGER against the paper's Transformer baseline, forward + backward, on the
+dense network alone (embeddings are plain tensors that require grad, as TorchRec's lookups hand them over;
+no torchrec, no optimizer), at a list of history lengths and length mixes, the two models alternated in
+one process, each timing paired with a matmul-peak measurement taken right before it.
+
+Per (length mix, L, model): ms/step (median over --repeats), analytic GFLOP/s (3 x the model's analytic
+forward FLOPs, models/flops.py: backward ~ 2 x forward), % of the matmul peak (dense [n, n] x [n, n] in the
+same dtype, measured in the same run: the median of the per-repeat ratios of the achieved rate to the peak
+just measured), peak memory of one step (CUDA: max_memory_allocated above the step's start; CPU: growth of
+the process's peak resident set, VmHWM after /proc/self/clear_refs), and LONGER's time / the Transformer's.
+
+Model: the paper's settings by default (d = 32, K = 8 concat, k = 100, 4 heads of 64, one self-causal
+layer, candidate match on), the input widths of the built-in synthetic data (events item|category|action of
+16 each; candidate item|category, sharing the item and category tables; user 12; 1 dense feature); any
+ModelConfig field can be overridden: `model.merge=inner_trans model.merge_k=4`. The Transformer baseline is
+models/flops.py's `transformer_config` (no merge, every event a query); its attention is quadratic in L, so
+it runs up to --transformer-max-len only.
+
+    python benchmarks/dense_step.py --threads 1 [--lengths 1000 2000 5000 10000] [--dists full real] \\
+        [--batch 32] [--repeats 3] [--out benchmarks/results/dense_step_cpu.md] [model.key=value ...]
+    python benchmarks/dense_step.py --device cuda --dtype bfloat16 --batch 256 --recompute all ...
+    python benchmarks/dense_step.py --smoke       # tiny sizes (the CPU dry run of `make gpu-check`)
+
+Imports neither torchrec nor the config loader (omegaconf, yaml): runs with torch (+ triton) only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import gc
+import importlib.util
+import os
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from longer_train.config import ModelConfig, ParallelConfig
+from longer_train.distributed.parallelize import apply_compute_policies
+from longer_train.models.candidate_match import MatchPair
+from longer_train.models.flops import transformer_config
+from longer_train.models.longer import Longer, LongerDims, LongerInputs
+
+# configs/experiments/longer_paper.yaml on configs/experiments/longer.yaml, concat merge (the issue's setting)
+PAPER = dict(token_dim=32, time_buckets=64, merge="concat", merge_k=8, merge_proj_dim=None, num_cls=2,
+             num_queries=100, query_selection="recent", num_self_layers=1, head_dim=64, ffn_mult=4,
+             norm="layernorm", dropout=0.0, head_hidden=[128, 64], candidate_match="attention_readout")
+# the built-in synthetic data (configs/datasets/synthetic.yaml): widths of the embedding inputs
+EVENT, CANDIDATE, USER, DENSE = 48, 32, 12, 1
+MATCH_PAIRS = (MatchPair(0, 0, 16), MatchPair(16, 16, 16))  # candidate item, category <-> event item, category
+
+
+def _kernel_bench():
+    """benchmarks/kernels.py as a module (its length mixes), without relying on the script folder being on
+    sys.path (gpu_check.sh runs with PYTHONSAFEPATH=1)."""
+    spec = importlib.util.spec_from_file_location("kernel_bench", Path(__file__).with_name("kernels.py"))
+    module = sys.modules["kernel_bench"] = importlib.util.module_from_spec(spec)  # dataclasses look it up
+    spec.loader.exec_module(module)
+    return module
+
+
+def model_config(overrides: list[str]) -> ModelConfig:
+    """PAPER with `model.key=value` overrides (values read as Python literals, else strings)."""
+    settings = dict(PAPER)
+    names = {f.name for f in dataclasses.fields(ModelConfig)}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        field = key.removeprefix("model.")
+        if not sep or not key.startswith("model.") or field not in names:
+            sys.exit(f"dense_step.py: {item!r} is not a model.<field>=value override (fields: {sorted(names)})")
+        try:
+            settings[field] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            settings[field] = None if raw == "null" else raw
+    return ModelConfig(**settings)
+
+
+def make_inputs(lengths: torch.Tensor, device: str, gen: torch.Generator) -> LongerInputs:
+    n, b = int(lengths.sum()), lengths.shape[0]
+    leaf = lambda *shape: torch.randn(*shape, generator=gen).to(device).requires_grad_()  # noqa: E731
+    return LongerInputs(
+        events=leaf(n, EVENT), lengths=lengths.to(device),
+        time_diff=torch.randint(0, 10**7, (n,), generator=gen).to(device),
+        candidate=leaf(b, CANDIDATE), user=leaf(b, USER), dense=leaf(b, DENSE),
+    )
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(n: int, dtype: torch.dtype, device: str, tries: int = 3) -> float:
+    """Best FLOP/s of [n, n] x [n, n] over `tries` (after one warm-up)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(tries):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(10 if device == "cuda" else 1):
+            a @ b
+        sync(device)
+        best = min(best, (time.perf_counter() - start) / (10 if device == "cuda" else 1))
+    return 2 * n**3 / best
+
+
+def step(model: Longer, x: LongerInputs, dtype: torch.dtype) -> None:
+    model.zero_grad(set_to_none=True)
+    for t in (x.events, x.candidate, x.user, x.dense):
+        t.grad = None
+    with torch.autocast(x.events.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        logits = model(x)
+    logits.float().sum().backward()
+
+
+def timed_step(model: Longer, x: LongerInputs, dtype: torch.dtype, device: str) -> float:
+    sync(device)
+    start = time.perf_counter()
+    step(model, x, dtype)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def _status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {key} in /proc/self/status")
+
+
+def peak_memory(model: Longer, x: LongerInputs, dtype: torch.dtype, device: str) -> float | None:
+    """Bytes one step holds above what was allocated before it (None where it cannot be read)."""
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step(model, x, dtype)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed memory back to the OS, so RSS is what is live
+        before = _status_kib("VmRSS:")
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        step(model, x, dtype)
+        return (_status_kib("VmHWM:") - before) * 1024
+    except (OSError, RuntimeError, AttributeError):
+        return None
+
+
+def build(cfg: ModelConfig, max_len: int, device: str, parallel: ParallelConfig) -> Longer:
+    dims = LongerDims(event=EVENT, candidate=CANDIDATE, user=USER, dense=DENSE, max_len=max_len,
+                      match_pairs=MATCH_PAIRS)
+    torch.manual_seed(0)
+    model = Longer(cfg, dims).to(device).train()
+    apply_compute_policies(model, parallel, device)
+    return model
+
+
+def run(args: argparse.Namespace, cfg: ModelConfig) -> list[dict]:
+    dtype = getattr(torch, args.dtype)
+    parallel = ParallelConfig(bf16=list(args.bf16), recompute=args.recompute)
+    kb = _kernel_bench()
+    rows = []
+    for dist in args.dists:
+        for raw_len in args.lengths:
+            gen = torch.Generator().manual_seed(raw_len)
+            lengths = kb.sample_lengths(dist, raw_len, args.batch, gen)
+            x = make_inputs(lengths, args.device, gen)
+            models = {"LONGER": build(cfg, raw_len, args.device, parallel)}
+            if "transformer" in args.models and raw_len <= args.transformer_max_len:
+                models["Transformer"] = build(transformer_config(cfg, raw_len), raw_len, args.device, parallel)
+            if "longer" not in args.models:
+                del models["LONGER"]
+            times = {name: [] for name in models}
+            pct = {name: [] for name in models}
+            flops = {name: 3 * m.flops(lengths.tolist()) for name, m in models.items()}
+            for model in models.values():  # warm-up (allocator, autotuning, Triton compilation)
+                for _ in range(args.warmup):
+                    step(model, x, dtype)
+            for _ in range(args.repeats):
+                for name, model in models.items():
+                    peak = matmul_peak(args.peak_size, dtype, args.device)
+                    seconds = timed_step(model, x, dtype, args.device)
+                    times[name].append(seconds)
+                    pct[name].append(flops[name] / seconds / peak)
+            for name, model in models.items():
+                ms = statistics.median(times[name]) * 1e3
+                rows.append(dict(
+                    dist=dist, L=raw_len, mean_len=float(lengths.float().mean()), model=name, ms=ms,
+                    gflops=flops[name] / ms / 1e6, pct=statistics.median(pct[name]),
+                    peak=flops[name] / ms / 1e6 / statistics.median(pct[name]),
+                    memory=peak_memory(model, x, dtype, args.device),
+                ))
+                print(_row(rows[-1], rows), flush=True)
+            del models, x
+    return rows
+
+
+def _ratio(row: dict, rows: list[dict]) -> str:
+    other = [r for r in rows if r["dist"] == row["dist"] and r["L"] == row["L"] and r["model"] == "Transformer"]
+    return f"{row['ms'] / other[0]['ms']:.3f}x" if row["model"] == "LONGER" and other else ""
+
+
+def _row(row: dict, rows: list[dict]) -> str:
+    memory = "n/a" if row["memory"] is None else f"{row['memory'] / 2**20:,.0f}"
+    return (f"| {row['dist']} | {row['L']:,} | {row['mean_len']:,.0f} | {row['model']} | {row['ms']:,.1f} | "
+            f"{row['gflops']:,.1f} | {row['peak']:,.1f} | {row['pct']:.1%} | {memory} | {_ratio(row, rows)} |")
+
+
+def markdown(rows: list[dict], args: argparse.Namespace, cfg: ModelConfig, command: str, load: str) -> str:
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {os.cpu_count()} cores"
+    changed = {k: v for k, v in dataclasses.asdict(cfg).items() if v != getattr(ModelConfig(), k)}
+    lines = [
+        f"Command: `{command}`",
+        "",
+        f"Device: {device}; torch {torch.__version__}; {torch.get_num_threads()} torch thread(s); {args.dtype}"
+        f"{' (autocast)' if args.dtype != 'float32' else ''}; bf16 components {args.bf16 or 'none'}, recompute "
+        f"{args.recompute}; batch {args.batch}; load average {load}; median of {args.repeats} alternated "
+        f"step(s) after {args.warmup} warm-up",
+        "",
+        f"Model (ModelConfig fields off their defaults): {changed}",
+        "",
+        "| lengths | raw L | mean L | model | ms/step | GFLOP/s | matmul peak GFLOP/s | % of peak | peak memory "
+        "MiB | LONGER / Transformer time |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *(_row(r, rows) for r in rows),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[1000, 2000, 3000, 5000, 7500, 10000])
+    parser.add_argument("--dists", nargs="+", default=["full"], choices=["full", "real"])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--models", nargs="+", default=["longer", "transformer"], choices=["longer", "transformer"])
+    parser.add_argument("--transformer-max-len", type=int, default=2000,
+                        help="longest L the Transformer runs at (its attention scores are B x L x L)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="matmul peak dtype and autocast dtype of the step")
+    parser.add_argument("--bf16", nargs="*", default=[], help="components in bf16 (parallel.bf16)")
+    parser.add_argument("--recompute", default="none", help="parallel.recompute")
+    parser.add_argument("--peak-size", type=int, default=1024, help="n of the [n, n] x [n, n] peak matmul")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs")
+    parser.add_argument("--out", type=Path, help="also write the markdown table here")
+    parser.add_argument("overrides", nargs="*", help="model.key=value")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = list(args.overrides)
+    if args.smoke:
+        args.lengths, args.batch, args.repeats, args.warmup, args.peak_size = [24, 40], 2, 1, 1, 64
+        args.transformer_max_len = 40
+        overrides = ["model.token_dim=8", "model.merge_k=4", "model.num_queries=3", "model.head_dim=16",
+                     "model.head_hidden=[16]", *overrides]
+    cfg = model_config(overrides)
+    load = f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "n/a"
+    command = f"python {shlex.join(['benchmarks/dense_step.py', *(sys.argv[1:] if argv is None else argv)])}"
+    rows = run(args, cfg)
+    text = markdown(rows, args, cfg, command, load)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(f"# Dense model step: LONGER and the Transformer baseline\n\n{text}\n")
+
+
+if __name__ == "__main__":
+    main()
