@@ -18,7 +18,8 @@ it runs up to --transformer-max-len only.
 
     python benchmarks/dense_step.py --threads 1 [--lengths 1000 2000 5000 10000] [--dists full real] \\
         [--batch 32] [--repeats 3] [--out benchmarks/results/dense_step_cpu.md] [model.key=value ...]
-    python benchmarks/dense_step.py --device cuda --dtype bfloat16 --batch 256 --recompute all ...
+    python benchmarks/dense_step.py --device cuda --dtype bfloat16 --batch 256 --recompute all \
+        --impls triton reference ...       (what `make gpu-check` runs: benchmarks/gpu_check.sh)
     python benchmarks/dense_step.py --smoke       # tiny sizes (the CPU dry run of `make gpu-check`)
 
 Imports neither torchrec nor the config loader (omegaconf, yaml): runs with torch (+ triton) only.
@@ -111,19 +112,18 @@ def matmul_peak(n: int, dtype: torch.dtype, device: str, tries: int = 3) -> floa
     return 2 * n**3 / best
 
 
-def step(model: Longer, x: LongerInputs, dtype: torch.dtype) -> None:
+def step(model: Longer, x: LongerInputs) -> None:
+    """Forward + backward (bf16, when asked, by the model's own compute policy: parallel.bf16)."""
     model.zero_grad(set_to_none=True)
     for t in (x.events, x.candidate, x.user, x.dense):
         t.grad = None
-    with torch.autocast(x.events.device.type, dtype=dtype, enabled=dtype != torch.float32):
-        logits = model(x)
-    logits.float().sum().backward()
+    model(x).float().sum().backward()
 
 
-def timed_step(model: Longer, x: LongerInputs, dtype: torch.dtype, device: str) -> float:
+def timed_step(model: Longer, x: LongerInputs, device: str) -> float:
     sync(device)
     start = time.perf_counter()
-    step(model, x, dtype)
+    step(model, x)
     sync(device)
     return time.perf_counter() - start
 
@@ -135,14 +135,14 @@ def _status_kib(key: str) -> int:
     raise RuntimeError(f"no {key} in /proc/self/status")
 
 
-def peak_memory(model: Longer, x: LongerInputs, dtype: torch.dtype, device: str) -> float | None:
+def peak_memory(model: Longer, x: LongerInputs, device: str) -> float | None:
     """Bytes one step holds above what was allocated before it (None where it cannot be read)."""
     gc.collect()
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
-        step(model, x, dtype)
+        step(model, x)
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - before
     try:
@@ -151,7 +151,7 @@ def peak_memory(model: Longer, x: LongerInputs, dtype: torch.dtype, device: str)
         ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed memory back to the OS, so RSS is what is live
         before = _status_kib("VmRSS:")
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-        step(model, x, dtype)
+        step(model, x)
         return (_status_kib("VmHWM:") - before) * 1024
     except (OSError, RuntimeError, AttributeError):
         return None
@@ -169,6 +169,8 @@ def build(cfg: ModelConfig, max_len: int, device: str, parallel: ParallelConfig)
 def run(args: argparse.Namespace, cfg: ModelConfig) -> list[dict]:
     dtype = getattr(torch, args.dtype)
     parallel = ParallelConfig(bf16=list(args.bf16), recompute=args.recompute)
+    if args.device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 runs and the fp32 peak: true fp32
     kb = _kernel_bench()
     rows = []
     for dist in args.dists:
@@ -176,21 +178,23 @@ def run(args: argparse.Namespace, cfg: ModelConfig) -> list[dict]:
             gen = torch.Generator().manual_seed(raw_len)
             lengths = kb.sample_lengths(dist, raw_len, args.batch, gen)
             x = make_inputs(lengths, args.device, gen)
-            models = {"LONGER": build(cfg, raw_len, args.device, parallel)}
+            models = {}
+            if "longer" in args.models:
+                for impl in args.impls or [cfg.attention_impl]:
+                    name = f"LONGER ({impl})" if args.impls else "LONGER"
+                    models[name] = build(dataclasses.replace(cfg, attention_impl=impl), raw_len, args.device, parallel)
             if "transformer" in args.models and raw_len <= args.transformer_max_len:
                 models["Transformer"] = build(transformer_config(cfg, raw_len), raw_len, args.device, parallel)
-            if "longer" not in args.models:
-                del models["LONGER"]
             times = {name: [] for name in models}
             pct = {name: [] for name in models}
             flops = {name: 3 * m.flops(lengths.tolist()) for name, m in models.items()}
             for model in models.values():  # warm-up (allocator, autotuning, Triton compilation)
                 for _ in range(args.warmup):
-                    step(model, x, dtype)
+                    step(model, x)
             for _ in range(args.repeats):
                 for name, model in models.items():
                     peak = matmul_peak(args.peak_size, dtype, args.device)
-                    seconds = timed_step(model, x, dtype, args.device)
+                    seconds = timed_step(model, x, args.device)
                     times[name].append(seconds)
                     pct[name].append(flops[name] / seconds / peak)
             for name, model in models.items():
@@ -199,7 +203,7 @@ def run(args: argparse.Namespace, cfg: ModelConfig) -> list[dict]:
                     dist=dist, L=raw_len, mean_len=float(lengths.float().mean()), model=name, ms=ms,
                     gflops=flops[name] / ms / 1e6, pct=statistics.median(pct[name]),
                     peak=flops[name] / ms / 1e6 / statistics.median(pct[name]),
-                    memory=peak_memory(model, x, dtype, args.device),
+                    memory=peak_memory(model, x, args.device),
                 ))
                 print(_row(rows[-1], rows), flush=True)
             del models, x
@@ -208,7 +212,7 @@ def run(args: argparse.Namespace, cfg: ModelConfig) -> list[dict]:
 
 def _ratio(row: dict, rows: list[dict]) -> str:
     other = [r for r in rows if r["dist"] == row["dist"] and r["L"] == row["L"] and r["model"] == "Transformer"]
-    return f"{row['ms'] / other[0]['ms']:.3f}x" if row["model"] == "LONGER" and other else ""
+    return f"{row['ms'] / other[0]['ms']:.3f}x" if row["model"].startswith("LONGER") and other else ""
 
 
 def _row(row: dict, rows: list[dict]) -> str:
@@ -223,8 +227,8 @@ def markdown(rows: list[dict], args: argparse.Namespace, cfg: ModelConfig, comma
     lines = [
         f"Command: `{command}`",
         "",
-        f"Device: {device}; torch {torch.__version__}; {torch.get_num_threads()} torch thread(s); {args.dtype}"
-        f"{' (autocast)' if args.dtype != 'float32' else ''}; bf16 components {args.bf16 or 'none'}, recompute "
+        f"Device: {device}; torch {torch.__version__}; {torch.get_num_threads()} torch thread(s); peak matmul in "
+        f"{args.dtype} ([{args.peak_size}, {args.peak_size}]^2); bf16 components {args.bf16 or 'none'}, recompute "
         f"{args.recompute}; batch {args.batch}; load average {load}; median of {args.repeats} alternated "
         f"step(s) after {args.warmup} warm-up",
         "",
@@ -251,8 +255,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                        help="matmul peak dtype and autocast dtype of the step")
-    parser.add_argument("--bf16", nargs="*", default=[], help="components in bf16 (parallel.bf16)")
+                        help="bfloat16: every component in bf16 (unless --bf16 names some) and a bf16 peak")
+    parser.add_argument("--bf16", nargs="*", help="components in bf16 (parallel.bf16: tokens attention ffn head)")
+    parser.add_argument("--impls", nargs="+", choices=["reference", "triton"],
+                        help="LONGER once per attention implementation (model.attention_impl), alternated")
     parser.add_argument("--recompute", default="none", help="parallel.recompute")
     parser.add_argument("--peak-size", type=int, default=1024, help="n of the [n, n] x [n, n] peak matmul")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs")
@@ -261,6 +267,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.bf16 is None:
+        args.bf16 = ["tokens", "attention", "ffn", "head"] if args.dtype == "bfloat16" else []
     overrides = list(args.overrides)
     if args.smoke:
         args.lengths, args.batch, args.repeats, args.warmup, args.peak_size = [24, 40], 2, 1, 1, 64

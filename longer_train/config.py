@@ -15,13 +15,13 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
-
-import yaml
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Union
 
 from .errors import InputError, one_line
+
+if TYPE_CHECKING:  # omegaconf and yaml are imported where YAML is read: the config dataclasses (and so the
+    # dense models that take them) import with torch alone, e.g. on a GPU machine without our dependencies
+    from omegaconf import DictConfig
 
 INT64_MAX = 2**63 - 1
 
@@ -341,6 +341,10 @@ def config_from_dict(values: dict) -> Config:
 
 def _read_yaml(path: Path) -> DictConfig:
     """A config file's top-level mapping; ConfigError naming the file when it cannot be one."""
+    import yaml
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
@@ -363,6 +367,9 @@ def _read_yaml(path: Path) -> DictConfig:
 def _compose(path: Path, seen: tuple[Path, ...] = ()) -> Any:
     """The file's `defaults` (paths relative to it, each composed the same way) merged in order, then the file
     itself. Each file's keys are checked on their own, so an unknown key names the file that holds it."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"{path}: 'defaults' includes itself ({' -> '.join(str(p) for p in seen + (path,))})")
@@ -387,6 +394,10 @@ def load_config(paths: str | Path | Sequence[str | Path], overrides: List[str] |
     apply `key=value` overrides (dotted keys, YAML values). A file may start with `defaults: [path, ...]`
     (relative to that file): those are merged first, in order, then the file; mappings merge key by key,
     lists and scalars are replaced by the later file."""
+    import yaml
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
     paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
     if not paths:
         raise ConfigError("no config file given")

@@ -25,7 +25,7 @@ from ..config import ModelConfig
 from .blocks import MLP
 from .candidate_match import pair_similarity, unit_pairs
 from .longer import LongerDims, LongerInputs
-from .token_builder import TokenBuilder, event_rows
+from .token_builder import TokenBuilder, event_rows, token_flops
 
 
 def mlp_flops(dims: list[int]) -> int:
@@ -95,9 +95,8 @@ class PooledSequence(nn.Module):
 
     def flops(self, lengths: list[int]) -> int:
         d = self.cfg.token_dim
-        per_event = mlp_flops([self.dims.event + d, 2 * d, d])
         per_row = mlp_flops([self.dims.candidate, d, d]) + mlp_flops(self.head_dims)
-        return sum(lengths) * per_event + len(lengths) * per_row
+        return token_flops(sum(lengths), self.dims.event, d, self.cfg.time_buckets) + len(lengths) * per_row
 
 
 class SumPooling(PooledSequence):

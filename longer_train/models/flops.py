@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..config import ModelConfig
+from .token_builder import token_flops
 
 if TYPE_CHECKING:  # longer.py imports this module
     from .longer import LongerDims
@@ -45,7 +46,7 @@ def longer_flops(cfg: ModelConfig, dims: LongerDims, lengths: list[int]) -> int:
     queries = cfg.num_queries if cfg.query_selection == "learnable" else min(cfg.num_queries, merged)
     n_q = queries + num_globals  # gathering the queries (uniform, recent_uniform) is not a matmul
 
-    flops = sum(lengths) * _mlp([dims.event + d, 2 * d, d])  # token builder, valid events only
+    flops = token_flops(sum(lengths), dims.event, d, cfg.time_buckets)  # token builder, valid events only
     if cfg.merge == "inner_trans":  # on the groups holding an event only
         groups = sum(-(-length // k) for length in lengths)
         flops += groups * k * (2 * d * 3 * d + 2 * d * d + 4 * cfg.ffn_mult * d * d)  # qkv, out, ffn

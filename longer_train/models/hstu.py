@@ -38,7 +38,7 @@ from .baselines import mlp_flops
 from .blocks import MLP, make_norm, merge_heads, split_heads
 from .candidate_match import attended_similarity, group_similarity, match_bias, match_weight, unit_pairs
 from .longer import LongerDims, LongerInputs
-from .token_builder import TokenBuilder, event_rows, time_diff_bucket
+from .token_builder import TokenBuilder, event_rows, time_diff_bucket, token_flops
 from .token_merge import to_left_padded
 
 
@@ -173,7 +173,7 @@ class HSTU(nn.Module):
         d, rows, longest = self.cfg.token_dim, len(lengths), max(lengths, default=0)
         heads, dh = self.layers[0].heads, self.cfg.head_dim
         inner, n, pairs = heads * dh, longest + 1, len(self.match_pairs)
-        flops = sum(lengths) * mlp_flops([self.dims.event + d, 2 * d, d])
+        flops = token_flops(sum(lengths), self.dims.event, d, self.cfg.time_buckets)
         per_layer = 2 * n * d * 4 * inner + 2 * n * inner * d  # uvqk, out
         per_layer += 2 * 2 * (longest * longest + n) * inner  # QK^T and AV: the history's rows, the candidate's
         per_layer += 2 * longest * pairs * heads  # the candidate row's match bias

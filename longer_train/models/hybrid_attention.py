@@ -93,11 +93,15 @@ class CausalBlock(nn.Module):
         if match is None:
             attn = hybrid_attention(q, k, v, num_pad, impl=self.attention_impl, q_pos=q_pos)
             return self.finish(x_q, attn), None  # attn [B, H, n_q, dh]
-        # the user-side rows as without the candidate; the candidate's row with the match bias
-        user_rows = hybrid_attention(q[:, :, :-1], k[:, :, :-1], v[:, :, :-1], num_pad, impl=self.attention_impl,
+        # the user-side rows as without the candidate; the candidate's row with the match bias. split, not
+        # slicing: its backward writes each gradient once (a slice's backward zero-fills a full-size tensor
+        # per slice and adds them, three passes over [B, H, Lk, dh] per slice of K and of V)
+        (q_user, q_cand), (k_user, k_cand), (v_user, v_cand) = (
+            t.split([t.shape[2] - 1, 1], dim=2) for t in (q, k, v)
+        )
+        user_rows = hybrid_attention(q_user, k_user, v_user, num_pad, impl=self.attention_impl,
                                      q_pos=None if q_pos is None else q_pos[:, :-1])
-        candidate, readout = self.candidate_row(q[:, :, -1:], k[:, :, :-1], v[:, :, :-1], num_pad,
-                                                k[:, :, -1:], v[:, :, -1:], match)
+        candidate, readout = self.candidate_row(q_cand, k_user, v_user, num_pad, k_cand, v_cand, match)
         return self.finish(x_q, torch.cat([user_rows, candidate], dim=2)), readout
 
     def candidate_row(

@@ -113,15 +113,19 @@ class Longer(nn.Module):
         n = x.events.shape[0]
         row = torch.repeat_interleave(torch.arange(b, device=lengths.device), lengths, output_size=n)
         recency = (starts + lengths)[row] - 1 - torch.arange(n, device=lengths.device)
-        tokens = self.tokens(x.events, x.time_diff, recency)  # [N, d], valid events only
-        d = tokens.shape[1]
-        if self.match_pairs:  # padded in the same pass as the tokens
-            tokens = torch.cat([tokens, unit_pairs(x.events, self.match_pairs, "event")], dim=-1)
-        tokens, valid = to_left_padded(tokens, lengths, total)  # [B, L_pad, d (+ W)], [B, L_pad]
+        # every row holds `total` events (full rows, no padding): the packed rows are already the batch, so
+        # padding costs nothing (no zero-filled copy, no scatter, no mask). Not under torch.export (capacity):
+        # its shapes must not depend on the data.
+        full = x.capacity is None and n == b * total
+
+        def pad(values: Tensor) -> tuple[Tensor, Tensor | None]:  # [N, w] -> [B, L_pad, w], valid [B, L_pad]
+            return (values.view(b, total, values.shape[-1]), None) if full else to_left_padded(values, lengths, total)
+
+        tokens, valid = pad(self.tokens(x.events, x.time_diff, recency))  # tokens of valid events only
         match_groups = None
-        if self.match_pairs:
-            tokens, units = tokens[..., :d], tokens[..., d:]
-            match_groups = units.reshape(b, total // k, k, units.shape[-1]).sum(2)  # [B, L', W]
+        if self.match_pairs:  # the events' unit shared-table vectors, summed per merged token [B, L', W]
+            units = pad(unit_pairs(x.events, self.match_pairs, "event"))[0]
+            match_groups = units.reshape(b, total // k, k, units.shape[-1]).sum(2)
         merged = self.merge(tokens, valid, live_groups)  # [B, L', D]
         num_pad = merged.shape[1] - groups  # [B]
         return merged, num_pad, match_groups

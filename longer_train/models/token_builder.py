@@ -4,6 +4,7 @@ learnable absolute position embedding (LONGER: time difference concatenated, pos
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .blocks import MLP
@@ -31,10 +32,24 @@ class TokenBuilder(nn.Module):
 
     def forward(self, events: Tensor, time_diff: Tensor, recency: Tensor) -> Tensor:
         # events [N, D_event]; time_diff [N] seconds; recency [N] (0 = the row's newest event)
-        time_emb = self.time_embedding(time_diff_bucket(time_diff, self.time_buckets))
-        tokens = self.mlp(torch.cat([events, time_emb], dim=-1))
+        # MLP([events | time embedding]) with the first layer split by its input columns: the time-embedding
+        # columns are applied once per bucket ([buckets, 2d], then looked up per event), not per event, so
+        # no [N, D_event + d] concatenation is written and its matmul has D_event columns, not D_event + d
+        first, rest = self.mlp.net[0], self.mlp.net[1:]
+        split = events.shape[-1]
+        per_bucket = self.time_embedding.weight @ first.weight[:, split:].t()  # [buckets, 2d]
+        bucket = time_diff_bucket(time_diff, self.time_buckets)
+        hidden = torch.addmm(first.bias, events, first.weight[:, :split].t()) + F.embedding(bucket, per_bucket)
+        tokens = rest(hidden)
         recency = recency.clamp(max=self.position_embedding.num_embeddings - 1)
         return tokens + self.position_embedding(recency)
+
+
+def token_flops(num_events: int, event_dim: int, token_dim: int, time_buckets: int) -> int:
+    """Forward matmul FLOPs of `TokenBuilder` over `num_events` events: the first layer's event columns and
+    the second layer per event, the time-embedding columns once per bucket."""
+    d = token_dim
+    return num_events * (2 * event_dim * 2 * d + 2 * 2 * d * d) + 2 * time_buckets * d * 2 * d
 
 
 def event_rows(lengths: Tensor, num_events: int) -> tuple[Tensor, Tensor]:

@@ -53,15 +53,18 @@ class TokenMerge(nn.Module):
         self.proj = nn.Linear(k * token_dim, proj_dim) if proj_dim else None
         self.out_dim = proj_dim or k * token_dim
 
-    def forward(self, tokens: Tensor, valid: Tensor, live_groups: int | None = None) -> Tensor:
-        """tokens [B, L, d], valid [B, L]; whatever padded positions hold never reaches the output.
-        `live_groups`: how many groups hold an event (the sum over rows of ceil(length / K)), when the caller
-        knows it; InnerTrans then runs on those groups only. None runs it on every group (the same result):
-        for programs whose shapes must not depend on the data (torch.export)."""
+    def forward(self, tokens: Tensor, valid: Tensor | None, live_groups: int | None = None) -> Tensor:
+        """tokens [B, L, d], valid [B, L] (None: every position holds an event); whatever padded positions hold
+        never reaches the output. `live_groups`: how many groups hold an event (the sum over rows of
+        ceil(length / K)), when the caller knows it; InnerTrans then runs on those groups only. None runs it on
+        every group (the same result): for programs whose shapes must not depend on the data (torch.export)."""
         b, length, d = tokens.shape
         groups = length // self.k
-        tokens = tokens * valid[..., None].to(tokens.dtype)
+        if valid is not None:
+            tokens = tokens * valid[..., None].to(tokens.dtype)
         if self.inner is not None:
+            if valid is None:
+                valid = torch.ones(b, length, dtype=torch.bool, device=tokens.device)
             tokens = self._inner_trans(tokens.reshape(b * groups, self.k, d), valid.reshape(b * groups, self.k),
                                        live_groups).reshape(b, length, d)
         merged = tokens.reshape(b, groups, self.k * d)  # [B, L', K*d]
