@@ -166,7 +166,8 @@ def build(cfg: ModelConfig, max_len: int, device: str, parallel: ParallelConfig)
     return model
 
 
-def run(args: argparse.Namespace, cfg: ModelConfig) -> list[dict]:
+def run(args: argparse.Namespace, cfg: ModelConfig, on_row=lambda rows: None) -> list[dict]:
+    """The table's rows; `on_row(rows)` after each (the table so far survives a timeout)."""
     dtype = getattr(torch, args.dtype)
     parallel = ParallelConfig(bf16=list(args.bf16), recompute=args.recompute)
     if args.device == "cuda":
@@ -206,6 +207,7 @@ def run(args: argparse.Namespace, cfg: ModelConfig) -> list[dict]:
                     memory=peak_memory(model, x, args.device),
                 ))
                 print(_row(rows[-1], rows), flush=True)
+                on_row(rows)
             del models, x
     return rows
 
@@ -278,12 +280,15 @@ def main(argv: list[str] | None = None) -> None:
     cfg = model_config(overrides)
     load = f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "n/a"
     command = f"python {shlex.join(['benchmarks/dense_step.py', *(sys.argv[1:] if argv is None else argv)])}"
-    rows = run(args, cfg)
-    text = markdown(rows, args, cfg, command, load)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(f"# Dense model step: LONGER and the Transformer baseline\n\n{text}\n")
+    def write(rows: list[dict]) -> None:
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(f"# Dense model step: LONGER and the Transformer baseline\n\n"
+                                f"{markdown(rows, args, cfg, command, load)}\n")
+
+    rows = run(args, cfg, write)
+    write(rows)
+    print(markdown(rows, args, cfg, command, load))
 
 
 if __name__ == "__main__":

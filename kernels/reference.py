@@ -18,10 +18,13 @@ from torch import Tensor
 
 def _masked_softmax_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, q_valid: Tensor) -> Tensor:
     # q [B, H, Lq, dh], k/v [B, H, Lk, dh], allowed [B, Lq, Lk] bool, q_valid [B, Lq] bool
-    scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))  # [B, H, Lq, Lk]
+    # the scale applied to q ([.., Lq, dh]), not to the scores ([.., Lq, Lk]), and the mask filled in place
+    # (the matmul does not keep its output for backward): one pass fewer over the scores each, forward and
+    # backward — with few queries over many keys (the cross-causal layer) the scores dominate the traffic
+    scores = torch.matmul(q * (1.0 / math.sqrt(q.shape[-1])), k.transpose(-1, -2))  # [B, H, Lq, Lk]
     # padded queries get one allowed key so the softmax stays finite; their output is zeroed below
     allowed = allowed | ~q_valid[:, :, None]
-    scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+    scores = scores.masked_fill_(~allowed[:, None], float("-inf"))
     probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
     out = torch.matmul(probs, v)  # [B, H, Lq, dh]
     return out * q_valid[:, None, :, None].to(out.dtype)
