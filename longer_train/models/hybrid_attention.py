@@ -93,9 +93,11 @@ class CausalBlock(nn.Module):
         if match is None:
             attn = hybrid_attention(q, k, v, num_pad, impl=self.attention_impl, q_pos=q_pos)
             return self.finish(x_q, attn), None  # attn [B, H, n_q, dh]
-        # the user-side rows as without the candidate; the candidate's row with the match bias. split, not
-        # slicing: its backward writes each gradient once (a slice's backward zero-fills a full-size tensor
-        # per slice and adds them, three passes over [B, H, Lk, dh] per slice of K and of V)
+        # the user-side rows as without the candidate; the candidate's row with the match bias. K and V made
+        # contiguous once: both attentions read them, and a matmul over the strided heads of the projection
+        # copies them itself (one copy each instead of one per use). Split, not sliced: its backward writes
+        # each gradient once (a slice's backward zero-fills a full-size tensor per slice and adds them)
+        k, v = k.contiguous(), v.contiguous()
         (q_user, q_cand), (k_user, k_cand), (v_user, v_cand) = (
             t.split([t.shape[2] - 1, 1], dim=2) for t in (q, k, v)
         )
