@@ -20,6 +20,7 @@ it runs up to --transformer-max-len only.
         [--batch 32] [--repeats 3] [--out benchmarks/results/dense_step_cpu.md] [model.key=value ...]
     python benchmarks/dense_step.py --device cuda --dtype bfloat16 --batch 256 --recompute all \
         --impls triton reference ...       (what `make gpu-check` runs: benchmarks/gpu_check.sh)
+    python benchmarks/dense_step.py --threads 1 --against REV      # + LONGER as git revision REV has it
     python benchmarks/dense_step.py --smoke       # tiny sizes (the CPU dry run of `make gpu-check`)
 
 Imports neither torchrec nor the config loader (omegaconf, yaml): runs with torch (+ triton) only.
@@ -35,7 +36,9 @@ import importlib.util
 import os
 import shlex
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -166,6 +169,40 @@ def build(cfg: ModelConfig, max_len: int, device: str, parallel: ParallelConfig)
     return model
 
 
+def import_revision(rev: str, dest: Path):
+    """The package (longer_train with its kernels) of git revision `rev`, importable beside this tree's as
+    `longer_train_<commit>` (the package imports itself relatively only), and the short commit id."""
+    repo = Path(__file__).resolve().parents[1]
+    git = lambda *a, **kw: subprocess.run(["git", *a], cwd=repo, check=True, capture_output=True, **kw)  # noqa: E731
+    commit = git("rev-parse", "--short", rev, text=True).stdout.strip()
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=git("archive", commit, "longer_train", "kernels").stdout,
+                   check=True)
+    name = f"longer_train_{commit}"
+    (dest / "longer_train").rename(dest / name)
+    (dest / "kernels").rename(dest / name / "kernels")
+    sys.path.insert(0, str(dest))
+    return importlib.import_module(name), commit
+
+
+def build_revision(pkg, cfg: ModelConfig, max_len: int, device: str, parallel: ParallelConfig):
+    """`build` with the classes of an imported revision (`import_revision`)."""
+    models = importlib.import_module(f"{pkg.__name__}.models")
+    config = importlib.import_module(f"{pkg.__name__}.config")
+    longer = importlib.import_module(f"{models.__name__}.longer")
+    try:  # the input dataclasses moved to models/inputs.py and were renamed (issue 18)
+        dims_cls = importlib.import_module(f"{models.__name__}.inputs").DenseDims
+    except (ImportError, AttributeError):
+        dims_cls = longer.LongerDims
+    pair = importlib.import_module(f"{models.__name__}.candidate_match").MatchPair
+    dims = dims_cls(event=EVENT, candidate=CANDIDATE, user=USER, dense=DENSE, max_len=max_len,
+                    match_pairs=tuple(pair(*dataclasses.astuple(p)) for p in MATCH_PAIRS))
+    torch.manual_seed(0)
+    model = longer.Longer(config.ModelConfig(**dataclasses.asdict(cfg)), dims).to(device).train()
+    policies = importlib.import_module(f"{pkg.__name__}.distributed.parallelize")
+    policies.apply_compute_policies(model, config.ParallelConfig(**dataclasses.asdict(parallel)), device)
+    return model
+
+
 def run(args: argparse.Namespace, cfg: ModelConfig, on_row=lambda rows: None) -> list[dict]:
     """The table's rows; `on_row(rows)` after each (the table so far survives a timeout)."""
     dtype = getattr(torch, args.dtype)
@@ -184,6 +221,9 @@ def run(args: argparse.Namespace, cfg: ModelConfig, on_row=lambda rows: None) ->
                 for impl in args.impls or [cfg.attention_impl]:
                     name = f"LONGER ({impl})" if args.impls else "LONGER"
                     models[name] = build(dataclasses.replace(cfg, attention_impl=impl), raw_len, args.device, parallel)
+                if args.against:
+                    models[f"LONGER @ {args.against_commit}"] = build_revision(args.against_pkg, cfg, raw_len,
+                                                                               args.device, parallel)
             if "transformer" in args.models and raw_len <= args.transformer_max_len:
                 models["Transformer"] = build(transformer_config(cfg, raw_len), raw_len, args.device, parallel)
             times = {name: [] for name in models}
@@ -213,8 +253,13 @@ def run(args: argparse.Namespace, cfg: ModelConfig, on_row=lambda rows: None) ->
 
 
 def _ratio(row: dict, rows: list[dict]) -> str:
-    other = [r for r in rows if r["dist"] == row["dist"] and r["L"] == row["L"] and r["model"] == "Transformer"]
-    return f"{row['ms'] / other[0]['ms']:.3f}x" if row["model"].startswith("LONGER") and other else ""
+    same = [r for r in rows if r["dist"] == row["dist"] and r["L"] == row["L"]]
+    other = [r for r in same if r["model"] == "Transformer"]
+    ratio = f"{row['ms'] / other[0]['ms']:.3f}x" if row["model"].startswith("LONGER") and other else ""
+    rev = [r for r in same if " @ " in r["model"]]
+    if row["model"] == "LONGER" and rev:  # this tree against the revision, in the same run
+        ratio += f" (time / {rev[0]['model']}: {row['ms'] / rev[0]['ms']:.3f}x)"
+    return ratio
 
 
 def _row(row: dict, rows: list[dict]) -> str:
@@ -263,6 +308,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="LONGER once per attention implementation (model.attention_impl), alternated")
     parser.add_argument("--recompute", default="none", help="parallel.recompute")
     parser.add_argument("--peak-size", type=int, default=1024, help="n of the [n, n] x [n, n] peak matmul")
+    parser.add_argument("--against", metavar="REV",
+                        help="also LONGER as git revision REV has it, alternated with this tree's (before/after)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs")
     parser.add_argument("--out", type=Path, help="also write the markdown table here")
     parser.add_argument("overrides", nargs="*", help="model.key=value")
@@ -278,6 +325,8 @@ def main(argv: list[str] | None = None) -> None:
         overrides = ["model.token_dim=8", "model.merge_k=4", "model.num_queries=3", "model.head_dim=16",
                      "model.head_hidden=[16]", *overrides]
     cfg = model_config(overrides)
+    if args.against:
+        args.against_pkg, args.against_commit = import_revision(args.against, Path(tempfile.mkdtemp()))
     load = f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "n/a"
     command = f"python {shlex.join(['benchmarks/dense_step.py', *(sys.argv[1:] if argv is None else argv)])}"
     def write(rows: list[dict]) -> None:
