@@ -3,7 +3,8 @@ dense network alone (embeddings are plain tensors that require grad, as TorchRec
 no torchrec, no optimizer), at a list of history lengths and length mixes, the two models alternated in
 one process, each timing paired with a matmul-peak measurement taken right before it.
 
-Per (length mix, L, model): ms/step (median over --repeats), analytic GFLOP/s (3 x the model's analytic
+Per (length mix, L, model): ms/step (median over --repeats; on CPU with one thread, process CPU time by
+default: `--clock`), analytic GFLOP/s (3 x the model's analytic
 forward FLOPs, models/flops.py: backward ~ 2 x forward), % of the matmul peak (dense [n, n] x [n, n] in the
 same dtype, measured in the same run: the median of the per-repeat ratios of the achieved rate to the peak
 just measured), peak memory of one step (CUDA: max_memory_allocated above the step's start; CPU: growth of
@@ -59,6 +60,11 @@ EVENT, CANDIDATE, USER, DENSE = 48, 32, 12, 1
 MATCH_PAIRS = (MatchPair(0, 0, 16), MatchPair(16, 16, 16))  # candidate item, category <-> event item, category
 
 
+# what times a step: wall-clock, or on CPU with one thread the process's CPU time (`--clock`), which a shared
+# machine's other jobs do not inflate by preempting this one (they still share its caches)
+CLOCK = [time.perf_counter]
+
+
 def _kernel_bench():
     """benchmarks/kernels.py as a module (its length mixes), without relying on the script folder being on
     sys.path (gpu_check.sh runs with PYTHONSAFEPATH=1)."""
@@ -107,11 +113,11 @@ def matmul_peak(n: int, dtype: torch.dtype, device: str, tries: int = 3) -> floa
     best = float("inf")
     for _ in range(tries):
         sync(device)
-        start = time.perf_counter()
+        start = CLOCK[0]()
         for _ in range(10 if device == "cuda" else 1):
             a @ b
         sync(device)
-        best = min(best, (time.perf_counter() - start) / (10 if device == "cuda" else 1))
+        best = min(best, (CLOCK[0]() - start) / (10 if device == "cuda" else 1))
     return 2 * n**3 / best
 
 
@@ -125,10 +131,10 @@ def step(model: Longer, x: LongerInputs) -> None:
 
 def timed_step(model: Longer, x: LongerInputs, device: str) -> float:
     sync(device)
-    start = time.perf_counter()
+    start = CLOCK[0]()
     step(model, x)
     sync(device)
-    return time.perf_counter() - start
+    return CLOCK[0]() - start
 
 
 def _status_kib(key: str) -> int:
@@ -277,7 +283,7 @@ def markdown(rows: list[dict], args: argparse.Namespace, cfg: ModelConfig, comma
         f"Device: {device}; torch {torch.__version__}; {torch.get_num_threads()} torch thread(s); peak matmul in "
         f"{args.dtype} ([{args.peak_size}, {args.peak_size}]^2); bf16 components {args.bf16 or 'none'}, recompute "
         f"{args.recompute}; batch {args.batch}; load average {load}; median of {args.repeats} alternated "
-        f"step(s) after {args.warmup} warm-up",
+        f"step(s) after {args.warmup} warm-up; timed by {'process CPU time' if args.clock == 'cpu' else 'wall clock'}",
         "",
         f"Model (ModelConfig fields off their defaults): {changed}",
         "",
@@ -308,6 +314,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="LONGER once per attention implementation (model.attention_impl), alternated")
     parser.add_argument("--recompute", default="none", help="parallel.recompute")
     parser.add_argument("--peak-size", type=int, default=1024, help="n of the [n, n] x [n, n] peak matmul")
+    parser.add_argument("--clock", choices=["wall", "cpu"],
+                        help="step and peak timer: wall-clock, or process CPU time (default: cpu on CPU with one "
+                             "thread, where a shared machine's load would otherwise skew the times)")
     parser.add_argument("--against", metavar="REV",
                         help="also LONGER as git revision REV has it, alternated with this tree's (before/after)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs")
@@ -316,6 +325,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clock is None:
+        args.clock = "cpu" if args.device == "cpu" and torch.get_num_threads() == 1 else "wall"
+    CLOCK[0] = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.bf16 is None:
         args.bf16 = ["tokens", "attention", "ffn", "head"] if args.dtype == "bfloat16" else []
     overrides = list(args.overrides)
