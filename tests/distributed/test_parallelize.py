@@ -61,14 +61,14 @@ def test_bf16_components_run_in_bf16_norms_and_head_in_fp32():
     dtypes: dict[str, torch.dtype] = {}
     for name, module in model.named_modules():
         if name in ("attention.cross.q", "attention.cross.ffn.up", "attention.cross.norm1", "head.net.0",
-                    "merge.inner.qkv", "tokens.mlp.net.0"):
+                    "merge.inner.qkv", "tokens.mlp.net.2"):
             module.register_forward_hook(lambda m, i, o, name=name: dtypes.__setitem__(name, o.dtype))
     logits = model(make_inputs(LENGTHS))
     logits.sum().backward()
     assert dtypes == {
         "attention.cross.q": torch.bfloat16, "attention.cross.ffn.up": torch.bfloat16,
         "merge.inner.qkv": torch.bfloat16, "attention.cross.norm1": torch.float32,
-        "head.net.0": torch.float32, "tokens.mlp.net.0": torch.float32,
+        "head.net.0": torch.float32, "tokens.mlp.net.2": torch.float32,
     }
     assert logits.dtype == torch.float32
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
