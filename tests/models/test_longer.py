@@ -235,3 +235,30 @@ def test_gradients_are_finite_on_ragged_batches(merge, proj):
     model(x).sum().backward()
     assert torch.isfinite(x.events.grad).all() and x.events.grad.abs().sum() > 0
 
+
+
+@pytest.mark.parametrize("merge", ["concat", "inner_trans"])
+def test_full_rows_skip_the_padding_pass_with_the_same_outputs_and_gradients(merge, monkeypatch):
+    """Rows that all hold a multiple of K events are the padded batch already: the model views them instead of
+    scattering them into a zero-filled copy; the result (logits and every gradient) is that of the padding pass,
+    which a capacity (the torch.export path) forces."""
+    import longer_train.models.longer as longer_module
+
+    calls = []
+    monkeypatch.setattr(longer_module, "to_left_padded",
+                        lambda *a: calls.append(1) or to_left_padded(*a))
+    model = make_model(merge).train()
+    results = []
+    for capacity in (None, 64):
+        x = dataclasses.replace(make_inputs([64, 64, 64]), capacity=capacity)
+        x.events.requires_grad_()
+        model.zero_grad()
+        logits = model(x)
+        logits.sum().backward()
+        results.append((logits.detach(), x.events.grad, [p.grad.clone() for p in model.parameters()]))
+        assert len(calls) == (0 if capacity is None else 2)  # tokens and the candidate-match units
+    (fast, fast_events, fast_params), (padded, padded_events, padded_params) = results
+    torch.testing.assert_close(fast, padded)
+    torch.testing.assert_close(fast_events, padded_events)
+    for a, b in zip(fast_params, padded_params):
+        torch.testing.assert_close(a, b)
