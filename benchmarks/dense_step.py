@@ -297,7 +297,7 @@ def markdown(rows: list[dict], args: argparse.Namespace, cfg: ModelConfig, comma
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--lengths", type=int, nargs="+", default=[1000, 2000, 3000, 5000, 7500, 10000])
+    parser.add_argument("--lengths", type=int, nargs="+", help="raw L (default 1000 2000 3000 5000 7500 10000)")
     parser.add_argument("--dists", nargs="+", default=["full"], choices=["full", "real"])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--models", nargs="+", default=["longer", "transformer"], choices=["longer", "transformer"])
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                         help="bfloat16: every component in bf16 (unless --bf16 names some) and a bf16 peak")
     parser.add_argument("--bf16", nargs="*", help="components in bf16 (parallel.bf16: tokens attention ffn head)")
-    parser.add_argument("--impls", nargs="+", choices=["reference", "triton"],
+    parser.add_argument("--impls", nargs="+", choices=["reference", "triton", "sdpa"],
                         help="LONGER once per attention implementation (model.attention_impl), alternated")
     parser.add_argument("--recompute", default="none", help="parallel.recompute")
     parser.add_argument("--peak-size", type=int, default=1024, help="n of the [n, n] x [n, n] peak matmul")
@@ -331,8 +331,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.bf16 is None:
         args.bf16 = ["tokens", "attention", "ffn", "head"] if args.dtype == "bfloat16" else []
     overrides = list(args.overrides)
+    args.lengths = args.lengths or ([] if args.smoke else [1000, 2000, 3000, 5000, 7500, 10000])
     if args.smoke:
-        args.lengths, args.batch, args.repeats, args.warmup, args.peak_size = [24, 40], 2, 1, 1, 64
+        args.lengths = args.lengths or [24, 40]
+        args.batch, args.repeats, args.warmup, args.peak_size = 2, 1, 1, 64
         args.transformer_max_len = 40
         overrides = ["model.token_dim=8", "model.merge_k=4", "model.num_queries=3", "model.head_dim=16",
                      "model.head_hidden=[16]", *overrides]

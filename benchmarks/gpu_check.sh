@@ -38,7 +38,7 @@ if [ "$DRY" = 1 ]; then
     note "kernel tests (collected only)" $?
     "$PY" benchmarks/kernels.py --smoke --out "$OUT/kernels_h200.md"
     note "kernel benchmarks" $?
-    dense=(--smoke --threads 1 --lengths 24 --impls triton reference --models longer)
+    dense=(--smoke --threads 1 --lengths 24 --impls triton sdpa reference --models longer)
     ratio=(--smoke --threads 1 --lengths 40 --models longer transformer --transformer-max-len 40)
 else
     # pytest-xdist, where installed, compiles the kernels of different tests in parallel
@@ -52,7 +52,7 @@ else
     timeout "${BENCH_TIMEOUT:-120}" "$PY" benchmarks/kernels.py --out "$OUT/kernels_h200.md" ${BENCH_ARGS:-}
     note "kernel benchmarks" $?
     common=(--device cuda --dtype bfloat16 --recompute all --batch 256 --repeats 5 --warmup 2 --peak-size 8192)
-    dense=("${common[@]}" --lengths 2000 5000 10000 --impls triton reference --models longer)
+    dense=("${common[@]}" --lengths 2000 5000 10000 --impls triton sdpa reference --models longer)
     ratio=("${common[@]}" --lengths 2000 --models longer transformer)
 fi
 timeout "${DENSE_TIMEOUT:-150}" "$PY" benchmarks/dense_step.py "${dense[@]}" --out "$OUT/dense_step_h200.md" ${DENSE_ARGS:-}

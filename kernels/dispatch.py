@@ -4,6 +4,9 @@
 - `triton`: the Triton kernels (`hybrid_attention_triton.py`, `group_attention_triton.py`). CUDA tensors,
   or CPU tensors under the Triton interpreter (`TRITON_INTERPRET=1`, set before the first Triton call; the
   tests do this). Raises a clear error if triton is not installed.
+- `sdpa`: `F.scaled_dot_product_attention` with the reference's exact masks (`sdpa.py`; any device); the
+  candidate row under the candidate match (a score bias, attention probabilities returned) stays on the
+  reference.
 - `auto`: `triton` for CUDA tensors when triton is installed, `reference` otherwise; also `reference` for
   a call the kernel does not take (hybrid attention with gathered query positions, i.e. a
   `model.query_selection` other than `recent`), with the reason logged once per process.
@@ -21,9 +24,10 @@ from typing import Literal
 from torch import Tensor
 
 from .reference import candidate_attention_reference, group_attention_reference, hybrid_attention_reference
+from .sdpa import group_attention_sdpa, hybrid_attention_sdpa
 
-AttentionImpl = Literal["auto", "reference", "triton"]
-IMPLS = ("auto", "reference", "triton")
+AttentionImpl = Literal["auto", "reference", "triton", "sdpa"]
+IMPLS = ("auto", "reference", "triton", "sdpa")
 log = logging.getLogger(__name__)
 _logged: set[str] = set()
 
@@ -45,7 +49,7 @@ def triton_available() -> bool:
 
 
 def resolve_impl(impl: str, tensor: Tensor) -> str:
-    """The concrete implementation (`reference` or `triton`) that `impl` means for `tensor`'s device."""
+    """The concrete implementation (`reference`, `triton` or `sdpa`) that `impl` means for `tensor`'s device."""
     if impl not in IMPLS:
         raise ValueError(f"model.attention_impl must be one of {list(IMPLS)}, got {impl!r}")
     if impl == "auto":
@@ -81,6 +85,8 @@ def hybrid_attention(
         from .hybrid_attention_triton import hybrid_attention_triton
 
         return hybrid_attention_triton(q, k, v, num_pad)
+    if chosen == "sdpa":
+        return hybrid_attention_sdpa(q, k, v, num_pad, q_pos)
     return hybrid_attention_reference(q, k, v, num_pad, q_pos)
 
 
@@ -101,9 +107,12 @@ def candidate_attention(
 def group_attention(q: Tensor, k: Tensor, v: Tensor, valid: Tensor, impl: str = "auto") -> Tensor:
     """Attention inside groups of K tokens; see `reference.group_attention_reference`. `auto` keeps the
     reference for group sizes the kernel does not take (K not a power of two)."""
-    if resolve_impl(impl, q) == "triton":
+    chosen = resolve_impl(impl, q)
+    if chosen == "triton":
         from .group_attention_triton import group_attention_triton, unsupported_reason
 
         if impl == "triton" or unsupported_reason(q.shape[2]) is None:
             return group_attention_triton(q, k, v, valid)
+    if chosen == "sdpa":
+        return group_attention_sdpa(q, k, v, valid)
     return group_attention_reference(q, k, v, valid)

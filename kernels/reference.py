@@ -38,15 +38,20 @@ def hybrid_attention_reference(q: Tensor, k: Tensor, v: Tensor, num_pad: Tensor,
     padding if q_pos < num_pad); None = the last Lq positions (bottom-right aligned), i.e. Lk - Lq + i.
     Returns [B, H, Lq, dh].
     """
-    lq, lk = q.shape[2], k.shape[2]
-    kpos = torch.arange(lk, device=q.device)
-    q_pos = kpos[None, lk - lq :] if q_pos is None else q_pos.to(q.device)  # [B or 1, Lq]
-    num_pad = num_pad.to(q.device)
+    return _masked_softmax_attention(q, k, v, *hybrid_mask(num_pad, q.shape[2], k.shape[2], q_pos, q.device))
+
+
+def hybrid_mask(num_pad: Tensor, lq: int, lk: int, q_pos: Tensor | None, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The keys each query of `hybrid_attention_reference` may see, [B, Lq, Lk] bool, and which queries are
+    not padding, [B, Lq] bool."""
+    kpos = torch.arange(lk, device=device)
+    q_pos = kpos[None, lk - lq :] if q_pos is None else q_pos.to(device)  # [B or 1, Lq]
+    num_pad = num_pad.to(device)
     key_valid = kpos[None, :] >= num_pad[:, None]  # [B, Lk]
     causal = kpos[None, None, :] <= q_pos[:, :, None]  # [B or 1, Lq, Lk]
     allowed = causal & key_valid[:, None, :]  # [B, Lq, Lk]
     q_valid = q_pos >= num_pad[:, None]  # [B, Lq]
-    return _masked_softmax_attention(q, k, v, allowed, q_valid)
+    return allowed, q_valid
 
 
 def candidate_attention_reference(
@@ -84,5 +89,9 @@ def group_attention_reference(q: Tensor, k: Tensor, v: Tensor, valid: Tensor) ->
     q, k, v: [G, H, K, dh] (G = batch * groups); valid: [G, K] bool. Invalid keys are ignored, invalid
     queries output 0. Returns [G, H, K, dh].
     """
-    allowed = valid[:, None, :].expand(-1, valid.shape[1], -1)  # [G, K, K]
-    return _masked_softmax_attention(q, k, v, allowed, valid)
+    return _masked_softmax_attention(q, k, v, *group_mask(valid))
+
+
+def group_mask(valid: Tensor) -> tuple[Tensor, Tensor]:
+    """The keys each query of `group_attention_reference` may see, [G, K, K], and the valid queries [G, K]."""
+    return valid[:, None, :].expand(-1, valid.shape[1], -1), valid

@@ -171,7 +171,8 @@ class ModelConfig:
     norm: str = _choice("layernorm", ("layernorm", "rmsnorm"))
     dropout: float = _num(0.0, 0.0, 1.0, high_open=True)  # a probability
     head_hidden: List[int] = _num(low=1, factory=lambda: [256, 64])  # widths of the head MLP's hidden layers
-    attention_impl: str = _choice("auto", ("auto", "reference", "triton"))  # kernels dispatcher (kernels/dispatch.py)
+    # kernels dispatcher (kernels/dispatch.py): auto | reference | triton | sdpa (torch's fused attention)
+    attention_impl: str = _choice("auto", ("auto", "reference", "triton", "sdpa"))
     din_hidden: List[int] = _num(low=1, factory=lambda: [64, 32])  # DIN's attention MLP
     # sum_pooling / din: how the per-event weights are normalised within a row: none (the paper's
     # baselines: a plain sum, DIN's raw attention scores) | length (divide by the row's length: mean

@@ -262,3 +262,17 @@ def test_full_rows_skip_the_padding_pass_with_the_same_outputs_and_gradients(mer
     torch.testing.assert_close(fast_events, padded_events)
     for a, b in zip(fast_params, padded_params):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("merge", ["concat", "inner_trans"])
+def test_sdpa_attention_gives_the_reference_s_logits_and_gradients(merge):
+    x = make_inputs(RAGGED)
+    results = []
+    for impl in ("reference", "sdpa"):
+        model = make_model(merge, attention_impl=impl).train()
+        logits = model(x)
+        logits.sum().backward()
+        results.append((logits.detach(), [p.grad for p in model.parameters()]))
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
