@@ -9,6 +9,11 @@ split evenly over the ranks (OMP_NUM_THREADS = cores / ranks), so 1 and 2 ranks 
         --ranks 1 2 --threads N --repeats R --out benchmarks/results/train_step_cpu.md] [key=value ...]
     python benchmarks/train_step.py --against HEAD~1 --ranks 1 --threads 1 --repeats 3 [...]
 
+`--clock cpu` measures the CPU time of the runs instead (user + system, of the run and its loader workers):
+each run once with --steps and once with --short-steps, so that start-up and the final evaluation cancel,
+giving CPU ms per training step. On a machine shared with other jobs, whose load inflates wall-clock
+times by whatever they happen to do, this is the figure that compares code.
+
 `--against REV` also trains the code of git revision REV (exported with `git archive` into a temporary
 folder, run with the same python and packages, the same config and data) and alternates the two trees in
 one process, repeat by repeat (A B, then B A, ...), so that both see the same machine load; the table gives
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shlex
 import statistics
 import subprocess
@@ -58,6 +64,22 @@ def run(tree: Path, config: str, data: str, ranks: int, steps: int, threads: int
     return json.loads(table.read_text().splitlines()[-1])
 
 
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_ms_per_step(tree: Path, args: argparse.Namespace, ranks: int, workdir: Path) -> tuple[float, dict]:
+    """CPU ms per training step (all ranks and loader workers): a run of --steps minus one of --short-steps."""
+    cpu = []
+    for steps in (args.short_steps, args.steps):
+        start = children_cpu()
+        summary = run(tree, args.config, args.data, ranks, steps, args.threads, args.overrides,
+                      workdir / f"steps-{steps}")
+        cpu.append(children_cpu() - start)
+    return (cpu[1] - cpu[0]) / (args.steps - args.short_steps) * 1e3, summary
+
+
 def export_revision(rev: str, dest: Path) -> str:
     """The tree of git revision `rev` written to `dest`; returns its short commit id."""
     commit = subprocess.run(["git", "rev-parse", "--short", rev], cwd=REPO, check=True, capture_output=True,
@@ -76,7 +98,11 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--threads", type=int, help="torch threads per rank (default: cores / ranks)")
     parser.add_argument("--against", metavar="REV", help="also run git revision REV, alternated with this tree")
+    parser.add_argument("--this", metavar="REV", help="run git revision REV in place of the working tree")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each (ranks, tree); medians reported")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall: the trainer's samples/s; cpu: CPU ms per step (see above)")
+    parser.add_argument("--short-steps", type=int, default=5, help="--clock cpu: steps of the shorter run")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="per-GPU dense bf16 peak (H100/H200 SXM)")
     parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
     parser.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. data.batch_size=512")
@@ -89,6 +115,9 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     with tempfile.TemporaryDirectory() as tmp:
         trees = [("this tree", REPO)]
+        if args.this:  # a frozen copy: the working tree may change while the runs go on
+            commit = export_revision(args.this, Path(tmp) / "this")
+            trees = [(f"{args.this} ({commit})", Path(tmp) / "this")]
         if args.against:
             commit = export_revision(args.against, Path(tmp) / "against")
             trees.append((f"{args.against} ({commit})", Path(tmp) / "against"))
@@ -98,19 +127,29 @@ def main() -> None:
             for ranks in args.ranks:
                 order = trees if repeat % 2 == 0 else trees[::-1]  # A B, B A, ...: no tree always first
                 for name, tree in order:
-                    summary = run(tree, args.config, args.data, ranks, args.steps, args.threads, args.overrides,
-                                  Path(tmp) / f"runs-{repeat}-{len(rates)}")
-                    rates.setdefault((ranks, name), []).append(summary["train_samples_per_s"])
-                    gflops[ranks] = summary["gflops_per_sample"]
+                    workdir = Path(tmp) / f"runs-{repeat}-{ranks}-{trees.index((name, tree))}"
+                    if args.clock == "cpu":  # a rate: steps per CPU-second, so that higher is better as with samples/s
+                        ms, summary = cpu_ms_per_step(tree, args, ranks, workdir)
+                        rate = 1e3 / ms
+                    else:
+                        summary = run(tree, args.config, args.data, ranks, args.steps, args.threads, args.overrides,
+                                      workdir)
+                        rate = summary["train_samples_per_s"]
+                    rates.setdefault((ranks, name), []).append(rate)
+                    gflops[(ranks, name)] = summary["gflops_per_sample"]
     threads = args.threads or f"cores / ranks ({os.cpu_count()} cores)"
     lines = [
         f"Command: `python {shlex.join(sys.argv)}`",
         "",
         f"Device: {device}; {threads} torch threads per rank; load average {load:.2f} at the start; config "
-        f"{args.config} on {args.data}, {args.steps} steps per run, {args.repeats} run(s) of each row"
+        f"{args.config} on {args.data}, {args.steps} steps per run"
+        + (f" (and {args.short_steps}, subtracted: CPU time)" if args.clock == "cpu" else "")
+        + f", {args.repeats} run(s) of each row"
         + (f", overrides {' '.join(args.overrides)}" if args.overrides else ""),
         "",
-        "| ranks | code | train samples/s (median) | runs | vs first row | GFLOPs/sample (fwd) | MFU |",
+        "| ranks | code | train samples/s (median) | runs | vs first row | GFLOPs/sample (fwd) | MFU |"
+        if args.clock == "wall" else
+        "| ranks | code | CPU ms per step (median) | runs | speed vs first row | GFLOPs/sample (fwd) | MFU |",
         "|---|---|---|---|---|---|---|",
     ]
     base = statistics.median(rates[(args.ranks[0], trees[0][0])])
@@ -118,11 +157,16 @@ def main() -> None:
         for name, _ in trees:
             runs = rates[(ranks, name)]
             rate = statistics.median(runs)
-            mfu = f"{3 * gflops[ranks] * rate / (ranks * args.peak_tflops * 1e3):.2%}" if cuda else "n/a (CPU)"
-            lines.append(f"| {ranks} | {name} | {rate:,.0f} | {', '.join(f'{r:,.0f}' for r in runs)} | "
-                         f"{rate / base:.2f}x | {gflops[ranks]:.3g} | {mfu} |")
+            flops = gflops[(ranks, name)]
+            wall = cuda and args.clock == "wall"
+            mfu = f"{3 * flops * rate / (ranks * args.peak_tflops * 1e3):.2%}" if wall else "n/a"
+            shown = runs if args.clock == "wall" else [1e3 / r for r in runs]  # CPU ms per step
+            lines.append(f"| {ranks} | {name} | {statistics.median(shown):,.0f} | "
+                         f"{', '.join(f'{r:,.0f}' for r in shown)} | {rate / base:.2f}x | {flops:.3g} | {mfu} |")
     if args.against:
-        lines += ["", f"| ranks | this tree / {trees[1][0]} (median of the per-repeat ratios) | per repeat |",
+        speed = "samples/s" if args.clock == "wall" else "steps per CPU-second"
+        lines += ["", f"| ranks | {speed}: {trees[0][0]} / {trees[1][0]} (median of the per-repeat ratios) "
+                      "| per repeat |",
                   "|---|---|---|"]
         for ranks in args.ranks:
             ratios = [a / b for a, b in zip(rates[(ranks, trees[0][0])], rates[(ranks, trees[1][0])])]
