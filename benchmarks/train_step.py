@@ -87,6 +87,9 @@ def export_revision(rev: str, dest: Path) -> str:
     dest.mkdir(parents=True)
     archive = subprocess.run(["git", "archive", commit], cwd=REPO, check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    # kernels/ is installed as longer_train.kernels: inside the copy's package, or the editable install's
+    # mapping would import this checkout's kernels with that revision's model
+    (dest / "kernels").rename(dest / "longer_train" / "kernels")
     return commit
 
 
