@@ -12,8 +12,8 @@
 # rest of longer_train (whose dense models import with torch alone); PYTHONSAFEPATH=1 keeps the repository
 # root off sys.path. Every step runs even when an earlier one fails (its numbers are still wanted); the exit
 # status is the first failure's.
-#   GPU_PYTHON (default python3), TEST_TIMEOUT / BENCH_TIMEOUT / DENSE_TIMEOUT / RATIO_TIMEOUT (s; 120 + 120 +
-#   150 + 60 by default), BENCH_ARGS / DENSE_ARGS
+#   GPU_PYTHON (default python3), TEST_TIMEOUT / BENCH_TIMEOUT / DENSE_TIMEOUT / RATIO_TIMEOUT (s; 110 + 110 +
+#   150 + 90 by default: 7.7 minutes), BENCH_ARGS / DENSE_ARGS
 #   (extra arguments of the kernel / dense benchmarks).
 #   GPU_CHECK_DRY_RUN=1: the CPU dry run (`make test` runs it, tests/test_gpu_check.py): the Triton
 #   interpreter, tiny sizes, the kernel tests only collected (make test runs them), the tables written to
@@ -43,13 +43,13 @@ if [ "$DRY" = 1 ]; then
 else
     # pytest-xdist, where installed, compiles the kernels of different tests in parallel
     parallel=$("$PY" -c 'import xdist' 2>/dev/null && echo "-n 4")
-    KERNELS_TEST_SIZE=gpu LONGER_KERNELS_AUTOTUNE=0 timeout "${TEST_TIMEOUT:-120}" \
+    KERNELS_TEST_SIZE=gpu LONGER_KERNELS_AUTOTUNE=0 timeout "${TEST_TIMEOUT:-110}" \
         "$PY" -m pytest -q -p no:cacheprovider $parallel --durations=5 tests/kernels \
         > "$OUT/kernel_tests_h200.txt" 2>&1
     code=$?
     cat "$OUT/kernel_tests_h200.txt"
     note "kernel tests" $code
-    timeout "${BENCH_TIMEOUT:-120}" "$PY" benchmarks/kernels.py --out "$OUT/kernels_h200.md" ${BENCH_ARGS:-}
+    timeout "${BENCH_TIMEOUT:-110}" "$PY" benchmarks/kernels.py --out "$OUT/kernels_h200.md" ${BENCH_ARGS:-}
     note "kernel benchmarks" $?
     common=(--device cuda --dtype bfloat16 --recompute all --batch 256 --repeats 5 --warmup 2 --peak-size 8192)
     dense=("${common[@]}" --lengths 2000 5000 10000 --impls triton sdpa reference --models longer)
@@ -57,7 +57,7 @@ else
 fi
 timeout "${DENSE_TIMEOUT:-150}" "$PY" benchmarks/dense_step.py "${dense[@]}" --out "$OUT/dense_step_h200.md" ${DENSE_ARGS:-}
 note "dense model" $?
-timeout "${RATIO_TIMEOUT:-60}" "$PY" benchmarks/dense_step.py "${ratio[@]}" --out "$OUT/dense_ratio_h200.md" ${DENSE_ARGS:-}
+timeout "${RATIO_TIMEOUT:-90}" "$PY" benchmarks/dense_step.py "${ratio[@]}" --out "$OUT/dense_ratio_h200.md" ${DENSE_ARGS:-}
 note "LONGER / Transformer" $?
 echo "gpu-check: $((SECONDS - start)) s in all; tables in $OUT"
 exit "$status"
