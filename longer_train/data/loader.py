@@ -29,12 +29,10 @@ lengths decide the plan), and `bad_rows` / `bad_files: skip` re-read and re-vali
 
 from __future__ import annotations
 
-import glob
 import logging
 import math
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -47,68 +45,12 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..config import DataConfig
 from .batch import Batch, collate
-from .schema import SchemaError, check_rows, validate_schema
-from .store import EventLog, history_columns, is_store_schema, open_event_log
+from .row_groups import Segment, list_row_groups, near_equal_range, resolve_files
+from .schema import SchemaError, check_rows, history_columns
+from .store import EventLog, open_event_log
 from .vocab import resolve_num_embeddings
 
 log = logging.getLogger(__name__)
-
-
-def resolve_files(root: str, split: str) -> list[str]:
-    """A split is a Parquet file, a directory of them, or a glob, relative to `root` unless absolute."""
-    path = Path(split) if Path(split).is_absolute() else Path(root) / split
-    if path.is_file():
-        return [str(path)]
-    if path.is_dir():
-        files = sorted(str(p) for p in path.rglob("*.parquet"))
-    else:
-        files = sorted(glob.glob(str(path), recursive=True))
-    if not files:
-        raise FileNotFoundError(f"no Parquet files for split {split!r} under {root!r} (looked for {path})")
-    return files
-
-
-@dataclass(frozen=True)
-class RowGroup:
-    path: str
-    index: int
-    num_rows: int
-    first_row: int  # row number of its first row within the file (for error messages)
-    store: bool = False  # a sequence store's sample rows: histories are rebuilt from the event log
-
-
-@dataclass(frozen=True)
-class Segment:
-    """Rows [start, stop) of one row group (numbered within the row group)."""
-
-    group: RowGroup
-    start: int
-    stop: int
-
-
-def list_row_groups(files: list[str], data: DataConfig) -> tuple[list[RowGroup], list[str]]:
-    """(row groups of the usable files, files skipped). A file that cannot be opened or whose schema does
-    not match the config raises SchemaError, or is skipped with a warning under `data.bad_files: skip`.
-    A file holding none of the history columns is a sequence store's sample file (store.py)."""
-    groups, skipped = [], []
-    for path in files:
-        try:
-            meta = pq.ParquetFile(path)
-            store = is_store_schema(meta.schema_arrow, data)
-            validate_schema(meta.schema_arrow, data, path, history=not store)
-        except (OSError, pa.ArrowException, SchemaError) as err:
-            message = str(err) if isinstance(err, SchemaError) else f"{path}: cannot read Parquet file ({err})"
-            if data.bad_files == "error":
-                raise SchemaError(message) from err
-            log.warning("skipping file (data.bad_files=skip): %s", message)
-            skipped.append(path)
-            continue
-        first = 0
-        for i in range(meta.num_row_groups):
-            n = meta.metadata.row_group(i).num_rows
-            groups.append(RowGroup(path, i, n, first, store))
-            first += n
-    return groups, skipped
 
 
 def read_columns(data: DataConfig, store: bool = False) -> list[str]:
@@ -118,11 +60,6 @@ def read_columns(data: DataConfig, store: bool = False) -> list[str]:
     if store:
         names = [n for n in names if n not in history_columns(data)]
     return list(dict.fromkeys(names))
-
-
-def _split(start: int, count: int, parts: int, i: int) -> tuple[int, int]:
-    """Part i of `parts` near-equal ranges of [start, start + count)."""
-    return start + i * count // parts, start + (i + 1) * count // parts
 
 
 class ParquetStream(IterableDataset):
@@ -152,7 +89,7 @@ class ParquetStream(IterableDataset):
         self.epoch = epoch
 
     def _rank_range(self) -> tuple[int, int]:
-        return _split(0, self.total_rows, self.world_size, self.rank)
+        return near_equal_range(0, self.total_rows, self.world_size, self.rank)
 
     def num_rows(self) -> int:
         """Rows this rank reads per epoch (all ranks: equal +-1)."""
@@ -172,7 +109,7 @@ class ParquetStream(IterableDataset):
         if self.shuffle:
             np.random.default_rng((self.seed, self.epoch)).shuffle(order)
         rank_start, rank_stop = self._rank_range()
-        start, stop = _split(rank_start, rank_stop - rank_start, self.workers, k)
+        start, stop = near_equal_range(rank_start, rank_stop - rank_start, self.workers, k)
         sizes = np.array([self.groups[i].num_rows for i in order], dtype=np.int64)
         ends = np.cumsum(sizes)  # virtual row after each group
         out = []

@@ -36,12 +36,3 @@ class TokenBuilder(nn.Module):
         recency = recency.clamp(max=self.position_embedding.num_embeddings - 1)
         return tokens + self.position_embedding(recency)
 
-
-def event_rows(lengths: Tensor, num_events: int) -> tuple[Tensor, Tensor]:
-    """Packed events (rows of these lengths [B] one after another, oldest first within a row; `num_events` =
-    lengths.sum(), passed so no host sync is needed): each event's row [N] and recency [N] (0 = newest)."""
-    lengths = lengths.long()
-    row = torch.repeat_interleave(torch.arange(lengths.shape[0], device=lengths.device), lengths,
-                                  output_size=num_events)
-    recency = torch.cumsum(lengths, 0)[row] - 1 - torch.arange(num_events, device=lengths.device)
-    return row, recency

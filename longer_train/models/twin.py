@@ -28,7 +28,7 @@ from ..config import ModelConfig
 from .baselines import PooledSequence
 from .blocks import split_heads
 from .candidate_match import attended_similarity, match_bias, match_weight
-from .longer import LongerDims
+from .inputs import DenseDims
 
 
 def top_k_per_row(scores: Tensor, lengths: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -92,7 +92,7 @@ class TwinAttention(nn.Module):
 
 
 class TWIN(PooledSequence):
-    def __init__(self, cfg: ModelConfig, dims: LongerDims) -> None:
+    def __init__(self, cfg: ModelConfig, dims: DenseDims) -> None:
         heads = cfg.token_dim // cfg.head_dim
         super().__init__(cfg, dims, readout_heads=heads)
         self.top_k = cfg.twin_top_k
