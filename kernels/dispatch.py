@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Literal
 
 from torch import Tensor
 
 from .reference import candidate_attention_reference, group_attention_reference, hybrid_attention_reference
 
-AttentionImpl = Literal["auto", "reference", "triton"]
 IMPLS = ("auto", "reference", "triton")
 log = logging.getLogger(__name__)
 _logged: set[str] = set()

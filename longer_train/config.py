@@ -30,8 +30,8 @@ class ConfigError(InputError):
     """A config key is unknown, missing or has a value of the wrong type, outside its choices or its range."""
 
 
-def _choice(default: Any, choices: tuple, doc: str = "") -> Any:
-    return field(default=default, metadata={"choices": choices, "doc": doc})
+def _choice(default: Any, choices: tuple) -> Any:
+    return field(default=default, metadata={"choices": choices})
 
 
 @dataclass(frozen=True)

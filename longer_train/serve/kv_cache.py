@@ -30,10 +30,6 @@ class UserCache:
     dense: Tensor  # [U, D_dense] raw dense features (head input)
     match_groups: Tensor | None = None  # [U, L', W] unit shared-table vectors summed per merged token
 
-    @property
-    def num_users(self) -> int:
-        return self.seq_mean.shape[0]
-
 
 @torch.no_grad()
 def prefill(model: Longer, x: DenseInputs) -> UserCache:
