@@ -76,3 +76,14 @@ def test_no_import_cycle():
 
 def test_a_cycle_is_found():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+
+
+def test_distributed_code_knows_no_model():
+    """distributed/ reads a dense model only through its declared compute units (models/units.py): no import
+    of a model or one of its layers, so no model special case there."""
+    modules = _modules()
+    for name, path in modules.items():
+        if name.startswith("longer_train.distributed"):
+            models = {m for m in _imports(name, path, modules) if m.startswith("longer_train.models")}
+            assert models <= {"longer_train.models.units"}, (name, models)
+

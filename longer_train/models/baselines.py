@@ -27,6 +27,7 @@ from .candidate_match import pair_similarity, unit_pairs
 from .flops import mlp_flops
 from .inputs import DenseDims, DenseInputs, event_rows
 from .token_builder import TokenBuilder
+from .units import ComputeUnits
 
 
 class NoSequence(nn.Module):
@@ -40,6 +41,9 @@ class NoSequence(nn.Module):
 
     def flops(self, lengths: list[int]) -> int:
         return len(lengths) * mlp_flops(self.head_dims)
+
+    def compute_units(self) -> ComputeUnits:
+        return ComputeUnits(head=[self.head])
 
 
 class PooledSequence(nn.Module):
@@ -96,6 +100,10 @@ class PooledSequence(nn.Module):
         per_row = mlp_flops([self.dims.candidate, d, d]) + mlp_flops(self.head_dims)
         return sum(lengths) * per_event + len(lengths) * per_row
 
+    def compute_units(self) -> ComputeUnits:
+        """What the compute policies act on (models/units.py); a subclass adds its attention."""
+        return ComputeUnits(tokens=[self.tokens, self.candidate_token], head=[self.head])
+
 
 class SumPooling(PooledSequence):
     def weights(self, tokens: Tensor, candidate: Tensor, match: Tensor) -> Tensor:
@@ -113,3 +121,8 @@ class DIN(PooledSequence):
 
     def flops(self, lengths: list[int]) -> int:
         return super().flops(lengths) + sum(lengths) * mlp_flops(self.attention_dims)
+
+    def compute_units(self) -> ComputeUnits:
+        units = super().compute_units()
+        units.attention = [self.attention]  # the attention MLP: bf16 "attention"
+        return units

@@ -40,6 +40,7 @@ from .flops import mlp_flops
 from .inputs import DenseDims, DenseInputs, event_rows
 from .token_builder import TokenBuilder, time_diff_bucket
 from .token_merge import to_left_padded
+from .units import ComputeUnits
 
 
 class HSTULayer(nn.Module):
@@ -181,3 +182,9 @@ class HSTU(nn.Module):
         if pairs:  # the candidate's similarity to every event, and the readout
             per_row += 2 * longest * sum(p.width for p in self.match_pairs) + 2 * heads * longest * pairs * self.readout
         return flops + rows * per_row
+
+    def compute_units(self) -> ComputeUnits:
+        """What the compute policies act on (models/units.py): an HSTU layer has no FFN."""
+        layers = list(self.layers)
+        return ComputeUnits(tokens=[self.tokens, self.candidate_token], attention=layers, head=[self.head],
+                            shard=layers, recompute={"self": layers})

@@ -20,6 +20,7 @@ from .hybrid_attention import HybridAttention
 from .inputs import DenseDims, DenseInputs, event_rows
 from .token_builder import TokenBuilder
 from .token_merge import TokenMerge, to_left_padded
+from .units import ComputeUnits
 
 
 @dataclass
@@ -142,3 +143,13 @@ class Longer(nn.Module):
     def flops(self, lengths: list[int]) -> int:
         """Forward FLOPs of a batch with these history lengths (models/flops.py)."""
         return longer_flops(self.cfg, self.dims, lengths)
+
+    def compute_units(self) -> ComputeUnits:
+        """What the compute policies act on (models/units.py)."""
+        inner = [] if self.merge.inner is None else [self.merge.inner]
+        blocks = [*inner, self.attention.cross, *self.attention.self_layers]
+        return ComputeUnits(
+            tokens=[self.tokens, self.candidate_token, *([] if self.user_token is None else [self.user_token])],
+            attention=blocks, ffn=[block.ffn for block in blocks], head=[self.head], shard=blocks,
+            recompute={"inner_trans": inner, "cross": [self.attention.cross], "self": list(self.attention.self_layers)},
+        )
