@@ -25,14 +25,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.utils import clip_grad_norm_
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
 from .components.checkpoint import CheckpointManager, load_checkpoint, saved_keys
-from .components.metrics import ranking_metrics
+from .components.metrics import RankingMetrics, WindowedMetrics
 from .components.optimizer import apply_sparse_optimizer, build_lr_scheduler, build_optimizer
 from .components.run_logger import RunLogger
 from .config import Config, check_table_memory, non_default, to_dict
@@ -40,7 +39,7 @@ from .data.batch import Batch
 from .data.loader import build_dataloader
 from .data.vocab import resolve_num_embeddings
 from .distributed.parallelize import apply_compute_policies
-from .distributed.process_group import all_gather_arrays, init_distributed
+from .distributed.process_group import init_distributed
 from .distributed.sharding import format_plan, init_tables, plan_summary, shard_model
 from .models.flops import longer_flops, transformer_config
 from .models.ranking import build_model
@@ -51,7 +50,7 @@ log = logging.getLogger(__name__)
 # directory (and so its checkpoints)
 _RUN_INDEPENDENT = (
     "run_name", "resume", "fault_at_step", "fault_rank", "fault", "progress_bar", "log_every", "checkpoint_every",
-    "keep_checkpoints", "runs_table",
+    "keep_checkpoints", "runs_table", "metrics_window",
 )
 
 
@@ -159,6 +158,7 @@ class Trainer:
         self.model.train()
         self.logger.start_progress(self.total_steps, initial=progress["step"])
         window_loss, window_samples, window_time = 0.0, 0, 0.0
+        window = WindowedMetrics(cfg.train.metrics_window)  # NE / AUC / calibration of the last N steps
         while progress["step"] < self.total_steps:
             position = {"epoch": progress["epoch"], "batches": progress["batch_in_epoch"]}
             self.train_loader.load_state_dict({**self.train_loader.state_dict(), **position})
@@ -166,7 +166,7 @@ class Trainer:
             while progress["step"] < self.total_steps:
                 start = time.perf_counter()
                 try:
-                    loss, _, labels = step_fn(batches)
+                    loss, logits, labels = step_fn(batches)
                 except StopIteration:
                     break
                 self.scheduler.step()
@@ -180,6 +180,7 @@ class Trainer:
                 window_loss += loss_value * size
                 window_samples += size
                 window_time += elapsed
+                window.update(labels, logits)
                 progress["train_time"] += elapsed
                 progress["train_samples"] += size * env.world_size
                 self.logger.advance(loss_value)
@@ -190,6 +191,7 @@ class Trainer:
                         "train/grad_norm": self.step_optimizer.grad_norm,
                         "train/samples_per_s": window_samples * env.world_size / max(window_time, 1e-9),
                         "train/epoch": progress["epoch"],
+                        **{f"train/{k}": v for k, v in window.compute().items()},
                         **{f"data/skipped_{k}": v for k, v in self.train_loader.skipped.items()},
                     }
                     self.logger.log(self.step, metrics)
@@ -198,6 +200,8 @@ class Trainer:
                         f"step {self.step:>6}/{self.total_steps}  train/loss {metrics['train/loss']:.4f}  "
                         f"lr {metrics['train/lr']:.3g}  grad_norm {metrics['train/grad_norm']:.3g}  "
                         f"samples/s {metrics['train/samples_per_s']:.0f}"
+                        + "".join(f"  train/{k} {metrics[f'train/{k}']:.4f}" for k in ("ne", "auc", "calibration")
+                                  if f"train/{k}" in metrics)
                     )
                     window_loss, window_samples, window_time = 0.0, 0, 0.0
                 if self.step % eval_every == 0 or self.step == self.total_steps:
@@ -255,24 +259,20 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:
-        """Metrics on a whole split; every rank scores its shard and rank 0 computes on the union."""
+        """Metrics on a whole split: every rank scores its shard; the metrics are those of the union, without
+        any rank holding every prediction (components/metrics.py)."""
         if self.pipeline is not None:
             self.pipeline.detach()  # plain forwards; the next progress() re-attaches
         self.model.eval()
         loader = build_dataloader(
             self.cfg.data, split, train=False, seed=0, rank=self.env.rank, world_size=self.env.world_size
         )
-        users, labels, logits = [], [], []
+        metrics = RankingMetrics()
         for batch in loader:
             batch = batch.to(self.env.device)
-            _, (_, batch_logits, batch_labels) = self.model(batch)
-            users.append(batch.user_ids.cpu().numpy())
-            labels.append(batch_labels.float().cpu().numpy())
-            logits.append(batch_logits.float().cpu().numpy())
-        local = [np.concatenate(parts) if parts else np.zeros(0, dtype) for parts, dtype in
-                 ((users, np.int64), (labels, np.float32), (logits, np.float32))]
-        gathered = [all_gather_arrays(part) for part in local]
-        return ranking_metrics(*gathered)
+            _, (_, logits, labels) = self.model(batch)
+            metrics.update(batch.user_ids, labels.float(), logits.float())
+        return metrics.compute()
 
     # ------------------------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
