@@ -2,8 +2,9 @@
 one index_put into a left-padded batch) against fbgemm's `jagged_to_padded_dense` and torch's nested (jagged
 layout) `to_padded_tensor`. Both library ops pad on the right, which the model cannot use as is (its layout is
 left-padded, newest last); they are timed without the flips they would need (at their best), and the nested op
-once more with them (the left-padded layout, what the model could use). Forward + backward through the values, median of alternated repetitions (issue 18: "use fbgemm's or
-torch's jagged ops where a measurement says they are at least as fast").
+once more with them (the left-padded layout, what the model could use). Forward + backward through the values,
+median of alternated repetitions (issue 18: "use fbgemm's or torch's jagged ops where a measurement says they
+are at least as fast"). Results: benchmarks/results/jagged_cpu.md.
 
     python benchmarks/jagged.py [--batch 256] [--lengths 512 2000] [--dim 32] [--reps 20] [--threads 1]
 """
