@@ -136,6 +136,7 @@ class Trainer:
         )
         for line in format_plan(self.plan):
             self.logger.print(line)
+        self.resumed_from: Path | None = None  # the checkpoint this run continued from (_resume_or_start)
         self._resume_or_start()
 
     @property
@@ -299,7 +300,6 @@ class Trainer:
         return path
 
     def _resume_or_start(self) -> None:
-        self.resumed_from: Path | None = None
         if self.cfg.train.resume == "never":
             self.checkpoints.clear()
             return
