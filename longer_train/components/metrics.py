@@ -38,11 +38,19 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
+def _comm_device() -> torch.device:
+    """Where collectives take their tensors: the current GPU under NCCL, else the CPU (gloo)."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def _sum_over_ranks(values: list[float] | Tensor) -> Tensor:
     sums = torch.as_tensor(values, dtype=torch.float64)
     if _world()[1] > 1:
+        sums = sums.to(_comm_device())
         dist.all_reduce(sums)
-    return sums
+    return sums.cpu()
 
 
 def _route(owner: Tensor, *columns: Tensor) -> list[Tensor]:
@@ -50,15 +58,16 @@ def _route(owner: Tensor, *columns: Tensor) -> list[Tensor]:
     rank, world = _world()
     if world == 1:
         return list(columns)
+    device = _comm_device()
     order = torch.argsort(owner, stable=True)
-    send = torch.bincount(owner, minlength=world)
+    send = torch.bincount(owner, minlength=world).to(device)
     recv = torch.empty_like(send)
     dist.all_to_all_single(recv, send)
     out = []
     for column in columns:
-        received = column.new_empty(int(recv.sum()))
-        dist.all_to_all_single(received, column[order].contiguous(), recv.tolist(), send.tolist())
-        out.append(received)
+        received = torch.empty(int(recv.sum()), dtype=column.dtype, device=device)
+        dist.all_to_all_single(received, column[order].to(device), recv.tolist(), send.tolist())
+        out.append(received.cpu())
     return out
 
 
@@ -98,18 +107,25 @@ def auc(labels, scores) -> float:
     return float(u / pairs) if pairs > 0 else float("nan")
 
 
+def _quantiles(values: Tensor, count: int) -> Tensor:
+    """`count` evenly spaced order statistics of `values`, smallest and largest included (empty: none)."""
+    if not len(values):
+        return values
+    ordered = torch.sort(values).values
+    return ordered[torch.linspace(0, len(values) - 1, count).round().long()]
+
+
 def distributed_auc(labels: Tensor, scores: Tensor) -> float:
     """The AUC of the rows of all ranks (a collective): each row goes to the rank of its score's range."""
     rank, world = _world()
     labels, scores = labels.double().cpu(), scores.double().cpu()
     if world > 1:
-        # range boundaries: quantiles of a sample of every rank's scores (small, gathered to all)
-        sample = torch.quantile(scores, torch.linspace(0, 1, 65, dtype=torch.float64)) if len(scores) else scores
+        # range boundaries: quantiles of a sample of every rank's scores (65 each, gathered to all)
         samples: list = [None] * world
-        dist.all_gather_object(samples, sample)
-        merged = torch.cat(samples)
-        bounds = (torch.quantile(merged, torch.linspace(0, 1, world + 1, dtype=torch.float64)[1:-1])
-                  if len(merged) else torch.zeros(world - 1, dtype=torch.float64))
+        dist.all_gather_object(samples, _quantiles(scores, 65))
+        bounds = _quantiles(torch.cat(samples), world + 1)[1:-1]
+        if not len(bounds):  # no row on any rank
+            bounds = torch.zeros(world - 1, dtype=torch.float64)
         owner = torch.searchsorted(bounds, scores, right=True)  # equal scores: one owner
         labels, scores = _route(owner, labels, scores)
     positives, rows, u = mann_whitney(torch.zeros(len(labels), dtype=torch.long), labels, scores, 1)
