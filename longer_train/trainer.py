@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-import torch.distributed as dist
 from torch.nn.utils import clip_grad_norm_
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
 from .components.checkpoint import CheckpointManager, load_checkpoint, saved_keys
-from .components.metrics import RankingMetrics, WindowedMetrics
+from .components.metrics import RankingMetrics
+from .components.metrics_processor import MetricsProcessor
 from .components.optimizer import apply_sparse_optimizer, build_lr_scheduler, build_optimizer
 from .components.run_logger import RunLogger
 from .config import Config, check_table_memory, non_default, to_dict
@@ -158,8 +158,8 @@ class Trainer:
         step_fn: Callable = self.pipeline.progress if self.pipeline is not None else self._plain_step
         self.model.train()
         self.logger.start_progress(self.total_steps, initial=progress["step"])
-        window_loss, window_samples, window_time = 0.0, 0, 0.0
-        window = WindowedMetrics(cfg.train.metrics_window)  # NE / AUC / calibration of the last N steps
+        metrics = MetricsProcessor(self.logger, env.device, env.world_size, cfg.train.log_every,
+                                   cfg.train.metrics_window, self.flops_per_sample)
         while progress["step"] < self.total_steps:
             position = {"epoch": progress["epoch"], "batches": progress["batch_in_epoch"]}
             self.train_loader.load_state_dict({**self.train_loader.state_dict(), **position})
@@ -172,39 +172,17 @@ class Trainer:
                     break
                 self.scheduler.step()
                 elapsed = time.perf_counter() - start
-                size = int(labels.shape[0])
                 progress["step"] += 1
                 progress["batch_in_epoch"] += 1
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"training loss is {loss_value} at step {self.step} on rank {env.rank}")
-                window_loss += loss_value * size
-                window_samples += size
-                window_time += elapsed
-                window.update(labels, logits)
+                metrics.step(self.step, loss.item(), labels, logits, elapsed)
                 progress["train_time"] += elapsed
-                progress["train_samples"] += size * env.world_size
-                self.logger.advance(loss_value)
-                if self.step % cfg.train.log_every == 0 or self.step == self.total_steps:
-                    metrics = {
-                        "train/loss": self._mean_over_ranks(window_loss, window_samples),
-                        "train/lr": self.scheduler.get_last_lr()[0],
-                        "train/grad_norm": self.step_optimizer.grad_norm,
-                        "train/samples_per_s": window_samples * env.world_size / max(window_time, 1e-9),
+                progress["train_samples"] += int(labels.shape[0]) * env.world_size
+                if metrics.due(self.step, self.total_steps):
+                    metrics.log(self.step, self.total_steps, {
+                        "train/lr": self.scheduler.get_last_lr()[0], "train/grad_norm": self.step_optimizer.grad_norm,
                         "train/epoch": progress["epoch"],
-                        **{f"train/{k}": v for k, v in window.compute().items()},
                         **{f"data/skipped_{k}": v for k, v in self.train_loader.skipped.items()},
-                    }
-                    self.logger.log(self.step, metrics)
-                    # on the console too (with or without the progress bar): a run stuck at chance shows here
-                    self.logger.print(
-                        f"step {self.step:>6}/{self.total_steps}  train/loss {metrics['train/loss']:.4f}  "
-                        f"lr {metrics['train/lr']:.3g}  grad_norm {metrics['train/grad_norm']:.3g}  "
-                        f"samples/s {metrics['train/samples_per_s']:.0f}"
-                        + "".join(f"  train/{k} {metrics[f'train/{k}']:.4f}" for k in ("ne", "auc", "calibration")
-                                  if f"train/{k}" in metrics)
-                    )
-                    window_loss, window_samples, window_time = 0.0, 0, 0.0
+                    })
                 if self.step % eval_every == 0 or self.step == self.total_steps:
                     progress["valid"] = self.evaluate("valid")
                     self.logger.print(f"step {self.step:>6}  " + _format(progress["valid"], "valid"))
@@ -239,14 +217,6 @@ class Trainer:
         self.logger.finish(summary)
         self.logger.print(results_table(summary))
         return summary
-
-    def _mean_over_ranks(self, total: float, count: int) -> float:
-        """sum(total) / sum(count) over all ranks: the training loss of a logging window over the global
-        batch (a collective; every rank logs at the same steps)."""
-        sums = torch.tensor([total, count], dtype=torch.float64, device=self.env.device)
-        if self.env.world_size > 1:
-            dist.all_reduce(sums)
-        return float(sums[0] / sums[1])
 
     def _maybe_inject_fault(self) -> None:
         cfg = self.cfg.train

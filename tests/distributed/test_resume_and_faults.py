@@ -44,7 +44,7 @@ def _metrics(tmp_path, name) -> dict[int, dict]:
 
 
 def _comparable(metrics: dict[int, dict]) -> dict[int, dict]:
-    drop = ("train/samples_per_s",)  # wall-clock
+    drop = ("train/samples_per_s", "train/peak_memory_gib", "train/mfu")  # wall-clock and memory
     return {s: {k: v for k, v in m.items() if k not in drop} for s, m in metrics.items()}
 
 
