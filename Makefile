@@ -58,6 +58,10 @@ SWEEP_ARGS ?=
 
 setup: $(STAMP)
 
+# torchrec goes in last and with --no-deps: its metadata requires fbgemm-gpu (the CUDA build; on CPU we install
+# fbgemm-gpu-cpu), so any pip install after it would end with the resolver's harmless
+# "ERROR ... torchrec requires fbgemm-gpu, which is not installed" (docs/install.md)
+
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -66,8 +70,8 @@ ifeq ($(CUDA),cpu)
 else
 	$(PY) -m pip install --quiet --index-url $(TORCH_INDEX) torch==$(TORCH_VERSION) fbgemm-gpu==$(FBGEMM_VERSION)
 endif
-	$(PY) -m pip install --quiet --no-deps torchrec==$(TORCHREC_VERSION)
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps torchrec==$(TORCHREC_VERSION)
 	touch $(STAMP)
 
 $(DATA_DIR)/.complete: | $(STAMP)

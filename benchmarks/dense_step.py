@@ -49,7 +49,8 @@ from longer_train.config import ModelConfig, ParallelConfig
 from longer_train.distributed.parallelize import apply_compute_policies
 from longer_train.models.candidate_match import MatchPair
 from longer_train.models.flops import transformer_config
-from longer_train.models.longer import Longer, LongerDims, LongerInputs
+from longer_train.models.inputs import DenseDims, DenseInputs
+from longer_train.models.longer import Longer
 
 # configs/experiments/longer_paper.yaml on configs/experiments/longer.yaml, concat merge (the issue's setting)
 PAPER = dict(token_dim=32, time_buckets=64, merge="concat", merge_k=8, merge_proj_dim=None, num_cls=2,
@@ -90,10 +91,10 @@ def model_config(overrides: list[str]) -> ModelConfig:
     return ModelConfig(**settings)
 
 
-def make_inputs(lengths: torch.Tensor, device: str, gen: torch.Generator) -> LongerInputs:
+def make_inputs(lengths: torch.Tensor, device: str, gen: torch.Generator) -> DenseInputs:
     n, b = int(lengths.sum()), lengths.shape[0]
     leaf = lambda *shape: torch.randn(*shape, generator=gen).to(device).requires_grad_()  # noqa: E731
-    return LongerInputs(
+    return DenseInputs(
         events=leaf(n, EVENT), lengths=lengths.to(device),
         time_diff=torch.randint(0, 10**7, (n,), generator=gen).to(device),
         candidate=leaf(b, CANDIDATE), user=leaf(b, USER), dense=leaf(b, DENSE),
@@ -121,7 +122,7 @@ def matmul_peak(n: int, dtype: torch.dtype, device: str, tries: int = 3) -> floa
     return 2 * n**3 / best
 
 
-def step(model: Longer, x: LongerInputs) -> None:
+def step(model: Longer, x: DenseInputs) -> None:
     """Forward + backward (bf16, when asked, by the model's own compute policy: parallel.bf16)."""
     model.zero_grad(set_to_none=True)
     for t in (x.events, x.candidate, x.user, x.dense):
@@ -129,7 +130,7 @@ def step(model: Longer, x: LongerInputs) -> None:
     model(x).float().sum().backward()
 
 
-def timed_step(model: Longer, x: LongerInputs, device: str) -> float:
+def timed_step(model: Longer, x: DenseInputs, device: str) -> float:
     sync(device)
     start = CLOCK[0]()
     step(model, x)
@@ -144,7 +145,7 @@ def _status_kib(key: str) -> int:
     raise RuntimeError(f"no {key} in /proc/self/status")
 
 
-def peak_memory(model: Longer, x: LongerInputs, device: str) -> float | None:
+def peak_memory(model: Longer, x: DenseInputs, device: str) -> float | None:
     """Bytes one step holds above what was allocated before it (None where it cannot be read)."""
     gc.collect()
     if device == "cuda":
@@ -167,7 +168,7 @@ def peak_memory(model: Longer, x: LongerInputs, device: str) -> float | None:
 
 
 def build(cfg: ModelConfig, max_len: int, device: str, parallel: ParallelConfig) -> Longer:
-    dims = LongerDims(event=EVENT, candidate=CANDIDATE, user=USER, dense=DENSE, max_len=max_len,
+    dims = DenseDims(event=EVENT, candidate=CANDIDATE, user=USER, dense=DENSE, max_len=max_len,
                       match_pairs=MATCH_PAIRS)
     torch.manual_seed(0)
     model = Longer(cfg, dims).to(device).train()

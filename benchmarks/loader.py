@@ -122,8 +122,10 @@ def resume_costs(cfg) -> list[tuple[int, int, float, int, float]]:
 
 def rss_child(config: str) -> dict:
     """Runs in its own process: stream one training epoch (0 workers), report sizes and peak RSS."""
-    from longer_train.data.loader import build_dataloader, read_columns, resolve_files
-    from longer_train.data.store import event_files, is_store_schema
+    from longer_train.data.loader import build_dataloader, read_columns
+    from longer_train.data.row_groups import resolve_files
+    from longer_train.data.schema import is_store_schema
+    from longer_train.data.store import event_files
     from longer_train.data.vocab import resolve_num_embeddings
 
     cfg = _config(config)

@@ -20,13 +20,14 @@ import numpy as np
 import torch
 
 from longer_train.config import ModelConfig
-from longer_train.models.longer import Longer, LongerDims, LongerInputs
+from longer_train.models.inputs import DenseDims, DenseInputs
+from longer_train.models.longer import Longer
 from longer_train.serve import prefill, score
 
 
-def _request(dims: LongerDims, length: int, seed: int) -> LongerInputs:
+def _request(dims: DenseDims, length: int, seed: int) -> DenseInputs:
     g = torch.Generator().manual_seed(seed)
-    return LongerInputs(
+    return DenseInputs(
         events=torch.randn(length, dims.event, generator=g), lengths=torch.tensor([length]),
         time_diff=torch.randint(0, 10**7, (length,), generator=g),
         candidate=torch.randn(1, dims.candidate, generator=g),
@@ -34,7 +35,7 @@ def _request(dims: LongerDims, length: int, seed: int) -> LongerInputs:
     )
 
 
-def _naive(model: Longer, x: LongerInputs, candidates: torch.Tensor) -> torch.Tensor:
+def _naive(model: Longer, x: DenseInputs, candidates: torch.Tensor) -> torch.Tensor:
     c = candidates.shape[0]
     return model(dataclasses.replace(
         x, events=x.events.repeat(c, 1), lengths=x.lengths.repeat(c), time_diff=x.time_diff.repeat(c),
@@ -42,7 +43,7 @@ def _naive(model: Longer, x: LongerInputs, candidates: torch.Tensor) -> torch.Te
     ))
 
 
-def _cached(model: Longer, x: LongerInputs, candidates: torch.Tensor) -> torch.Tensor:
+def _cached(model: Longer, x: DenseInputs, candidates: torch.Tensor) -> torch.Tensor:
     return score(model, prefill(model, x), candidates.unsqueeze(0))[0]
 
 
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     cfg = ModelConfig(token_dim=args.token_dim, merge_k=args.merge_k, num_queries=args.queries,
                       num_self_layers=args.self_layers, head_dim=32)
-    dims = LongerDims(event=3 * args.token_dim, candidate=2 * args.token_dim, user=args.token_dim, dense=1,
+    dims = DenseDims(event=3 * args.token_dim, candidate=2 * args.token_dim, user=args.token_dim, dense=1,
                       max_len=args.length)
     model = Longer(cfg, dims).eval()
     x = _request(dims, args.length, seed=1)

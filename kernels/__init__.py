@@ -6,6 +6,6 @@ Installed as `longer_train.kernels` (see pyproject.toml). Nothing here imports t
 their benchmarks must run on a machine with only torch (+ triton).
 """
 
-from .dispatch import AttentionImpl, candidate_attention, group_attention, hybrid_attention, resolve_impl
+from .dispatch import candidate_attention, group_attention, hybrid_attention, resolve_impl
 
-__all__ = ["AttentionImpl", "candidate_attention", "group_attention", "hybrid_attention", "resolve_impl"]
+__all__ = ["candidate_attention", "group_attention", "hybrid_attention", "resolve_impl"]

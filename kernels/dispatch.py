@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Literal
 
 from torch import Tensor
 
 from .reference import candidate_attention_reference, group_attention_reference, hybrid_attention_reference
 from .sdpa import group_attention_sdpa, hybrid_attention_sdpa
 
-AttentionImpl = Literal["auto", "reference", "triton", "sdpa"]
 IMPLS = ("auto", "reference", "triton", "sdpa")
 log = logging.getLogger(__name__)
 _logged: set[str] = set()

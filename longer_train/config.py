@@ -30,8 +30,8 @@ class ConfigError(InputError):
     """A config key is unknown, missing or has a value of the wrong type, outside its choices or its range."""
 
 
-def _choice(default: Any, choices: tuple, doc: str = "") -> Any:
-    return field(default=default, metadata={"choices": choices, "doc": doc})
+def _choice(default: Any, choices: tuple) -> Any:
+    return field(default=default, metadata={"choices": choices})
 
 
 @dataclass(frozen=True)
@@ -213,6 +213,8 @@ class TrainConfig:
     max_steps: int = _num(0, 0)  # >0 stops after this many steps even within an epoch
     eval_every: int = _num(0, 0)  # steps between validation passes; 0 = once per epoch
     log_every: int = _num(10, 1)  # steps between the logged (and printed) train loss, lr and samples/s
+    # the logged training NE, AUC and calibration are over the last this many steps of all ranks; 0 = off
+    metrics_window: int = _num(100, 0)
     device: str = _choice("auto", ("auto", "cpu", "cuda"))
     output_dir: str = "runs"  # each run writes runs/<run_name>/ (checkpoint, wandb)
     run_name: Optional[str] = None  # default: <model>-<timestamp>

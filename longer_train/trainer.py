@@ -25,14 +25,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from torch.nn.utils import clip_grad_norm_
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
 from .components.checkpoint import CheckpointManager, load_checkpoint, saved_keys
-from .components.metrics import ranking_metrics
+from .components.metrics import RankingMetrics
+from .components.metrics_processor import MetricsProcessor
 from .components.optimizer import apply_sparse_optimizer, build_lr_scheduler, build_optimizer
 from .components.run_logger import RunLogger
 from .config import Config, check_table_memory, non_default, to_dict
@@ -40,7 +39,7 @@ from .data.batch import Batch
 from .data.loader import build_dataloader
 from .data.vocab import resolve_num_embeddings
 from .distributed.parallelize import apply_compute_policies
-from .distributed.process_group import all_gather_arrays, init_distributed
+from .distributed.process_group import init_distributed
 from .distributed.sharding import format_plan, init_tables, plan_summary, shard_model
 from .models.flops import longer_flops, transformer_config
 from .models.ranking import build_model
@@ -51,7 +50,7 @@ log = logging.getLogger(__name__)
 # directory (and so its checkpoints)
 _RUN_INDEPENDENT = (
     "run_name", "resume", "fault_at_step", "fault_rank", "fault", "progress_bar", "log_every", "checkpoint_every",
-    "keep_checkpoints", "runs_table",
+    "keep_checkpoints", "runs_table", "metrics_window",
 )
 
 
@@ -137,6 +136,7 @@ class Trainer:
         )
         for line in format_plan(self.plan):
             self.logger.print(line)
+        self.resumed_from: Path | None = None  # the checkpoint this run continued from (_resume_or_start)
         self._resume_or_start()
 
     @property
@@ -158,7 +158,8 @@ class Trainer:
         step_fn: Callable = self.pipeline.progress if self.pipeline is not None else self._plain_step
         self.model.train()
         self.logger.start_progress(self.total_steps, initial=progress["step"])
-        window_loss, window_samples, window_time = 0.0, 0, 0.0
+        metrics = MetricsProcessor(self.logger, env.device, env.world_size, cfg.train.log_every,
+                                   cfg.train.metrics_window, self.flops_per_sample)
         while progress["step"] < self.total_steps:
             position = {"epoch": progress["epoch"], "batches": progress["batch_in_epoch"]}
             self.train_loader.load_state_dict({**self.train_loader.state_dict(), **position})
@@ -166,40 +167,22 @@ class Trainer:
             while progress["step"] < self.total_steps:
                 start = time.perf_counter()
                 try:
-                    loss, _, labels = step_fn(batches)
+                    loss, logits, labels = step_fn(batches)
                 except StopIteration:
                     break
                 self.scheduler.step()
                 elapsed = time.perf_counter() - start
-                size = int(labels.shape[0])
                 progress["step"] += 1
                 progress["batch_in_epoch"] += 1
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"training loss is {loss_value} at step {self.step} on rank {env.rank}")
-                window_loss += loss_value * size
-                window_samples += size
-                window_time += elapsed
+                metrics.step(self.step, loss.item(), labels, logits, elapsed)
                 progress["train_time"] += elapsed
-                progress["train_samples"] += size * env.world_size
-                self.logger.advance(loss_value)
-                if self.step % cfg.train.log_every == 0 or self.step == self.total_steps:
-                    metrics = {
-                        "train/loss": self._mean_over_ranks(window_loss, window_samples),
-                        "train/lr": self.scheduler.get_last_lr()[0],
-                        "train/grad_norm": self.step_optimizer.grad_norm,
-                        "train/samples_per_s": window_samples * env.world_size / max(window_time, 1e-9),
+                progress["train_samples"] += int(labels.shape[0]) * env.world_size
+                if metrics.due(self.step, self.total_steps):
+                    metrics.log(self.step, self.total_steps, {
+                        "train/lr": self.scheduler.get_last_lr()[0], "train/grad_norm": self.step_optimizer.grad_norm,
                         "train/epoch": progress["epoch"],
                         **{f"data/skipped_{k}": v for k, v in self.train_loader.skipped.items()},
-                    }
-                    self.logger.log(self.step, metrics)
-                    # on the console too (with or without the progress bar): a run stuck at chance shows here
-                    self.logger.print(
-                        f"step {self.step:>6}/{self.total_steps}  train/loss {metrics['train/loss']:.4f}  "
-                        f"lr {metrics['train/lr']:.3g}  grad_norm {metrics['train/grad_norm']:.3g}  "
-                        f"samples/s {metrics['train/samples_per_s']:.0f}"
-                    )
-                    window_loss, window_samples, window_time = 0.0, 0, 0.0
+                    })
                 if self.step % eval_every == 0 or self.step == self.total_steps:
                     progress["valid"] = self.evaluate("valid")
                     self.logger.print(f"step {self.step:>6}  " + _format(progress["valid"], "valid"))
@@ -235,14 +218,6 @@ class Trainer:
         self.logger.print(results_table(summary))
         return summary
 
-    def _mean_over_ranks(self, total: float, count: int) -> float:
-        """sum(total) / sum(count) over all ranks: the training loss of a logging window over the global
-        batch (a collective; every rank logs at the same steps)."""
-        sums = torch.tensor([total, count], dtype=torch.float64, device=self.env.device)
-        if self.env.world_size > 1:
-            dist.all_reduce(sums)
-        return float(sums[0] / sums[1])
-
     def _maybe_inject_fault(self) -> None:
         cfg = self.cfg.train
         # only in a job's first life: not after torchrun restarted it, not once it resumed from a checkpoint
@@ -255,24 +230,20 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:
-        """Metrics on a whole split; every rank scores its shard and rank 0 computes on the union."""
+        """Metrics on a whole split: every rank scores its shard; the metrics are those of the union, without
+        any rank holding every prediction (components/metrics.py)."""
         if self.pipeline is not None:
             self.pipeline.detach()  # plain forwards; the next progress() re-attaches
         self.model.eval()
         loader = build_dataloader(
             self.cfg.data, split, train=False, seed=0, rank=self.env.rank, world_size=self.env.world_size
         )
-        users, labels, logits = [], [], []
+        metrics = RankingMetrics()
         for batch in loader:
             batch = batch.to(self.env.device)
-            _, (_, batch_logits, batch_labels) = self.model(batch)
-            users.append(batch.user_ids.cpu().numpy())
-            labels.append(batch_labels.float().cpu().numpy())
-            logits.append(batch_logits.float().cpu().numpy())
-        local = [np.concatenate(parts) if parts else np.zeros(0, dtype) for parts, dtype in
-                 ((users, np.int64), (labels, np.float32), (logits, np.float32))]
-        gathered = [all_gather_arrays(part) for part in local]
-        return ranking_metrics(*gathered)
+            _, (_, logits, labels) = self.model(batch)
+            metrics.update(batch.user_ids, labels.float(), logits.float())
+        return metrics.compute()
 
     # ------------------------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -299,7 +270,6 @@ class Trainer:
         return path
 
     def _resume_or_start(self) -> None:
-        self.resumed_from: Path | None = None
         if self.cfg.train.resume == "never":
             self.checkpoints.clear()
             return

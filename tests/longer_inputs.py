@@ -5,10 +5,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from longer_train.config import ModelConfig
 from longer_train.models.candidate_match import MatchPair
-from longer_train.models.longer import Longer, LongerDims, LongerInputs
+from longer_train.models.inputs import DenseDims, DenseInputs
+from longer_train.models.longer import Longer
 
 # events: item (4) | category (4) | action (4); candidate: item (4) | category (4), sharing their tables
-DIMS = LongerDims(event=12, candidate=8, user=6, dense=2, max_len=64,
+DIMS = DenseDims(event=12, candidate=8, user=6, dense=2, max_len=64,
                   match_pairs=(MatchPair(0, 0, 4), MatchPair(4, 4, 4)))
 
 
@@ -22,10 +23,10 @@ def make_model(merge: str = "concat", **overrides) -> Longer:
     return Longer(cfg, DIMS).eval()
 
 
-def make_inputs(lengths: list[int], seed: int = 1) -> LongerInputs:
+def make_inputs(lengths: list[int], seed: int = 1) -> DenseInputs:
     g = torch.Generator().manual_seed(seed)
     n, b = sum(lengths), len(lengths)
-    return LongerInputs(
+    return DenseInputs(
         events=torch.randn(n, DIMS.event, generator=g),
         lengths=torch.tensor(lengths),
         time_diff=torch.randint(0, 10**7, (n,), generator=g),

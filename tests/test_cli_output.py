@@ -67,7 +67,7 @@ def test_loader_warnings_and_the_training_loss_reach_the_console(tiny, tmp_path,
     (data / "train" / "zz-broken.parquet").write_bytes(b"not parquet")
     assert train_main(_args(data, tmp_path, "data.bad_files=skip")) == 0
     out, err = capsys.readouterr()
-    assert "WARNING longer_train.data.loader: skipping file (data.bad_files=skip)" in err and "zz-broken" in err
+    assert "WARNING longer_train.data.row_groups: skipping file (data.bad_files=skip)" in err and "zz-broken" in err
     # without the progress bar, every log_every steps: the windowed loss, lr, grad norm and samples/s
     lines = [line for line in out.splitlines() if "train/loss" in line]
     assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"], out

@@ -29,12 +29,10 @@ lengths decide the plan), and `bad_rows` / `bad_files: skip` re-read and re-vali
 
 from __future__ import annotations
 
-import glob
 import logging
 import math
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -47,68 +45,12 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..config import DataConfig
 from .batch import Batch, collate
-from .schema import SchemaError, check_rows, validate_schema
-from .store import EventLog, history_columns, is_store_schema, open_event_log
+from .row_groups import Segment, list_row_groups, near_equal_range, resolve_files
+from .schema import SchemaError, check_rows, history_columns
+from .store import EventLog, open_event_log
 from .vocab import resolve_num_embeddings
 
 log = logging.getLogger(__name__)
-
-
-def resolve_files(root: str, split: str) -> list[str]:
-    """A split is a Parquet file, a directory of them, or a glob, relative to `root` unless absolute."""
-    path = Path(split) if Path(split).is_absolute() else Path(root) / split
-    if path.is_file():
-        return [str(path)]
-    if path.is_dir():
-        files = sorted(str(p) for p in path.rglob("*.parquet"))
-    else:
-        files = sorted(glob.glob(str(path), recursive=True))
-    if not files:
-        raise FileNotFoundError(f"no Parquet files for split {split!r} under {root!r} (looked for {path})")
-    return files
-
-
-@dataclass(frozen=True)
-class RowGroup:
-    path: str
-    index: int
-    num_rows: int
-    first_row: int  # row number of its first row within the file (for error messages)
-    store: bool = False  # a sequence store's sample rows: histories are rebuilt from the event log
-
-
-@dataclass(frozen=True)
-class Segment:
-    """Rows [start, stop) of one row group (numbered within the row group)."""
-
-    group: RowGroup
-    start: int
-    stop: int
-
-
-def list_row_groups(files: list[str], data: DataConfig) -> tuple[list[RowGroup], list[str]]:
-    """(row groups of the usable files, files skipped). A file that cannot be opened or whose schema does
-    not match the config raises SchemaError, or is skipped with a warning under `data.bad_files: skip`.
-    A file holding none of the history columns is a sequence store's sample file (store.py)."""
-    groups, skipped = [], []
-    for path in files:
-        try:
-            meta = pq.ParquetFile(path)
-            store = is_store_schema(meta.schema_arrow, data)
-            validate_schema(meta.schema_arrow, data, path, history=not store)
-        except (OSError, pa.ArrowException, SchemaError) as err:
-            message = str(err) if isinstance(err, SchemaError) else f"{path}: cannot read Parquet file ({err})"
-            if data.bad_files == "error":
-                raise SchemaError(message) from err
-            log.warning("skipping file (data.bad_files=skip): %s", message)
-            skipped.append(path)
-            continue
-        first = 0
-        for i in range(meta.num_row_groups):
-            n = meta.metadata.row_group(i).num_rows
-            groups.append(RowGroup(path, i, n, first, store))
-            first += n
-    return groups, skipped
 
 
 def read_columns(data: DataConfig, store: bool = False) -> list[str]:
@@ -118,11 +60,6 @@ def read_columns(data: DataConfig, store: bool = False) -> list[str]:
     if store:
         names = [n for n in names if n not in history_columns(data)]
     return list(dict.fromkeys(names))
-
-
-def _split(start: int, count: int, parts: int, i: int) -> tuple[int, int]:
-    """Part i of `parts` near-equal ranges of [start, start + count)."""
-    return start + i * count // parts, start + (i + 1) * count // parts
 
 
 class ParquetStream(IterableDataset):
@@ -152,7 +89,7 @@ class ParquetStream(IterableDataset):
         self.epoch = epoch
 
     def _rank_range(self) -> tuple[int, int]:
-        return _split(0, self.total_rows, self.world_size, self.rank)
+        return near_equal_range(0, self.total_rows, self.world_size, self.rank)
 
     def num_rows(self) -> int:
         """Rows this rank reads per epoch (all ranks: equal +-1)."""
@@ -172,7 +109,7 @@ class ParquetStream(IterableDataset):
         if self.shuffle:
             np.random.default_rng((self.seed, self.epoch)).shuffle(order)
         rank_start, rank_stop = self._rank_range()
-        start, stop = _split(rank_start, rank_stop - rank_start, self.workers, k)
+        start, stop = near_equal_range(rank_start, rank_stop - rank_start, self.workers, k)
         sizes = np.array([self.groups[i].num_rows for i in order], dtype=np.int64)
         ends = np.cumsum(sizes)  # virtual row after each group
         out = []
@@ -203,23 +140,23 @@ class ParquetStream(IterableDataset):
 
 @dataclass
 class _Loaded:
-    """Rows of a segment held in memory: `table` and `why` (each row's reason to be invalid, "" = valid)
+    """Rows of a segment held in memory: `table` and `reasons` (each row's reason to be invalid, "" = valid)
     hold the segment's rows `offsets` (sorted, numbered within the segment)."""
 
     table: pa.Table
-    why: np.ndarray
+    reasons: np.ndarray
     offsets: np.ndarray
 
     def rows(self, local: np.ndarray) -> pa.Table:
         return self.table.take(pa.array(np.searchsorted(self.offsets, local)))
 
-    def why_of(self, local: np.ndarray) -> np.ndarray:
-        return self.why[np.searchsorted(self.offsets, local)]
+    def reasons_of(self, local: np.ndarray) -> np.ndarray:
+        return self.reasons[np.searchsorted(self.offsets, local)]
 
     def only(self, keep: np.ndarray) -> _Loaded:
         """A copy holding only the rows `keep` (a subset of offsets)."""
         at = np.searchsorted(self.offsets, keep)
-        return _Loaded(self.table.take(pa.array(at)), self.why[at], keep)
+        return _Loaded(self.table.take(pa.array(at)), self.reasons[at], keep)
 
 
 class _Reader:
@@ -233,7 +170,7 @@ class _Reader:
     reader reads only the segments that still hold rows of the batches to come."""
 
     def __init__(self, stream: ParquetStream, k: int) -> None:
-        self.s, self.data = stream, stream.data
+        self.stream, self.data = stream, stream.data
         self.k = k
         self.reader = stream.rank * stream.workers + k
         self.rng = np.random.default_rng((stream.seed, stream.epoch, self.reader))
@@ -265,36 +202,37 @@ class _Reader:
         next non-empty one, so the count stays len(self.sizes). Batches before the resume point are not
         read when no row can be dropped: every row of a delivered batch was valid, or it would have raised."""
         can_drop = self.data.bad_rows == "skip" or self.data.bad_files == "skip"
-        owed = 0
+        unmade = 0  # batches left with no valid row, still to be made up by splitting later ones
         for index, ids in enumerate(self._plan()):
             if index < self.skip and not can_drop:
                 self._place(ids)
                 yield ids
                 continue
-            why = self._why(ids)
-            self.skipped.update(why[why != ""])
-            valid = ids[why == ""]
+            reasons = self._reasons(ids)
+            self.skipped.update(reasons[reasons != ""])
+            valid = ids[reasons == ""]
             if not valid.size:
-                owed += 1
+                unmade += 1
                 self._place(ids)
                 continue
-            parts = min(owed + 1, valid.size)
-            owed -= parts - 1
+            parts = min(unmade + 1, valid.size)
+            unmade -= parts - 1
             cuts = [i * valid.size // parts for i in range(parts + 1)]
             for a, b in zip(cuts[:-1], cuts[1:]):
                 yield valid[a:b]
             self._place(ids)  # after its batches were built from the loaded segments
-        if owed:
+        if unmade:
             raise SchemaError(
-                f"epoch {self.s.epoch}, rank {self.s.rank}, reader {self.k}: {owed} of {len(self.sizes)} "
+                f"epoch {self.stream.epoch}, rank {self.stream.rank}, reader {self.k}: {unmade} of "
+                f"{len(self.sizes)} "
                 "batches have no valid row left after skipping bad rows (data.bad_rows=skip); the split has "
                 "fewer valid rows than batches for world_size * num_workers readers"
             )
 
     def _plan(self) -> Iterator[np.ndarray]:
         """Row ids of each batch of `self.sizes` input rows (sorted), drawn from the shuffle buffer."""
-        s = self.s
-        capacity = max(self.data.shuffle_buffer, s.batch_size) if s.shuffle else s.batch_size
+        stream = self.stream
+        capacity = max(self.data.shuffle_buffer, stream.batch_size) if stream.shuffle else stream.batch_size
         buffer: list[np.ndarray] = []
         sizes = list(reversed(self.sizes))  # pop() takes the next size
         for segment in range(len(self.segments)):
@@ -316,7 +254,7 @@ class _Reader:
             used += take[-1]
         if final and used != n:
             raise AssertionError(f"reader planned {used} rows but read {n}")  # a bug, not bad input
-        if self.s.shuffle:
+        if self.stream.shuffle:
             order = self.rng.permutation(n)
             tail, order = order[: n - used], order[n - used:]
             if self.data.bucket_by_length:  # similar history lengths side by side; ties stay random
@@ -328,7 +266,7 @@ class _Reader:
             buffer.append(ids[tail])
         starts = np.cumsum([0, *take])
         batches = list(range(len(take)))
-        if self.s.shuffle and self.data.bucket_by_length:
+        if self.stream.shuffle and self.data.bucket_by_length:
             self.rng.shuffle(batches)  # buckets in random order, not shortest first
         for i in batches:
             self.planned += 1
@@ -357,10 +295,10 @@ class _Reader:
             if loaded is not None and self.unplaced[seg] * 4 <= len(loaded.offsets):
                 self.loaded[seg] = loaded.only(np.flatnonzero(pending))
 
-    def _why(self, ids: np.ndarray) -> np.ndarray:
+    def _reasons(self, ids: np.ndarray) -> np.ndarray:
         """Why each of these rows is invalid ("" = valid), reading their segments if needed."""
         segments = self._segment_of(ids)
-        return np.concatenate([self._load(int(seg)).why_of(ids[segments == seg] - self.first_id[seg])
+        return np.concatenate([self._load(int(seg)).reasons_of(ids[segments == seg] - self.first_id[seg])
                                for seg in np.unique(segments)]) if ids.size else np.zeros(0, dtype=object)
 
     def _rows(self, ids: np.ndarray) -> pa.Table:
@@ -389,7 +327,7 @@ class _Reader:
             table = loaded.table
         elif segment.group.store:
             table = self._read_table(segment, [self.data.user_id, self.data.timestamp])
-            return np.zeros(rows, dtype=np.int64) if table is None else self.s.events.history_lengths(table)
+            return np.zeros(rows, dtype=np.int64) if table is None else self.stream.events.history_lengths(table)
         else:
             table = self._read_table(segment, [self.data.hist_timestamp])
         column = None if table is None else table.column(self.data.hist_timestamp)
@@ -400,8 +338,8 @@ class _Reader:
     def _load(self, seg: int) -> _Loaded:
         """A segment's rows, read and validated on first use."""
         if seg not in self.loaded:
-            table, why = self._read(self.segments[seg])
-            self.loaded[seg] = _Loaded(table, why, np.arange(table.num_rows))
+            table, reasons = self._read(self.segments[seg])
+            self.loaded[seg] = _Loaded(table, reasons, np.arange(table.num_rows))
         return self.loaded[seg]
 
     def _read_table(self, segment: Segment, columns: list[str]) -> pa.Table | None:
@@ -436,13 +374,13 @@ class _Reader:
             return pa.table(columns), np.full(rows, "unreadable", dtype=object)
         where = None
         if group.store:
-            table, events = self.s.events.rebuild(table)
-            where = lambda column, value: f" (event: {self.s.events.where(int(events[value]))})"  # noqa: E731
+            table, events = self.stream.events.rebuild(table)
+            where = lambda column, value: f" (event: {self.stream.events.where(int(events[value]))})"  # noqa: E731
         if not rows:
             return table, np.zeros(0, dtype=object)
-        why = check_rows(table.to_batches()[0], data, group.path,
+        reasons = check_rows(table.to_batches()[0], data, group.path,
                          group.first_row + segment.start, skip=data.bad_rows == "skip", where=where)
-        return table, why
+        return table, reasons
 
 
 class ShardedLoader:

@@ -34,6 +34,17 @@ class SchemaError(InputError):
     """A Parquet file or batch does not match the sample schema (names the file, column and row)."""
 
 
+def history_columns(data: DataConfig) -> list[str]:
+    """The list columns an inline row holds and the store keeps in its log: hist_timestamp, then the sequence
+    features (config order)."""
+    return list(dict.fromkeys([data.hist_timestamp, *data.columns("sequence")]))
+
+
+def is_store_schema(schema: pa.Schema, data: DataConfig) -> bool:
+    """A sample file of the store holds none of the history columns (an inline file holds all of them)."""
+    return not any(name in schema.names for name in history_columns(data))
+
+
 def _column_uses(cfg: DataConfig, labelled: bool = True, history: bool = True) -> dict[str, tuple[str, str]]:
     """column -> (kind, what it is used for); the fixed columns override a feature of the same name.
     `labelled=False` is for scoring requests, which have no label; `history=False` for the sample files of a

@@ -38,23 +38,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..config import DataConfig
-from .schema import SchemaError
+from .row_groups import resolve_files
+from .schema import SchemaError, history_columns, is_store_schema
 
 log = logging.getLogger(__name__)
 
 EVENTS = "events"  # the log's folder under the dataset root (data.events)
 _PLAIN_TYPES = {"INT32": np.dtype("<i4"), "INT64": np.dtype("<i8")}
-
-
-def history_columns(data: DataConfig) -> list[str]:
-    """The list columns an inline row holds and the store keeps in its log: hist_timestamp, then the sequence
-    features (config order)."""
-    return list(dict.fromkeys([data.hist_timestamp, *data.columns("sequence")]))
-
-
-def is_store_schema(schema: pa.Schema, data: DataConfig) -> bool:
-    """A sample file of the store holds none of the history columns (an inline file holds all of them)."""
-    return not any(name in schema.names for name in history_columns(data))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -126,8 +116,7 @@ class _Chunk:
 
 
 def event_files(data: DataConfig) -> list[str]:
-    from .loader import resolve_files  # the same rules as a split: file, folder or glob under root
-
+    # the same rules as a split: file, folder or glob under root
     try:
         return resolve_files(data.root, data.events)
     except FileNotFoundError as err:
@@ -344,8 +333,6 @@ def open_event_log(data: DataConfig) -> EventLog:
 def read_inline(root: str | Path, split: str, data: DataConfig) -> pa.Table:
     """A whole split of a store in the inline schema (histories cut to data.max_len): for tests, small exports
     and scoring requests. Reads everything into memory."""
-    from .loader import resolve_files
-
     data = dataclasses.replace(data, root=str(root))
     table = pq.read_table(resolve_files(str(root), split))
     if not is_store_schema(table.schema, data):

@@ -16,15 +16,22 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import ConfigError, ParallelConfig
-from ..models.blocks import FeedForward
-from ..models.hstu import HSTULayer
-from ..models.hybrid_attention import CausalBlock
-from ..models.token_builder import TokenBuilder
-from ..models.token_merge import InnerTransBlock
+from ..models.units import ComputeUnits
 
-# transformer blocks: the unit of FSDP2 sharding and of bf16 "attention"
-BLOCKS = (CausalBlock, InnerTransBlock, HSTULayer)
 _NORMS = (nn.LayerNorm, nn.RMSNorm)
+
+
+def compute_units(dense: nn.Module) -> ComputeUnits:
+    """The units the dense model declares (models/units.py), checked to be its own submodules."""
+    if not callable(getattr(dense, "compute_units", None)):
+        raise TypeError(f"dense model {type(dense).__name__} declares no compute_units() (models/units.py)")
+    units = dense.compute_units()
+    own = {id(m) for m in dense.modules()}
+    declared = [*units.tokens, *units.attention, *units.ffn, *units.head, *units.shard,
+                *(m for modules in units.recompute.values() for m in modules)]
+    if any(id(m) not in own for m in declared):
+        raise ValueError(f"{type(dense).__name__}.compute_units() names a module that is not one of its submodules")
+    return units
 
 
 def _wrap_forward(module: nn.Module, wrapper: Callable) -> None:
@@ -45,36 +52,21 @@ def _autocast_forward(device_type: str, bf16: bool, inner: Callable, *args, **kw
         return inner(*(_to_fp32(a) for a in args), **{k: _to_fp32(v) for k, v in kwargs.items()})
 
 
-def _components(dense: nn.Module) -> dict[str, list[nn.Module]]:
-    """The modules behind each `parallel.bf16` component name."""
-    tokens = [m for m in dense.modules() if isinstance(m, TokenBuilder)]
-    tokens += [getattr(dense, name) for name in ("candidate_token", "user_token") if getattr(dense, name, None)]
-    attention = [m for m in dense.modules() if isinstance(m, BLOCKS)]
-    if not attention and isinstance(getattr(dense, "attention", None), nn.Module):  # DIN's attention MLP
-        attention = [dense.attention]
-    return {
-        "tokens": tokens,
-        "attention": attention,
-        "ffn": [m for m in dense.modules() if isinstance(m, FeedForward)],
-        "head": [dense.head] if isinstance(getattr(dense, "head", None), nn.Module) else [],
-    }
-
-
 def apply_precision(dense: nn.Module, bf16: list[str], device_type: str) -> None:
     """Run the named components in bf16 (autocast); norms always run in fp32, as do the embeddings
     (TorchRec tables) and the loss, which live outside `dense`."""
     if not bf16:
         return
-    components = _components(dense)
+    units = compute_units(dense)
     for name in bf16:
-        if not components[name]:
+        if not units.precision(name):
             raise ConfigError(f"config key 'parallel.bf16': model {type(dense).__name__} has no {name!r} component")
     # innermost first: a block's FFN and norms keep their own policy inside the block's autocast region
     for module in dense.modules():
         if isinstance(module, _NORMS):
             _wrap_forward(module, functools.partial(_autocast_forward, device_type, False))
     for name in ("ffn", "attention", "tokens", "head"):
-        for module in components[name]:
+        for module in units.precision(name):
             _wrap_forward(module, functools.partial(_autocast_forward, device_type, name in bf16))
 
 
@@ -88,18 +80,13 @@ def recompute_targets(dense: nn.Module, mode: str) -> list[nn.Module]:
     """Modules whose activations `parallel.recompute=mode` recomputes in backward."""
     if mode == "none":
         return []
-    merge, attention = getattr(dense, "merge", None), getattr(dense, "attention", None)
-    found = {
-        "inner_trans": [merge.inner] if merge is not None and getattr(merge, "inner", None) is not None else [],
-        "cross": [attention.cross] if isinstance(getattr(attention, "cross", None), CausalBlock) else [],
-        "self": [*getattr(attention, "self_layers", []), *(m for m in dense.modules() if isinstance(m, HSTULayer))],
-    }
-    wanted = list(found) if mode == "all" else [mode]
-    targets = [m for name in wanted for m in found[name]]
+    units = compute_units(dense)
+    targets = units.recomputed(mode)
     if not targets:
+        has = [name for name, modules in units.recompute.items() if modules]
         raise ConfigError(
             f"config key 'parallel.recompute': {mode!r} names no module of this model "
-            f"({type(dense).__name__}, merge={getattr(getattr(dense, 'cfg', None), 'merge', '?')})"
+            f"({type(dense).__name__} recomputes: {', '.join(has) or 'nothing'})"
         )
     return targets
 

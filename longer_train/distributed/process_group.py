@@ -10,7 +10,6 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -67,11 +66,3 @@ def destroy_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
 
-
-def all_gather_arrays(array: np.ndarray) -> np.ndarray:
-    """Concatenate a 1-D numpy array from every rank (eval predictions); identity at world size 1."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return array
-    parts: list = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, array)
-    return np.concatenate(parts)

@@ -21,7 +21,7 @@ from torchrec.distributed.types import ShardingEnv, ShardingPlan
 
 from ..config import Config, ConfigError, DataConfig, table_bytes
 from ..data.oov import embedding_rows
-from .parallelize import BLOCKS
+from .parallelize import compute_units
 from .process_group import DistEnv
 
 # data_parallel tables would be updated by the dense optimizer instead of the fused sparse one
@@ -53,15 +53,15 @@ def table_constraints(data: DataConfig, device: torch.device) -> dict[str, Param
 
 
 class FSDPWrapper(DataParallelWrapper):
-    """FSDP2 for the dense layers: `fully_shard` on every transformer block, then on the dense network as
-    the root. The sharded embedding module is left to TorchRec."""
+    """FSDP2 for the dense layers: `fully_shard` on every unit the dense model declares for it (its transformer
+    blocks; models/units.py), then on the dense network as the root. The sharded embedding module is left to
+    TorchRec."""
 
     def wrap(self, dmp: DistributedModelParallel, env: ShardingEnv, device: torch.device) -> None:
         mesh = init_device_mesh(device.type, (env.world_size,))
         dense = dmp._dmp_wrapped_module.dense
-        for module in list(dense.modules()):
-            if isinstance(module, BLOCKS):
-                fully_shard(module, mesh=mesh)
+        for module in compute_units(dense).shard:
+            fully_shard(module, mesh=mesh)
         fully_shard(dense, mesh=mesh)
 
 

@@ -24,32 +24,33 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from .blocks import MLP
 from .candidate_match import pair_similarity, unit_pairs
-from .longer import LongerDims, LongerInputs
-from .token_builder import TokenBuilder, event_rows, token_flops
-
-
-def mlp_flops(dims: list[int]) -> int:
-    return sum(2 * a * b for a, b in zip(dims[:-1], dims[1:]))
+from .flops import mlp_flops
+from .inputs import DenseDims, DenseInputs, event_rows
+from .token_builder import TokenBuilder, token_flops
+from .units import ComputeUnits
 
 
 class NoSequence(nn.Module):
-    def __init__(self, cfg: ModelConfig, dims: LongerDims) -> None:
+    def __init__(self, cfg: ModelConfig, dims: DenseDims) -> None:
         super().__init__()
         self.head_dims = [dims.candidate + dims.user + dims.dense, *cfg.head_hidden, 1]
         self.head = MLP(self.head_dims[0], list(cfg.head_hidden), 1)
 
-    def forward(self, x: LongerInputs) -> Tensor:
+    def forward(self, x: DenseInputs) -> Tensor:
         return self.head(torch.cat([x.candidate, x.user, x.dense], dim=-1)).squeeze(-1)
 
     def flops(self, lengths: list[int]) -> int:
         return len(lengths) * mlp_flops(self.head_dims)
+
+    def compute_units(self) -> ComputeUnits:
+        return ComputeUnits(head=[self.head])
 
 
 class PooledSequence(nn.Module):
     """Behaviour tokens (as in LONGER) pooled into one vector per row, then the head. Subclasses say how:
     `weights` per event (SumPooling, DIN), or a whole `pool` (TWIN, models/twin.py)."""
 
-    def __init__(self, cfg: ModelConfig, dims: LongerDims, readout_heads: int = 1) -> None:
+    def __init__(self, cfg: ModelConfig, dims: DenseDims, readout_heads: int = 1) -> None:
         """`readout_heads`: match readouts per pair in the pooled vector (one per attention head)."""
         super().__init__()
         d = cfg.token_dim
@@ -67,7 +68,7 @@ class PooledSequence(nn.Module):
         [N, P] each event's similarity to its row's candidate (P = 0 without candidate match)."""
         raise NotImplementedError
 
-    def forward(self, x: LongerInputs) -> Tensor:
+    def forward(self, x: DenseInputs) -> Tensor:
         row, recency = event_rows(x.lengths, x.events.shape[0])
         tokens = self.tokens(x.events, x.time_diff, recency)  # [N, d], valid events only
         candidate = self.candidate_token(x.candidate)  # [B, d]
@@ -98,6 +99,10 @@ class PooledSequence(nn.Module):
         per_row = mlp_flops([self.dims.candidate, d, d]) + mlp_flops(self.head_dims)
         return token_flops(sum(lengths), self.dims.event, d, self.cfg.time_buckets) + len(lengths) * per_row
 
+    def compute_units(self) -> ComputeUnits:
+        """What the compute policies act on (models/units.py); a subclass adds its attention."""
+        return ComputeUnits(tokens=[self.tokens, self.candidate_token], head=[self.head])
+
 
 class SumPooling(PooledSequence):
     def weights(self, tokens: Tensor, candidate: Tensor, match: Tensor) -> Tensor:
@@ -105,7 +110,7 @@ class SumPooling(PooledSequence):
 
 
 class DIN(PooledSequence):
-    def __init__(self, cfg: ModelConfig, dims: LongerDims) -> None:
+    def __init__(self, cfg: ModelConfig, dims: DenseDims) -> None:
         super().__init__(cfg, dims)
         self.attention_dims = [4 * cfg.token_dim + len(self.match_pairs), *cfg.din_hidden, 1]
         self.attention = MLP(self.attention_dims[0], list(cfg.din_hidden), 1)
@@ -115,3 +120,8 @@ class DIN(PooledSequence):
 
     def flops(self, lengths: list[int]) -> int:
         return super().flops(lengths) + sum(lengths) * mlp_flops(self.attention_dims)
+
+    def compute_units(self) -> ComputeUnits:
+        units = super().compute_units()
+        units.attention = [self.attention]  # the attention MLP: bf16 "attention"
+        return units

@@ -10,20 +10,18 @@ history length L). Norms, softmax, activations and embedding lookups are not mat
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..config import ModelConfig
+from .inputs import DenseDims, DenseInputs
 from .token_builder import token_flops
 
-if TYPE_CHECKING:  # longer.py imports this module
-    from .longer import LongerDims
 
-
-def _mlp(dims: list[int]) -> int:
+def mlp_flops(dims: list[int]) -> int:
+    """Forward FLOPs per row of an MLP with these layer widths [in, hidden..., out] (blocks.MLP)."""
     return sum(2 * a * b for a, b in zip(dims[:-1], dims[1:]))
 
 
@@ -35,7 +33,7 @@ def _block(n_q: int, n_kv: int, width: int, ffn_mult: int, attended: int | None 
     return projections + attention + ffn
 
 
-def longer_flops(cfg: ModelConfig, dims: LongerDims, lengths: list[int]) -> int:
+def longer_flops(cfg: ModelConfig, dims: DenseDims, lengths: list[int]) -> int:
     """Forward FLOPs of one batch whose rows have these history lengths."""
     k, d = cfg.merge_k, cfg.token_dim
     batch = len(lengths)
@@ -55,8 +53,8 @@ def longer_flops(cfg: ModelConfig, dims: LongerDims, lengths: list[int]) -> int:
     if cfg.merge_proj_dim:
         per_row += 2 * merged * k * d * width
     if dims.user + dims.dense > 0:
-        per_row += _mlp([dims.user + dims.dense, width, width])
-    per_row += _mlp([dims.candidate, width, width])
+        per_row += mlp_flops([dims.user + dims.dense, width, width])
+    per_row += mlp_flops([dims.candidate, width, width])
     pairs = dims.match_pairs if cfg.candidate_match != "none" else ()
     readout = cfg.candidate_match == "attention_readout"
     heads = width // cfg.head_dim
@@ -70,7 +68,7 @@ def longer_flops(cfg: ModelConfig, dims: LongerDims, lengths: list[int]) -> int:
     per_row += cfg.num_self_layers * _block(n_q, n_q, width, cfg.ffn_mult)
     head_in = width * (num_globals + 1) + dims.candidate + dims.user + dims.dense
     head_in += heads * len(pairs) * readout  # the match readout
-    per_row += _mlp([head_in, *cfg.head_hidden, 1])
+    per_row += mlp_flops([head_in, *cfg.head_hidden, 1])
     flops += batch * per_row
     return flops
 
@@ -85,14 +83,12 @@ def transformer_config(cfg: ModelConfig, max_len: int) -> ModelConfig:
 
 
 @torch.no_grad()
-def counted_flops(dense: nn.Module, dims: LongerDims, lengths: list[int], seed: int = 0) -> int:
+def counted_flops(dense: nn.Module, dims: DenseDims, lengths: list[int], seed: int = 0) -> int:
     """Forward FLOPs of `dense` (any model of `models/`) as torch's FlopCounterMode measures them, on random
     inputs with these history lengths: the check of an analytic `flops(lengths)`."""
-    from .longer import LongerInputs
-
     g = torch.Generator().manual_seed(seed)
     n, b = sum(lengths), len(lengths)
-    x = LongerInputs(
+    x = DenseInputs(
         events=torch.randn(n, dims.event, generator=g), lengths=torch.tensor(lengths),
         time_diff=torch.randint(0, 10**7, (n,), generator=g), candidate=torch.randn(b, dims.candidate, generator=g),
         user=torch.randn(b, dims.user, generator=g), dense=torch.randn(b, dims.dense, generator=g),

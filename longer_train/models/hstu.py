@@ -34,12 +34,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ModelConfig
-from .baselines import mlp_flops
 from .blocks import MLP, make_norm, merge_heads, split_heads
 from .candidate_match import attended_similarity, group_similarity, match_bias, match_weight, unit_pairs
-from .longer import LongerDims, LongerInputs
-from .token_builder import TokenBuilder, event_rows, time_diff_bucket, token_flops
+from .flops import mlp_flops
+from .inputs import DenseDims, DenseInputs, event_rows
+from .token_builder import TokenBuilder, time_diff_bucket, token_flops
 from .token_merge import to_left_padded
+from .units import ComputeUnits
 
 
 class HSTULayer(nn.Module):
@@ -108,7 +109,7 @@ class HSTUStates:
 
 
 class HSTU(nn.Module):
-    def __init__(self, cfg: ModelConfig, dims: LongerDims) -> None:
+    def __init__(self, cfg: ModelConfig, dims: DenseDims) -> None:
         super().__init__()
         d = cfg.token_dim
         heads = d // cfg.head_dim
@@ -126,16 +127,16 @@ class HSTU(nn.Module):
         self.head_dims = [d + readout_dim + dims.candidate + dims.user + dims.dense, *cfg.head_hidden, 1]
         self.head = MLP(self.head_dims[0], list(cfg.head_hidden), 1)
 
-    def encode(self, x: LongerInputs) -> HSTUStates:
+    def encode(self, x: DenseInputs) -> HSTUStates:
         b, n = x.lengths.shape[0], x.events.shape[0]
         lengths = x.lengths.long()
         longest = int(lengths.max()) if b else 0
-        row, recency = event_rows(lengths, n)
-        per_event = [self.tokens(x.events, x.time_diff, recency)]
+        rows = event_rows(lengths, n)  # each event's row and recency [N]
+        per_event = [self.tokens(x.events, x.time_diff, rows[1])]
         if self.match_pairs:
             per_event.append(unit_pairs(x.events, self.match_pairs, "event"))
-        padded, valid = to_left_padded(torch.cat(per_event, dim=-1), lengths, longest)  # [B, L, d (+ W)]
-        ago = to_left_padded(x.time_diff[:, None], lengths, longest)[0][..., 0]  # [B, L] seconds, exact
+        padded, valid = to_left_padded(torch.cat(per_event, dim=-1), lengths, longest, rows)  # [B, L, d (+ W)]
+        ago = to_left_padded(x.time_diff[:, None], lengths, longest, rows)[0][..., 0]  # [B, L] seconds, exact
         d = self.cfg.token_dim
         tokens = padded[..., :d]
         candidate = self.candidate_token(x.candidate).unsqueeze(1)
@@ -160,7 +161,7 @@ class HSTU(nn.Module):
         readout = attended_similarity(weights, match.unsqueeze(1)).squeeze(1) if self.readout else None
         return HSTUStates(num_pad=longest - lengths, layers=layers, match_readout=readout)
 
-    def forward(self, x: LongerInputs) -> Tensor:
+    def forward(self, x: DenseInputs) -> Tensor:
         """Logits [B] from the candidate's final state (and match readout) and the raw side inputs."""
         states = self.encode(x)
         features = [states.layers[-1][:, -1], *([] if states.match_readout is None else [states.match_readout]),
@@ -181,3 +182,9 @@ class HSTU(nn.Module):
         if pairs:  # the candidate's similarity to every event, and the readout
             per_row += 2 * longest * sum(p.width for p in self.match_pairs) + 2 * heads * longest * pairs * self.readout
         return flops + rows * per_row
+
+    def compute_units(self) -> ComputeUnits:
+        """What the compute policies act on (models/units.py): an HSTU layer has no FFN."""
+        layers = list(self.layers)
+        return ComputeUnits(tokens=[self.tokens, self.candidate_token], attention=layers, head=[self.head],
+                            shard=layers, recompute={"self": layers})

@@ -1,6 +1,6 @@
 """The dense LONGER network (arXiv 2505.04421): pure math on tensors, no torchrec, no parallelism.
 
-Input: embedding tensors (see `LongerInputs`), so it runs with plain torch — TorchRec lookups happen in
+Input: embedding tensors (see `DenseInputs`), so it runs with plain torch — TorchRec lookups happen in
 `ranking.py`. Pipeline: behaviour tokens -> token merge -> global tokens appended -> hybrid attention ->
 head over the global tokens' states, the mean of the sequence-query states and the raw side embeddings.
 """
@@ -14,40 +14,13 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from .blocks import MLP
-from .candidate_match import MatchPair, group_similarity, unit_pairs
+from .candidate_match import group_similarity, unit_pairs
 from .flops import longer_flops
 from .hybrid_attention import HybridAttention
+from .inputs import DenseDims, DenseInputs, event_rows
 from .token_builder import TokenBuilder
 from .token_merge import TokenMerge, to_left_padded
-
-
-@dataclass
-class LongerInputs:
-    """Embedding tensors for one batch. Histories are jagged: the events of all rows packed row after row,
-    oldest first within a row (TorchRec's JaggedTensor values), with per-row lengths."""
-
-    events: Tensor  # [N, D_event] per-event embeddings (item, category, action, ...) concatenated
-    lengths: Tensor  # [B] events per row (0 allowed); N = lengths.sum()
-    time_diff: Tensor  # [N] request time - event time, seconds
-    candidate: Tensor  # [B, D_cand] candidate feature embeddings concatenated
-    user: Tensor  # [B, D_user] pooled user/context embeddings (D_user may be 0)
-    dense: Tensor  # [B, D_dense] dense features (D_dense may be 0)
-    # pad histories to this many events instead of the batch's longest (>= every length): fixed shapes,
-    # e.g. for torch.export; padding is masked, so the outputs are the same
-    capacity: int | None = None
-
-
-@dataclass(frozen=True)
-class LongerDims:
-    """Widths of the inputs, fixed by the feature config."""
-
-    event: int
-    candidate: int
-    user: int
-    dense: int
-    max_len: int  # longest history the model sees (position embeddings)
-    # candidate/sequence features that share a table (models/candidate_match.py); () = none
-    match_pairs: tuple[MatchPair, ...] = ()
+from .units import ComputeUnits
 
 
 @dataclass
@@ -69,7 +42,7 @@ def pool_queries(seq_q: Tensor, num_pad: Tensor) -> Tensor:
 
 
 class Longer(nn.Module):
-    def __init__(self, cfg: ModelConfig, dims: LongerDims) -> None:
+    def __init__(self, cfg: ModelConfig, dims: DenseDims) -> None:
         super().__init__()
         self.cfg, self.dims = cfg, dims
         k = cfg.merge_k
@@ -97,7 +70,7 @@ class Longer(nn.Module):
         head_in = width * (self.num_globals + 1) + self.match_readout_dim + dims.candidate + dims.user + dims.dense
         self.head = MLP(head_in, list(cfg.head_hidden), 1)
 
-    def encode_sequence(self, x: LongerInputs) -> tuple[Tensor, Tensor, Tensor | None]:
+    def encode_sequence(self, x: DenseInputs) -> tuple[Tensor, Tensor, Tensor | None]:
         """Merged behaviour tokens [B, L', D] (left-padded, newest last), padded count per row [B], and for the
         candidate match the events' unit shared-table vectors summed per merged token [B, L', W] (None: off)."""
         b = x.lengths.shape[0]
@@ -109,19 +82,19 @@ class Longer(nn.Module):
         else:  # one host sync for the padded length and the number of groups that hold an event
             longest, live_groups = torch.stack([lengths.max(), groups.sum()]).tolist() if b else (0, 0)
         total = -(-longest // k) * k  # pad to a multiple of K at the front: the newest group is full
-        starts = torch.cumsum(lengths, 0) - lengths
         n = x.events.shape[0]
-        row = torch.repeat_interleave(torch.arange(b, device=lengths.device), lengths, output_size=n)
-        recency = (starts + lengths)[row] - 1 - torch.arange(n, device=lengths.device)
+        rows = event_rows(lengths, n)  # each event's row and recency [N]
         # every row holds `total` events (full rows, no padding): the packed rows are already the batch, so
         # padding costs nothing (no zero-filled copy, no scatter, no mask). Not under torch.export (capacity):
         # its shapes must not depend on the data.
         full = x.capacity is None and n == b * total
 
         def pad(values: Tensor) -> tuple[Tensor, Tensor | None]:  # [N, w] -> [B, L_pad, w], valid [B, L_pad]
-            return (values.view(b, total, values.shape[-1]), None) if full else to_left_padded(values, lengths, total)
+            if full:
+                return values.view(b, total, values.shape[-1]), None
+            return to_left_padded(values, lengths, total, rows)
 
-        tokens, valid = pad(self.tokens(x.events, x.time_diff, recency))  # tokens of valid events only
+        tokens, valid = pad(self.tokens(x.events, x.time_diff, rows[1]))  # tokens of valid events only
         match_groups = None
         if self.match_pairs:  # the events' unit shared-table vectors, summed per merged token [B, L', W]
             units = pad(unit_pairs(x.events, self.match_pairs, "event"))[0]
@@ -130,7 +103,7 @@ class Longer(nn.Module):
         num_pad = merged.shape[1] - groups  # [B]
         return merged, num_pad, match_groups
 
-    def user_globals(self, x: LongerInputs) -> Tensor:
+    def user_globals(self, x: DenseInputs) -> Tensor:
         """The candidate-independent global tokens [B, m - 1, D]: CLS..., user."""
         globals_ = [self.cls.unsqueeze(0).expand(x.lengths.shape[0], -1, -1)]
         if self.user_token is not None:
@@ -144,7 +117,7 @@ class Longer(nn.Module):
         return group_similarity(match_groups, unit_pairs(candidates, self.match_pairs, "candidate"),
                                 self.match_pairs)
 
-    def encode(self, x: LongerInputs) -> LongerStates:
+    def encode(self, x: DenseInputs) -> LongerStates:
         merged, num_pad, match_groups = self.encode_sequence(x)
         candidate = self.candidate_token(x.candidate).unsqueeze(1)  # the candidate is the last token
         globals_t = torch.cat([self.user_globals(x), candidate], dim=1)  # [B, m, D]
@@ -153,7 +126,7 @@ class Longer(nn.Module):
         return LongerStates(merged=merged, num_pad=num_pad, layers=layers,
                             match_readout=None if readout is None else readout.squeeze(1))
 
-    def head_logits(self, x: LongerInputs, states: LongerStates) -> Tensor:
+    def head_logits(self, x: DenseInputs, states: LongerStates) -> Tensor:
         final = states.layers[-1]  # [B, k_eff + m, D]
         k_eff = final.shape[1] - self.num_globals
         num_pad = self.attention.query_padding(states.num_pad, states.merged.shape[1])
@@ -170,10 +143,20 @@ class Longer(nn.Module):
                     candidate, user, dense]
         return self.head(torch.cat(features, dim=-1)).squeeze(-1)  # [B]
 
-    def forward(self, x: LongerInputs) -> Tensor:
+    def forward(self, x: DenseInputs) -> Tensor:
         """Logits [B]."""
         return self.head_logits(x, self.encode(x))
 
     def flops(self, lengths: list[int]) -> int:
         """Forward FLOPs of a batch with these history lengths (models/flops.py)."""
         return longer_flops(self.cfg, self.dims, lengths)
+
+    def compute_units(self) -> ComputeUnits:
+        """What the compute policies act on (models/units.py)."""
+        inner = [] if self.merge.inner is None else [self.merge.inner]
+        blocks = [*inner, self.attention.cross, *self.attention.self_layers]
+        return ComputeUnits(
+            tokens=[self.tokens, self.candidate_token, *([] if self.user_token is None else [self.user_token])],
+            attention=blocks, ffn=[block.ffn for block in blocks], head=[self.head], shard=blocks,
+            recompute={"inner_trans": inner, "cross": [self.attention.cross], "self": list(self.attention.self_layers)},
+        )

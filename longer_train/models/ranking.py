@@ -14,7 +14,8 @@ from ..config import Config
 from ..data.batch import Batch
 from .baselines import DIN, NoSequence, SumPooling
 from .hstu import HSTU
-from .longer import Longer, LongerDims, LongerInputs
+from .inputs import DenseDims, DenseInputs
+from .longer import Longer
 from .sparse_arch import SparseArch
 from .twin import TWIN
 
@@ -27,15 +28,15 @@ class RankingModel(nn.Module):
 
     def forward(self, batch: Batch) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
         events, lengths, candidate, user = self.sparse(batch.per_id, batch.pooled)
-        inputs = LongerInputs(events, lengths, batch.time_diff, candidate, user, batch.dense)
+        inputs = DenseInputs(events, lengths, batch.time_diff, candidate, user, batch.dense)
         logits = self.dense(inputs)
         loss = binary_cross_entropy_with_logits(logits, batch.labels)
         return loss, (loss.detach(), logits.detach(), batch.labels)
 
 
-def dense_dims(cfg: Config, sparse: SparseArch) -> LongerDims:
+def dense_dims(cfg: Config, sparse: SparseArch) -> DenseDims:
     layout = sparse.layout
-    return LongerDims(
+    return DenseDims(
         event=layout.event_dim, candidate=layout.candidate_dim, user=layout.user_dim,
         dense=len(layout.dense), max_len=cfg.data.max_len, match_pairs=layout.match_pairs,
     )

@@ -50,13 +50,3 @@ def token_flops(num_events: int, event_dim: int, token_dim: int, time_buckets: i
     the second layer per event, the time-embedding columns once per bucket."""
     d = token_dim
     return num_events * (2 * event_dim * 2 * d + 2 * 2 * d * d) + 2 * time_buckets * d * 2 * d
-
-
-def event_rows(lengths: Tensor, num_events: int) -> tuple[Tensor, Tensor]:
-    """Packed events (rows of these lengths [B] one after another, oldest first within a row; `num_events` =
-    lengths.sum(), passed so no host sync is needed): each event's row [N] and recency [N] (0 = newest)."""
-    lengths = lengths.long()
-    row = torch.repeat_interleave(torch.arange(lengths.shape[0], device=lengths.device), lengths,
-                                  output_size=num_events)
-    recency = torch.cumsum(lengths, 0)[row] - 1 - torch.arange(num_events, device=lengths.device)
-    return row, recency

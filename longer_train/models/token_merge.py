@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from ..kernels import group_attention
 from .blocks import FeedForward, make_norm, merge_heads, split_heads
+from .inputs import event_rows
 
 
 class InnerTransBlock(nn.Module):
@@ -84,15 +85,16 @@ class TokenMerge(nn.Module):
         return groups.new_zeros(groups.shape).index_copy(0, live, out)
 
 
-def to_left_padded(values: Tensor, lengths: Tensor, total: int) -> tuple[Tensor, Tensor]:
+def to_left_padded(
+    values: Tensor, lengths: Tensor, total: int, rows: tuple[Tensor, Tensor] | None = None,
+) -> tuple[Tensor, Tensor]:
     """Packed rows [N, d] (row-major, oldest first) -> ([B, total, d] left-padded, newest last; [B, total] valid).
 
-    Padding is exactly zero. Row b's event j lands at position total - lengths[b] + j.
+    Padding is exactly zero. Row b's event j lands at position total - lengths[b] + j = total - 1 - its
+    recency. `rows`: the events' (row, recency) from `inputs.event_rows`, when the caller has them already.
     """
     b = lengths.shape[0]
-    row = torch.repeat_interleave(torch.arange(b, device=values.device), lengths, output_size=values.shape[0])
-    starts = torch.cumsum(lengths, 0) - lengths
-    pos = torch.arange(values.shape[0], device=values.device) - starts[row] + (total - lengths)[row]
-    out = values.new_zeros((b, total, values.shape[-1])).index_put((row, pos), values)
+    row, recency = event_rows(lengths, values.shape[0]) if rows is None else rows
+    out = values.new_zeros((b, total, values.shape[-1])).index_put((row, total - 1 - recency), values)
     valid = torch.arange(total, device=values.device)[None, :] >= (total - lengths)[:, None]
     return out, valid

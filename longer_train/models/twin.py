@@ -28,7 +28,8 @@ from ..config import ModelConfig
 from .baselines import PooledSequence
 from .blocks import split_heads
 from .candidate_match import attended_similarity, match_bias, match_weight
-from .longer import LongerDims
+from .inputs import DenseDims
+from .units import ComputeUnits
 
 
 def top_k_per_row(scores: Tensor, lengths: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -92,7 +93,7 @@ class TwinAttention(nn.Module):
 
 
 class TWIN(PooledSequence):
-    def __init__(self, cfg: ModelConfig, dims: LongerDims) -> None:
+    def __init__(self, cfg: ModelConfig, dims: DenseDims) -> None:
         heads = cfg.token_dim // cfg.head_dim
         super().__init__(cfg, dims, readout_heads=heads)
         self.top_k = cfg.twin_top_k
@@ -112,3 +113,8 @@ class TWIN(PooledSequence):
         gsu = events * (2 * d * d + 2 * d + 2 * heads * pairs)  # keys, scores, match bias of every event
         esu = selected * (2 * d * d + 2 * d + 2 * heads * pairs * bool(self.match_readout))  # values, sum, readout
         return super().flops(lengths) + gsu + esu + rows * 2 * (2 * d * d)  # + query and output projections
+
+    def compute_units(self) -> ComputeUnits:
+        units = super().compute_units()
+        units.attention = [self.attention]  # GSU scores and ESU: bf16 "attention"
+        return units

@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..components.run_logger import setup_logging
-from ..data.schema import SchemaError
-from ..data.store import EVENTS, EventLog, event_files, is_store_schema
+from ..data.schema import SchemaError, is_store_schema
+from ..data.store import EVENTS, EventLog, event_files
 from ..errors import add_debug_flag, debug_enabled, run_cli
 
 
@@ -106,14 +106,14 @@ def _add_http_limits(http: argparse.ArgumentParser) -> None:
 def _export(args: argparse.Namespace) -> int:
     import torch
 
-    from ..models.longer import LongerInputs
+    from ..models.inputs import DenseInputs
     from .export import export_programs, save_programs
     from .scorer import Scorer
 
     scorer = Scorer.from_checkpoint(args.checkpoint)
     dims, capacity = scorer.dense.dims, scorer.cfg.data.max_len
     # example sizes > 1 so that no dimension is specialised to 1; only the widths are fixed
-    example = LongerInputs(
+    example = DenseInputs(
         torch.zeros(8, dims.event), torch.tensor([3, 5]), torch.zeros(8, dtype=torch.long), torch.zeros(2, 0),
         torch.zeros(2, dims.user), torch.zeros(2, dims.dense),
     )

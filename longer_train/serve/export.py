@@ -11,7 +11,8 @@ import torch
 from torch import Tensor, nn
 from torch.export import Dim, ExportedProgram
 
-from ..models.longer import Longer, LongerInputs
+from ..models.inputs import DenseInputs
+from ..models.longer import Longer
 from .kv_cache import UserCache, prefill, score
 
 
@@ -34,7 +35,7 @@ class PrefillProgram(nn.Module):
         self.model, self.capacity = model, capacity
 
     def forward(self, events: Tensor, lengths: Tensor, time_diff: Tensor, user: Tensor, dense: Tensor):
-        x = LongerInputs(events, lengths, time_diff, user[:, :0], user, dense, capacity=self.capacity)
+        x = DenseInputs(events, lengths, time_diff, user[:, :0], user, dense, capacity=self.capacity)
         return _flatten(prefill(self.model, x))
 
 
@@ -48,7 +49,7 @@ class ScoreProgram(nn.Module):
         return score(self.model, _unflatten(cache, self.layers), candidates)
 
 
-def export_programs(model: Longer, example: LongerInputs, candidates: Tensor, capacity: int):
+def export_programs(model: Longer, example: DenseInputs, candidates: Tensor, capacity: int):
     """(prefill, score) ExportedPrograms; `example` and `candidates` [U, C, D_cand] fix only the widths."""
     model = model.eval()
     users, events, cands = Dim("users", min=1), Dim("events", min=1), Dim("candidates", min=1)

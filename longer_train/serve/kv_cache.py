@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..models.longer import Longer, LongerInputs, pool_queries
+from ..models.inputs import DenseInputs
+from ..models.longer import Longer, pool_queries
 
 
 @dataclass
@@ -29,13 +30,9 @@ class UserCache:
     dense: Tensor  # [U, D_dense] raw dense features (head input)
     match_groups: Tensor | None = None  # [U, L', W] unit shared-table vectors summed per merged token
 
-    @property
-    def num_users(self) -> int:
-        return self.seq_mean.shape[0]
-
 
 @torch.no_grad()
-def prefill(model: Longer, x: LongerInputs) -> UserCache:
+def prefill(model: Longer, x: DenseInputs) -> UserCache:
     """Run the user side of `x` (its `candidate` field is not read) once: the hybrid attention over the
     sequence and the user-side globals, keeping each layer's keys/values."""
     attention = model.attention

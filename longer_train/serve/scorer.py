@@ -24,7 +24,8 @@ from ..data.batch import collate
 from ..data.oov import map_ids
 from ..data.schema import validate_batch
 from ..errors import one_line
-from ..models.longer import Longer, LongerInputs
+from ..models.inputs import DenseInputs
+from ..models.longer import Longer
 from ..models.ranking import dense_dims
 from ..models.sparse_arch import SparseArch
 from .kv_cache import prefill, score
@@ -85,7 +86,7 @@ class Scorer:
         with self._lock:
             user_batch = collate(users, self.cfg.data)
             events, lengths, _, user = self.sparse(user_batch.per_id, user_batch.pooled)
-            inputs = LongerInputs(events, lengths, user_batch.time_diff, user.new_zeros((len(counts), 0)), user,
+            inputs = DenseInputs(events, lengths, user_batch.time_diff, user.new_zeros((len(counts), 0)), user,
                                   user_batch.dense)
             cache = prefill(self.dense, inputs)
             embedded = self._candidate_embeddings(candidates)  # [rows, D_cand]

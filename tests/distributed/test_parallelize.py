@@ -2,18 +2,21 @@
 the same gradients and holds fewer activations for backward; bf16 runs the named components in bf16 and
 keeps norms and the head in fp32; bf16 + recomputation + FSDP2 train through the Trainer."""
 
+import functools
 import json
 import math
 
 import pytest
 import torch
-from longer_inputs import make_inputs, make_model
+from longer_inputs import DIMS, make_inputs, make_model
 from test_config import QUICKSTART
 from torch.autograd.graph import saved_tensors_hooks
+from torch.utils.checkpoint import set_checkpoint_early_stop
 
-from longer_train.config import ConfigError, load_config
-from longer_train.distributed.parallelize import apply_precision, apply_recompute
+from longer_train.config import ConfigError, ModelConfig, load_config
+from longer_train.distributed.parallelize import apply_precision, apply_recompute, compute_units
 from longer_train.distributed.process_group import destroy_distributed
+from longer_train.models.ranking import DENSE_MODELS
 from longer_train.trainer import Trainer
 
 LENGTHS = [64, 37, 0, 5, 64, 20]
@@ -94,3 +97,107 @@ def test_bf16_recompute_and_fsdp_train_through_the_trainer(tiny_data, tmp_path):
     assert len(losses) == 30 and all(math.isfinite(x) for x in losses)
     print(f"bf16 + recompute + fsdp: test AUC {summary['test_auc']:.4f}")
     assert summary["test_auc"] > 0.55, summary  # it learns: chance is 0.5
+
+
+# every dense model, each with all the parts it can have (InnerTrans, the candidate match with its readout)
+SETTINGS = dict(token_dim=8, head_dim=4, merge="inner_trans", merge_k=4, num_queries=3, num_self_layers=2,
+                head_hidden=[16], din_hidden=[12, 6], twin_top_k=10, hstu_layers=2, inner_trans_heads=2)
+
+
+def _dense(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return DENSE_MODELS[name](ModelConfig(name=name, **SETTINGS), DIMS).train()
+
+
+BF16 = ("attention", "ffn")  # tokens and head stay fp32, so the test sees both sides
+
+
+def _policies(model: torch.nn.Module) -> dict[str, tuple[torch.dtype, int]]:
+    """Apply bf16 to the model's attention and FFNs (those it has) and recompute everything it can, then
+    observe, for every Linear (by path), the dtype of its output and how often it ran in one forward + backward
+    (2: recomputed). Observed, not read from the policy code: what a rename must not change."""
+    units = compute_units(model)
+    apply_precision(model, [n for n in BF16 if units.precision(n)], "cpu")
+    if units.recomputed("all"):
+        apply_recompute(model, "all")
+    seen: dict[str, tuple[torch.dtype, int]] = {}
+    for path, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            module.register_forward_hook(
+                lambda m, i, o, path=path: seen.__setitem__(path, (o.dtype, seen.get(path, (None, 0))[1] + 1)))
+    with set_checkpoint_early_stop(False):  # a recomputed block reruns every layer (not only those backward needs)
+        model(make_inputs(LENGTHS)).sum().backward()
+    return seen
+
+
+def _declared(model: torch.nn.Module) -> tuple[set[str], set[str]]:
+    """Paths of the Linears inside the declared bf16 (`BF16`) units and inside the declared recompute units."""
+    units = compute_units(model)
+    inside = {id(m) for name in BF16 for unit in units.precision(name) for m in unit.modules()}
+    recomputed = {id(m) for unit in units.recomputed("all") for m in unit.modules()}
+    linears = [(p, m) for p, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    return {p for p, m in linears if id(m) in inside}, {p for p, m in linears if id(m) in recomputed}
+
+
+@pytest.mark.parametrize("name", sorted(DENSE_MODELS))
+def test_policies_act_on_exactly_the_declared_units(name):
+    """parallelize.py reads the model's compute_units() and nothing else: the Linears that run in bf16 are
+    those inside the declared units, the recomputed ones those inside the declared recompute units."""
+    bf16, recomputed = _declared(_dense(name))
+    seen = _policies(_dense(name))
+    assert seen, name
+    assert {p for p, (dtype, _) in seen.items() if dtype == torch.bfloat16} == bf16
+    assert {p for p, (_, calls) in seen.items() if calls == 2} == recomputed
+    assert all(calls in (1, 2) for _, calls in seen.values())
+    if name not in ("no_sequence", "sum_pooling"):  # the models with attention
+        assert bf16 and not any(p.startswith(("tokens.", "head.")) for p in bf16)
+    if name in ("longer", "hstu"):
+        assert recomputed
+
+
+def _wrappers(model: torch.nn.Module) -> dict[str, list[str]]:
+    """Apply the policies as `_policies` does and list, per module path, the wrappers installed on its forward,
+    outermost first: "bf16", "fp32" (autocast off) or "recompute". Read without running the model."""
+    units = compute_units(model)
+    apply_precision(model, [n for n in BF16 if units.precision(n)], "cpu")
+    if units.recomputed("all"):
+        apply_recompute(model, "all")
+    found = {}
+    for path, module in model.named_modules():
+        forward, tags = module.__dict__.get("forward"), []
+        # parallelize._wrap_forward installs partial(wrapper, inner), flattened by functools.partial into
+        # partial(_autocast_forward, device, bf16, inner) or partial(_recompute_forward, inner)
+        while isinstance(forward, functools.partial):
+            if forward.func.__name__ == "_autocast_forward":
+                tags.append("bf16" if forward.args[1] else "fp32")
+            else:
+                assert forward.func.__name__ == "_recompute_forward", forward.func
+                tags.append("recompute")
+            forward = forward.args[-1]
+        if tags:
+            found[path] = tags
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(DENSE_MODELS))
+def test_renaming_a_submodule_cannot_silently_change_the_policies(name):
+    """Rename each direct submodule of each dense model (as a refactoring would, the model's own code aside):
+    applying the policies then either wraps the very same modules the same way (paths compared with the
+    rename undone) or fails loudly, naming the submodule. Attribute-name probing, as parallelize.py did
+    before models declared their units, fails this: renaming Longer's `merge` silently dropped its
+    InnerTrans from `recompute=all`."""
+    reference = _wrappers(_dense(name))
+    assert any("recompute" in tags for tags in reference.values()) == (name in ("longer", "hstu"))
+    children = [child for child, _ in _dense(name).named_children()]
+    assert children
+    for child in children:
+        model = _dense(name)
+        model.add_module(f"{child}_renamed", model._modules.pop(child))
+        try:
+            found = _wrappers(model)
+        except AttributeError as err:
+            assert child in str(err), err  # loud, and names what is missing
+            continue
+        restored = {(child + path[len(child) + 8:] if path.split(".")[0] == f"{child}_renamed" else path): tags
+                    for path, tags in found.items()}
+        assert restored == reference, child

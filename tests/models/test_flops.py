@@ -36,9 +36,9 @@ def test_flops_match_flop_counter_for_every_query_rule(merge, rule, k):
 def test_merge_cuts_flops_like_the_paper():
     """Concat merge (K=4) costs less than no merge (K=1) at L=2048, d=32, as in the paper's example."""
     from longer_train.config import ModelConfig
-    from longer_train.models.longer import LongerDims
+    from longer_train.models.inputs import DenseDims
 
-    dims = LongerDims(event=64, candidate=64, user=0, dense=0, max_len=2048)
+    dims = DenseDims(event=64, candidate=64, user=0, dense=0, max_len=2048)
     base = dict(token_dim=32, num_queries=10_000, num_self_layers=0, head_dim=32)
     no_merge = longer_flops(ModelConfig(merge_k=1, **base), dims, [2048])
     merged = longer_flops(ModelConfig(merge_k=4, **base), dims, [2048])

@@ -10,7 +10,7 @@ from longer_inputs import DIMS, flops_error, make_inputs
 
 from longer_train.config import ModelConfig
 from longer_train.models.candidate_match import pair_similarity, unit_pairs
-from longer_train.models.token_builder import event_rows
+from longer_train.models.inputs import event_rows
 from longer_train.models.twin import TWIN, top_k_per_row
 
 LENGTHS = [0, 3, 64, 17, 10]  # empty, shorter than k = 10, longer, exactly k
