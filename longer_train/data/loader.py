@@ -1,14 +1,8 @@
 """Streaming Parquet loader: reads row groups with pyarrow, validates them, shuffles through a bounded
 buffer, and yields `Batch`es built inside the DataLoader workers. Never loads a whole dataset.
 
-Sharding. Each epoch the row groups of all files are put in one (seeded, per-epoch) order and read as
-one virtual sequence of T rows. Rank r takes rows [r*T//W, (r+1)*T//W) (W ranks: equal to +-1 row), and
-worker k of its K readers takes an equal (+-1) sub-range of that, so every row is read once per epoch and
-row groups at a boundary are shared by two readers. Every reader holds m rows with m in {p, p+1},
-p = T // (W*K), and makes exactly ceil(p / B) batches (B = batch size): all of B rows except the last,
-which holds the rest (at most B+1). So every rank yields K * ceil(p / B) batches (`num_batches()`), a
-function of row counts only: an uneven split never leaves one rank short of a batch (which would hang
-the embedding all-to-all); TorchRec accepts batch sizes that differ by a row between ranks.
+Sharding (which rows each rank and each of its readers reads, and how many batches of how many rows
+it makes) is `row_groups.ShardGeometry`; its module docstring explains the arithmetic.
 
 Bad rows. Batch boundaries are fixed on input rows; under `data.bad_rows: skip` a batch is smaller by
 its skipped rows. A batch whose rows are all bad is not yielded empty: the next non-empty batch of the
@@ -30,7 +24,6 @@ lengths decide the plan), and `bad_rows` / `bad_files: skip` re-read and re-vali
 from __future__ import annotations
 
 import logging
-import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator
@@ -45,7 +38,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..config import DataConfig
 from .batch import Batch, collate
-from .row_groups import Segment, list_row_groups, near_equal_range, resolve_files
+from .row_groups import Segment, SegmentRows, ShardGeometry, list_row_groups, resolve_files, resumed_reader
 from .schema import SchemaError, check_rows, history_columns
 from .store import EventLog, open_event_log
 from .vocab import resolve_num_embeddings
@@ -75,10 +68,11 @@ class ParquetStream(IterableDataset):
         self.groups, self.skipped_files = list_row_groups(files, data)
         # the event log of a store, opened and checked here (before any batch); workers inherit it
         self.events: EventLog | None = open_event_log(data) if any(g.store for g in self.groups) else None
-        self.total_rows = sum(g.num_rows for g in self.groups)
+        self.geometry = ShardGeometry(tuple(self.groups), batch_size, shuffle, seed, rank, world_size, self.workers)
+        self.total_rows = self.geometry.total_rows
         self.epoch = 0
         self.skip_batches = 0  # batches of this rank already delivered this epoch (resume)
-        self.min_rows = self.total_rows // (world_size * self.workers)  # p: rows of the smallest reader
+        self.min_rows = self.geometry.min_rows
         if self.total_rows and not self.min_rows:
             raise ValueError(
                 f"{files[0]}{' ...' if len(files) > 1 else ''}: {self.total_rows} rows cannot give every one "
@@ -88,53 +82,31 @@ class ParquetStream(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _rank_range(self) -> tuple[int, int]:
-        return near_equal_range(0, self.total_rows, self.world_size, self.rank)
-
     def num_rows(self) -> int:
         """Rows this rank reads per epoch (all ranks: equal +-1)."""
-        start, stop = self._rank_range()
-        return stop - start
+        return self.geometry.num_rows()
 
     def batches_per_reader(self) -> int:
-        return math.ceil(self.min_rows / self.batch_size)
+        return self.geometry.batches_per_reader()
 
     def num_batches(self) -> int:
         """Batches this rank yields per epoch; the same on every rank (depends on row counts only)."""
-        return self.workers * self.batches_per_reader()
+        return self.geometry.num_batches()
 
     def segments(self, k: int) -> list[Segment]:
         """The row ranges reader k of this rank reads this epoch, in order."""
-        order = np.arange(len(self.groups))
-        if self.shuffle:
-            np.random.default_rng((self.seed, self.epoch)).shuffle(order)
-        rank_start, rank_stop = self._rank_range()
-        start, stop = near_equal_range(rank_start, rank_stop - rank_start, self.workers, k)
-        sizes = np.array([self.groups[i].num_rows for i in order], dtype=np.int64)
-        ends = np.cumsum(sizes)  # virtual row after each group
-        out = []
-        for pos in range(int(np.searchsorted(ends, start, side="right")), len(order)):
-            begin = int(ends[pos] - sizes[pos])
-            if begin >= stop:
-                break
-            out.append(Segment(self.groups[order[pos]], max(start - begin, 0), min(stop, int(ends[pos])) - begin))
-        return out
+        return self.geometry.segments(self.epoch, k)
 
     def batch_sizes(self, k: int) -> list[int]:
         """Input rows of each batch of reader k: B, ..., B, then the rest (1 .. B+1)."""
-        rows = sum(s.stop - s.start for s in self.segments(k))
-        b = self.batches_per_reader()
-        return [self.batch_size] * (b - 1) + [rows - (b - 1) * self.batch_size] if b else []
+        return self.geometry.batch_sizes(self.epoch, k)
 
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         if workers != self.workers:
             raise RuntimeError(f"ParquetStream was built for {self.workers} readers per rank, runs in {workers}")
-        # The DataLoader asks its workers in turn from worker 0, and batch t of the epoch belongs to
-        # reader t % K: after `skip_batches` delivered batches, worker 0 plays reader skip_batches % K.
-        reader = (worker + self.skip_batches) % workers
-        done = max(0, -(-(self.skip_batches - reader) // workers))  # batches t < skip with t % K == reader
+        reader, done = resumed_reader(worker, workers, self.skip_batches)
         yield from _Reader(self, reader).batches(skip=done)
 
 
@@ -176,9 +148,9 @@ class _Reader:
         self.rng = np.random.default_rng((stream.seed, stream.epoch, self.reader))
         self.sizes = stream.batch_sizes(k)
         self.segments = stream.segments(k)
-        rows = np.array([seg.stop - seg.start for seg in self.segments], dtype=np.int64)
-        self.first_id = np.concatenate([[0], np.cumsum(rows)])  # id of each segment's first row
-        self.unplaced = rows.copy()  # rows of each segment not yet in a finished batch
+        self.numbering = SegmentRows(self.segments)  # this reader's row ids 0..n-1 in segment order
+        self.first_id = self.numbering.first_id  # id of each segment's first row
+        self.unplaced = self.numbering.counts.copy()  # rows of each segment not yet in a finished batch
         self.loaded: dict[int, _Loaded] = {}  # segments read and not yet placed in batches
         self.pending: dict[int, np.ndarray] = {}  # segment -> which of its rows are not yet placed
         self.lengths: dict[int, np.ndarray] = {}  # segment -> history lengths (bucket_by_length)
@@ -236,7 +208,7 @@ class _Reader:
         buffer: list[np.ndarray] = []
         sizes = list(reversed(self.sizes))  # pop() takes the next size
         for segment in range(len(self.segments)):
-            buffer.append(np.arange(self.first_id[segment], self.first_id[segment + 1]))
+            buffer.append(self.numbering.ids(segment))
             if sum(len(ids) for ids in buffer) >= capacity:
                 yield from self._drain(buffer, sizes, final=False)
         yield from self._drain(buffer, sizes, final=True)
@@ -272,14 +244,11 @@ class _Reader:
             self.planned += 1
             yield np.sort(ids[order[starts[i]:starts[i + 1]]])
 
-    def _segment_of(self, ids: np.ndarray) -> np.ndarray:
-        return np.searchsorted(self.first_id, ids, side="right") - 1
-
     def _place(self, ids: np.ndarray) -> None:
         """These rows are in a finished batch: drop every segment none of whose rows is still to come, and
         keep only the rows still to come of a loaded one mostly used up (rows left in the shuffle buffer's
         tail would otherwise hold a whole row group in memory)."""
-        segments = self._segment_of(ids)
+        segments = self.numbering.segment_of(ids)
         for seg in np.unique(segments):
             seg = int(seg)
             local = ids[segments == seg] - self.first_id[seg]
@@ -288,7 +257,7 @@ class _Reader:
                 for held in (self.loaded, self.lengths, self.pending):
                     held.pop(seg, None)
                 continue
-            rows = int(self.first_id[seg + 1] - self.first_id[seg])
+            rows = self.numbering.rows(seg)
             pending = self.pending.setdefault(seg, np.ones(rows, dtype=bool))
             pending[local] = False
             loaded = self.loaded.get(seg)
@@ -297,20 +266,20 @@ class _Reader:
 
     def _reasons(self, ids: np.ndarray) -> np.ndarray:
         """Why each of these rows is invalid ("" = valid), reading their segments if needed."""
-        segments = self._segment_of(ids)
+        segments = self.numbering.segment_of(ids)
         return np.concatenate([self._load(int(seg)).reasons_of(ids[segments == seg] - self.first_id[seg])
                                for seg in np.unique(segments)]) if ids.size else np.zeros(0, dtype=object)
 
     def _rows(self, ids: np.ndarray) -> pa.Table:
         """The rows with these (sorted) ids, in that order."""
-        segments = self._segment_of(ids)
+        segments = self.numbering.segment_of(ids)
         pieces = [self._load(int(seg)).rows(ids[segments == seg] - self.first_id[seg]) for seg in np.unique(segments)]
         return pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces, promote_options="permissive")
 
     def _history_lengths(self, ids: np.ndarray) -> np.ndarray:
         """History length of each of these rows. Before the resume point only that column is read (of a store's
         rows: the user and request time, whose lengths come from the event log's index)."""
-        segments = self._segment_of(ids)
+        segments = self.numbering.segment_of(ids)
         out = np.zeros(len(ids), dtype=np.int64)
         for seg in np.unique(segments):
             seg = int(seg)
@@ -320,7 +289,7 @@ class _Reader:
         return out
 
     def _segment_lengths(self, seg: int) -> np.ndarray:
-        rows = int(self.first_id[seg + 1] - self.first_id[seg])
+        rows = self.numbering.rows(seg)
         segment = self.segments[seg]
         loaded = self._load(seg) if self.planned >= self.skip else self.loaded.get(seg)  # rows wanted
         if loaded is not None and len(loaded.offsets) == rows:
