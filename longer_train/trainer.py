@@ -66,8 +66,10 @@ def default_run_name(cfg: Config) -> str:
     return f"{cfg.model.name}-{digest}"
 
 
-class DenseStep:
-    """The optimizer the step calls: clips the dense gradients, then steps both optimizers."""
+class ClipThenStep:
+    """The optimizer the step calls (plain and pipelined): clips the dense gradients, then steps the combined
+    optimizer (sparse and dense). Only the dense gradients are clipped: the sparse ones are applied by
+    TorchRec's fused optimizer inside the backward, before this runs."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, dense_params: list, grad_clip: float):
         self.optimizer, self.dense_params = optimizer, dense_params
@@ -103,7 +105,7 @@ class Trainer:
         self.plan = plan_summary(plan, cfg)
         self.optimizer, dense_optimizer = build_optimizer(self.model, cfg.optim)
         dense_params = [p for group in dense_optimizer.param_groups for p in group["params"]]
-        self.step_optimizer = DenseStep(self.optimizer, dense_params, cfg.optim.grad_clip)
+        self.step_optimizer = ClipThenStep(self.optimizer, dense_params, cfg.optim.grad_clip)
 
         self.train_loader = build_dataloader(
             cfg.data, "train", train=True, seed=cfg.train.seed, rank=env.rank, world_size=env.world_size
@@ -161,6 +163,11 @@ class Trainer:
         metrics = MetricsProcessor(self.logger, env.device, env.world_size, cfg.train.log_every,
                                    cfg.train.metrics_window, self.flops_per_sample)
         while progress["step"] < self.total_steps:
+            # The data position comes from `progress` (the trained steps), not from the loader's own count:
+            # with TorchRec's pipeline (parallel.pipeline) the loader has handed out batches ahead of the
+            # step (the pipeline's prefetched ones), so its `delivered` runs ahead of what was trained and a
+            # checkpoint taking it would skip those batches on resume. The checkpoint format keeps this
+            # position in `progress`; the loader gets it back here (with its own `readers` check).
             position = {"epoch": progress["epoch"], "batches": progress["batch_in_epoch"]}
             self.train_loader.load_state_dict({**self.train_loader.state_dict(), **position})
             batches = iter(self.train_loader)
