@@ -166,8 +166,9 @@ class Trainer:
             # The data position comes from `progress` (the trained steps), not from the loader's own count:
             # with TorchRec's pipeline (parallel.pipeline) the loader has handed out batches ahead of the
             # step (the pipeline's prefetched ones), so its `delivered` runs ahead of what was trained and a
-            # checkpoint taking it would skip those batches on resume. The checkpoint format keeps this
-            # position in `progress`; the loader gets it back here (with its own `readers` check).
+            # checkpoint taking it would skip those batches on resume. The checkpoint keeps this position in
+            # `progress`; the loader gets it back here. Its `readers` guard cannot fire (the value is its own):
+            # a resume at another world size continues at the same fraction of the epoch (`_load`).
             position = {"epoch": progress["epoch"], "batches": progress["batch_in_epoch"]}
             self.train_loader.load_state_dict({**self.train_loader.state_dict(), **position})
             batches = iter(self.train_loader)
