@@ -49,7 +49,7 @@ BENCH_ARGS = $(if $(SRC),--src $(SRC)) $(if $(USERS),--sample-users $(USERS)) $(
 	$(if $(BASELINE_SEEDS),--baseline-seeds $(BASELINE_SEEDS)) $(if $(MULTI_SEED),--multi-seed $(MULTI_SEED)) \
 	$(if $(REFERENCE),--reference $(REFERENCE))
 
-SWEEPS := table1 table2_merge table2_queries table2_rules scaling_length scaling_params scaling_flops
+SWEEPS := scale_spread table1 table2_merge table2_queries table2_rules scaling_length scaling_params scaling_flops precision
 SWEEP ?= $(SWEEPS)
 JOBS ?= 2
 SWEEP_ARGS ?=
