@@ -6,9 +6,8 @@ progress bar; logging is rank-aware."""
 import logging
 import shutil
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from data_faults import bad_label_copy
 from test_config import QUICKSTART
 
 from longer_train.components.run_logger import setup_logging
@@ -34,20 +33,8 @@ def _args(data, tmp_path, *extra):
     ]
 
 
-def _bad_label(tiny, tmp_path):
-    """A copy of the data whose first training file has label 0.5 in row 3; returns (root, that file)."""
-    data = tmp_path / "data"
-    shutil.copytree(tiny, data)
-    part = sorted((data / "train").glob("*.parquet"))[0]
-    table = pq.read_table(part)
-    labels = table["label"].to_numpy().copy()
-    labels[3] = 0.5
-    pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels)), part)
-    return data, part
-
-
 def test_a_bad_row_is_one_line_naming_file_row_and_column(tiny, tmp_path, capsys, monkeypatch):
-    data, part = _bad_label(tiny, tmp_path)
+    data, part = bad_label_copy(tiny, tmp_path)
     args = _args(data, tmp_path, "data.shuffle_buffer=0", "data.num_workers=1")  # raised in a loader worker
     assert train_main(args) == 2
     err = capsys.readouterr().err

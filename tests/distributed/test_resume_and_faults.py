@@ -11,9 +11,8 @@ import shutil
 import socket
 import subprocess
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from data_faults import bad_label_copy
 from torchrun_launch import REPO, launch, launch_env
 
 STEPS, SAVE_AT = 8, 4
@@ -118,13 +117,7 @@ def test_a_rank_that_raises_fails_the_job_with_its_error(tiny_data, tmp_path):
 
 
 def test_a_data_error_is_one_line_in_the_jobs_failure_summary(tiny_data, tmp_path):
-    data = tmp_path / "data"
-    shutil.copytree(tiny_data, data)
-    part = sorted((data / "train").glob("*.parquet"))[0]
-    table = pq.read_table(part)
-    labels = table["label"].to_numpy().copy()
-    labels[3] = 0.5
-    pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels)), part)
+    data, part = bad_label_copy(tiny_data, tmp_path)
     proc = launch(_command(data, tmp_path, "run", "data.shuffle_buffer=0"), timeout=240, NPROC_PER_NODE="2")
     assert proc.returncode != 0
     root_cause = proc.stderr.split("Root Cause (first observed failure)")[-1]
