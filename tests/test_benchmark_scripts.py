@@ -64,3 +64,14 @@ def test_prepare_benchmark_generates_userbehavior_and_reports_a_row(tmp_path):
     assert sum(meta["rows"].values()) + meta["skipped"].get("out_of_window", 0) == 3000
     row = out.read_text().splitlines()[-1]
     assert row.startswith("| 3,000 | ") and "`python benchmarks/prepare.py --lines 3000" in row
+
+
+def test_flops_table_matches_the_model_and_merging_pays_at_long_histories():
+    """benchmarks/flops.py (the 2,000-event FLOPs of docs/paper.md): the count of a percentage-query row is the
+    trainer's own `model.dense.flops` for the resolved k, and at 2,000 events merging costs less than no merge."""
+    gflops = runpy.run_path(str(ROOT / "benchmarks" / "flops.py"), run_name="benchmark")["gflops"]
+    no_merge = gflops("longer_paper", ["model.merge_k=1", "model.merge=concat", "model.head_dim=32",
+                                       "model.num_queries=100%"], 2000)
+    k4 = gflops("longer_paper", ["model.merge_k=4", "model.merge=concat", "model.num_queries=100%"], 2000)
+    assert 0 < k4 < no_merge
+    assert gflops("longer_paper", ["model.num_queries=40%"], 2000) == gflops("longer_paper", [], 2000)  # 100 of 250
