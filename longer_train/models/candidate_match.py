@@ -35,11 +35,21 @@ class MatchPair:
 def unit_pairs(x: Tensor, pairs: tuple[MatchPair, ...], side: str) -> Tensor:
     """The pairs' slices of `x` [..., D] (`side`: "event" or "candidate" offsets), each scaled to unit length,
     concatenated -> [..., sum of widths]."""
-    parts = []
-    for p in pairs:
-        start = p.event_offset if side == "event" else p.candidate_offset
-        parts.append(torch.nn.functional.normalize(x[..., start: start + p.width], dim=-1, eps=1e-8))
-    return torch.cat(parts, dim=-1)
+    spans = [(p.event_offset if side == "event" else p.candidate_offset, p.width) for p in pairs]
+    blocks = column_blocks(x, spans)
+    return torch.cat([torch.nn.functional.normalize(b, dim=-1, eps=1e-8) for b in blocks], dim=-1)
+
+
+def column_blocks(x: Tensor, spans: list[tuple[int, int]]) -> list[Tensor]:
+    """The column blocks x[..., start: start + width] of non-overlapping `spans`, taken by one split of x's last
+    dimension: its backward writes x's gradient once (one concatenation), where a slice per span would each
+    zero-fill a full-size gradient in backward and add them up — for the events [N, D_event] of a batch that
+    was a few full-size passes over memory per pair."""
+    width = x.shape[-1]
+    cuts = sorted({0, width, *(s for s, _ in spans), *(s + w for s, w in spans)})
+    parts = x.split([b - a for a, b in zip(cuts, cuts[1:])], dim=-1)
+    index = {start: i for i, start in enumerate(cuts[:-1])}
+    return [parts[index[s]] for s, _ in spans]
 
 
 def pair_similarity(history: Tensor, candidate: Tensor, pairs: tuple[MatchPair, ...]) -> Tensor:
@@ -63,7 +73,10 @@ def group_similarity(groups: Tensor, candidates: Tensor, pairs: tuple[MatchPair,
     for p in pairs:
         g = groups[..., start: start + p.width]  # [B, L', w]
         c = candidates[..., start: start + p.width]  # [B, C, w]
-        out.append(torch.matmul(c, g.transpose(1, 2)))  # [B, C, L']
+        if c.shape[1] == 1:  # one candidate per row (training): a broadcast product, not B matrix-vector
+            out.append((g * c).sum(-1).unsqueeze(1))  # products, whose backward CPU bmm runs row by row
+        else:
+            out.append(torch.matmul(c, g.transpose(1, 2)))  # [B, C, L']
         start += p.width
     return torch.stack(out, dim=-1)
 

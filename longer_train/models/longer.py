@@ -97,8 +97,13 @@ class Longer(nn.Module):
         tokens, valid = pad(self.tokens(x.events, x.time_diff, rows[1]))  # tokens of valid events only
         match_groups = None
         if self.match_pairs:  # the events' unit shared-table vectors, summed per merged token [B, L', W]
-            units = pad(unit_pairs(x.events, self.match_pairs, "event"))[0]
-            match_groups = units.reshape(b, total // k, k, units.shape[-1]).sum(2)
+            units = unit_pairs(x.events, self.match_pairs, "event")  # [N, W]
+            if full:
+                match_groups = units.view(b, total // k, k, units.shape[-1]).sum(2)
+            else:  # summed straight into each event's group: no padded [B, L_pad, W] copy
+                group = rows[0] * (total // k) + (total - 1 - rows[1]) // k
+                match_groups = units.new_zeros((b * (total // k), units.shape[-1])).index_add_(0, group, units)
+                match_groups = match_groups.view(b, total // k, units.shape[-1])
         merged = self.merge(tokens, valid, live_groups)  # [B, L', D]
         num_pad = merged.shape[1] - groups  # [B]
         return merged, num_pad, match_groups

@@ -95,6 +95,7 @@ def to_left_padded(
     """
     b = lengths.shape[0]
     row, recency = event_rows(lengths, values.shape[0]) if rows is None else rows
-    out = values.new_zeros((b, total, values.shape[-1])).index_put((row, total - 1 - recency), values)
+    # in place into the fresh zeros: the out-of-place index_put would copy the whole padded tensor once more
+    out = values.new_zeros((b, total, values.shape[-1])).index_put_((row, total - 1 - recency), values)
     valid = torch.arange(total, device=values.device)[None, :] >= (total - lengths)[:, None]
     return out, valid
