@@ -255,21 +255,32 @@ class EventLog:
                 self._maps[key] = self._read(pq.ParquetFile(chunk.path), chunk, name)
         return self._maps[key]
 
-    def values(self, name: str, index: np.ndarray) -> np.ndarray:
-        """int64 values of column `name` at global event indices `index`."""
+    def locate(self, index: np.ndarray) -> list[tuple[int, np.ndarray | None, np.ndarray]]:
+        """Global event indices -> per chunk holding some: (chunk, their positions in `index` (None: all of
+        them), their indices within the chunk). Computed once for all the columns read at the same indices."""
+        if len(self.chunks) == 1 or not len(index):
+            return [(0, None, index)]
+        chunk = np.searchsorted(self.starts, index, side="right") - 1
+        if (chunk == chunk[0]).all():
+            return [(int(chunk[0]), None, index - self.starts[chunk[0]])]
+        located = []
+        for c in np.unique(chunk):
+            mine = np.flatnonzero(chunk == c)
+            located.append((int(c), mine, index[mine] - self.starts[c]))
+        return located
+
+    def values(self, name: str, index: np.ndarray,
+               located: list[tuple[int, np.ndarray | None, np.ndarray]] | None = None) -> np.ndarray:
+        """int64 values of column `name` at global event indices `index` (`located`: `locate(index)`, when the
+        caller reads several columns there)."""
         out = np.empty(len(index), dtype=np.int64)
         if not len(index):
             return out
-        if len(self.chunks) == 1:
-            out[:] = self._column_chunk(0, name)[index]
-            return out
-        chunk = np.searchsorted(self.starts, index, side="right") - 1
-        if (chunk == chunk[0]).all():
-            out[:] = self._column_chunk(int(chunk[0]), name)[index - self.starts[chunk[0]]]
-            return out
-        for c in np.unique(chunk):
-            mine = chunk == c
-            out[mine] = self._column_chunk(int(c), name)[index[mine] - self.starts[c]]
+        for c, mine, local in self.locate(index) if located is None else located:
+            if mine is None:
+                out[:] = self._column_chunk(c, name)[local]
+            else:
+                out[mine] = self._column_chunk(c, name)[local]
         return out
 
     def where(self, index: int) -> str:
@@ -319,8 +330,9 @@ class EventLog:
         offsets = np.concatenate([[0], np.cumsum(length)])
         index = np.repeat(start - offsets[:-1], length) + np.arange(offsets[-1])
         arrow_offsets = pa.array(offsets.astype(np.int32))
+        located = self.locate(index)
         for name in self.columns:
-            values = pa.array(self.values(name, index))
+            values = pa.array(self.values(name, index, located))
             table = table.append_column(pa.field(name, pa.list_(pa.int64())),
                                         pa.ListArray.from_arrays(arrow_offsets, values))
         return table, index
