@@ -38,6 +38,7 @@ from .config import Config, check_table_memory, non_default, to_dict
 from .data.batch import Batch
 from .data.loader import build_dataloader
 from .data.vocab import resolve_num_embeddings
+from .distributed.host_memory import keep_freed_memory
 from .distributed.parallelize import apply_compute_policies
 from .distributed.process_group import init_distributed
 from .distributed.sharding import format_plan, init_tables, plan_summary, shard_model
@@ -91,6 +92,8 @@ class Trainer:
         resolve_num_embeddings(cfg.data)  # num_embeddings: auto -> the dataset's vocabulary sizes (meta.json)
         check_table_memory(cfg)  # again, now that every table size is known
         self.env = env = init_distributed(cfg.train.device, cfg.parallel.collective_timeout_s)
+        if env.device.type == "cpu":
+            keep_freed_memory()  # a step's large buffers come back from the heap, not from the kernel
         torch.manual_seed(cfg.train.seed)  # identical dense init on every rank
 
         model = build_model(cfg)
