@@ -75,3 +75,17 @@ def test_flops_table_matches_the_model_and_merging_pays_at_long_histories():
     k4 = gflops("longer_paper", ["model.merge_k=4", "model.merge=concat", "model.num_queries=100%"], 2000)
     assert 0 < k4 < no_merge
     assert gflops("longer_paper", ["model.num_queries=40%"], 2000) == gflops("longer_paper", [], 2000)  # 100 of 250
+
+
+def test_step_profile_groups_the_step_s_ops(small, tmp_path):
+    """benchmarks/step_profile.py on the real Trainer: the groups' shares cover the whole step and the matmuls
+    are one of them."""
+    main = runpy.run_path(str(ROOT / "benchmarks" / "step_profile.py"), run_name="benchmark")["main"]
+    out = tmp_path / "profile.md"
+    text = main(["--data", str(small), "--warmup", "1", "--steps", "2", "--workdir", str(tmp_path / "runs"),
+                 "--out", str(out), "data.max_len=64", "data.batch_size=32"])
+    assert out.read_text() == text
+    shares = [float(line.split(" | ")[0].strip("| %")) for line in text.splitlines()
+              if line.startswith("| ") and line.split(" | ")[0].strip("| ").endswith("%")]
+    assert abs(sum(shares) - 100) < 0.5 and len(shares) >= 4, shares
+    assert "| matmul |" in text
