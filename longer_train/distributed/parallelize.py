@@ -1,6 +1,6 @@
 """Compute and parallelism policies applied to a built model from `parallel:` in the config, outside the
-model code, in torchtitan's fixed order: mixed precision -> activation recomputation -> sharding (TorchRec
-for the tables, DDP or FSDP2 for the dense layers; `sharding.py`).
+model code, in torchtitan's fixed order: mixed precision -> activation recomputation -> torch.compile ->
+sharding (TorchRec for the tables, DDP or FSDP2 for the dense layers; `sharding.py`).
 
 Policies are installed by wrapping a module's `forward` in place, so parameter names — and therefore
 checkpoints — are the same whatever the policy.
@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import ConfigError, ParallelConfig
+from ..models.inputs import DenseInputs
 from ..models.units import ComputeUnits
 
 _NORMS = (nn.LayerNorm, nn.RMSNorm)
@@ -96,7 +97,39 @@ def apply_recompute(dense: nn.Module, mode: str) -> None:
         _wrap_forward(module, _recompute_forward)
 
 
+def _mark_batch_dynamic(inputs: DenseInputs) -> None:
+    """Compile for any batch: the event count N (dim 0 of the packed events and their time differences) and
+    the row count B (dim 0 of the per-row tensors) are symbolic from the first compile, the widths static (so
+    that Inductor specialises its kernels on them). `maybe_`: a batch of 0 or 1 events or rows, sizes that
+    torch.compile specialises, is not an error."""
+    for tensor in (inputs.events, inputs.time_diff, inputs.lengths, inputs.candidate, inputs.user, inputs.dense):
+        torch._dynamo.maybe_mark_dynamic(tensor, 0)
+
+
+def _compiled_forward(compiled: Callable, inner: Callable, inputs: DenseInputs) -> Tensor:
+    if not torch.is_grad_enabled():  # evaluation: a few batches, which would not repay a compile of their own
+        return inner(inputs)
+    _mark_batch_dynamic(inputs)
+    return compiled(inputs)
+
+
+def apply_compile(dense: nn.Module, backend: str = "inductor") -> None:
+    """torch.compile of the dense model's whole forward (with its backward, through AOTAutograd), for the
+    training step; evaluation runs eagerly. The embeddings (TorchRec) stay outside. Installed like the other
+    policies, so parameter names and checkpoints do not change; applied after bf16 and recomputation, whose
+    regions it traces, and before DDP/FSDP2, which wrap the compiled module.
+
+    The dense model's host sync (the batch's longest history, to size the padded sequences) happens outside:
+    the loader counts it (`DenseInputs.longest`). Recompiles: the first batch whose longest history differs
+    from the first batch's (that length is then symbolic); InnerTrans merge keeps one graph break (the count of
+    groups that hold an event, read on the host). `backend`: tests use "aot_eager" (no C++ compile)."""
+    _wrap_forward(dense, functools.partial(_compiled_forward, torch.compile(dense.forward, backend=backend)))
+
+
 def apply_compute_policies(dense: nn.Module, cfg: ParallelConfig, device_type: str) -> None:
-    """Precision, then recomputation (so a recomputed forward replays the same autocast regions)."""
+    """Precision, then recomputation (so a recomputed forward replays the same autocast regions), then
+    torch.compile (which traces those regions)."""
     apply_precision(dense, cfg.bf16, device_type)
     apply_recompute(dense, cfg.recompute)
+    if cfg.compile:
+        apply_compile(dense)
