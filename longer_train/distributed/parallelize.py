@@ -8,15 +8,15 @@ checkpoints — are the same whatever the policy.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import ConfigError, ParallelConfig
-from ..models.inputs import DenseInputs
 from ..models.units import ComputeUnits
 
 _NORMS = (nn.LayerNorm, nn.RMSNorm)
@@ -97,16 +97,18 @@ def apply_recompute(dense: nn.Module, mode: str) -> None:
         _wrap_forward(module, _recompute_forward)
 
 
-def _mark_batch_dynamic(inputs: DenseInputs) -> None:
-    """Compile for any batch: the event count N (dim 0 of the packed events and their time differences) and
-    the row count B (dim 0 of the per-row tensors) are symbolic from the first compile, the widths static (so
-    that Inductor specialises its kernels on them). `maybe_`: a batch of 0 or 1 events or rows, sizes that
-    torch.compile specialises, is not an error."""
-    for tensor in (inputs.events, inputs.time_diff, inputs.lengths, inputs.candidate, inputs.user, inputs.dense):
-        torch._dynamo.maybe_mark_dynamic(tensor, 0)
+def _mark_batch_dynamic(inputs: Any) -> None:
+    """Compile for any batch: dim 0 of every tensor of the dense model's inputs (`DenseInputs`: the packed
+    events N, or the rows B) is symbolic from the first compile; the widths stay static, so that Inductor
+    specialises its kernels on them. `maybe_`: a batch of 0 or 1 events or rows, sizes that torch.compile
+    specialises, is not an error."""
+    for field in dataclasses.fields(inputs):
+        value = getattr(inputs, field.name)
+        if isinstance(value, Tensor) and value.dim():
+            torch._dynamo.maybe_mark_dynamic(value, 0)
 
 
-def _compiled_forward(compiled: Callable, inner: Callable, inputs: DenseInputs) -> Tensor:
+def _compiled_forward(compiled: Callable, inner: Callable, inputs: Any) -> Tensor:
     if not torch.is_grad_enabled():  # evaluation: a few batches, which would not repay a compile of their own
         return inner(inputs)
     _mark_batch_dynamic(inputs)
@@ -120,9 +122,10 @@ def apply_compile(dense: nn.Module, backend: str = "inductor") -> None:
     regions it traces, and before DDP/FSDP2, which wrap the compiled module.
 
     The dense model's host sync (the batch's longest history, to size the padded sequences) happens outside:
-    the loader counts it (`DenseInputs.longest`). Recompiles: the first batch whose longest history differs
-    from the first batch's (that length is then symbolic); InnerTrans merge keeps one graph break (the count of
-    groups that hold an event, read on the host). `backend`: tests use "aot_eager" (no C++ compile)."""
+    the loader counts it (`DenseInputs.longest`). Recompiles, each once: the first batch whose longest history
+    differs from the first batch's (that length is then symbolic), the first whose rows are all full, one whose
+    padded history is a single merged token (docs/distributed.md). `backend`: tests use "aot_eager" (no C++
+    compile)."""
     _wrap_forward(dense, functools.partial(_compiled_forward, torch.compile(dense.forward, backend=backend)))
 
 
