@@ -22,6 +22,7 @@ it runs up to --transformer-max-len only.
     python benchmarks/dense_step.py --device cuda --dtype bfloat16 --batch 256 --recompute all \
         --impls triton reference ...       (what `make gpu-check` runs: benchmarks/gpu_check.sh)
     python benchmarks/dense_step.py --threads 1 --against REV      # + LONGER as git revision REV has it
+    python benchmarks/dense_step.py --threads 1 --compile --models longer   # + LONGER under parallel.compile
     python benchmarks/dense_step.py --smoke       # tiny sizes (the CPU dry run of `make gpu-check`)
 
 Imports neither torchrec nor the config loader (omegaconf, yaml): runs with torch (+ triton) only.
@@ -98,6 +99,7 @@ def make_inputs(lengths: torch.Tensor, device: str, gen: torch.Generator) -> Den
         events=leaf(n, EVENT), lengths=lengths.to(device),
         time_diff=torch.randint(0, 10**7, (n,), generator=gen).to(device),
         candidate=leaf(b, CANDIDATE), user=leaf(b, USER), dense=leaf(b, DENSE),
+        longest=int(lengths.max()) if b else 0,  # counted on the host, as the loader does
     )
 
 
@@ -206,7 +208,9 @@ def build_revision(pkg, cfg: ModelConfig, max_len: int, device: str, parallel: P
     torch.manual_seed(0)
     model = longer.Longer(config.ModelConfig(**dataclasses.asdict(cfg)), dims).to(device).train()
     policies = importlib.import_module(f"{pkg.__name__}.distributed.parallelize")
-    policies.apply_compute_policies(model, config.ParallelConfig(**dataclasses.asdict(parallel)), device)
+    known = {f.name for f in dataclasses.fields(config.ParallelConfig)}  # parallel.compile came later (issue 17)
+    policies.apply_compute_policies(
+        model, config.ParallelConfig(**{k: v for k, v in dataclasses.asdict(parallel).items() if k in known}), device)
     return model
 
 
@@ -214,6 +218,7 @@ def run(args: argparse.Namespace, cfg: ModelConfig, on_row=lambda rows: None) ->
     """The table's rows; `on_row(rows)` after each (the table so far survives a timeout)."""
     dtype = getattr(torch, args.dtype)
     parallel = ParallelConfig(bf16=list(args.bf16), recompute=args.recompute)
+    compiled = dataclasses.replace(parallel, compile=True)
     if args.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 runs and the fp32 peak: true fp32
     kb = _kernel_bench()
@@ -228,6 +233,9 @@ def run(args: argparse.Namespace, cfg: ModelConfig, on_row=lambda rows: None) ->
                 for impl in args.impls or [cfg.attention_impl]:
                     name = f"LONGER ({impl})" if args.impls else "LONGER"
                     models[name] = build(dataclasses.replace(cfg, attention_impl=impl), raw_len, args.device, parallel)
+                    if args.compile:  # compiled in the first warm-up step
+                        models[f"{name} (compiled)"] = build(dataclasses.replace(cfg, attention_impl=impl), raw_len,
+                                                             args.device, compiled)
                 if args.against:
                     models[f"LONGER @ {args.against_commit}"] = build_revision(args.against_pkg, cfg, raw_len,
                                                                                args.device, parallel)
@@ -236,9 +244,12 @@ def run(args: argparse.Namespace, cfg: ModelConfig, on_row=lambda rows: None) ->
             times = {name: [] for name in models}
             pct = {name: [] for name in models}
             flops = {name: 3 * m.flops(lengths.tolist()) for name, m in models.items()}
-            for model in models.values():  # warm-up (allocator, autotuning, Triton compilation)
+            for name, model in models.items():  # warm-up (allocator, autotuning, Triton compilation, compile)
+                start = time.perf_counter()
                 for _ in range(args.warmup):
                     step(model, x)
+                if name.endswith(" (compiled)"):
+                    print(f"{name}: warm-up (with the compile) {time.perf_counter() - start:.1f} s wall", flush=True)
             for _ in range(args.repeats):
                 for name, model in models.items():
                     peak = matmul_peak(args.peak_size, dtype, args.device)
@@ -266,6 +277,9 @@ def _ratio(row: dict, rows: list[dict]) -> str:
     rev = [r for r in same if " @ " in r["model"]]
     if row["model"] == "LONGER" and rev:  # this tree against the revision, in the same run
         ratio += f" (time / {rev[0]['model']}: {row['ms'] / rev[0]['ms']:.3f}x)"
+    eager = [r for r in same if r["model"] == row["model"].removesuffix(" (compiled)")]
+    if row["model"].endswith(" (compiled)") and eager:  # compiled against eager, in the same run
+        ratio += f" (time / {eager[0]['model']}: {row['ms'] / eager[0]['ms']:.3f}x)"
     return ratio
 
 
@@ -314,6 +328,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--impls", nargs="+", choices=["reference", "triton", "sdpa"],
                         help="LONGER once per attention implementation (model.attention_impl), alternated")
     parser.add_argument("--recompute", default="none", help="parallel.recompute")
+    parser.add_argument("--compile", action="store_true",
+                        help="also each LONGER under parallel.compile (torch.compile), alternated with it eager")
     parser.add_argument("--peak-size", type=int, default=1024, help="n of the [n, n] x [n, n] peak matmul")
     parser.add_argument("--clock", choices=["wall", "cpu"],
                         help="step and peak timer: wall-clock, or process CPU time (default: cpu on CPU with one "

@@ -8,16 +8,23 @@ split evenly over the ranks (OMP_NUM_THREADS = cores / ranks), so 1 and 2 ranks 
     python benchmarks/train_step.py [--config configs/quickstart.yaml --data data/synthetic --steps 40 \
         --ranks 1 2 --threads N --repeats R --out benchmarks/results/train_step_cpu.md] [key=value ...]
     python benchmarks/train_step.py --against HEAD~1 --ranks 1 --threads 1 --repeats 3 [...]
+    python benchmarks/train_step.py --variants parallel.compile=false parallel.compile=true --clock cpu [...]
 
 `--clock cpu` measures the CPU time of the runs instead (user + system, of the run and its loader workers):
 each run once with --steps and once with --short-steps, so that start-up and the final evaluation cancel,
 giving CPU ms per training step. On a machine shared with other jobs, whose load inflates wall-clock
-times by whatever they happen to do, this is the figure that compares code.
+times by whatever they happen to do, this is the figure that compares code. It also leaves out what a run
+pays once, such as torch.compile's compile (`parallel.compile`, in both runs): every code and variant runs
+once with --short-steps first, discarded, so that Inductor's compile cache (in the benchmark's temporary
+folder) is warm for every measured run, which then pays the same lookup and tracing. The wall clock's
+samples/s include the compile (the first step's time).
 
 `--against REV` also trains the code of git revision REV (exported with `git archive` into a temporary
 folder, run with the same python and packages, the same config and data) and alternates the two trees in
 one process, repeat by repeat (A B, then B A, ...), so that both see the same machine load; the table gives
-each tree's median samples/s and the median of the per-repeat ratios.
+each tree's median samples/s and the median of the per-repeat ratios. `--variants A B ...` does the same with
+this tree under different config overrides (each a quoted, space-separated list, added to the common
+overrides), e.g. `--variants parallel.compile=false parallel.compile=true`.
 
 MFU = 3 x forward FLOPs/sample x samples/s / (ranks x --peak-tflops): 3 counts forward + backward (about
 twice the forward); the FLOPs are the model's analytic forward FLOPs at max_len (an upper bound per
@@ -35,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,13 +77,13 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def cpu_ms_per_step(tree: Path, args: argparse.Namespace, ranks: int, workdir: Path) -> tuple[float, dict]:
+def cpu_ms_per_step(tree: Path, args: argparse.Namespace, ranks: int, overrides: list[str],
+                    workdir: Path) -> tuple[float, dict]:
     """CPU ms per training step (all ranks and loader workers): a run of --steps minus one of --short-steps."""
     cpu = []
     for steps in (args.short_steps, args.steps):
         start = children_cpu()
-        summary = run(tree, args.config, args.data, ranks, steps, args.threads, args.overrides,
-                      workdir / f"steps-{steps}")
+        summary = run(tree, args.config, args.data, ranks, steps, args.threads, overrides, workdir / f"steps-{steps}")
         cpu.append(children_cpu() - start)
     return (cpu[1] - cpu[0]) / (args.steps - args.short_steps) * 1e3, summary
 
@@ -102,6 +110,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads per rank (default: cores / ranks)")
     parser.add_argument("--against", metavar="REV", help="also run git revision REV, alternated with this tree")
     parser.add_argument("--this", metavar="REV", help="run git revision REV in place of the working tree")
+    parser.add_argument("--variants", nargs="+", metavar="OVERRIDES",
+                        help="run this tree once per set of overrides (quoted, space-separated), alternated")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each (ranks, tree); medians reported")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall: the trainer's samples/s; cpu: CPU ms per step (see above)")
@@ -110,6 +120,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
     parser.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. data.batch_size=512")
     args = parser.parse_args()
+    if args.variants and args.against:
+        parser.error("--variants and --against: compare one thing at a time")
 
     import torch  # after argument parsing: --help stays fast
 
@@ -117,25 +129,40 @@ def main() -> None:
     device = torch.cuda.get_device_name() if cuda else f"CPU, {os.cpu_count()} cores"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     with tempfile.TemporaryDirectory() as tmp:
-        trees = [("this tree", REPO)]
+        # Inductor (parallel.compile): the runs' own cache, and the compile in the run's process, so that its CPU
+        # time is counted with the run's (a pool of compile worker processes may outlive the run, uncounted)
+        os.environ.update(TORCHINDUCTOR_CACHE_DIR=str(Path(tmp) / "inductor"), TORCHINDUCTOR_COMPILE_THREADS="1")
+        tree = REPO
         if args.this:  # a frozen copy: the working tree may change while the runs go on
             commit = export_revision(args.this, Path(tmp) / "this")
-            trees = [(f"{args.this} ({commit})", Path(tmp) / "this")]
+            tree = Path(tmp) / "this"
+        # what is compared: (name, tree, overrides of its own)
+        trees = [(f"{args.this} ({commit})" if args.this else "this tree", tree, [])]
         if args.against:
             commit = export_revision(args.against, Path(tmp) / "against")
-            trees.append((f"{args.against} ({commit})", Path(tmp) / "against"))
+            trees.append((f"{args.against} ({commit})", Path(tmp) / "against", []))
+        if args.variants:
+            trees = [(variant, tree, shlex.split(variant)) for variant in args.variants]
+        warm_up: dict[str, float] = {}  # wall seconds of each discarded first run (caches cold: the compile)
+        if args.clock == "cpu":  # one discarded run each: caches warm for every measured run (see above)
+            for index, (name, tree, extra) in enumerate(trees):
+                start = time.perf_counter()
+                run(tree, args.config, args.data, args.ranks[0], args.short_steps, args.threads,
+                    [*args.overrides, *extra], Path(tmp) / f"warm-up-{index}")
+                warm_up[name] = time.perf_counter() - start
         rates: dict[tuple[int, str], list[float]] = {}
         gflops: dict[int, float] = {}
         for repeat in range(args.repeats):
             for ranks in args.ranks:
                 order = trees if repeat % 2 == 0 else trees[::-1]  # A B, B A, ...: no tree always first
-                for name, tree in order:
-                    workdir = Path(tmp) / f"runs-{repeat}-{ranks}-{trees.index((name, tree))}"
+                for name, tree, extra in order:
+                    workdir = Path(tmp) / f"runs-{repeat}-{ranks}-{[t[0] for t in trees].index(name)}"
+                    overrides = [*args.overrides, *extra]
                     if args.clock == "cpu":  # a rate: steps per CPU-second, so that higher is better as with samples/s
-                        ms, summary = cpu_ms_per_step(tree, args, ranks, workdir)
+                        ms, summary = cpu_ms_per_step(tree, args, ranks, overrides, workdir)
                         rate = 1e3 / ms
                     else:
-                        summary = run(tree, args.config, args.data, ranks, args.steps, args.threads, args.overrides,
+                        summary = run(tree, args.config, args.data, ranks, args.steps, args.threads, overrides,
                                       workdir)
                         rate = summary["train_samples_per_s"]
                     rates.setdefault((ranks, name), []).append(rate)
@@ -149,6 +176,8 @@ def main() -> None:
         + (f" (and {args.short_steps}, subtracted: CPU time)" if args.clock == "cpu" else "")
         + f", {args.repeats} run(s) of each row"
         + (f", overrides {' '.join(args.overrides)}" if args.overrides else ""),
+        *(["", "Discarded first runs (caches cold; Inductor compiling, where parallel.compile is on), wall: "
+            + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in warm_up.items())] if warm_up else []),
         "",
         "| ranks | code | train samples/s (median) | runs | vs first row | GFLOPs/sample (fwd) | MFU |"
         if args.clock == "wall" else
@@ -157,7 +186,7 @@ def main() -> None:
     ]
     base = statistics.median(rates[(args.ranks[0], trees[0][0])])
     for ranks in args.ranks:
-        for name, _ in trees:
+        for name, _, _ in trees:
             runs = rates[(ranks, name)]
             rate = statistics.median(runs)
             flops = gflops[(ranks, name)]
@@ -166,13 +195,12 @@ def main() -> None:
             shown = runs if args.clock == "wall" else [1e3 / r for r in runs]  # CPU ms per step
             lines.append(f"| {ranks} | {name} | {statistics.median(shown):,.0f} | "
                          f"{', '.join(f'{r:,.0f}' for r in shown)} | {rate / base:.2f}x | {flops:.3g} | {mfu} |")
-    if args.against:
-        speed = "samples/s" if args.clock == "wall" else "steps per CPU-second"
-        lines += ["", f"| ranks | {speed}: {trees[0][0]} / {trees[1][0]} (median of the per-repeat ratios) "
-                      "| per repeat |",
+    speed = "samples/s" if args.clock == "wall" else "steps per CPU-second"
+    for other, _, _ in trees[1:]:  # --against, --variants: the per-repeat ratios, each run beside its pair
+        lines += ["", f"| ranks | {speed}: {trees[0][0]} / {other} (median of the per-repeat ratios) | per repeat |",
                   "|---|---|---|"]
         for ranks in args.ranks:
-            ratios = [a / b for a, b in zip(rates[(ranks, trees[0][0])], rates[(ranks, trees[1][0])])]
+            ratios = [a / b for a, b in zip(rates[(ranks, trees[0][0])], rates[(ranks, other)])]
             lines.append(f"| {ranks} | {statistics.median(ratios):.2f}x | {', '.join(f'{r:.2f}' for r in ratios)} |")
     if not cuda and len(args.ranks) > 1:
         lines += ["", "On CPU every row uses the same cores (threads split over the ranks), so the ratio is the "

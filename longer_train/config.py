@@ -250,6 +250,9 @@ class ParallelConfig:
     # activation recomputation: drop a component's activations in forward, recompute them in backward
     # (self: LONGER's self-causal layers and HSTU's layers)
     recompute: str = _choice("none", ("none", "inner_trans", "cross", "self", "all"))
+    # torch.compile of the dense model (TorchInductor; the embeddings are not compiled), after bf16 and
+    # recomputation, before DDP/FSDP2 (docs/distributed.md: what it measured, where it recompiles)
+    compile: bool = False
     collective_timeout_s: int = _num(600, 1)  # a rank stuck in a collective this long fails instead of hanging
 
 

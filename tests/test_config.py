@@ -34,6 +34,7 @@ def test_quickstart_loads_and_overrides_apply():
         ("data.bad_files=ignore", ["'data.bad_files'", "skip"]),
         ("data.tables.item.oov=zero", ["'data.tables.item.oov'", "oov_row"]),
         ("data.num_workers=-1", ["'data.num_workers'", ">= 0"]),
+        ("parallel.compile=maybe", ["'parallel.compile'", "bool"]),
     ],
 )
 def test_bad_keys_are_named(override, expected):

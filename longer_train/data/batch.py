@@ -29,6 +29,9 @@ class Batch(Pipelineable):
     user_ids: Tensor  # [B] int64, groups GAUC
     # rows the loader dropped (data.bad_rows: skip) since the previous batch of the same reader, per reason
     skipped: dict[str, int] = field(default_factory=dict)
+    # the longest history of the batch (events kept), counted on the host here, so that the dense model needs
+    # no device-to-host sync to size its padded sequences (DenseInputs.longest); None: not counted
+    longest: int | None = None
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
         return Batch(
@@ -39,6 +42,7 @@ class Batch(Pipelineable):
             labels=self.labels.to(device, non_blocking=non_blocking),
             user_ids=self.user_ids.to(device, non_blocking=non_blocking),
             skipped=self.skipped,
+            longest=self.longest,
         )
 
     def record_stream(self, stream: torch.Stream) -> None:
@@ -57,6 +61,7 @@ class Batch(Pipelineable):
             labels=self.labels.pin_memory(),
             user_ids=self.user_ids.pin_memory(),
             skipped=self.skipped,
+            longest=self.longest,
         )
 
     @property
@@ -139,4 +144,5 @@ def collate(table: pa.Table, data: DataConfig) -> Batch:
         dense=torch.from_numpy(dense),
         labels=_labels(table, data),
         user_ids=torch.from_numpy(_int_column(table, data.user_id)),
+        longest=int(keep.max()) if rows else 0,
     )

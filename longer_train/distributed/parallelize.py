@@ -1,6 +1,6 @@
 """Compute and parallelism policies applied to a built model from `parallel:` in the config, outside the
-model code, in torchtitan's fixed order: mixed precision -> activation recomputation -> sharding (TorchRec
-for the tables, DDP or FSDP2 for the dense layers; `sharding.py`).
+model code, in torchtitan's fixed order: mixed precision -> activation recomputation -> torch.compile ->
+sharding (TorchRec for the tables, DDP or FSDP2 for the dense layers; `sharding.py`).
 
 Policies are installed by wrapping a module's `forward` in place, so parameter names — and therefore
 checkpoints — are the same whatever the policy.
@@ -8,8 +8,9 @@ checkpoints — are the same whatever the policy.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -96,7 +97,42 @@ def apply_recompute(dense: nn.Module, mode: str) -> None:
         _wrap_forward(module, _recompute_forward)
 
 
+def _mark_batch_dynamic(inputs: Any) -> None:
+    """Compile for any batch: dim 0 of every tensor of the dense model's inputs (`DenseInputs`: the packed
+    events N, or the rows B) is symbolic from the first compile; the widths stay static, so that Inductor
+    specialises its kernels on them. `maybe_`: a batch of 0 or 1 events or rows, sizes that torch.compile
+    specialises, is not an error."""
+    for field in dataclasses.fields(inputs):
+        value = getattr(inputs, field.name)
+        if isinstance(value, Tensor) and value.dim():
+            torch._dynamo.maybe_mark_dynamic(value, 0)
+
+
+def _compiled_forward(compiled: Callable, inner: Callable, inputs: Any) -> Tensor:
+    if not torch.is_grad_enabled():  # evaluation: a few batches, which would not repay a compile of their own
+        return inner(inputs)
+    _mark_batch_dynamic(inputs)
+    return compiled(inputs)
+
+
+def apply_compile(dense: nn.Module, backend: str = "inductor") -> None:
+    """torch.compile of the dense model's whole forward (with its backward, through AOTAutograd), for the
+    training step; evaluation runs eagerly. The embeddings (TorchRec) stay outside. Installed like the other
+    policies, so parameter names and checkpoints do not change; applied after bf16 and recomputation, whose
+    regions it traces, and before DDP/FSDP2, which wrap the compiled module.
+
+    The dense model's host sync (the batch's longest history, to size the padded sequences) happens outside:
+    the loader counts it (`DenseInputs.longest`). Recompiles, each once: the first batch whose longest history
+    differs from the first batch's (that length is then symbolic), the first whose rows are all full, one whose
+    padded history is a single merged token (docs/distributed.md). `backend`: tests use "aot_eager" (no C++
+    compile)."""
+    _wrap_forward(dense, functools.partial(_compiled_forward, torch.compile(dense.forward, backend=backend)))
+
+
 def apply_compute_policies(dense: nn.Module, cfg: ParallelConfig, device_type: str) -> None:
-    """Precision, then recomputation (so a recomputed forward replays the same autocast regions)."""
+    """Precision, then recomputation (so a recomputed forward replays the same autocast regions), then
+    torch.compile (which traces those regions)."""
     apply_precision(dense, cfg.bf16, device_type)
     apply_recompute(dense, cfg.recompute)
+    if cfg.compile:
+        apply_compile(dense)

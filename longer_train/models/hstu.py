@@ -130,7 +130,7 @@ class HSTU(nn.Module):
     def encode(self, x: DenseInputs) -> HSTUStates:
         b, n = x.lengths.shape[0], x.events.shape[0]
         lengths = x.lengths.long()
-        longest = int(lengths.max()) if b else 0
+        longest = x.longest if x.longest is not None else int(lengths.max()) if b else 0
         rows = event_rows(lengths, n)  # each event's row and recency [N]
         per_event = [self.tokens(x.events, x.time_diff, rows[1])]
         if self.match_pairs:

@@ -28,6 +28,10 @@ class DenseInputs:
     # pad histories to this many events instead of the batch's longest (>= every length): fixed shapes,
     # e.g. for torch.export; padding is masked, so the outputs are the same
     capacity: int | None = None
+    # the batch's longest history (= lengths.max()) when the caller knows it on the host (the loader counts it:
+    # data/batch.py), so that sizing the padded sequences needs no device-to-host sync — none inside the dense
+    # model, which torch.compile can then capture whole (parallel.compile); None: read from `lengths`
+    longest: int | None = None
 
 
 @dataclass(frozen=True)

@@ -79,9 +79,13 @@ class Longer(nn.Module):
         groups = torch.div(lengths + k - 1, k, rounding_mode="floor")  # merged tokens per row [B]
         if x.capacity is not None:  # torch.export: shapes fixed by the capacity, every group computed
             longest, live_groups = x.capacity, None
+        elif x.longest is not None and (self.merge.inner is None or torch.compiler.is_compiling()):
+            # counted on the host (the loader): no sync. Under torch.compile InnerTrans then runs on every group
+            # (the same result): counting the groups that hold an event would be a host sync, a graph break
+            longest, live_groups = x.longest, None
         else:  # one host sync for the padded length and the number of groups that hold an event
             longest, live_groups = torch.stack([lengths.max(), groups.sum()]).tolist() if b else (0, 0)
-        total = -(-longest // k) * k  # pad to a multiple of K at the front: the newest group is full
+        total = (longest + k - 1) // k * k  # pad to a multiple of K at the front: the newest group is full
         n = x.events.shape[0]
         rows = event_rows(lengths, n)  # each event's row and recency [N]
         # every row holds `total` events (full rows, no padding): the packed rows are already the batch, so

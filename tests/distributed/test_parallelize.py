@@ -10,12 +10,15 @@ import pytest
 import torch
 from longer_inputs import DIMS, make_inputs, make_model
 from test_config import QUICKSTART
+from torch._dynamo.utils import counters
 from torch.autograd.graph import saved_tensors_hooks
 from torch.utils.checkpoint import set_checkpoint_early_stop
 
 from longer_train.config import ConfigError, ModelConfig, load_config
+from longer_train.distributed import parallelize
 from longer_train.distributed.parallelize import apply_precision, apply_recompute, compute_units
 from longer_train.distributed.process_group import destroy_distributed
+from longer_train.models.longer import Longer
 from longer_train.models.ranking import DENSE_MODELS
 from longer_train.trainer import Trainer
 
@@ -201,3 +204,65 @@ def test_renaming_a_submodule_cannot_silently_change_the_policies(name):
         restored = {(child + path[len(child) + 8:] if path.split(".")[0] == f"{child}_renamed" else path): tags
                     for path, tags in found.items()}
         assert restored == reference, child
+
+
+
+def _train_losses(tiny_data, tmp_path, name: str, *overrides: str) -> tuple[list[float], list[tuple[int, int]]]:
+    """Per-step training losses of one epoch on the tiny data, and each training batch's (events, rows)."""
+    cfg = load_config(QUICKSTART, [
+        f"data.root={tiny_data}", "data.max_len=64", "data.batch_size=512", "data.num_workers=0",
+        "train.eval_every=0", "train.log_every=1", "train.checkpoint=false", "train.metrics_window=0",
+        f"train.output_dir={tmp_path}", f"train.run_name={name}", f"train.runs_table={tmp_path}/r.jsonl",
+        "logging.wandb_mode=disabled", "train.progress_bar=false", *overrides,
+    ])
+    sizes = []
+
+    def record(module, args) -> None:
+        if torch.is_grad_enabled():  # training steps, not evaluation
+            sizes.append(tuple(args[0].events.shape[:1] + args[0].lengths.shape))
+
+    try:
+        trainer = Trainer(cfg)
+        next(m for m in trainer.model.modules() if isinstance(m, Longer)).register_forward_pre_hook(record)
+        trainer.train()
+    finally:
+        destroy_distributed()
+    lines = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    return [row["train/loss"] for row in lines if "train/loss" in row], sizes
+
+
+def test_compile_trains_to_eager_losses_with_one_compile(tiny_data, tmp_path, monkeypatch):
+    """parallel.compile: the same per-step losses as eager, and one compile for every batch of the epoch,
+    whose event counts differ and whose last batch has fewer rows (the batch sizes are symbolic from the
+    first compile), with no graph break (the host sync is outside the dense model). The backend is aot_eager
+    (what torch.compile captures, the backward through AOTAutograd, run without Inductor's C++ compile,
+    which takes minutes on a test machine)."""
+    eager, _ = _train_losses(tiny_data, tmp_path, "eager")
+    monkeypatch.setattr(parallelize, "apply_compile", functools.partial(parallelize.apply_compile, backend="aot_eager"))
+    torch._dynamo.reset()
+    counters.clear()
+    compiled, sizes = _train_losses(tiny_data, tmp_path, "compiled", "parallel.compile=true")
+    graphs = counters["stats"]["unique_graphs"]
+    print(f"compile: {len(compiled)} steps, (events, rows) per batch {sizes}, graphs {graphs}")
+    assert len(compiled) == len(eager) == len(sizes) >= 5
+    assert len({n for n, _ in sizes}) == len(sizes) and len({b for _, b in sizes}) == 2  # recompiles would show
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=0)
+    assert graphs == 1 and not counters["graph_break"]
+
+
+def test_compile_recompiles_once_when_the_longest_history_changes():
+    """The batch's longest history, counted on the host (DenseInputs.longest), sizes the padded sequences: the
+    first batch compiles with it fixed, the first batch with another longest history compiles again with it
+    symbolic, and no later batch compiles (the `eager` backend: dynamo's capture and guards, nothing compiled)."""
+    torch._dynamo.reset()
+    counters.clear()
+    model = make_model("inner_trans").train()
+    parallelize.apply_compile(model, backend="eager")
+    batches = [[40, 37, 0, 5, 33, 20], [64, 9, 30, 12, 50, 20], [17, 25, 3, 30], [57, 1, 0, 44, 60, 31, 22], [12, 26]]
+    graphs = []
+    for lengths in batches:
+        x = make_inputs(lengths)
+        x.longest = max(lengths)
+        model(x).sum().backward()
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs == [1, 2, 2, 2, 2] and not counters["graph_break"]
