@@ -3,8 +3,8 @@
 A CPU training step allocates and frees the same few large activation and gradient buffers (MBs to tens of
 MBs) every step. With glibc's defaults, blocks that size are often handed back to the kernel when freed (mmap
 above a threshold that adapts to what was freed, and the heap top trimmed above twice that) and fetched
-again at the next step, each 4 KiB page faulted in and zeroed by the kernel: thousands of page faults and
-tens of ms of system time per quickstart step, varying run to run with the order of frees. Fixing the mmap
+again at the next step, each 4 KiB page faulted in and zeroed by the kernel, how often varying run to run
+with the order of frees. Fixing the mmap
 threshold at glibc's maximum (32 MiB) and keeping up to 1 GiB of freed heap makes those blocks come back from
 the heap, already mapped (tcmalloc and jemalloc, which PyTorch's CPU tuning guide recommends preloading, do
 the same by caching). Peak memory is unchanged; what is kept is memory the step needs again.

@@ -87,6 +87,7 @@ def test_every_row_once_with_its_most_recent_events(dataset, shuffle):
         cuts = np.cumsum(hist.lengths().numpy())[:-1]
         events_per_row = np.split(hist.values().numpy(), cuts)
         diffs_per_row = np.split(batch.time_diff.numpy(), cuts)
+        assert batch.longest == int(hist.lengths().max())  # counted on the host for the dense model (no sync)
         for i, (events, diffs) in enumerate(zip(events_per_row, diffs_per_row)):
             produced[(int(batch.user_ids[i]), int(batch.per_id["item_id"].values()[i]), tuple(events.tolist()),
                       tuple(diffs.tolist()), float(batch.labels[i]))] += 1
