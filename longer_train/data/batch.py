@@ -29,9 +29,17 @@ class Batch(Pipelineable):
     user_ids: Tensor  # [B] int64, groups GAUC
     # rows the loader dropped (data.bad_rows: skip) since the previous batch of the same reader, per reason
     skipped: dict[str, int] = field(default_factory=dict)
-    # the longest history of the batch (events kept), counted on the host here, so that the dense model needs
-    # no device-to-host sync to size its padded sequences (DenseInputs.longest); None: not counted
-    longest: int | None = None
+    # each row's history length (events kept) [B] int64, kept on the host (CPU) when the batch moves to the
+    # device, so that the dense model sizes its padded sequences and counts the positions that hold an event
+    # with no device-to-host sync (DenseInputs.longest / host_lengths); None: not counted
+    history_lengths: Tensor | None = None
+
+    @property
+    def longest(self) -> int | None:
+        """The batch's longest history (events kept), from the host-side lengths; None: not counted."""
+        if self.history_lengths is None:
+            return None
+        return int(self.history_lengths.max()) if self.history_lengths.numel() else 0
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
         return Batch(
@@ -42,7 +50,7 @@ class Batch(Pipelineable):
             labels=self.labels.to(device, non_blocking=non_blocking),
             user_ids=self.user_ids.to(device, non_blocking=non_blocking),
             skipped=self.skipped,
-            longest=self.longest,
+            history_lengths=self.history_lengths,  # stays on the host
         )
 
     def record_stream(self, stream: torch.Stream) -> None:
@@ -61,7 +69,7 @@ class Batch(Pipelineable):
             labels=self.labels.pin_memory(),
             user_ids=self.user_ids.pin_memory(),
             skipped=self.skipped,
-            longest=self.longest,
+            history_lengths=self.history_lengths,  # stays on the host
         )
 
     @property
@@ -144,5 +152,5 @@ def collate(table: pa.Table, data: DataConfig) -> Batch:
         dense=torch.from_numpy(dense),
         labels=_labels(table, data),
         user_ids=torch.from_numpy(_int_column(table, data.user_id)),
-        longest=int(keep.max()) if rows else 0,
+        history_lengths=torch.from_numpy(np.asarray(keep, dtype=np.int64)),
     )

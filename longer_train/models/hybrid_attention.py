@@ -62,37 +62,47 @@ class CausalBlock(nn.Module):
         self.ffn = FeedForward(dim, ffn_mult, dropout)
         self.dropout = nn.Dropout(dropout)
 
-    def keys_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Keys and values of tokens [B, L, D] -> two [B, H, L, dh] (what a KV cache keeps)."""
-        k, v = self.kv(self.norm1(x)).chunk(2, dim=-1)
+    def keys_values(self, x: Tensor, live: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Keys and values of tokens [B, L, D] -> two [B, H, L, dh] (what a KV cache keeps); only the tokens at
+        the flat positions `live` (`live_positions`; None: all) are projected, the others' are 0."""
+        k, v = on_rows(lambda t: self.kv(self.norm1(t)), x, live).chunk(2, dim=-1)
         return split_heads(k, self.heads), split_heads(v, self.heads)
 
-    def queries(self, x: Tensor) -> Tensor:
-        """Queries of tokens [B, L, D] -> [B, H, L, dh]."""
-        return split_heads(self.q(self.norm1(x)), self.heads)
+    def queries(self, x: Tensor, live: Tensor | None = None) -> Tensor:
+        """Queries of tokens [B, L, D] -> [B, H, L, dh]; those of the tokens off `live` are 0."""
+        return split_heads(on_rows(lambda t: self.q(self.norm1(t)), x, live), self.heads)
 
-    def finish(self, x: Tensor, attn: Tensor) -> Tensor:
-        """Residual + FFN after attention: query tokens [B, n, D], attention output [B, H, n, dh]."""
-        y = x + self.dropout(self.out(merge_heads(attn)))
-        return y + self.ffn(self.norm2(y))
+    def finish(self, x: Tensor, attn: Tensor, live: Tensor | None = None) -> Tensor:
+        """Residual + FFN after attention: query tokens [B, n, D], attention output [B, H, n, dh]. The tokens off
+        the flat positions `live` (padding; None: none) keep their input state and cost nothing."""
+        b, n, d = x.shape
+        rows = (lambda t: t) if live is None else (lambda t: t.reshape(b * n, d).index_select(0, live))
+        y = rows(x) + self.dropout(self.out(rows(merge_heads(attn))))
+        y = y + self.ffn(self.norm2(y))
+        # by (row, slot), not into a flattened copy: the output is then no view (FSDP2 hooks module outputs)
+        return y if live is None else x.index_put((live // n, live % n), y)
 
     def forward(
         self, x: Tensor, num_pad: Tensor, x_q: Tensor | None = None, q_pos: Tensor | None = None,
-        keep_kv: list | None = None, match: Tensor | None = None,
+        keep_kv: list | None = None, match: Tensor | None = None, live_keys: Tensor | None = None,
+        live_queries: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Keys/values from tokens x [B, Lk, D] (num_pad [B] leading padded); queries from x_q [B, n_q, D]
         (default x: self-causal) at key positions q_pos [B, n_q] (default: the last n_q positions). Returns
         [B, n_q, D] and the candidate's match readout [B, 1, H * P] (None without `match` or the readout).
         `keep_kv`, when given, receives (K, V, num_pad) (KV-cached serving). `match` [B, 1, L', P]: the last
-        token of x and of x_q is the candidate, and this is its similarity to the L' sequence tokens first in x."""
-        k, v = self.keys_values(x)
+        token of x and of x_q is the candidate, and this is its similarity to the L' sequence tokens first in x.
+        `live_keys` / `live_queries` (`live_positions`; None: all): the tokens of x / x_q that are not padding;
+        only those are projected and go through the FFN (padded keys are masked, padded queries' outputs unread:
+        they keep their input state)."""
+        k, v = self.keys_values(x, live_keys)
         if keep_kv is not None:
             keep_kv.append((k, v, num_pad))
         x_q = x if x_q is None else x_q
-        q = self.queries(x_q)
+        q = self.queries(x_q, live_queries)
         if match is None:
             attn = hybrid_attention(q, k, v, num_pad, impl=self.attention_impl, q_pos=q_pos)
-            return self.finish(x_q, attn), None  # attn [B, H, n_q, dh]
+            return self.finish(x_q, attn, live_queries), None  # attn [B, H, n_q, dh]
         # the user-side rows as without the candidate; the candidate's row with the match bias. K and V made
         # contiguous once: both attentions read them, and a matmul over the strided heads of the projection
         # copies them itself (one copy each instead of one per use). Split, not sliced: its backward writes
@@ -104,7 +114,7 @@ class CausalBlock(nn.Module):
         user_rows = hybrid_attention(q_user, k_user, v_user, num_pad, impl=self.attention_impl,
                                      q_pos=None if q_pos is None else q_pos[:, :-1])
         candidate, readout = self.candidate_row(q_cand, k_user, v_user, num_pad, k_cand, v_cand, match)
-        return self.finish(x_q, torch.cat([user_rows, candidate], dim=2)), readout
+        return self.finish(x_q, torch.cat([user_rows, candidate], dim=2), live_queries), readout
 
     def candidate_row(
         self, q: Tensor, k_cache: Tensor, v_cache: Tensor, num_pad: Tensor, k_self: Tensor, v_self: Tensor,
@@ -152,25 +162,33 @@ class HybridAttention(nn.Module):
 
     def forward(
         self, seq: Tensor, globals_: Tensor, num_pad: Tensor, match: Tensor | None = None,
-        keep_kv: list | None = None,
+        keep_kv: list | None = None, host_groups: Tensor | None = None,
     ) -> tuple[list[Tensor], Tensor | None]:
         """seq [B, L', D] left-padded merged tokens with `num_pad` [B] padded ones; globals_ [B, m, D], the
         candidate last; match [B, 1, L', P]: the candidate's similarity to each merged token (None: off).
 
         Returns the states after each layer, [B, k + m, D]: the k sequence queries (`select_queries`) then the
         globals, and the candidate's match readout [B, 1, H * P] (None when `match` is None or the readout is
-        off). `keep_kv`, when given, receives each layer's (K, V, num_pad) (KV-cached serving).
+        off). `keep_kv`, when given, receives each layer's (K, V, num_pad) (KV-cached serving). `host_groups`:
+        the valid merged tokens per row [B] on the host (= L' - num_pad, counted without a device sync), when
+        known: the layers then project and transform the valid tokens only (padded keys are masked anyway;
+        padded query slots keep their input state, which nothing reads).
         """
-        seq_len, m = seq.shape[1], globals_.shape[1]
+        b, seq_len, m = seq.shape[0], seq.shape[1], globals_.shape[1]
         seq_q, q_pos, q_pad = self.select_queries(seq, num_pad)
         if q_pos is not None:  # the globals sit after the sequence
             globals_pos = torch.arange(seq_len, seq_len + m, device=seq.device).expand(q_pos.shape[0], m)
             q_pos = torch.cat([q_pos, globals_pos], dim=1)
         tokens, x_q = torch.cat([seq, globals_], dim=1), torch.cat([seq_q, globals_], dim=1)
-        x, readout = self.cross(tokens, num_pad, x_q, q_pos, keep_kv, match)
+        live_keys = live_queries = None
+        if host_groups is not None:  # the globals are never padding
+            live_keys = live_positions(num_pad, seq_len + m, int(host_groups.sum()) + b * m)
+            queries = x_q.shape[1] * b - int(self.query_padding(seq_len - host_groups, seq_len).sum())
+            live_queries = live_positions(q_pad, x_q.shape[1], queries)
+        x, readout = self.cross(tokens, num_pad, x_q, q_pos, keep_kv, match, live_keys, live_queries)
         states = [x]
         for layer in self.self_layers:
-            x, _ = layer(x, q_pad, keep_kv=keep_kv)
+            x, _ = layer(x, q_pad, keep_kv=keep_kv, live_keys=live_queries, live_queries=live_queries)
             states.append(x)
         return states, readout
 
@@ -199,6 +217,26 @@ class HybridAttention(nn.Module):
         if self.learned_queries is not None:  # every learned query is valid unless the history is empty
             return torch.where(num_pad >= seq_len, k, 0)
         return query_padding(num_pad, seq_len, k)
+
+
+def on_rows(fn, x: Tensor, live: Tensor | None) -> Tensor:
+    """A row-wise `fn` (each output token from its input token alone: norms, projections) applied to the tokens
+    of x [B, L, D] at the flat positions `live` (into B * L) only; the others' outputs are 0. None: all tokens."""
+    if live is None:
+        return fn(x)
+    b, length, d = x.shape
+    y = fn(x.reshape(b * length, d).index_select(0, live))
+    # in place into fresh zeros: the out-of-place index_copy would copy the whole zero tensor once more
+    return y.new_zeros((b * length, y.shape[-1])).index_copy_(0, live, y).view(b, length, y.shape[-1])
+
+
+def live_positions(num_pad: Tensor, length: int, count: int) -> Tensor | None:
+    """Flat indices (into B * length) of the positions after each row's num_pad [B] leading padded ones, of
+    which there are `count` (known on the host: no device sync); None when none is padding (nothing to skip)."""
+    if count == num_pad.shape[0] * length:
+        return None
+    keep = torch.arange(length, device=num_pad.device)[None, :] >= num_pad[:, None]
+    return torch.nonzero_static(keep.flatten(), size=count).squeeze(1)
 
 
 def query_positions(rule: str, num_pad: Tensor, seq_len: int, k: int) -> Tensor:

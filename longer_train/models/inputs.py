@@ -32,6 +32,10 @@ class DenseInputs:
     # data/batch.py), so that sizing the padded sequences needs no device-to-host sync — none inside the dense
     # model, which torch.compile can then capture whole (parallel.compile); None: read from `lengths`
     longest: int | None = None
+    # the rows' lengths [B] on the host (a CPU tensor; the loader has them), so that the dense model can count
+    # the padded positions that hold an event (and work on those only) with no device-to-host sync; not read
+    # under torch.compile or torch.export (fixed or dynamic shapes); None: counted from `lengths` if needed
+    host_lengths: Tensor | None = None
 
 
 @dataclass(frozen=True)

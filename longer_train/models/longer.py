@@ -70,21 +70,32 @@ class Longer(nn.Module):
         head_in = width * (self.num_globals + 1) + self.match_readout_dim + dims.candidate + dims.user + dims.dense
         self.head = MLP(head_in, list(cfg.head_hidden), 1)
 
-    def encode_sequence(self, x: DenseInputs) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Merged behaviour tokens [B, L', D] (left-padded, newest last), padded count per row [B], and for the
-        candidate match the events' unit shared-table vectors summed per merged token [B, L', W] (None: off)."""
+    def encode_sequence(self, x: DenseInputs) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """Merged behaviour tokens [B, L', D] (left-padded, newest last), padded count per row [B], for the
+        candidate match the events' unit shared-table vectors summed per merged token [B, L', W] (None: off), and
+        the merged tokens per row on the host [B] (a CPU tensor; None where counting them would need a host sync
+        the caller avoids: torch.compile, torch.export), with which the layers skip the padded positions."""
         b = x.lengths.shape[0]
         k = self.cfg.merge_k
         lengths = x.lengths.long()
         groups = torch.div(lengths + k - 1, k, rounding_mode="floor")  # merged tokens per row [B]
-        if x.capacity is not None:  # torch.export: shapes fixed by the capacity, every group computed
-            longest, live_groups = x.capacity, None
-        elif x.longest is not None and (self.merge.inner is None or torch.compiler.is_compiling()):
-            # counted on the host (the loader): no sync. Under torch.compile InnerTrans then runs on every group
-            # (the same result): counting the groups that hold an event would be a host sync, a graph break
-            longest, live_groups = x.longest, None
-        else:  # one host sync for the padded length and the number of groups that hold an event
-            longest, live_groups = torch.stack([lengths.max(), groups.sum()]).tolist() if b else (0, 0)
+        compiling = torch.compiler.is_compiling()
+        host = None  # the rows' lengths on the host
+        if x.capacity is not None:  # torch.export: shapes fixed by the capacity, every position computed
+            longest = x.capacity
+        elif x.host_lengths is not None and not compiling:  # the loader's count: no sync
+            host = x.host_lengths.long()
+            longest = int(host.max()) if b else 0
+        elif x.longest is not None and (self.merge.inner is None or compiling):
+            # counted on the host (the loader): no sync, every position computed. Under torch.compile InnerTrans
+            # too runs on every group (the same result): counting the groups that hold an event would be a host
+            # sync, a graph break
+            longest = x.longest
+        else:  # one host sync for the lengths
+            host = lengths.cpu()
+            longest = int(host.max()) if b else 0
+        host_groups = None if host is None else torch.div(host + k - 1, k, rounding_mode="floor")
+        live_groups = None if host_groups is None else int(host_groups.sum())
         total = (longest + k - 1) // k * k  # pad to a multiple of K at the front: the newest group is full
         n = x.events.shape[0]
         rows = event_rows(lengths, n)  # each event's row and recency [N]
@@ -110,7 +121,7 @@ class Longer(nn.Module):
                 match_groups = match_groups.view(b, total // k, units.shape[-1])
         merged = self.merge(tokens, valid, live_groups)  # [B, L', D]
         num_pad = merged.shape[1] - groups  # [B]
-        return merged, num_pad, match_groups
+        return merged, num_pad, match_groups, host_groups
 
     def user_globals(self, x: DenseInputs) -> Tensor:
         """The candidate-independent global tokens [B, m - 1, D]: CLS..., user."""
@@ -127,11 +138,11 @@ class Longer(nn.Module):
                                 self.match_pairs)
 
     def encode(self, x: DenseInputs) -> LongerStates:
-        merged, num_pad, match_groups = self.encode_sequence(x)
+        merged, num_pad, match_groups, host_groups = self.encode_sequence(x)
         candidate = self.candidate_token(x.candidate).unsqueeze(1)  # the candidate is the last token
         globals_t = torch.cat([self.user_globals(x), candidate], dim=1)  # [B, m, D]
         match = self.candidate_similarity(match_groups, x.candidate.unsqueeze(1))
-        layers, readout = self.attention(merged, globals_t, num_pad, match)
+        layers, readout = self.attention(merged, globals_t, num_pad, match, host_groups=host_groups)
         return LongerStates(merged=merged, num_pad=num_pad, layers=layers,
                             match_readout=None if readout is None else readout.squeeze(1))
 

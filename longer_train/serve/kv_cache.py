@@ -36,9 +36,9 @@ def prefill(model: Longer, x: DenseInputs) -> UserCache:
     """Run the user side of `x` (its `candidate` field is not read) once: the hybrid attention over the
     sequence and the user-side globals, keeping each layer's keys/values."""
     attention = model.attention
-    merged, num_pad, match_groups = model.encode_sequence(x)  # [U, L', D]
+    merged, num_pad, match_groups, host_groups = model.encode_sequence(x)  # [U, L', D]
     kept: list = []
-    states = attention(merged, model.user_globals(x), num_pad, keep_kv=kept)[0][-1]  # [U, k + m - 1, D]
+    states = attention(merged, model.user_globals(x), num_pad, keep_kv=kept, host_groups=host_groups)[0][-1]
     k_eff = attention.effective_queries(merged.shape[1])
     q_pad = attention.query_padding(num_pad, merged.shape[1])
     return UserCache(

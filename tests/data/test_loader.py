@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from data_configs import data_config
 
 from longer_train.config import FeatureConfig
@@ -87,7 +88,10 @@ def test_every_row_once_with_its_most_recent_events(dataset, shuffle):
         cuts = np.cumsum(hist.lengths().numpy())[:-1]
         events_per_row = np.split(hist.values().numpy(), cuts)
         diffs_per_row = np.split(batch.time_diff.numpy(), cuts)
-        assert batch.longest == int(hist.lengths().max())  # counted on the host for the dense model (no sync)
+        # counted on the host for the dense model (no sync), and kept there when the batch moves
+        assert batch.history_lengths.tolist() == hist.lengths().tolist()
+        assert batch.to(torch.device("cpu")).history_lengths is batch.history_lengths
+        assert batch.longest == int(hist.lengths().max())
         for i, (events, diffs) in enumerate(zip(events_per_row, diffs_per_row)):
             produced[(int(batch.user_ids[i]), int(batch.per_id["item_id"].values()[i]), tuple(events.tolist()),
                       tuple(diffs.tolist()), float(batch.labels[i]))] += 1

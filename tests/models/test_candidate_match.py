@@ -29,7 +29,7 @@ def _event_cosines(x, pairs):
 def test_similarity_of_a_merged_token_is_the_sum_of_its_events_cosines(merge):
     model = make_model(merge)
     x = make_inputs(LENGTHS)
-    merged, num_pad, groups = model.encode_sequence(x)
+    merged, num_pad, groups, _ = model.encode_sequence(x)
     sim = model.candidate_similarity(groups, x.candidate.unsqueeze(1))[:, 0]  # [B, L', P]
     padded, _ = to_left_padded(_event_cosines(x, PAIRS), x.lengths, merged.shape[1] * model.cfg.merge_k)
     expected = padded.reshape(len(LENGTHS), merged.shape[1], model.cfg.merge_k, len(PAIRS)).sum(2)

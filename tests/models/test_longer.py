@@ -100,6 +100,39 @@ def test_the_model_runs_inner_trans_on_live_groups_only():
     assert groups_seen == [2 + 16 + 0 + 5]  # of 4 x 16 in the padded batch
 
 
+@pytest.mark.parametrize("rule", QUERY_RULES)
+@pytest.mark.parametrize("match", ["none", "attention_readout"])
+def test_the_layers_project_only_valid_tokens(merge, rule, match):
+    """With the rows' lengths known on the host (the loader's, or one sync), the attention layers project and
+    transform only the tokens that are not padding: the cross layer's keys/values only for merged tokens that
+    hold an event (and the globals), queries and FFNs only for valid query slots. The logits and every
+    parameter's gradient equal those of computing every padded position (a fixed capacity, torch.export's
+    path), and the host lengths need no sync."""
+    model = make_model(merge, query_selection=rule, candidate_match=match).train()
+    lengths = RAGGED
+    rows = {"kv": [], "ffn": []}
+    for name, module in (("kv", model.attention.cross.kv), ("ffn", model.attention.cross.ffn)):
+        module.register_forward_hook(lambda mod, args, out, name=name: rows[name].append(args[0].shape[:-1].numel()))
+    results = []
+    for extra in ({"host_lengths": torch.tensor(lengths)}, {}, {"capacity": max(lengths)}):
+        x = dataclasses.replace(make_inputs(lengths), **extra)
+        logits = model(x)
+        grads = torch.autograd.grad(logits.square().sum(), list(model.parameters()))
+        results.append((logits, *grads))
+    for skipped, full in zip(results[0], results[2]):
+        torch.testing.assert_close(skipped, full)
+    for counted, full in zip(results[1], results[2]):  # lengths counted by a host sync: the same
+        torch.testing.assert_close(counted, full)
+    k, b, m = model.cfg.merge_k, len(lengths), model.num_globals
+    groups = [-(-n // k) for n in lengths]
+    queries = model.attention.effective_queries(max(groups))
+    valid_q = [(queries if g else 0) if rule == "learnable" else min(queries, g) for g in groups]
+    padded_keys, padded_queries = b * (max(groups) + m), b * (queries + m)
+    assert rows["kv"] == [sum(groups) + b * m] * 2 + [padded_keys]
+    assert rows["ffn"] == [sum(valid_q) + b * m] * 2 + [padded_queries]
+    assert sum(groups) + b * m < padded_keys and sum(valid_q) < b * queries  # the batch has padding to skip
+
+
 @torch.no_grad()
 @pytest.mark.parametrize("rule", QUERY_RULES)
 def test_each_row_queries_its_own_valid_merged_tokens(merge, rule):
