@@ -65,21 +65,25 @@ class CausalBlock(nn.Module):
     def keys_values(self, x: Tensor, live: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Keys and values of tokens [B, L, D] -> two [B, H, L, dh] (what a KV cache keeps); only the tokens at
         the flat positions `live` (`live_positions`; None: all) are projected, the others' are 0."""
-        k, v = on_rows(lambda t: self.kv(self.norm1(t)), x, live).chunk(2, dim=-1)
-        return split_heads(k, self.heads), split_heads(v, self.heads)
+        return self._keys_values(self.norm1(gather_rows(x, live)), x.shape[:2], live)
 
     def queries(self, x: Tensor, live: Tensor | None = None) -> Tensor:
         """Queries of tokens [B, L, D] -> [B, H, L, dh]; those of the tokens off `live` are 0."""
-        return split_heads(on_rows(lambda t: self.q(self.norm1(t)), x, live), self.heads)
+        return self._queries(self.norm1(gather_rows(x, live)), x.shape[:2], live)
+
+    def _keys_values(self, h: Tensor, shape: torch.Size, live: Tensor | None) -> tuple[Tensor, Tensor]:
+        k, v = self.kv(h).chunk(2, dim=-1)  # h: the normed tokens, [B, L, D] or the live ones [n, D]
+        return to_heads(k, shape, live, self.heads), to_heads(v, shape, live, self.heads)
+
+    def _queries(self, h: Tensor, shape: torch.Size, live: Tensor | None) -> Tensor:
+        return to_heads(self.q(h), shape, live, self.heads)
 
     def finish(self, x: Tensor, attn: Tensor, live: Tensor | None = None) -> Tensor:
         """Residual + FFN after attention: query tokens [B, n, D], attention output [B, H, n, dh]. The tokens off
         the flat positions `live` (padding; None: none) keep their input state and cost nothing."""
-        b, n, d = x.shape
-        rows = (lambda t: t) if live is None else (lambda t: t.reshape(b * n, d).index_select(0, live))
-        y = rows(x) + self.dropout(self.out(rows(merge_heads(attn))))
+        y = gather_rows(x, live) + self.dropout(self.out(gather_rows(merge_heads(attn), live)))
         y = y + self.ffn(self.norm2(y))
-        # by (row, slot), not into a flattened copy: the output is then no view (FSDP2 hooks module outputs)
+        n = x.shape[1]  # written by (row, slot), not into a flattened copy: the output is no view (FSDP2 hooks it)
         return y if live is None else x.index_put((live // n, live % n), y)
 
     def forward(
@@ -95,11 +99,15 @@ class CausalBlock(nn.Module):
         `live_keys` / `live_queries` (`live_positions`; None: all): the tokens of x / x_q that are not padding;
         only those are projected and go through the FFN (padded keys are masked, padded queries' outputs unread:
         they keep their input state)."""
-        k, v = self.keys_values(x, live_keys)
+        h = self.norm1(gather_rows(x, live_keys))
+        k, v = self._keys_values(h, x.shape[:2], live_keys)
         if keep_kv is not None:
             keep_kv.append((k, v, num_pad))
-        x_q = x if x_q is None else x_q
-        q = self.queries(x_q, live_queries)
+        if x_q is None:  # self-attention: the queries come from the same normed tokens
+            x_q, live_queries = x, live_keys
+        else:
+            h = self.norm1(gather_rows(x_q, live_queries))
+        q = self._queries(h, x_q.shape[:2], live_queries)
         if match is None:
             attn = hybrid_attention(q, k, v, num_pad, impl=self.attention_impl, q_pos=q_pos)
             return self.finish(x_q, attn, live_queries), None  # attn [B, H, n_q, dh]
@@ -219,15 +227,21 @@ class HybridAttention(nn.Module):
         return query_padding(num_pad, seq_len, k)
 
 
-def on_rows(fn, x: Tensor, live: Tensor | None) -> Tensor:
-    """A row-wise `fn` (each output token from its input token alone: norms, projections) applied to the tokens
-    of x [B, L, D] at the flat positions `live` (into B * L) only; the others' outputs are 0. None: all tokens."""
+def gather_rows(x: Tensor, live: Tensor | None) -> Tensor:
+    """The tokens of x [B, L, D] at the flat positions `live` (into B * L) -> [n, D]; None: x itself."""
+    return x if live is None else x.reshape(-1, x.shape[-1]).index_select(0, live)
+
+
+def to_heads(t: Tensor, shape: torch.Size, live: Tensor | None, heads: int) -> Tensor:
+    """Per-token vectors -> [B, H, L, dh] (shape = (B, L)): t [B, L, H * dh] when `live` is None (a view), else
+    the live tokens' [n, H * dh], written head-major into zeros (contiguous, as attention reads them: no copy
+    there)."""
     if live is None:
-        return fn(x)
-    b, length, d = x.shape
-    y = fn(x.reshape(b * length, d).index_select(0, live))
-    # in place into fresh zeros: the out-of-place index_copy would copy the whole zero tensor once more
-    return y.new_zeros((b * length, y.shape[-1])).index_copy_(0, live, y).view(b, length, y.shape[-1])
+        return split_heads(t, heads)
+    b, length = shape
+    out = t.new_zeros((b, heads, length, t.shape[-1] // heads))
+    out[live // length, :, live % length] = t.view(t.shape[0], heads, -1)
+    return out
 
 
 def live_positions(num_pad: Tensor, length: int, count: int) -> Tensor | None:

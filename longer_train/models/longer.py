@@ -83,7 +83,7 @@ class Longer(nn.Module):
         host = None  # the rows' lengths on the host
         if x.capacity is not None:  # torch.export: shapes fixed by the capacity, every position computed
             longest = x.capacity
-        elif x.host_lengths is not None and not compiling:  # the loader's count: no sync
+        elif not compiling and x.host_lengths is not None:  # the loader's count: no sync (not read compiled)
             host = x.host_lengths.long()
             longest = int(host.max()) if b else 0
         elif x.longest is not None and (self.merge.inner is None or compiling):
