@@ -99,7 +99,8 @@ def make_inputs(lengths: torch.Tensor, device: str, gen: torch.Generator) -> Den
         events=leaf(n, EVENT), lengths=lengths.to(device),
         time_diff=torch.randint(0, 10**7, (n,), generator=gen).to(device),
         candidate=leaf(b, CANDIDATE), user=leaf(b, USER), dense=leaf(b, DENSE),
-        longest=int(lengths.max()) if b else 0,  # counted on the host, as the loader does
+        # counted on the host, as the loader does: no device sync for the padded length or the valid positions
+        longest=int(lengths.max()) if b else 0, host_lengths=lengths.cpu(),
     )
 
 
