@@ -38,8 +38,8 @@ class TokenBuilder(nn.Module):
         split = events.shape[-1]
         per_bucket = self.time_embedding.weight @ first.weight[:, split:].t()  # [buckets, 2d]
         bucket = time_diff_bucket(time_diff, self.time_buckets)
-        # lookups by index_select, not F.embedding: the same rows, and on CPU a backward (index_add) several
-        # times faster than embedding's over the ~10^5 events of a batch
+        # lookups by index_select, not F.embedding: the same rows; its backward is an index_add, which on CPU ran
+        # faster than embedding's backward over a batch's ~10^5 events (an ad-hoc timing, not a repo benchmark)
         hidden = torch.addmm(first.bias, events, first.weight[:, :split].t()) + per_bucket.index_select(0, bucket)
         tokens = rest(hidden)
         recency = recency.clamp(max=self.position_embedding.num_embeddings - 1)

@@ -107,7 +107,7 @@ def test_the_layers_project_only_valid_tokens(merge, rule, match):
     transform only the tokens that are not padding: the cross layer's keys/values only for merged tokens that
     hold an event (and the globals), queries and FFNs only for valid query slots. The logits and every
     parameter's gradient equal those of computing every padded position (a fixed capacity, torch.export's
-    path), and the host lengths need no sync."""
+    path), whether the lengths come from the host (`host_lengths`) or are counted by a host sync."""
     model = make_model(merge, query_selection=rule, candidate_match=match).train()
     lengths = RAGGED
     rows = {"kv": [], "ffn": []}
