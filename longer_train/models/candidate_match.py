@@ -37,7 +37,15 @@ def unit_pairs(x: Tensor, pairs: tuple[MatchPair, ...], side: str) -> Tensor:
     concatenated -> [..., sum of widths]."""
     spans = [(p.event_offset if side == "event" else p.candidate_offset, p.width) for p in pairs]
     blocks = column_blocks(x, spans)
-    return torch.cat([torch.nn.functional.normalize(b, dim=-1, eps=1e-8) for b in blocks], dim=-1)
+    return torch.cat([unit_vectors(b) for b in blocks], dim=-1)
+
+
+def unit_vectors(x: Tensor, eps: float = 1e-8) -> Tensor:
+    """x [..., w] scaled to unit length along the last dimension (norms below eps count as eps), as
+    `F.normalize(x, dim=-1, eps=eps)`, in fewer passes over x: a product, a row sum and a scale forward, and
+    backward no division and no norm (F.normalize's composite norm / clamp / divide backward reads the
+    events' [N, w] blocks several more times)."""
+    return x * torch.rsqrt((x * x).sum(-1, keepdim=True).clamp_min(eps * eps))
 
 
 def column_blocks(x: Tensor, spans: list[tuple[int, int]]) -> list[Tensor]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from longer_inputs import DIMS, make_inputs, make_model
 
-from longer_train.models.candidate_match import group_similarity, pair_similarity, unit_pairs
+from longer_train.models.candidate_match import group_similarity, pair_similarity, unit_pairs, unit_vectors
 from longer_train.models.token_merge import to_left_padded
 
 LENGTHS = [0, 3, 17, 64, 40]
@@ -36,6 +36,24 @@ def test_similarity_of_a_merged_token_is_the_sum_of_its_events_cosines(merge):
     torch.testing.assert_close(sim, expected, atol=1e-5, rtol=0)
     pad = torch.arange(merged.shape[1])[None, :] < num_pad[:, None]
     assert (sim[pad] == 0).all()
+
+
+def test_unit_vectors_match_f_normalize_values_and_gradients():
+    """The cheaper unit scaling is F.normalize's function: the same outputs and input gradients, rows of every
+    scale (TorchRec's tables differ ~100x) and rows shorter than eps (an all-zero embedding) included."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 16, generator=gen) * torch.logspace(-4, 2, 64)[:, None]
+    x[5] = 0.0
+    x[6] = 1e-10
+    grad = torch.randn(64, 16, generator=gen)
+    results = []
+    for fn in (unit_vectors, lambda t: torch.nn.functional.normalize(t, dim=-1, eps=1e-8)):
+        leaf = x.clone().requires_grad_()
+        out = fn(leaf)
+        out.backward(grad)
+        results.append((out, leaf.grad))
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
 def test_similarity_ignores_the_tables_scale_and_is_one_for_the_same_id():
