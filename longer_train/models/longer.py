@@ -119,7 +119,7 @@ class Longer(nn.Module):
                 group = rows[0] * (total // k) + (total - 1 - rows[1]) // k
                 match_groups = units.new_zeros((b * (total // k), units.shape[-1])).index_add_(0, group, units)
                 match_groups = match_groups.view(b, total // k, units.shape[-1])
-        merged = self.merge(tokens, valid, live_groups, zero_padded=True)  # [B, L', D]; pad() writes zeros
+        merged = self.merge(tokens, valid, live_groups)  # [B, L', D]; pad() writes zeros, as merge needs
         num_pad = merged.shape[1] - groups  # [B]
         return merged, num_pad, match_groups, host_groups
 

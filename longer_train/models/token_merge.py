@@ -54,19 +54,14 @@ class TokenMerge(nn.Module):
         self.proj = nn.Linear(k * token_dim, proj_dim) if proj_dim else None
         self.out_dim = proj_dim or k * token_dim
 
-    def forward(
-        self, tokens: Tensor, valid: Tensor | None, live_groups: int | None = None, zero_padded: bool = False,
-    ) -> Tensor:
-        """tokens [B, L, d], valid [B, L] (None: every position holds an event); whatever padded positions hold
-        never reaches the output. `live_groups`: how many groups hold an event (the sum over rows of
+    def forward(self, tokens: Tensor, valid: Tensor | None, live_groups: int | None = None) -> Tensor:
+        """tokens [B, L, d] whose padded positions hold 0 (as `to_left_padded` writes them: concat passes them
+        through, so a merged token's padded slots stay 0; InnerTrans masks them), valid [B, L] (None: every
+        position holds an event). `live_groups`: how many groups hold an event (the sum over rows of
         ceil(length / K)), when the caller knows it; InnerTrans then runs on those groups only. None runs it on
-        every group (the same result): for programs whose shapes must not depend on the data (torch.export).
-        `zero_padded`: the padded positions hold exactly 0 already (`to_left_padded`), so they need no masking
-        (a pass over the padded tokens forward and one backward saved)."""
+        every group (the same result): for programs whose shapes must not depend on the data (torch.export)."""
         b, length, d = tokens.shape
         groups = length // self.k
-        if valid is not None and not zero_padded:
-            tokens = tokens * valid[..., None].to(tokens.dtype)
         if self.inner is not None:
             if valid is None:
                 valid = torch.ones(b, length, dtype=torch.bool, device=tokens.device)

@@ -62,13 +62,20 @@ def test_padded_positions_change_nothing(merge, rule):
 
 
 @torch.no_grad()
-def test_padding_inside_a_group_is_ignored_by_token_merge(merge):
+def test_padding_inside_a_group_stays_zero_in_token_merge(merge):
+    """Zero-padded tokens (what to_left_padded writes): concat keeps the padded slots of a merged token 0 and
+    the valid ones unchanged; InnerTrans gives its padded slots 0 too and ignores whatever the padding held."""
     k, d = 4, 8
     op = TokenMerge(merge, k, d, None, heads=2, ffn_mult=2, norm="layernorm", attention_impl="auto").eval()
-    tokens = torch.randn(3, 12, d)
     valid = torch.arange(12)[None, :] >= torch.tensor([0, 5, 11])[:, None]  # 12, 7 and 1 valid events
-    garbage = torch.where(valid[..., None], tokens, torch.randn_like(tokens) * 50)
-    torch.testing.assert_close(op(tokens, valid), op(garbage, valid))
+    tokens = torch.randn(3, 12, d) * valid[..., None]
+    out = op(tokens, valid).view(3, 12, d)
+    assert (out[~valid] == 0).all()
+    if merge == "concat":
+        torch.testing.assert_close(out, tokens)
+    else:
+        garbage = torch.where(valid[..., None], tokens, torch.randn_like(tokens) * 50)
+        torch.testing.assert_close(op(garbage, valid).view(3, 12, d), out)
 
 
 def test_inner_trans_runs_only_on_groups_holding_an_event():
