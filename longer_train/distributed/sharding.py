@@ -29,7 +29,12 @@ _SHARDED = ["table_wise", "row_wise", "column_wise"]
 _CUDA_ONLY_KERNELS = ("fused_uvm", "fused_uvm_caching", "key_value")
 
 
-def table_constraints(data: DataConfig, device: torch.device) -> dict[str, ParameterConstraints]:
+def table_constraints(data: DataConfig, device: torch.device, world_size: int) -> dict[str, ParameterConstraints]:
+    """Per table, the sharding types and compute kernel the planner may choose. A table without
+    `sharding_type` may be sharded any way (`_SHARDED`) — except at world size 1, where every way puts the whole
+    table on the one rank, and table-wise is the one with no per-step work for it: row-wise would bucketize the
+    ids and permute the looked-up rows back (an index_select forward, an index_add over every looked-up row
+    backward) to move nothing anywhere."""
     pooled = {f.table for f in data.features if f.role == "user"}
     constraints = {}
     for name, table in data.tables.items():
@@ -45,8 +50,9 @@ def table_constraints(data: DataConfig, device: torch.device) -> dict[str, Param
                 f"config key 'data.tables.{name}.sharding_type': {table.sharding_type!r} is not available for a "
                 f"pooled (user-role) table on {device.type}; use one of {allowed}"
             )
+        default = ["table_wise"] if world_size == 1 else list(allowed)
         constraints[name] = ParameterConstraints(
-            sharding_types=[table.sharding_type] if table.sharding_type else list(allowed),
+            sharding_types=[table.sharding_type] if table.sharding_type else default,
             compute_kernels=[table.compute_kernel],
         )
     return constraints
@@ -71,7 +77,7 @@ def shard_model(model: nn.Module, cfg: Config, env: DistEnv) -> tuple[Distribute
         world_size=env.world_size, compute_device=env.device.type,
         local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size)),
     )
-    planner = EmbeddingShardingPlanner(topology=topology, constraints=table_constraints(cfg.data, env.device))
+    planner = EmbeddingShardingPlanner(topology=topology, constraints=table_constraints(cfg.data, env.device, env.world_size))
     plan = planner.collective_plan(model, pg=dist.GroupMember.WORLD)
     wrapper = FSDPWrapper() if cfg.parallel.dense == "fsdp" else DefaultDataParallelWrapper()
     dmp = DistributedModelParallel(module=model, device=env.device, plan=plan, data_parallel_wrapper=wrapper)

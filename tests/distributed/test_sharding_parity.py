@@ -10,10 +10,11 @@ import math
 from types import SimpleNamespace
 
 import torch
+from test_config import QUICKSTART
 from torchrun_launch import torchrun
 
-from longer_train.config import DataConfig, TableConfig
-from longer_train.distributed.sharding import init_tables
+from longer_train.config import DataConfig, TableConfig, load_config
+from longer_train.distributed.sharding import init_tables, table_constraints
 
 WORKER = "tests/distributed/parity_worker.py"
 STEPS = 4
@@ -51,6 +52,21 @@ def test_two_ranks_match_one_process_for_every_plan(tiny_data, tmp_path):
         print(f"{variant}: largest loss difference over {STEPS} steps, 2 ranks vs 1 process: {worst:.1e}")
         for step, (a, b) in enumerate(zip(reference, result["losses"]), start=1):
             assert abs(a - b) <= 2e-6, f"{variant} step {step}: 1 process {a}, 2 ranks {b}"
+
+
+def test_one_process_plans_every_table_table_wise_unless_the_config_says_otherwise():
+    # at world size 1 every plan keeps whole tables on the one rank; row-wise would only add a bucketize of the
+    # ids and a permute of the looked-up rows per step. A table's own sharding_type still wins; several ranks
+    # leave the choice to the planner
+    cfg = load_config(QUICKSTART, ["data.tables.category.sharding_type=column_wise"]).data
+    one = table_constraints(cfg, torch.device("cpu"), world_size=1)
+    assert {n: c.sharding_types for n, c in one.items()} == {
+        "item": ["table_wise"], "category": ["column_wise"], "action": ["table_wise"], "user": ["table_wise"],
+        "segment": ["table_wise"]}
+    two = table_constraints(cfg, torch.device("cpu"), world_size=2)
+    assert two["item"].sharding_types == ["table_wise", "row_wise", "column_wise"]
+    assert two["user"].sharding_types == ["table_wise", "column_wise"]  # pooled: no row-wise on CPU
+    assert two["category"].sharding_types == ["column_wise"]
 
 
 def _shards(rows: int, cols: int, cuts: list[tuple[int, int, int, int]]):
