@@ -32,32 +32,51 @@ class MatchPair:
     width: int
 
 
-def unit_pairs(x: Tensor, pairs: tuple[MatchPair, ...], side: str) -> Tensor:
+def unit_pairs(x: Tensor, pairs: tuple[MatchPair, ...], side: str, eps: float = 1e-8) -> Tensor:
     """The pairs' slices of `x` [..., D] (`side`: "event" or "candidate" offsets), each scaled to unit length,
-    concatenated -> [..., sum of widths]."""
-    spans = [(p.event_offset if side == "event" else p.candidate_offset, p.width) for p in pairs]
-    blocks = column_blocks(x, spans)
-    return torch.cat([unit_vectors(b) for b in blocks], dim=-1)
+    concatenated -> [..., sum of widths]: per slice `F.normalize(slice, dim=-1, eps=eps)` (norms below eps count
+    as eps), with its gradient written by hand (`_UnitColumns`)."""
+    spans = tuple((p.event_offset if side == "event" else p.candidate_offset, p.width) for p in pairs)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _UnitColumns.apply(x, spans, eps)
+    return _unit_columns(x, spans, eps)[0]
 
 
-def unit_vectors(x: Tensor, eps: float = 1e-8) -> Tensor:
-    """x [..., w] scaled to unit length along the last dimension (norms below eps count as eps), as
-    `F.normalize(x, dim=-1, eps=eps)`, in fewer passes over x: a product, a row sum and a scale forward, and
-    backward no division and no norm (F.normalize's composite norm / clamp / divide backward reads the
-    events' [N, w] blocks several more times)."""
-    return x * torch.rsqrt((x * x).sum(-1, keepdim=True).clamp_min(eps * eps))
+def _unit_columns(x: Tensor, spans: tuple[tuple[int, int], ...], eps: float) -> tuple[Tensor, list, list]:
+    """The column slices x[..., start: start + width] scaled to unit length and concatenated; per slice its
+    1 / max(norm, eps) [..., 1] and whether its norm is below eps [..., 1]."""
+    blocks = [x[..., start: start + width] for start, width in spans]
+    squares = [(b * b).sum(-1, keepdim=True) for b in blocks]
+    inverse = [torch.rsqrt(q.clamp_min(eps * eps)) for q in squares]
+    return torch.cat([b * i for b, i in zip(blocks, inverse)], dim=-1), inverse, [q < eps * eps for q in squares]
 
 
-def column_blocks(x: Tensor, spans: list[tuple[int, int]]) -> list[Tensor]:
-    """The column blocks x[..., start: start + width] of non-overlapping `spans`, taken by one split of x's last
-    dimension: its backward writes x's gradient once (one concatenation), where a slice per span would each
-    zero-fill a full-size gradient in backward and add them up — for the events [N, D_event] of a batch that
-    was a few full-size passes over memory per pair."""
-    width = x.shape[-1]
-    cuts = sorted({0, width, *(s for s, _ in spans), *(s + w for s, w in spans)})
-    parts = x.split([b - a for a, b in zip(cuts, cuts[1:])], dim=-1)
-    index = {start: i for i, start in enumerate(cuts[:-1])}
-    return [parts[index[s]] for s, _ in spans]
+class _UnitColumns(torch.autograd.Function):
+    """`_unit_columns` with its gradient in closed form: for y = x / |x|, dx = (g - y <g, y>) / |x| (and g / eps
+    where the norm is below eps), written straight into the slices of x's gradient. Autograd's own backward of
+    the product / sum / rsqrt / clamp chain, then of the slicing and the concatenation, reads and writes the
+    events' [N, w] blocks several more times; this runs on every event of every batch."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, spans: tuple[tuple[int, int], ...], eps: float) -> Tensor:
+        out, inverse, below = _unit_columns(x, spans, eps)
+        ctx.save_for_backward(out, *inverse, *below)
+        ctx.spans, ctx.shape = spans, x.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        n = len(ctx.spans)
+        out, inverse, below = ctx.saved_tensors[0], ctx.saved_tensors[1: n + 1], ctx.saved_tensors[n + 1:]
+        grad_x = grad.new_zeros(ctx.shape)
+        offset = 0
+        for (start, width), inv, small in zip(ctx.spans, inverse, below):
+            y, g = out[..., offset: offset + width], grad[..., offset: offset + width]
+            dot = (g * y).sum(-1, keepdim=True).masked_fill_(small, 0.0)
+            # accumulated, not assigned: two pairs may read the same columns
+            grad_x[..., start: start + width].addcmul_(torch.addcmul(g, y, dot, value=-1.0), inv)
+            offset += width
+        return grad_x, None, None
 
 
 def pair_similarity(history: Tensor, candidate: Tensor, pairs: tuple[MatchPair, ...]) -> Tensor:

@@ -78,10 +78,12 @@ class CausalBlock(nn.Module):
     def _queries(self, h: Tensor, shape: torch.Size, live: Tensor | None) -> Tensor:
         return to_heads(self.q(h), shape, live, self.heads)
 
-    def finish(self, x: Tensor, attn: Tensor, live: Tensor | None = None) -> Tensor:
+    def finish(self, x: Tensor, attn: Tensor, live: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
         """Residual + FFN after attention: query tokens [B, n, D], attention output [B, H, n, dh]. The tokens off
-        the flat positions `live` (padding; None: none) keep their input state and cost nothing."""
-        y = gather_rows(x, live) + self.dropout(self.out(gather_rows(merge_heads(attn), live)))
+        the flat positions `live` (padding; None: none) keep their input state and cost nothing. `rows`: x's
+        tokens at `live` (`gather_rows`), when the caller has gathered them already."""
+        rows = gather_rows(x, live) if rows is None else rows
+        y = rows + self.dropout(self.out(gather_rows(merge_heads(attn), live)))
         y = y + self.ffn(self.norm2(y))
         n = x.shape[1]  # written by (row, slot), not into a flattened copy: the output is no view (FSDP2 hooks it)
         return y if live is None else x.index_put((live // n, live % n), y)
@@ -99,18 +101,22 @@ class CausalBlock(nn.Module):
         `live_keys` / `live_queries` (`live_positions`; None: all): the tokens of x / x_q that are not padding;
         only those are projected and go through the FFN (padded keys are masked, padded queries' outputs unread:
         they keep their input state)."""
-        h = self.norm1(gather_rows(x, live_keys))
+        rows = gather_rows(x, live_keys)
+        h = self.norm1(rows)
         k, v = self._keys_values(h, x.shape[:2], live_keys)
         if keep_kv is not None:
             keep_kv.append((k, v, num_pad))
+        # the query tokens gathered once, for their projection and for the residual in `finish` (a second gather
+        # would be a second index_select forward, and backward a second scatter and a sum of the two gradients)
         if x_q is None:  # self-attention: the queries come from the same normed tokens
-            x_q, live_queries = x, live_keys
+            x_q, live_queries, q_rows = x, live_keys, rows
         else:
-            h = self.norm1(gather_rows(x_q, live_queries))
+            q_rows = gather_rows(x_q, live_queries)
+            h = self.norm1(q_rows)
         q = self._queries(h, x_q.shape[:2], live_queries)
         if match is None:
             attn = hybrid_attention(q, k, v, num_pad, impl=self.attention_impl, q_pos=q_pos)
-            return self.finish(x_q, attn, live_queries), None  # attn [B, H, n_q, dh]
+            return self.finish(x_q, attn, live_queries, q_rows), None  # attn [B, H, n_q, dh]
         # the user-side rows as without the candidate; the candidate's row with the match bias. K and V made
         # contiguous once: both attentions read them, and a matmul over the strided heads of the projection
         # copies them itself (one copy each instead of one per use). Split, not sliced: its backward writes
@@ -122,7 +128,7 @@ class CausalBlock(nn.Module):
         user_rows = hybrid_attention(q_user, k_user, v_user, num_pad, impl=self.attention_impl,
                                      q_pos=None if q_pos is None else q_pos[:, :-1])
         candidate, readout = self.candidate_row(q_cand, k_user, v_user, num_pad, k_cand, v_cand, match)
-        return self.finish(x_q, torch.cat([user_rows, candidate], dim=2), live_queries), readout
+        return self.finish(x_q, torch.cat([user_rows, candidate], dim=2), live_queries, q_rows), readout
 
     def candidate_row(
         self, q: Tensor, k_cache: Tensor, v_cache: Tensor, num_pad: Tensor, k_self: Tensor, v_self: Tensor,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from longer_inputs import DIMS, make_inputs, make_model
 
-from longer_train.models.candidate_match import group_similarity, pair_similarity, unit_pairs, unit_vectors
+from longer_train.models.candidate_match import MatchPair, group_similarity, pair_similarity, unit_pairs
 from longer_train.models.token_merge import to_left_padded
 
 LENGTHS = [0, 3, 17, 64, 40]
@@ -38,22 +38,34 @@ def test_similarity_of_a_merged_token_is_the_sum_of_its_events_cosines(merge):
     assert (sim[pad] == 0).all()
 
 
-def test_unit_vectors_match_f_normalize_values_and_gradients():
-    """The cheaper unit scaling is F.normalize's function: the same outputs and input gradients, rows of every
-    scale (TorchRec's tables differ ~100x) and rows shorter than eps (an all-zero embedding) included."""
+def test_unit_pairs_match_f_normalize_values_and_gradients():
+    """unit_pairs (its hand-written backward) is F.normalize of each pair's slice: the same outputs and input
+    gradients as F.normalize in float64, to float32 precision relative to each row's largest gradient (the
+    gradient of a short row is large and its entries cancel), over rows of every scale (TorchRec's tables
+    differ ~100x), rows shorter than eps (an all-zero embedding), columns outside every pair (gradient 0) and
+    two pairs reading the same columns (summed)."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(64, 16, generator=gen) * torch.logspace(-4, 2, 64)[:, None]
+    x = torch.randn(64, 40, generator=gen) * torch.logspace(-4, 2, 64)[:, None]
     x[5] = 0.0
-    x[6] = 1e-10
-    grad = torch.randn(64, 16, generator=gen)
+    x[6, :16] = 1e-10
+    pairs = (MatchPair(0, 0, 16), MatchPair(0, 24, 16), MatchPair(0, 0, 16))  # columns 16..23 in no pair
+    grad = torch.randn(64, 48, generator=gen)
+    normalize = lambda t: torch.nn.functional.normalize(t, dim=-1, eps=1e-8)
     results = []
-    for fn in (unit_vectors, lambda t: torch.nn.functional.normalize(t, dim=-1, eps=1e-8)):
-        leaf = x.clone().requires_grad_()
+    for fn, dtype in ((lambda t: unit_pairs(t, pairs, "event"), torch.float32),
+                      (lambda t: torch.cat([normalize(t[:, :16]), normalize(t[:, 24:]), normalize(t[:, :16])], -1),
+                       torch.float64)):
+        leaf = x.to(dtype, copy=True).requires_grad_()
         out = fn(leaf)
-        out.backward(grad)
-        results.append((out, leaf.grad))
-    for ours, theirs in zip(*results):
-        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+        out.backward(grad.to(dtype))
+        results.append((out.double(), leaf.grad.double()))
+    (out, grad_x), (expected, expected_grad) = results
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    row_scale = expected_grad.abs().amax(-1, keepdim=True)
+    assert ((grad_x - expected_grad).abs() <= 1e-5 * row_scale).all()
+    assert (grad_x[:, 16:24] == 0).all()
+    with torch.no_grad():  # no autograd: the same values
+        assert torch.equal(unit_pairs(x, pairs, "event").double(), out.detach())
 
 
 def test_similarity_ignores_the_tables_scale_and_is_one_for_the_same_id():
