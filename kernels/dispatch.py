@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 
+import torch
 from torch import Tensor
 
 from .reference import candidate_attention_reference, group_attention_reference, hybrid_attention_reference
@@ -93,9 +94,11 @@ def candidate_attention(
     bias: Tensor | None = None, return_probs: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Candidates against a user's KV cache plus themselves; see `reference.candidate_attention_reference`.
-    With a score `bias` or `return_probs` (LONGER's candidate match) it is the reference: one query row per
-    candidate is a matrix-vector product, which the kernel would not speed up."""
-    if bias is None and not return_probs and resolve_impl(impl, q) == "triton":
+    The Triton kernel is forward-only (KV-cached scoring); a call that needs gradients (the candidate rows in
+    training), or has a score `bias` or `return_probs` (LONGER's candidate match), runs the reference: one
+    query row per candidate is a matrix-vector product, which the kernel would not speed up."""
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k_cache, v_cache, k_self, v_self))
+    if bias is None and not return_probs and not needs_grad and resolve_impl(impl, q) == "triton":
         from .hybrid_attention_triton import candidate_attention_triton
 
         return candidate_attention_triton(q, k_cache, v_cache, num_pad, k_self, v_self)

@@ -77,7 +77,8 @@ def shard_model(model: nn.Module, cfg: Config, env: DistEnv) -> tuple[Distribute
         world_size=env.world_size, compute_device=env.device.type,
         local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size)),
     )
-    planner = EmbeddingShardingPlanner(topology=topology, constraints=table_constraints(cfg.data, env.device, env.world_size))
+    constraints = table_constraints(cfg.data, env.device, env.world_size)
+    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
     plan = planner.collective_plan(model, pg=dist.GroupMember.WORLD)
     wrapper = FSDPWrapper() if cfg.parallel.dense == "fsdp" else DefaultDataParallelWrapper()
     dmp = DistributedModelParallel(module=model, device=env.device, plan=plan, data_parallel_wrapper=wrapper)

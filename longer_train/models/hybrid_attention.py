@@ -3,7 +3,10 @@
 Layout: [merged sequence tokens (oldest..newest, left-padded) | CLS | user | candidate]. The ordinary causal
 mask over that layout is the paper's mask: sequence tokens see only older ones, user-side globals see the
 whole sequence but not the candidate, the candidate sees everything — so every sequence-side and user-side
-state is candidate-independent (what makes KV-cached serving exact).
+state is candidate-independent (what makes KV-cached serving exact). The layers compute exactly that mask in
+two parts: the user side ([sequence | CLS | user]) under the causal mask, then the candidate's row, which
+attends to every user-side token of its layer and to itself (`CausalBlock.candidate_rows`, shared with
+serving's scoring), so no sequence-side or user-side state can depend on the candidate.
 
 - Layer 1, cross-causal (`HybridAttention.cross`): keys/values are all tokens; queries are k sequence queries
   chosen by `model.query_selection` (below) + the m globals; output k + m tokens. A query sits at a key
@@ -35,15 +38,17 @@ from .candidate_match import attended_similarity, match_bias, match_weight
 
 
 class CausalBlock(nn.Module):
-    """Pre-norm attention + FFN with residuals; causal attention of query tokens over key tokens (`forward`).
+    """Pre-norm attention + FFN with residuals; causal attention of query tokens over key tokens (`forward`),
+    then the candidates' rows (`candidate_rows`): each candidate attends to the layer's keys and to itself, as
+    the last token of the causal layout would, so every sequence-side and user-side state is
+    candidate-independent by construction, and training and KV-cached scoring run the same code for it.
 
-    With `match_pairs` > 0 (the cross-causal layer under the candidate match) the last query — the candidate —
-    also scores each merged token by the candidate's similarity to its events in the shared embedding space
+    With `match_pairs` > 0 (the cross-causal layer under the candidate match) the candidate also scores each
+    merged token by its similarity to the token's events in the shared embedding space
     (models/candidate_match.py): a learned weight per head and pair, added to its attention scores; with
-    `match_readout` the similarity it attended to (per head and pair) is returned for the head. Only the
-    candidate's own row changes, so every sequence-side and user-side state stays candidate-independent.
-    Everything runs inside `forward`, so the compute policies that wrap it (bf16, recomputation, FSDP2;
-    distributed/parallelize.py) cover the candidate row too."""
+    `match_readout` the similarity it attended to (per head and pair) is returned for the head. Training runs
+    the candidate rows inside `forward`, so the compute policies that wrap it (bf16, recomputation, FSDP2;
+    distributed/parallelize.py) cover them too."""
 
     def __init__(
         self, dim: int, head_dim: int, ffn_mult: int, norm: str, dropout: float, attention_impl: str,
@@ -62,17 +67,10 @@ class CausalBlock(nn.Module):
         self.ffn = FeedForward(dim, ffn_mult, dropout)
         self.dropout = nn.Dropout(dropout)
 
-    def keys_values(self, x: Tensor, live: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Keys and values of tokens [B, L, D] -> two [B, H, L, dh] (what a KV cache keeps); only the tokens at
-        the flat positions `live` (`live_positions`; None: all) are projected, the others' are 0."""
-        return self._keys_values(self.norm1(gather_rows(x, live)), x.shape[:2], live)
-
-    def queries(self, x: Tensor, live: Tensor | None = None) -> Tensor:
-        """Queries of tokens [B, L, D] -> [B, H, L, dh]; those of the tokens off `live` are 0."""
-        return self._queries(self.norm1(gather_rows(x, live)), x.shape[:2], live)
-
     def _keys_values(self, h: Tensor, shape: torch.Size, live: Tensor | None) -> tuple[Tensor, Tensor]:
-        k, v = self.kv(h).chunk(2, dim=-1)  # h: the normed tokens, [B, L, D] or the live ones [n, D]
+        """Keys and values [B, H, L, dh] (shape = (B, L); what a KV cache keeps) of the normed tokens h: [B, L, D],
+        or [n, D] those at the flat positions `live` (`live_positions`), the others' keys and values being 0."""
+        k, v = self.kv(h).chunk(2, dim=-1)
         return to_heads(k, shape, live, self.heads), to_heads(v, shape, live, self.heads)
 
     def _queries(self, h: Tensor, shape: torch.Size, live: Tensor | None) -> Tensor:
@@ -90,17 +88,17 @@ class CausalBlock(nn.Module):
 
     def forward(
         self, x: Tensor, num_pad: Tensor, x_q: Tensor | None = None, q_pos: Tensor | None = None,
-        keep_kv: list | None = None, match: Tensor | None = None, live_keys: Tensor | None = None,
-        live_queries: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor | None]:
+        keep_kv: list | None = None, candidate: Tensor | None = None, match: Tensor | None = None,
+        live_keys: Tensor | None = None, live_queries: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Keys/values from tokens x [B, Lk, D] (num_pad [B] leading padded); queries from x_q [B, n_q, D]
         (default x: self-causal) at key positions q_pos [B, n_q] (default: the last n_q positions). Returns
-        [B, n_q, D] and the candidate's match readout [B, 1, H * P] (None without `match` or the readout).
-        `keep_kv`, when given, receives (K, V, num_pad) (KV-cached serving). `match` [B, 1, L', P]: the last
-        token of x and of x_q is the candidate, and this is its similarity to the L' sequence tokens first in x.
-        `live_keys` / `live_queries` (`live_positions`; None: all): the tokens of x / x_q that are not padding;
-        only those are projected and go through the FFN (padded keys are masked, padded queries' outputs unread:
-        they keep their input state)."""
+        [B, n_q, D], then for `candidate` [B, C, D] (None: none) the candidates' states [B, C, D] and their
+        match readout [B, C, H * P] (`candidate_rows`; None without them). `keep_kv`, when given, receives
+        (K, V, num_pad) (KV-cached serving). `match` [B, C, L', P]: the candidates' similarity to the L' sequence
+        tokens first in x. `live_keys` / `live_queries` (`live_positions`; None: all): the tokens of x / x_q that
+        are not padding; only those are projected and go through the FFN (padded keys are masked, padded
+        queries' outputs unread: they keep their input state)."""
         rows = gather_rows(x, live_keys)
         h = self.norm1(rows)
         k, v = self._keys_values(h, x.shape[:2], live_keys)
@@ -114,21 +112,25 @@ class CausalBlock(nn.Module):
             q_rows = gather_rows(x_q, live_queries)
             h = self.norm1(q_rows)
         q = self._queries(h, x_q.shape[:2], live_queries)
-        if match is None:
-            attn = hybrid_attention(q, k, v, num_pad, impl=self.attention_impl, q_pos=q_pos)
-            return self.finish(x_q, attn, live_queries, q_rows), None  # attn [B, H, n_q, dh]
-        # the user-side rows as without the candidate; the candidate's row with the match bias. K and V made
-        # contiguous once: both attentions read them, and a matmul over the strided heads of the projection
-        # copies them itself (one copy each instead of one per use). Split, not sliced: its backward writes
-        # each gradient once (a slice's backward zero-fills a full-size tensor per slice and adds them)
-        k, v = k.contiguous(), v.contiguous()
-        (q_user, q_cand), (k_user, k_cand), (v_user, v_cand) = (
-            t.split([t.shape[2] - 1, 1], dim=2) for t in (q, k, v)
-        )
-        user_rows = hybrid_attention(q_user, k_user, v_user, num_pad, impl=self.attention_impl,
-                                     q_pos=None if q_pos is None else q_pos[:, :-1])
-        candidate, readout = self.candidate_row(q_cand, k_user, v_user, num_pad, k_cand, v_cand, match)
-        return self.finish(x_q, torch.cat([user_rows, candidate], dim=2), live_queries, q_rows), readout
+        if candidate is not None:  # K and V made contiguous once: the queries' and the candidates' attention read
+            k, v = k.contiguous(), v.contiguous()  # them (a matmul over strided heads would copy them per use)
+        attn = hybrid_attention(q, k, v, num_pad, impl=self.attention_impl, q_pos=q_pos)  # [B, H, n_q, dh]
+        out = self.finish(x_q, attn, live_queries, q_rows)
+        if candidate is None:
+            return out, None, None
+        return out, *self.candidate_rows(candidate, k, v, num_pad, match)
+
+    def candidate_rows(
+        self, candidate: Tensor, k_cache: Tensor, v_cache: Tensor, num_pad: Tensor, match: Tensor | None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """The layer for C candidates per row [B, C, D] (independent of each other) over their row's keys and
+        values [B, H, Lk, dh] (`num_pad` [B] leading padded) and their own: their states [B, C, D] and match
+        readout [B, C, H * P] (None without `match` or the readout)."""
+        h = self.norm1(candidate)
+        k_self, v_self = self._keys_values(h, candidate.shape[:2], None)
+        attn, readout = self.candidate_row(self._queries(h, candidate.shape[:2], None), k_cache, v_cache, num_pad,
+                                           k_self, v_self, match)
+        return self.finish(candidate, attn), readout
 
     def candidate_row(
         self, q: Tensor, k_cache: Tensor, v_cache: Tensor, num_pad: Tensor, k_self: Tensor, v_self: Tensor,
@@ -153,8 +155,10 @@ class CausalBlock(nn.Module):
 
 
 class HybridAttention(nn.Module):
-    """Layer 1 cross-causal (k sequence queries + m globals as queries), then N self-causal layers; with
-    `match_pairs` > 0 the cross-causal layer's candidate row takes the candidate match (`CausalBlock`)."""
+    """Layer 1 cross-causal (k sequence queries + the user-side globals as queries), then N self-causal layers;
+    in every layer the candidate (the last global) attends to that layer's tokens and to itself
+    (`CausalBlock.candidate_rows`); with `match_pairs` > 0 the cross-causal layer's candidate row takes the
+    candidate match."""
 
     def __init__(
         self, dim: int, num_queries: int, num_self_layers: int, head_dim: int, ffn_mult: int, norm: str,
@@ -175,18 +179,21 @@ class HybridAttention(nn.Module):
         self.self_layers = nn.ModuleList(make() for _ in range(num_self_layers))
 
     def forward(
-        self, seq: Tensor, globals_: Tensor, num_pad: Tensor, match: Tensor | None = None,
-        keep_kv: list | None = None, host_groups: Tensor | None = None,
-    ) -> tuple[list[Tensor], Tensor | None]:
-        """seq [B, L', D] left-padded merged tokens with `num_pad` [B] padded ones; globals_ [B, m, D], the
-        candidate last; match [B, 1, L', P]: the candidate's similarity to each merged token (None: off).
+        self, seq: Tensor, globals_: Tensor, num_pad: Tensor, candidate: Tensor | None = None,
+        match: Tensor | None = None, keep_kv: list | None = None, host_groups: Tensor | None = None,
+    ) -> tuple[list[Tensor], list[Tensor], Tensor | None]:
+        """seq [B, L', D] left-padded merged tokens with `num_pad` [B] padded ones; globals_ [B, m, D] the
+        user-side globals; candidate [B, C, D] the candidate tokens (None: the user side alone, as KV-cached
+        serving's prefill runs it); match [B, C, L', P]: the candidates' similarity to each merged token (None:
+        off).
 
         Returns the states after each layer, [B, k + m, D]: the k sequence queries (`select_queries`) then the
-        globals, and the candidate's match readout [B, 1, H * P] (None when `match` is None or the readout is
-        off). `keep_kv`, when given, receives each layer's (K, V, num_pad) (KV-cached serving). `host_groups`:
-        the valid merged tokens per row [B] on the host (= L' - num_pad, counted without a device sync), when
-        known: the layers then project and transform the valid tokens only (padded keys are masked anyway;
-        padded query slots keep their input state, which nothing reads).
+        globals; the candidates' states after each layer [B, C, D] (empty without candidates); and their match
+        readout [B, C, H * P] (None when `match` is None or the readout is off). `keep_kv`, when given, receives
+        each layer's (K, V, num_pad) (KV-cached serving). `host_groups`: the valid merged tokens per row [B] on
+        the host (= L' - num_pad, counted without a device sync), when known: the layers then project and
+        transform the valid tokens only (padded keys are masked anyway; padded query slots keep their input
+        state, which nothing reads).
         """
         b, seq_len, m = seq.shape[0], seq.shape[1], globals_.shape[1]
         seq_q, q_pos, q_pad = self.select_queries(seq, num_pad)
@@ -199,12 +206,15 @@ class HybridAttention(nn.Module):
             live_keys = live_positions(num_pad, seq_len + m, int(host_groups.sum()) + b * m)
             queries = x_q.shape[1] * b - int(self.query_padding(seq_len - host_groups, seq_len).sum())
             live_queries = live_positions(q_pad, x_q.shape[1], queries)
-        x, readout = self.cross(tokens, num_pad, x_q, q_pos, keep_kv, match, live_keys, live_queries)
-        states = [x]
+        x, candidate, readout = self.cross(tokens, num_pad, x_q, q_pos, keep_kv, candidate, match, live_keys,
+                                           live_queries)
+        states, candidates = [x], [] if candidate is None else [candidate]
         for layer in self.self_layers:
-            x, _ = layer(x, q_pad, keep_kv=keep_kv, live_keys=live_queries, live_queries=live_queries)
+            x, candidate, _ = layer(x, q_pad, keep_kv=keep_kv, candidate=candidate, live_keys=live_queries,
+                                    live_queries=live_queries)
             states.append(x)
-        return states, readout
+            candidates += [] if candidate is None else [candidate]
+        return states, candidates, readout
 
     def effective_queries(self, seq_len: int) -> int:
         """k actually used for a batch whose merged sequences have length seq_len."""

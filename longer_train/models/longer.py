@@ -139,10 +139,11 @@ class Longer(nn.Module):
 
     def encode(self, x: DenseInputs) -> LongerStates:
         merged, num_pad, match_groups, host_groups = self.encode_sequence(x)
-        candidate = self.candidate_token(x.candidate).unsqueeze(1)  # the candidate is the last token
-        globals_t = torch.cat([self.user_globals(x), candidate], dim=1)  # [B, m, D]
+        candidate = self.candidate_token(x.candidate).unsqueeze(1)  # [B, 1, D]: the last token of the layout
         match = self.candidate_similarity(match_groups, x.candidate.unsqueeze(1))
-        layers, readout = self.attention(merged, globals_t, num_pad, match, host_groups=host_groups)
+        user_side, candidates, readout = self.attention(merged, self.user_globals(x), num_pad, candidate, match,
+                                                        host_groups=host_groups)
+        layers = [torch.cat([u, c], dim=1) for u, c in zip(user_side, candidates)]  # [B, k + m, D], candidate last
         return LongerStates(merged=merged, num_pad=num_pad, layers=layers,
                             match_readout=None if readout is None else readout.squeeze(1))
 

@@ -31,19 +31,21 @@ class TokenBuilder(nn.Module):
 
     def forward(self, events: Tensor, time_diff: Tensor, recency: Tensor) -> Tensor:
         # events [N, D_event]; time_diff [N] seconds; recency [N] (0 = the row's newest event)
-        # MLP([events | time embedding]) with the first layer split by its input columns: the time-embedding
-        # columns are applied once per bucket ([buckets, 2d], then looked up per event), not per event, so
-        # no [N, D_event + d] concatenation is written and its matmul has D_event columns, not D_event + d
-        first, rest = self.mlp.net[0], self.mlp.net[1:]
+        # MLP([events | time embedding]) + position embedding, with every per-event addition folded into a matmul:
+        # the first layer is split by its input columns, its time-embedding columns and bias applied once per
+        # bucket ([buckets, 2d]) and looked up per event as the addmm's input (no [N, D_event + d] concatenation,
+        # no separate add or [N, 2d] bias-gradient sum); the position embedding, plus the last layer's bias, is
+        # looked up per event as the last addmm's input
+        first, act, last = self.mlp.net
         split = events.shape[-1]
-        per_bucket = self.time_embedding.weight @ first.weight[:, split:].t()  # [buckets, 2d]
+        per_bucket = torch.addmm(first.bias, self.time_embedding.weight, first.weight[:, split:].t())  # [buckets, 2d]
         bucket = time_diff_bucket(time_diff, self.time_buckets)
         # lookups by index_select, not F.embedding: the same rows; its backward is an index_add, which on CPU ran
         # faster than embedding's backward over a batch's ~10^5 events (an ad-hoc timing, not a repo benchmark)
-        hidden = torch.addmm(first.bias, events, first.weight[:, :split].t()) + per_bucket.index_select(0, bucket)
-        tokens = rest(hidden)
+        hidden = torch.addmm(per_bucket.index_select(0, bucket), events, first.weight[:, :split].t())
         recency = recency.clamp(max=self.position_embedding.num_embeddings - 1)
-        return tokens + self.position_embedding.weight.index_select(0, recency)
+        per_position = self.position_embedding.weight + last.bias  # [positions, d]
+        return torch.addmm(per_position.index_select(0, recency), act(hidden), last.weight.t())
 
 
 def token_flops(num_events: int, event_dim: int, token_dim: int, time_buckets: int) -> int:

@@ -59,11 +59,10 @@ def score(model: Longer, cache: UserCache, candidates: Tensor) -> Tensor:
     readout = None
     layers = [attention.cross, *attention.self_layers]
     for i, (layer, (k, v), num_pad) in enumerate(zip(layers, cache.keys_values, cache.num_pad)):
-        k_self, v_self = layer.keys_values(state)
-        # the cross-causal layer (first) takes the candidate match and gives the readout
-        attn, out = layer.candidate_row(layer.queries(state), k, v, num_pad, k_self, v_self, match if i == 0 else None)
+        # what the layer's forward runs for the candidates in training; the cross-causal layer (first) takes the
+        # candidate match and gives the readout
+        state, out = layer.candidate_rows(state, k, v, num_pad, match if i == 0 else None)
         readout = out if i == 0 else readout
-        state = layer.finish(state, attn)  # attn [U, H, C, dh]
     width = state.shape[-1]
     globals_ = torch.cat([cache.user_globals.unsqueeze(1).expand(u, c, -1, width), state.unsqueeze(2)], dim=2)
     repeat = lambda t: t.unsqueeze(1).expand(u, c, t.shape[-1]).reshape(u * c, t.shape[-1])

@@ -8,6 +8,7 @@ from longer_inputs import make_inputs, make_model
 
 from longer_train.config import QUERY_RULES
 from longer_train.models.hybrid_attention import query_positions
+from longer_train.models.token_builder import TokenBuilder, time_diff_bucket
 from longer_train.models.token_merge import TokenMerge, to_left_padded
 
 RAGGED = [0, 1, 5, 13, 30, 64, 7]  # empty, shorter than K, not multiples of K, the max
@@ -130,13 +131,14 @@ def test_the_layers_project_only_valid_tokens(merge, rule, match):
         torch.testing.assert_close(skipped, full)
     for counted, full in zip(results[1], results[2]):  # lengths counted by a host sync: the same
         torch.testing.assert_close(counted, full)
-    k, b, m = model.cfg.merge_k, len(lengths), model.num_globals
+    k, b, m = model.cfg.merge_k, len(lengths), model.num_globals - 1  # m user-side globals; the candidate apart
     groups = [-(-n // k) for n in lengths]
     queries = model.attention.effective_queries(max(groups))
     valid_q = [(queries if g else 0) if rule == "learnable" else min(queries, g) for g in groups]
     padded_keys, padded_queries = b * (max(groups) + m), b * (queries + m)
-    assert rows["kv"] == [sum(groups) + b * m] * 2 + [padded_keys]
-    assert rows["ffn"] == [sum(valid_q) + b * m] * 2 + [padded_queries]
+    # per forward: the user side's tokens, then the b candidates' rows
+    assert rows["kv"] == [sum(groups) + b * m, b] * 2 + [padded_keys, b]
+    assert rows["ffn"] == [sum(valid_q) + b * m, b] * 2 + [padded_queries, b]
     assert sum(groups) + b * m < padded_keys and sum(valid_q) < b * queries  # the batch has padding to skip
 
 
@@ -217,7 +219,7 @@ def test_spread_queries_are_even_and_include_the_newest(rule):
 def test_the_model_queries_the_tokens_at_the_rule_s_positions(merge, rule, match, monkeypatch):
     """The cross-causal layer's sequence queries are the merged tokens at the rule's positions (or the learned
     vectors), and its attention gets each query's key position: that of its token, the globals after the
-    sequence (with the candidate match the candidate's row is computed apart, after the user rows)."""
+    sequence (the candidate's row is computed apart, after the user rows)."""
     from longer_train.models import hybrid_attention as module
 
     model = make_model(merge, query_selection=rule, num_queries=4, candidate_match=match)
@@ -230,7 +232,7 @@ def test_the_model_queries_the_tokens_at_the_rule_s_positions(merge, rule, match
     queries, positions, _ = selected[0]
     cross_positions = attention_calls[0]  # the first call is the cross-causal layer's
     seq_len, width = states.merged.shape[1:]
-    globals_ = model.num_globals - (match != "none")  # rows after the sequence queries in that call
+    globals_ = model.num_globals - 1  # rows after the sequence queries in that call: the user-side globals
     if rule == "recent":
         assert positions is None and cross_positions is None  # bottom-right aligned: the Triton kernel's layout
         torch.testing.assert_close(queries, states.merged[:, -4:], rtol=0, atol=0)
@@ -244,6 +246,32 @@ def test_the_model_queries_the_tokens_at_the_rule_s_positions(merge, rule, match
     expected = query_positions(rule, states.num_pad, seq_len, 4)
     assert torch.equal(positions, expected)
     torch.testing.assert_close(queries, states.merged.gather(1, expected[..., None].expand(-1, -1, width)))
+
+
+def test_behaviour_tokens_are_the_mlp_of_events_and_time_plus_position():
+    """TokenBuilder folds the time embedding, the biases and the position embedding into its matmuls; it is
+    still MLP([events | time embedding]) + position embedding (values and the gradients of every input and
+    parameter), recencies beyond the table sharing its last row."""
+    torch.manual_seed(0)
+    builder = TokenBuilder(event_dim=12, token_dim=8, time_buckets=16, max_positions=20)
+    events = torch.randn(50, 12, requires_grad=True)
+    time_diff = torch.rand(50) * 1e6
+    recency = torch.randint(0, 30, (50,))
+    grad = torch.randn(50, 8)
+
+    def plain():
+        time = builder.time_embedding(time_diff_bucket(time_diff, 16))
+        return builder.mlp(torch.cat([events, time], -1)) + builder.position_embedding(recency.clamp(max=19))
+
+    results = []
+    for fn in (lambda: builder(events, time_diff, recency), plain):
+        out = fn()
+        inputs = [events, *builder.parameters()]
+        results.append((out, torch.autograd.grad(out, inputs, grad)))
+    (ours, our_grads), (theirs, their_grads) = results
+    torch.testing.assert_close(ours, theirs)
+    for a, b in zip(our_grads, their_grads):
+        torch.testing.assert_close(a, b)
 
 
 def test_merge_groups_align_to_the_newest_event():
