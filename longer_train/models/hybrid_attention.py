@@ -124,34 +124,24 @@ class CausalBlock(nn.Module):
         self, candidate: Tensor, k_cache: Tensor, v_cache: Tensor, num_pad: Tensor, match: Tensor | None,
     ) -> tuple[Tensor, Tensor | None]:
         """The layer for C candidates per row [B, C, D] (independent of each other) over their row's keys and
-        values [B, H, Lk, dh] (`num_pad` [B] leading padded) and their own: their states [B, C, D] and match
-        readout [B, C, H * P] (None without `match` or the readout)."""
+        values [B, H, Lk, dh] (the L' merged tokens then the user globals; `num_pad` [B] leading padded) and
+        their own. Returns their states [B, C, D] and, with `match` [B, C, L', P] (None: no bias) and the
+        readout on, the readout [B, C, H * P]: per head and pair, the similarity weighted by the candidate's
+        attention (else None)."""
         h = self.norm1(candidate)
-        k_self, v_self = self._keys_values(h, candidate.shape[:2], None)
-        attn, readout = self.candidate_row(self._queries(h, candidate.shape[:2], None), k_cache, v_cache, num_pad,
-                                           k_self, v_self, match)
+        shape = candidate.shape[:2]
+        q, (k_self, v_self) = self._queries(h, shape, None), self._keys_values(h, shape, None)
+        bias = readout = None
+        if match is not None and self.match_weight is not None:
+            bias = match_bias(match, self.match_weight).permute(0, 3, 1, 2)  # [B, H, C, L']
+            bias = torch.nn.functional.pad(bias, (0, k_cache.shape[2] - match.shape[2]))  # the user globals: none
+        with_probs = bias is not None and self.match_readout
+        attn = candidate_attention(q, k_cache, v_cache, num_pad, k_self, v_self, self.attention_impl, bias=bias,
+                                   return_probs=with_probs)
+        if with_probs:
+            attn, probs = attn
+            readout = attended_similarity(probs[..., : match.shape[2]], match)
         return self.finish(candidate, attn), readout
-
-    def candidate_row(
-        self, q: Tensor, k_cache: Tensor, v_cache: Tensor, num_pad: Tensor, k_self: Tensor, v_self: Tensor,
-        match: Tensor | None,
-    ) -> tuple[Tensor, Tensor | None]:
-        """Attention of C candidates per row over their row's keys and their own (training and KV-cached
-        scoring share it). q, k_self, v_self [B, H, C, dh]; k_cache, v_cache [B, H, Lk, dh]: the L' merged tokens
-        then the user globals; match [B, C, L', P] or None (no bias). Returns the attention output [B, H, C, dh]
-        and the readout [B, C, H * P]: per head and pair, the similarity weighted by the candidate's attention
-        (None without match or readout)."""
-        if match is None or self.match_weight is None:
-            return candidate_attention(q, k_cache, v_cache, num_pad, k_self, v_self, self.attention_impl), None
-        seq_len = match.shape[2]
-        bias = match_bias(match, self.match_weight).permute(0, 3, 1, 2)  # [B, H, C, L']
-        bias = torch.nn.functional.pad(bias, (0, k_cache.shape[2] - seq_len))  # the user globals: no bias
-        if not self.match_readout:
-            return candidate_attention(q, k_cache, v_cache, num_pad, k_self, v_self, self.attention_impl,
-                                       bias=bias), None
-        out, probs = candidate_attention(q, k_cache, v_cache, num_pad, k_self, v_self, self.attention_impl,
-                                         bias=bias, return_probs=True)
-        return out, attended_similarity(probs[..., :seq_len], match)
 
 
 class HybridAttention(nn.Module):
