@@ -165,6 +165,10 @@ class ModelConfig:
     # uniform (spread evenly, newest included) | learnable (k learned vectors) | recent_uniform (ceil(k/2)
     # newest + the rest spread over the older tokens)
     query_selection: str = _choice("recent", QUERY_RULES)
+    # the layers run on at most this many chunks of rows of similar history length, each trimmed to its longest
+    # row (models/hybrid_attention.py `length_chunks`; the same result, less attention over padding); 1: the
+    # whole batch at once
+    length_chunks: int = _num(4, 1)
     num_self_layers: int = _num(1, 0)  # N self-causal layers after the cross-causal one
     head_dim: int = _num(32, 1)  # attention head width; heads = width // head_dim (twin, hstu: token_dim // head_dim)
     ffn_mult: int = _num(4, 1)

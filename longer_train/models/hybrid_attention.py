@@ -153,12 +153,13 @@ class HybridAttention(nn.Module):
     def __init__(
         self, dim: int, num_queries: int, num_self_layers: int, head_dim: int, ffn_mult: int, norm: str,
         dropout: float, attention_impl: str, match_pairs: int = 0, match_readout: bool = True,
-        query_selection: str = "recent",
+        query_selection: str = "recent", length_chunks: int = 1,
     ) -> None:
         super().__init__()
         if query_selection not in QUERY_RULES:
             raise ValueError(f"unknown query selection {query_selection!r}; expected one of {list(QUERY_RULES)}")
         self.num_queries = num_queries
+        self.length_chunks = length_chunks
         self.attention_impl = attention_impl
         self.query_selection = query_selection
         self.learned_queries = (
@@ -183,8 +184,65 @@ class HybridAttention(nn.Module):
         each layer's (K, V, num_pad) (KV-cached serving). `host_groups`: the valid merged tokens per row [B] on
         the host (= L' - num_pad, counted without a device sync), when known: the layers then project and
         transform the valid tokens only (padded keys are masked anyway; padded query slots keep their input
-        state, which nothing reads).
+        state, which nothing reads), and with `length_chunks` > 1 run on groups of rows of similar length, each
+        trimmed to its longest (`length_chunks`, `_chunked`): the same result, less attention over padding.
         """
+        if keep_kv is None and host_groups is not None and self.length_chunks > 1:
+            order = torch.argsort(host_groups, stable=True)
+            min_len = max(1, min(self.num_queries, seq.shape[1]))
+            chunks = length_chunks(host_groups[order].tolist(), seq.shape[1], min_len, globals_.shape[1],
+                                   self.length_chunks)
+            if chunks is not None:
+                return self._chunked(chunks, order, seq, globals_, num_pad, candidate, match, host_groups)
+        return self._layers(seq, globals_, num_pad, candidate, match, keep_kv, host_groups)
+
+    def _chunked(
+        self, chunks: list[tuple[int, int, int]], order: Tensor, seq: Tensor, globals_: Tensor, num_pad: Tensor,
+        candidate: Tensor | None, match: Tensor | None, host_groups: Tensor,
+    ) -> tuple[list[Tensor], list[Tensor], Tensor | None]:
+        """`forward` with the rows in `order` (ascending valid length) cut into `chunks` (r0, r1, trim): rows
+        order[r0:r1] with their first `trim` merged positions (padding in every one of them) left out. Each
+        tensor is gathered once for all chunks (one index_select: its backward is one scatter, not a full-size
+        gradient per chunk) and split; the outputs are put back in the rows' order."""
+        b, seq_len = seq.shape[:2]
+        rows = [r1 - r0 for r0, r1, _ in chunks]
+        kept = [(r1 - r0) * (seq_len - trim) for r0, r1, trim in chunks]
+        flat = torch.cat([  # flat (row, position) indices of every chunk's kept positions, chunk by chunk
+            (order[r0:r1, None] * seq_len + torch.arange(trim, seq_len)).flatten() for r0, r1, trim in chunks
+        ]).to(seq.device)
+        order_dev = order.to(seq.device)
+
+        def pieces(t: Tensor) -> list[Tensor]:  # [B, L', *] -> per chunk [rows, L' - trim, *]
+            parts = t.reshape(b * seq_len, *t.shape[2:]).index_select(0, flat).split(kept)
+            return [p.view(n, -1, *t.shape[2:]) for p, n in zip(parts, rows)]
+
+        def by_row(t: Tensor | None) -> list:  # [B, *] -> per chunk [rows, *]
+            return [None] * len(chunks) if t is None else list(t.index_select(0, order_dev).split(rows))
+
+        seqs = pieces(seq)
+        # match [B, C, L', P]: the merged position is dim 2 (a view with dim 1 = C = 1, as LONGER has it)
+        matches = [None] * len(chunks) if match is None else [
+            p.transpose(1, 2) for p in pieces(match.transpose(1, 2))
+        ]
+        outs = [
+            self._layers(s, g, p - trim, c, mt, None, h)
+            for (_, _, trim), s, g, p, c, mt, h in zip(
+                chunks, seqs, by_row(globals_), by_row(num_pad), by_row(candidate), matches,
+                host_groups[order].split(rows),
+            )
+        ]
+        back = torch.empty_like(order).index_copy_(0, order, torch.arange(b)).to(seq.device)  # inverse of order
+        unsort = lambda parts: torch.cat(parts).index_select(0, back)  # noqa: E731
+        states = [unsort(layer) for layer in zip(*(o[0] for o in outs))]
+        candidates = [unsort(layer) for layer in zip(*(o[1] for o in outs))]
+        readout = None if outs[0][2] is None else unsort([o[2] for o in outs])
+        return states, candidates, readout
+
+    def _layers(
+        self, seq: Tensor, globals_: Tensor, num_pad: Tensor, candidate: Tensor | None, match: Tensor | None,
+        keep_kv: list | None, host_groups: Tensor | None,
+    ) -> tuple[list[Tensor], list[Tensor], Tensor | None]:
+        """`forward` on the whole batch at once."""
         b, seq_len, m = seq.shape[0], seq.shape[1], globals_.shape[1]
         seq_q, q_pos, q_pad = self.select_queries(seq, num_pad)
         if q_pos is not None:  # the globals sit after the sequence
@@ -231,6 +289,47 @@ class HybridAttention(nn.Module):
         if self.learned_queries is not None:  # every learned query is valid unless the history is empty
             return torch.where(num_pad >= seq_len, k, 0)
         return query_padding(num_pad, seq_len, k)
+
+
+# a further chunk must save this share of the whole batch's attention work (rows x keys) to be worth its fixed
+# cost (every op of the layers once more, forward and backward); measured on the quickstart (docs/kernels.md)
+CHUNK_MIN_SAVING = 0.1
+
+
+def length_chunks(
+    groups: list[int], seq_len: int, min_len: int, globals_: int, max_chunks: int,
+) -> list[tuple[int, int, int]] | None:
+    """How to cut a batch whose rows hold `groups` valid merged tokens (ascending, each row left-padded to
+    seq_len) into at most `max_chunks` runs of consecutive rows, each trimmed to its longest row (at least
+    `min_len` positions: every chunk keeps the same number of queries): (r0, r1, trim) per chunk, trim being the
+    leading positions dropped; None when one chunk is best. Cost of a chunk: rows x (kept positions + the
+    `globals_` global tokens), the keys its attention runs over, plus CHUNK_MIN_SAVING of the whole batch's;
+    chosen exactly by dynamic programming over cut points at 1/16ths of the rows."""
+    b = len(groups)
+    if b < 2 or max_chunks < 2:
+        return None
+    keys = [max(g, min_len) + globals_ for g in groups]  # a chunk ending at row r - 1 runs over keys[r - 1]
+    cuts = sorted({round(b * j / 16) for j in range(17)})
+    fixed = CHUNK_MIN_SAVING * b * (seq_len + globals_)
+    whole = b * (seq_len + globals_) + fixed
+    best = {0: (0.0, [])}  # cut index -> (cost, chunks) over the rows before it, for the current chunk count
+    found = (whole, None)
+    for _ in range(max_chunks):
+        step = {}
+        for j in range(1, len(cuts)):
+            options = [
+                (cost + (cuts[j] - cuts[i]) * keys[cuts[j] - 1] + fixed, parts + [(cuts[i], cuts[j])])
+                for i, (cost, parts) in best.items() if i < j
+            ]
+            if options:
+                step[j] = min(options, key=lambda o: o[0])
+        best = step
+        last = best.get(len(cuts) - 1)
+        if last is not None and last[0] < found[0] - 1e-9:
+            found = last
+    if found[1] is None or len(found[1]) < 2:
+        return None
+    return [(r0, r1, seq_len - (keys[r1 - 1] - globals_)) for r0, r1 in found[1]]
 
 
 def gather_rows(x: Tensor, live: Tensor | None) -> Tensor:

@@ -64,7 +64,7 @@ class Longer(nn.Module):
         self.attention = HybridAttention(
             width, cfg.num_queries, cfg.num_self_layers, cfg.head_dim, cfg.ffn_mult, cfg.norm, cfg.dropout,
             cfg.attention_impl, match_pairs=len(self.match_pairs), match_readout=readout,
-            query_selection=cfg.query_selection,
+            query_selection=cfg.query_selection, length_chunks=cfg.length_chunks,
         )
         self.match_readout_dim = self.attention.cross.heads * len(self.match_pairs) if readout else 0
         head_in = width * (self.num_globals + 1) + self.match_readout_dim + dims.candidate + dims.user + dims.dense

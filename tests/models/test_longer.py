@@ -116,7 +116,7 @@ def test_the_layers_project_only_valid_tokens(merge, rule, match):
     hold an event (and the globals), queries and FFNs only for valid query slots. The logits and every
     parameter's gradient equal those of computing every padded position (a fixed capacity, torch.export's
     path), whether the lengths come from the host (`host_lengths`) or are counted by a host sync."""
-    model = make_model(merge, query_selection=rule, candidate_match=match).train()
+    model = make_model(merge, query_selection=rule, candidate_match=match, length_chunks=1).train()
     lengths = RAGGED
     rows = {"kv": [], "ffn": []}
     for name, module in (("kv", model.attention.cross.kv), ("ffn", model.attention.cross.ffn)):
@@ -140,6 +140,75 @@ def test_the_layers_project_only_valid_tokens(merge, rule, match):
     assert rows["kv"] == [sum(groups) + b * m, b] * 2 + [padded_keys, b]
     assert rows["ffn"] == [sum(valid_q) + b * m, b] * 2 + [padded_queries, b]
     assert sum(groups) + b * m < padded_keys and sum(valid_q) < b * queries  # the batch has padding to skip
+
+
+@pytest.mark.parametrize("rule", QUERY_RULES)
+@pytest.mark.parametrize("match", ["none", "attention_readout"])
+def test_length_chunks_give_the_whole_batch_s_logits_and_gradients(merge, rule, match, monkeypatch):
+    """Under `model.length_chunks` the layers run on runs of rows of similar length (sorted, then put back), each
+    trimmed to its longest row: the logits, the events' gradient, every parameter's gradient and every layer's
+    states equal those of one pass over the whole batch."""
+    from longer_train.models import hybrid_attention as module
+
+    lengths = [64, 0, 30, 1, 5, 13, 7, 2, 9, 48, 3, 20]  # unsorted: the chunks take rows from all over the batch
+    x = dataclasses.replace(make_inputs(lengths), host_lengths=torch.tensor(lengths))
+    plans, plan = [], module.length_chunks
+    monkeypatch.setattr(module, "length_chunks", lambda *args: (plans.append(plan(*args)), plans[-1])[1])
+    results = []
+    for chunks in (1, 4):
+        model = make_model(merge, query_selection=rule, candidate_match=match, length_chunks=chunks).train()
+        events = x.events.clone().requires_grad_(True)
+        logits = model(dataclasses.replace(x, events=events))
+        weights = torch.linspace(-1.0, 2.0, logits.shape[0])
+        grads = torch.autograd.grad((logits * weights).sum(), [events, *model.parameters()])
+        with torch.no_grad():
+            layers = model.encode(x).layers
+        results.append((logits, *grads, *layers))
+    assert len(plans) == 2 and plans[0] == plans[1]  # only the chunked model plans (forward, then encode)
+    assert plans[0] is not None and 2 <= len(plans[0]) <= 4 and any(trim > 0 for _, _, trim in plans[0])
+    for chunked, whole in zip(results[1], results[0]):
+        torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=1e-5)
+
+
+def _attention_work(groups, chunks, seq_len, min_len, globals_):
+    """rows x keys over the chunks (None: one pass), as `length_chunks` counts it."""
+    spans = [(0, len(groups), 0)] if chunks is None else chunks
+    return sum((r1 - r0) * (seq_len - trim + globals_) for r0, r1, trim in spans)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_length_chunks_cover_the_rows_and_trim_only_padding(seed):
+    """The plan cuts the sorted rows into at most max_chunks consecutive runs covering every row; each run is
+    trimmed to its longest row (never below min_len positions), and a plan is made only when it does less
+    attention work than one pass by more than a chunk's fixed cost."""
+    from longer_train.models.hybrid_attention import CHUNK_MIN_SAVING, length_chunks
+
+    g = torch.Generator().manual_seed(seed)
+    b, seq_len, min_len, globals_ = int(torch.randint(2, 70, (1,), generator=g)), 200, 20, 3
+    tail = torch.distributions.Pareto(torch.tensor(1.0), torch.tensor(1.2)).sample((b,)) * 8  # long-tailed
+    groups = sorted(min(seq_len, int(v)) for v in tail)
+    groups[-1] = seq_len  # the batch is padded to its longest row
+    for max_chunks in (2, 4, 8):
+        chunks = length_chunks(groups, seq_len, min_len, globals_, max_chunks)
+        if chunks is None:
+            continue
+        assert 2 <= len(chunks) <= max_chunks
+        assert chunks[0][0] == 0 and chunks[-1][1] == b and all(a[1] == c[0] for a, c in zip(chunks, chunks[1:]))
+        for r0, r1, trim in chunks:
+            assert r0 < r1 and trim == seq_len - max(groups[r1 - 1], min_len)
+        saved = _attention_work(groups, None, seq_len, min_len, globals_)
+        saved -= _attention_work(groups, chunks, seq_len, min_len, globals_)
+        assert saved > (len(chunks) - 1) * CHUNK_MIN_SAVING * b * (seq_len + globals_)
+
+
+def test_length_chunks_split_a_long_tail_and_leave_even_batches_whole():
+    from longer_train.models.hybrid_attention import length_chunks
+
+    tail = [10] * 28 + [1000] * 4  # 28 short rows padded to 4 long ones: two chunks save most of the work
+    assert length_chunks(tail, 1000, 100, 2, 4) == [(0, 28, 900), (28, 32, 0)]
+    assert length_chunks([1000] * 32, 1000, 100, 2, 4) is None  # nothing to trim
+    assert length_chunks([990] * 31 + [1000], 1000, 100, 2, 4) is None  # too little to pay a chunk's cost
+    assert length_chunks(tail, 1000, 100, 2, 1) is None and length_chunks([10], 1000, 100, 2, 4) is None
 
 
 @torch.no_grad()
@@ -222,7 +291,7 @@ def test_the_model_queries_the_tokens_at_the_rule_s_positions(merge, rule, match
     sequence (the candidate's row is computed apart, after the user rows)."""
     from longer_train.models import hybrid_attention as module
 
-    model = make_model(merge, query_selection=rule, num_queries=4, candidate_match=match)
+    model = make_model(merge, query_selection=rule, num_queries=4, candidate_match=match, length_chunks=1)
     attention_calls, selected = [], []
     real_attention, real_select = module.hybrid_attention, model.attention.select_queries
     monkeypatch.setattr(module, "hybrid_attention", lambda q, k, v, pad, impl="auto", q_pos=None: (

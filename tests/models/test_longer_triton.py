@@ -18,6 +18,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _logits_and_grads(merge: str, impl: str, **overrides):
+    overrides = {"length_chunks": 1, **overrides}  # one pass over the batch: the kernel calls below count layers
     model = make_model(merge, attention_impl=impl, **overrides).train().to(DEVICE)  # same seed: same weights
     x = make_inputs(RAGGED)
     x = dataclasses.replace(x, **{f.name: getattr(x, f.name).to(DEVICE) for f in dataclasses.fields(x)
@@ -45,6 +46,19 @@ def test_triton_model_matches_reference(merge):
     torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(events, ref_events, atol=1e-5, rtol=1e-4)
     assert grads.keys() == ref_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], atol=1e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_triton_model_in_length_chunks_matches_the_whole_batch_reference():
+    """`model.length_chunks` trims each chunk's leading padding, so the kernel sees other shapes and paddings
+    than the whole batch's: the same logits and gradients."""
+    ref_logits, ref_events, ref_grads = _logits_and_grads("concat", "reference")
+    with _spy(hybrid_attention_triton, "hybrid_attention_triton") as hybrid:
+        logits, events, grads = _logits_and_grads("concat", "triton", length_chunks=4)
+    assert hybrid.call_count > 3 and hybrid.call_count % 3 == 0  # the 3 layers once per chunk
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(events, ref_events, atol=1e-5, rtol=1e-4)
     for name, grad in grads.items():
         torch.testing.assert_close(grad, ref_grads[name], atol=1e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
 
