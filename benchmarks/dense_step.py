@@ -207,12 +207,17 @@ def build_revision(pkg, cfg: ModelConfig, max_len: int, device: str, parallel: P
     dims = dims_cls(event=EVENT, candidate=CANDIDATE, user=USER, dense=DENSE, max_len=max_len,
                     match_pairs=tuple(pair(*dataclasses.astuple(p)) for p in MATCH_PAIRS))
     torch.manual_seed(0)
-    model = longer.Longer(config.ModelConfig(**dataclasses.asdict(cfg)), dims).to(device).train()
+    # fields added since REV (parallel.compile, model.length_chunks: issue 17) are features REV does not have
+    model = longer.Longer(_known_fields(config.ModelConfig, cfg), dims).to(device).train()
     policies = importlib.import_module(f"{pkg.__name__}.distributed.parallelize")
-    known = {f.name for f in dataclasses.fields(config.ParallelConfig)}  # parallel.compile came later (issue 17)
-    policies.apply_compute_policies(
-        model, config.ParallelConfig(**{k: v for k, v in dataclasses.asdict(parallel).items() if k in known}), device)
+    policies.apply_compute_policies(model, _known_fields(config.ParallelConfig, parallel), device)
     return model
+
+
+def _known_fields(cls, value):
+    """`value` as the dataclass `cls` of another revision: the fields `cls` has."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in dataclasses.asdict(value).items() if k in known})
 
 
 def run(args: argparse.Namespace, cfg: ModelConfig, on_row=lambda rows: None) -> list[dict]:
