@@ -25,6 +25,10 @@ it runs up to --transformer-max-len only.
     python benchmarks/dense_step.py --threads 1 --compile --models longer   # + LONGER under parallel.compile
     python benchmarks/dense_step.py --smoke       # tiny sizes (the CPU dry run of `make gpu-check`)
 
+On CPU the process sets glibc malloc as the trainer does (`--malloc trainer`, distributed/host_memory.py: a
+step's large buffers stay in the heap instead of being page-faulted back every step); `--malloc default`
+leaves glibc's defaults (the two cannot alternate in one process).
+
 Imports neither torchrec nor the config loader (omegaconf, yaml): runs with torch (+ triton) only.
 """
 
@@ -47,6 +51,7 @@ from pathlib import Path
 import torch
 
 from longer_train.config import ModelConfig, ParallelConfig
+from longer_train.distributed.host_memory import keep_freed_memory
 from longer_train.distributed.parallelize import apply_compute_policies
 from longer_train.models.candidate_match import MatchPair
 from longer_train.models.flops import transformer_config
@@ -295,6 +300,9 @@ def _row(row: dict, rows: list[dict]) -> str:
             f"{row['gflops']:,.1f} | {row['peak']:,.1f} | {row['pct']:.1%} | {memory} | {_ratio(row, rows)} |")
 
 
+MALLOC = {"trainer": "the trainer's settings (distributed/host_memory.py)", "default": "glibc's defaults"}
+
+
 def markdown(rows: list[dict], args: argparse.Namespace, cfg: ModelConfig, command: str, load: str) -> str:
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {os.cpu_count()} cores"
     changed = {k: v for k, v in dataclasses.asdict(cfg).items() if v != getattr(ModelConfig(), k)}
@@ -304,7 +312,8 @@ def markdown(rows: list[dict], args: argparse.Namespace, cfg: ModelConfig, comma
         f"Device: {device}; torch {torch.__version__}; {torch.get_num_threads()} torch thread(s); peak matmul in "
         f"{args.dtype} ([{args.peak_size}, {args.peak_size}]^2); bf16 components {args.bf16 or 'none'}, recompute "
         f"{args.recompute}; batch {args.batch}; load average {load}; median of {args.repeats} alternated "
-        f"step(s) after {args.warmup} warm-up; timed by {'process CPU time' if args.clock == 'cpu' else 'wall clock'}",
+        f"step(s) after {args.warmup} warm-up; timed by {'process CPU time' if args.clock == 'cpu' else 'wall clock'}"
+        + (f"; glibc malloc: {MALLOC.get(args.malloc, args.malloc)}" if args.device == "cpu" else ""),
         "",
         f"Model (ModelConfig fields off their defaults): {changed}",
         "",
@@ -342,12 +351,17 @@ def main(argv: list[str] | None = None) -> None:
                              "thread, where a shared machine's load would otherwise skew the times)")
     parser.add_argument("--against", metavar="REV",
                         help="also LONGER as git revision REV has it, alternated with this tree's (before/after)")
+    parser.add_argument("--malloc", choices=["trainer", "default"], default="trainer",
+                        help="CPU: glibc malloc as the trainer sets it (distributed/host_memory.py: large blocks "
+                             "stay in the heap) or glibc's defaults")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs")
     parser.add_argument("--out", type=Path, help="also write the markdown table here")
     parser.add_argument("overrides", nargs="*", help="model.key=value")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == "cpu" and args.malloc == "trainer" and not keep_freed_memory():
+        args.malloc = "default (the trainer's settings were refused)"
     if args.clock is None:
         args.clock = "cpu" if args.device == "cpu" and torch.get_num_threads() == 1 else "wall"
     CLOCK[0] = time.process_time if args.clock == "cpu" else time.perf_counter

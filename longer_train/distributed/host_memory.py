@@ -4,13 +4,17 @@ A CPU training step allocates and frees the same few large activation and gradie
 MBs) every step. With glibc's defaults, blocks that size are often handed back to the kernel when freed (mmap
 above a threshold that adapts to what was freed, and the heap top trimmed above twice that) and fetched
 again at the next step, each 4 KiB page faulted in and zeroed by the kernel, how often varying run to run
-with the order of frees. Fixing the mmap
-threshold at glibc's maximum (32 MiB) and keeping up to 1 GiB of freed heap makes those blocks come back from
-the heap, already mapped (tcmalloc and jemalloc, which PyTorch's CPU tuning guide recommends preloading, do
-the same by caching). Peak memory is unchanged; what is kept is memory the step needs again.
+with the order of frees. So large blocks come from the heap instead (no mmap for them in the main arena;
+glibc's threshold could only be fixed at 32 MiB, and at 10k events the dense step's buffers are 40-80 MB,
+which were written at under 2 GB/s, page by page), and up to 1 GiB of freed heap is kept: those blocks come
+back already mapped (tcmalloc and jemalloc, which PyTorch's CPU tuning guide recommends preloading, do the
+same by caching). What is kept is memory the step needs again; the peak grows by what fragmentation leaves
+between the blocks (docs/kernels.md gives a measurement). Other threads' arenas, and a heap that cannot
+grow, still fall back to mmap, so no allocation fails that would have succeeded.
 
-Applied once per training process on CPU (`Trainer`); a no-op off glibc (macOS, musl) or when the user has set
-glibc's own MALLOC_* variables or preloaded another allocator.
+Applied once per training process on CPU (`Trainer`, and benchmarks/dense_step.py as the trainer runs); a
+no-op off glibc (macOS, musl) or when the user has set glibc's own MALLOC_* variables or preloaded another
+allocator.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import os
 
 log = logging.getLogger(__name__)
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc <malloc.h>
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # glibc <malloc.h>
 MMAP_THRESHOLD = 32 << 20  # glibc's upper limit for M_MMAP_THRESHOLD on 64-bit
 TRIM_THRESHOLD = 1 << 30
 
@@ -36,7 +40,9 @@ def keep_freed_memory() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):  # not glibc
         return False
-    ok = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
-    log.debug("glibc malloc: mmap threshold %d, trim threshold %d (%s)", MMAP_THRESHOLD, TRIM_THRESHOLD,
-              "set" if ok else "refused")
+    # the threshold too: a glibc whose mmap cannot be switched off still keeps blocks up to 32 MiB
+    ok = all(mallopt(option, value) == 1 for option, value in (
+        (M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_MMAP_MAX, 0)))
+    log.debug("glibc malloc: no mmap in the main arena (threshold %d), trim threshold %d (%s)", MMAP_THRESHOLD,
+              TRIM_THRESHOLD, "set" if ok else "refused")
     return ok
