@@ -8,7 +8,10 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc malloc settings")
+_libc, _version = platform.libc_ver()
+pytestmark = pytest.mark.skipif(
+    _libc != "glibc" or tuple(int(p) for p in _version.split(".")[:2]) < (2, 33),
+    reason="glibc malloc settings, read back with mallinfo2 (glibc >= 2.33)")
 
 # mallinfo2 (glibc >= 2.33): hblks counts the blocks mmap holds, uordblks the heap's bytes in use, arena its size
 PROBE = """
