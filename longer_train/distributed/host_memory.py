@@ -5,8 +5,8 @@ MBs) every step. With glibc's defaults, blocks that size are often handed back t
 above a threshold that adapts to what was freed, and the heap top trimmed above twice that) and fetched
 again at the next step, each 4 KiB page faulted in and zeroed by the kernel, how often varying run to run
 with the order of frees. So large blocks come from the heap instead (no mmap for them in the main arena;
-glibc's threshold could only be fixed at 32 MiB, and at 10k events the dense step's buffers are 40-80 MB,
-which were written at under 2 GB/s, page by page), and up to 1 GiB of freed heap is kept: those blocks come
+glibc's threshold could only be fixed at 32 MiB, and at 10k events the dense step's largest buffers are 40-80
+MB, each faulted in page by page every step), and up to 1 GiB of freed heap is kept: those blocks come
 back already mapped (tcmalloc and jemalloc, which PyTorch's CPU tuning guide recommends preloading, do the
 same by caching). What is kept is memory the step needs again; the peak grows by what fragmentation leaves
 between the blocks (docs/kernels.md gives a measurement). Other threads' arenas, and a heap that cannot

@@ -189,21 +189,21 @@ class HybridAttention(nn.Module):
         """
         if keep_kv is None and host_groups is not None and self.length_chunks > 1:
             order = torch.argsort(host_groups, stable=True)
+            groups = host_groups[order]
             min_len = max(1, min(self.num_queries, seq.shape[1]))
-            chunks = length_chunks(host_groups[order].tolist(), seq.shape[1], min_len, globals_.shape[1],
-                                   self.length_chunks)
+            chunks = length_chunks(groups.tolist(), seq.shape[1], min_len, globals_.shape[1], self.length_chunks)
             if chunks is not None:
-                return self._chunked(chunks, order, seq, globals_, num_pad, candidate, match, host_groups)
+                return self._chunked(chunks, order, seq, globals_, num_pad, candidate, match, groups)
         return self._layers(seq, globals_, num_pad, candidate, match, keep_kv, host_groups)
 
     def _chunked(
         self, chunks: list[tuple[int, int, int]], order: Tensor, seq: Tensor, globals_: Tensor, num_pad: Tensor,
-        candidate: Tensor | None, match: Tensor | None, host_groups: Tensor,
+        candidate: Tensor | None, match: Tensor | None, groups: Tensor,
     ) -> tuple[list[Tensor], list[Tensor], Tensor | None]:
-        """`forward` with the rows in `order` (ascending valid length) cut into `chunks` (r0, r1, trim): rows
-        order[r0:r1] with their first `trim` merged positions (padding in every one of them) left out. Each
-        tensor is gathered once for all chunks (one index_select: its backward is one scatter, not a full-size
-        gradient per chunk) and split; the outputs are put back in the rows' order."""
+        """`forward` with the rows in `order` (ascending valid length; `groups`: theirs, in that order) cut into
+        `chunks` (r0, r1, trim): rows order[r0:r1] with their first `trim` merged positions (padding in every one
+        of them) left out. Each tensor is gathered once for all chunks (one index_select: its backward is one
+        scatter, not a full-size gradient per chunk) and split; the outputs are put back in the rows' order."""
         b, seq_len = seq.shape[:2]
         rows = [r1 - r0 for r0, r1, _ in chunks]
         kept = [(r1 - r0) * (seq_len - trim) for r0, r1, trim in chunks]
@@ -227,8 +227,7 @@ class HybridAttention(nn.Module):
         outs = [
             self._layers(s, g, p - trim, c, mt, None, h)
             for (_, _, trim), s, g, p, c, mt, h in zip(
-                chunks, seqs, by_row(globals_), by_row(num_pad), by_row(candidate), matches,
-                host_groups[order].split(rows),
+                chunks, seqs, by_row(globals_), by_row(num_pad), by_row(candidate), matches, groups.split(rows),
             )
         ]
         back = torch.empty_like(order).index_copy_(0, order, torch.arange(b)).to(seq.device)  # inverse of order
@@ -292,7 +291,8 @@ class HybridAttention(nn.Module):
 
 
 # a further chunk must save this share of the whole batch's attention work (rows x keys) to be worth its fixed
-# cost (every op of the layers once more, forward and backward); measured on the quickstart (docs/kernels.md)
+# cost (every op of the layers once more, forward and backward). Set, not tuned: with it the quickstart's uniform
+# lengths take two chunks at no measured cost (docs/kernels.md), a long-tailed batch up to length_chunks
 CHUNK_MIN_SAVING = 0.1
 
 
