@@ -174,39 +174,11 @@ class Trainer:
             # a resume at another world size continues at the same fraction of the epoch (`_load`).
             position = {"epoch": progress["epoch"], "batches": progress["batch_in_epoch"]}
             self.train_loader.load_state_dict({**self.train_loader.state_dict(), **position})
-            batches = iter(self.train_loader)
-            while progress["step"] < self.total_steps:
-                start = time.perf_counter()
-                try:
-                    loss, logits, labels = step_fn(batches)
-                except StopIteration:
-                    break
-                self.scheduler.step()
-                elapsed = time.perf_counter() - start
-                progress["step"] += 1
-                progress["batch_in_epoch"] += 1
-                metrics.step(self.step, loss.item(), labels, logits, elapsed)
-                progress["train_time"] += elapsed
-                progress["train_samples"] += int(labels.shape[0]) * env.world_size
-                if metrics.due(self.step, self.total_steps):
-                    metrics.log(self.step, self.total_steps, {
-                        "train/lr": self.scheduler.get_last_lr()[0], "train/grad_norm": self.step_optimizer.grad_norm,
-                        "train/epoch": progress["epoch"],
-                        **{f"data/skipped_{k}": v for k, v in self.train_loader.skipped.items()},
-                    })
-                if self.step % eval_every == 0 or self.step == self.total_steps:
-                    progress["valid"] = self.evaluate("valid")
-                    self.logger.print(f"step {self.step:>6}  " + _format(progress["valid"], "valid"))
-                    self.logger.log(self.step, {f"valid/{k}": v for k, v in progress["valid"].items()})
-                    self.model.train()
-                every = cfg.train.checkpoint_every
-                if cfg.train.checkpoint and every and self.step % every == 0 and self.step < self.total_steps:
-                    self.save()
-                self._maybe_inject_fault()
-            if progress["step"] >= self.total_steps:
-                break
-            progress["epoch"] += 1
-            progress["batch_in_epoch"] = 0
+            ended = self._train_steps(iter(self.train_loader), step_fn, metrics, eval_every)
+            if ended == "epoch":
+                progress["epoch"] += 1
+                progress["batch_in_epoch"] = 0
+            # "emptied": evaluation emptied the pipeline; a new iterator continues at the trained position
 
         skipped = self.train_loader.skipped_on_all_ranks()  # a collective: every rank calls it
         if skipped:
@@ -229,6 +201,44 @@ class Trainer:
         self.logger.print(results_table(summary))
         return summary
 
+    def _train_steps(self, batches: Iterator[Batch], step_fn: Callable, metrics: MetricsProcessor,
+                     eval_every: int) -> str:
+        """Train on `batches` until the epoch ends ("epoch"), the last step is done ("done") or an evaluation
+        under the pipeline emptied it ("emptied")."""
+        cfg, env, progress = self.cfg, self.env, self.progress
+        while progress["step"] < self.total_steps:
+            start = time.perf_counter()
+            try:
+                loss, logits, labels = step_fn(batches)
+            except StopIteration:
+                return "epoch"
+            self.scheduler.step()
+            elapsed = time.perf_counter() - start
+            progress["step"] += 1
+            progress["batch_in_epoch"] += 1
+            metrics.step(self.step, loss.item(), labels, logits, elapsed)
+            progress["train_time"] += elapsed
+            progress["train_samples"] += int(labels.shape[0]) * env.world_size
+            if metrics.due(self.step, self.total_steps):
+                metrics.log(self.step, self.total_steps, {
+                    "train/lr": self.scheduler.get_last_lr()[0], "train/grad_norm": self.step_optimizer.grad_norm,
+                    "train/epoch": progress["epoch"],
+                    **{f"data/skipped_{k}": v for k, v in self.train_loader.skipped.items()},
+                })
+            evaluated = self.step % eval_every == 0 or self.step == self.total_steps
+            if evaluated:
+                progress["valid"] = self.evaluate("valid")
+                self.logger.print(f"step {self.step:>6}  " + _format(progress["valid"], "valid"))
+                self.logger.log(self.step, {f"valid/{k}": v for k, v in progress["valid"].items()})
+                self.model.train()
+            every = cfg.train.checkpoint_every
+            if cfg.train.checkpoint and every and self.step % every == 0 and self.step < self.total_steps:
+                self.save()
+            self._maybe_inject_fault()
+            if evaluated and self.pipeline is not None:
+                return "emptied"
+        return "done"
+
     def _maybe_inject_fault(self) -> None:
         cfg = self.cfg.train
         # only in a job's first life: not after torchrun restarted it, not once it resumed from a checkpoint
@@ -238,13 +248,35 @@ class Trainer:
                 os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError(f"injected fault on rank {self.env.rank} after step {self.step} (train.fault_at_step)")
 
+    def _empty_pipeline(self) -> None:
+        """Finish the input all-to-alls in flight, give the sharded modules their plain forwards back and
+        drop the batches the pipeline fetched ahead; the next `progress()` rewrites the model and refills it
+        from the iterator the loop makes at the trained position (`progress`).
+
+        Why not TorchRec's detach() -> attach(): attach() with batches in flight re-runs the input
+        distribution of batch i+1, whose all-to-alls already ran, and replaces its module contexts with
+        fresh ones; the next forward then waits on the old tensors with the new, never-filled contexts. At
+        world size 1 nothing crosses ranks and the result was the same; at 2 ranks the embedding output
+        all-to-all got buffers of different sizes (gloo: `in->size == out->size`) on the first step after
+        every mid-run evaluation."""
+        pipeline = self.pipeline
+        for context in pipeline.contexts:
+            for _, awaitable in context.fused_splits_awaitables:
+                for request in awaitable.wait():
+                    request.wait()
+            for request in context.input_dist_tensors_requests.values():
+                request.wait()
+        pipeline.detach()
+        pipeline.reset()  # no batch in flight: the next progress() sees an empty pipeline
+        pipeline.attach()  # with no context, TorchRec rewrites the model again on the next fill
+
     # ------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:
         """Metrics on a whole split: every rank scores its shard; the metrics are those of the union, without
         any rank holding every prediction (components/metrics.py)."""
         if self.pipeline is not None:
-            self.pipeline.detach()  # plain forwards; the next progress() re-attaches
+            self._empty_pipeline()
         self.model.eval()
         loader = build_dataloader(
             self.cfg.data, split, train=False, seed=0, rank=self.env.rank, world_size=self.env.world_size
