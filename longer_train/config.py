@@ -221,20 +221,28 @@ class TrainConfig:
     metrics_window: int = _num(100, 0)
     device: str = _choice("auto", ("auto", "cpu", "cuda"))
     output_dir: str = "runs"  # each run writes runs/<run_name>/ (checkpoint, wandb)
-    run_name: Optional[str] = None  # default: <model>-<timestamp>
+    # default: <model>-<hash of the config's non-default values and the world size> (components/run_dir.py)
+    run_name: Optional[str] = None
     runs_table: str = "runs/runs.jsonl"  # one results line appended per run
-    checkpoint: bool = True  # write checkpoints (every checkpoint_every steps and at the end)
-    checkpoint_every: int = _num(0, 0)  # steps between checkpoints; 0 = only the final one
+    # write checkpoints: every checkpoint_every steps, every checkpoint_every_minutes, on a stop signal, at the end
+    checkpoint: bool = True
+    checkpoint_every: int = _num(0, 0)  # steps between checkpoints; 0 = off
+    # minutes between checkpoints (rank 0's clock), so that a preempted or killed job loses minutes; 0 = off
+    checkpoint_every_minutes: float = _num(30.0, 0)
     keep_checkpoints: int = _num(3, 1)  # keep the latest k checkpoints of the run, delete older ones
     # auto: a run whose directory holds a checkpoint resumes from the latest one (so a restarted job
-    # continues without extra flags); never: start from scratch, deleting the run's old checkpoints
+    # continues without extra flags); never: start from scratch, moving the run's old files aside
     resume: str = _choice("auto", ("auto", "never"))
-    # fault injection for tests and drills: rank `fault_rank` raises (or SIGKILLs itself) right after
-    # step `fault_at_step`, only in a job that started from scratch and was not restarted by torchrun
-    # (so the same command, run again, resumes and finishes); 0 disables
+    # resume a checkpoint saved under a config whose identity keys differ (listed when refused)
+    allow_config_change: bool = False
+    # fault injection for tests and drills, right after step `fault_at_step` on rank `fault_rank`, only in a job
+    # that started from scratch and was not restarted by torchrun (so the same command, run again, resumes and
+    # finishes); 0 disables. kill: the rank SIGKILLs itself; raise: it raises; term: it gets SIGTERM (a worker
+    # preempted alone); term_launcher / kill_launcher: its torchrun launcher gets SIGTERM (Slurm's preemption
+    # or time limit) / SIGKILL (the node's agent dies)
     fault_at_step: int = _num(0, 0)
     fault_rank: int = _num(0, 0)
-    fault: str = _choice("kill", ("kill", "raise"))
+    fault: str = _choice("kill", ("kill", "raise", "term", "term_launcher", "kill_launcher"))
     progress_bar: bool = True
 
 
@@ -588,6 +596,11 @@ def check_config(cfg: Config) -> None:
             )
     if model.merge == "inner_trans" and model.token_dim % model.inner_trans_heads:
         raise ConfigError("config key 'model.inner_trans_heads' must divide model.token_dim")
+    if cfg.train.checkpoint_every and not cfg.train.checkpoint:
+        raise ConfigError(
+            f"config key 'train.checkpoint_every' ({cfg.train.checkpoint_every}) asks for checkpoints that "
+            "train.checkpoint=false turns off; drop one of the two"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------

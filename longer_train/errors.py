@@ -17,6 +17,9 @@ import time
 from typing import Callable
 
 EXIT_INPUT_ERROR = 2  # bad input, as argparse's usage errors
+# stopped by a signal with a checkpoint written (EX_TEMPFAIL): not 0, so torchrun restarts the workers and the
+# Slurm script requeues the job; running the same command again resumes
+EXIT_STOPPED = 75
 
 
 class InputError(ValueError):
@@ -58,12 +61,8 @@ def one_line(err: BaseException) -> str:
     return " ".join(part.strip() for part in text.splitlines() if part.strip()) or type(err).__name__
 
 
-def report(prog: str, err: BaseException) -> int:
-    """Print `err` as one line on stderr (with the rank under torchrun), record it for torchrun's failure
-    summary, and return the exit code."""
-    rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
-    line = f"{prog}: error{f' (rank {rank})' if rank is not None else ''}: {one_line(err)}"
-    print(line, file=sys.stderr, flush=True)
+def _record_for_torchrun(line: str) -> None:
+    """Under torchrun, `line` becomes this rank's entry in the job's failure summary."""
     error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if error_file:
         # a plain-string message: torchrun's summary prints it as it is (a dict would print a traceback)
@@ -72,7 +71,25 @@ def report(prog: str, err: BaseException) -> int:
                 json.dump({"message": line, "timestamp": int(time.time())}, f)
         except OSError:
             pass
+
+
+def report(prog: str, err: BaseException) -> int:
+    """Print `err` as one line on stderr (with the rank under torchrun), record it for torchrun's failure
+    summary, and return the exit code."""
+    rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    line = f"{prog}: error{f' (rank {rank})' if rank is not None else ''}: {one_line(err)}"
+    print(line, file=sys.stderr, flush=True)
+    _record_for_torchrun(line)
     return EXIT_INPUT_ERROR
+
+
+def report_stopped(prog: str, message: str) -> int:
+    """A run stopped on request: `message` once (rank 0) on stderr and in torchrun's summary; EXIT_STOPPED."""
+    line = f"{prog}: {message}"
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr, flush=True)
+    _record_for_torchrun(line)
+    return EXIT_STOPPED
 
 
 def run_cli(prog: str, fn: Callable[[], int], debug: bool = False,

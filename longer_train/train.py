@@ -16,7 +16,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from .components.run_logger import setup_logging
 from .config import load_config
-from .errors import add_debug_flag, debug_enabled, run_cli
+from .errors import add_debug_flag, debug_enabled, report_stopped, run_cli
 
 
 def _train(configs: list[str], overrides: list[str], debug: bool) -> int:
@@ -24,10 +24,17 @@ def _train(configs: list[str], overrides: list[str], debug: bool) -> int:
     setup_logging(all_ranks=cfg.logging.all_ranks, debug=debug)
 
     from .distributed.process_group import destroy_distributed
-    from .trainer import Trainer  # heavy imports (torchrec) only once the config is valid
+    from .trainer import Trainer, TrainingStopped  # heavy imports (torchrec) only once the config is valid
 
     try:
         Trainer(cfg).train()
+    except TrainingStopped as stop:
+        saved = (f"checkpoint saved ({stop.checkpoint})" if stop.checkpoint
+                 else "no checkpoint (train.checkpoint=false: the run starts over)")
+        return report_stopped(
+            "longer-train", f"stopped at step {stop.step} by {stop.signal_name}, {saved}; run the same command "
+            "to resume"
+        )
     finally:
         destroy_distributed()
     return 0

@@ -15,8 +15,6 @@ global batch, as in one process (tests/distributed/test_sharding_parity.py check
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
@@ -26,15 +24,18 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+import torch.distributed as dist
 from torch.nn.utils import clip_grad_norm_
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
-from .components.checkpoint import CheckpointManager, load_checkpoint, saved_keys
+from .components.checkpoint import CheckpointManager, CheckpointRefused, load_checkpoint, saved_keys
 from .components.metrics import RankingMetrics
 from .components.metrics_processor import MetricsProcessor
 from .components.optimizer import apply_sparse_optimizer, build_lr_scheduler, build_optimizer
+from .components.preemption import StopRequests
+from .components.run_dir import RunInUse, RunLock, config_changes, default_run_name, move_aside
 from .components.run_logger import RunLogger
-from .config import Config, check_table_memory, non_default, to_dict
+from .config import Config, ConfigError, check_table_memory, to_dict
 from .data.batch import Batch
 from .data.loader import build_dataloader
 from .data.vocab import resolve_num_embeddings
@@ -47,24 +48,14 @@ from .models.ranking import build_model
 
 log = logging.getLogger(__name__)
 
-# keys that do not change what a run computes: a job re-launched with other values of these keeps its run
-# directory (and so its checkpoints)
-_RUN_INDEPENDENT = (
-    "run_name", "resume", "fault_at_step", "fault_rank", "fault", "progress_bar", "log_every", "checkpoint_every",
-    "keep_checkpoints", "runs_table", "metrics_window",
-)
 
+class TrainingStopped(Exception):
+    """A stop signal ended the run at a step boundary (components/preemption.py); `checkpoint` is the one
+    written there, None when checkpoints are off."""
 
-def default_run_name(cfg: Config) -> str:
-    """`<model>-<hash of the config's non-default values>`: the same command finds its run (and
-    checkpoints) again. Fields holding their default do not enter the hash, so a later version that adds
-    a config field (with a default) still finds the runs of an earlier one; nor do logging and the keys
-    that do not change what is trained (_RUN_INDEPENDENT)."""
-    resolved = non_default(cfg)
-    resolved["train"] = {k: v for k, v in resolved.get("train", {}).items() if k not in _RUN_INDEPENDENT}
-    resolved.pop("logging", None)
-    digest = hashlib.sha1(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return f"{cfg.model.name}-{digest}"
+    def __init__(self, step: int, signal_name: str, checkpoint: Path | None) -> None:
+        super().__init__(f"stopped at step {step} ({signal_name})")
+        self.step, self.signal_name, self.checkpoint = step, signal_name, checkpoint
 
 
 class ClipThenStep:
@@ -92,6 +83,13 @@ class Trainer:
         resolve_num_embeddings(cfg.data)  # num_embeddings: auto -> the dataset's vocabulary sizes (meta.json)
         check_table_memory(cfg)  # again, now that every table size is known
         self.env = env = init_distributed(cfg.train.device, cfg.parallel.collective_timeout_s)
+        _check_fault_drill(cfg, env.world_size)
+        # from here on SIGTERM / SIGINT stop the run at a step boundary with a checkpoint
+        self.stops = StopRequests(cfg.train.checkpoint_every_minutes)
+        self.stops.install()
+        self.run_dir = Path(cfg.train.output_dir) / (cfg.train.run_name or default_run_name(cfg, env.world_size))
+        self.lock = RunLock(self.run_dir)
+        self._lock_run_dir()
         if env.device.type == "cpu":
             keep_freed_memory()  # a step's large buffers come back from the heap, not from the kernel
         torch.manual_seed(cfg.train.seed)  # identical dense init on every rank
@@ -126,7 +124,6 @@ class Trainer:
             "step": 0, "epoch": 0, "batch_in_epoch": 0, "train_time": 0.0, "train_samples": 0, "valid": {},
         }
 
-        self.run_dir = Path(cfg.train.output_dir) / (cfg.train.run_name or default_run_name(cfg))
         self.resolved = to_dict(cfg)
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", cfg.train.keep_checkpoints, env.is_main)
         self.logger = RunLogger(cfg, self.run_dir, self.resolved, enabled=env.is_main)
@@ -142,7 +139,21 @@ class Trainer:
         for line in format_plan(self.plan):
             self.logger.print(line)
         self.resumed_from: Path | None = None  # the checkpoint this run continued from (_resume_or_start)
+        self.finished: dict[str, Any] | None = None  # the summary of a run that had finished (_load)
         self._resume_or_start()
+
+    def _lock_run_dir(self) -> None:
+        """Rank 0 takes the run folder's lock for the job; every rank stops if another job holds it."""
+        holder = self.lock.acquire() if self.env.is_main else None
+        if self.env.world_size > 1:
+            box = [holder]
+            dist.broadcast_object_list(box, src=0)
+            holder = box[0]
+        if holder is not None:
+            raise RunInUse(
+                f"{self.run_dir} is being written by another job ({holder}); wait for it to end or stop it, "
+                "or give this one another train.run_name"
+            )
 
     @property
     def step(self) -> int:
@@ -158,7 +169,24 @@ class Trainer:
         return output
 
     def train(self) -> dict[str, Any]:
+        """Train to the end and return the run's summary; raises TrainingStopped when a stop signal ends it
+        early (a checkpoint is written first). A run that had finished only reports its summary again."""
+        try:
+            if self.finished is not None:
+                self.logger.print(
+                    f"run {self.run_dir} had finished at step {self.step}: nothing to train (its results are "
+                    "below); train.resume=never trains it again, another train.run_name starts a separate run"
+                )
+                self.logger.print(results_table(self.finished))
+                self.logger.record(self.finished)  # only if the runs table lost its line
+                return self.finished
+            return self._train()
+        finally:
+            self.stops.uninstall()
+
+    def _train(self) -> dict[str, Any]:
         cfg, env, progress = self.cfg, self.env, self.progress
+        self.logger.open()
         eval_every = cfg.train.eval_every or self.steps_per_epoch
         step_fn: Callable = self.pipeline.progress if self.pipeline is not None else self._plain_step
         self.model.train()
@@ -186,7 +214,7 @@ class Trainer:
             self.logger.print(f"data: skipped on all ranks (rows per reason; files): {counts}")
         test = self.evaluate("test")
         self.logger.log(self.step, {f"test/{k}": v for k, v in test.items()})
-        checkpoint = self.save() if cfg.train.checkpoint else None
+        checkpoint = self.checkpoints.path(self.step) if cfg.train.checkpoint else None
         summary = {
             "run": self.run_dir.name, "model": cfg.model.name, "merge": cfg.model.merge,
             "merge_k": cfg.model.merge_k, "num_queries": cfg.model.num_queries,
@@ -197,6 +225,8 @@ class Trainer:
             **{f"valid_{k}": v for k, v in progress["valid"].items()}, **{f"test_{k}": v for k, v in test.items()},
             "checkpoint": str(checkpoint) if checkpoint else None, "data_root": cfg.data.root,
         }
+        if checkpoint:
+            self.save(summary)  # the summary marks the run finished: a re-run reports it instead of training
         self.logger.finish(summary)
         self.logger.print(results_table(summary))
         return summary
@@ -232,21 +262,39 @@ class Trainer:
                 self.logger.log(self.step, {f"valid/{k}": v for k, v in progress["valid"].items()})
                 self.model.train()
             every = cfg.train.checkpoint_every
-            if cfg.train.checkpoint and every and self.step % every == 0 and self.step < self.total_steps:
+            saved = cfg.train.checkpoint and every and self.step % every == 0 and self.step < self.total_steps
+            if saved:
                 self.save()
             self._maybe_inject_fault()
+            if self.step < self.total_steps:
+                self._stop_or_save(already_saved=saved)
             if evaluated and self.pipeline is not None:
                 return "emptied"
         return "done"
+
+    def _stop_or_save(self, already_saved: bool) -> None:
+        """At a step boundary, with every rank: save if `train.checkpoint_every_minutes` has passed or a stop
+        signal came, then stop (TrainingStopped) if one came."""
+        stop, save = self.stops.poll(self.env.device)
+        checkpoint = None
+        if save and self.cfg.train.checkpoint:
+            checkpoint = self.checkpoints.path(self.step) if already_saved else self.save()
+        if stop:
+            self.logger.close(stopped=True)
+            received = self.stops.received.name if self.stops.received else "a stop signal on another rank"
+            raise TrainingStopped(self.step, received, checkpoint)
 
     def _maybe_inject_fault(self) -> None:
         cfg = self.cfg.train
         # only in a job's first life: not after torchrun restarted it, not once it resumed from a checkpoint
         first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0" and self.resumed_from is None
-        if cfg.fault_at_step and self.step == cfg.fault_at_step and self.env.rank == cfg.fault_rank and first_attempt:
-            if cfg.fault == "kill":
-                os.kill(os.getpid(), signal.SIGKILL)
+        if not (cfg.fault_at_step and self.step == cfg.fault_at_step and self.env.rank == cfg.fault_rank
+                and first_attempt):
+            return
+        if cfg.fault == "raise":
             raise RuntimeError(f"injected fault on rank {self.env.rank} after step {self.step} (train.fault_at_step)")
+        target = os.getppid() if cfg.fault.endswith("_launcher") else os.getpid()
+        os.kill(target, signal.SIGKILL if cfg.fault.startswith("kill") else signal.SIGTERM)
 
     def _empty_pipeline(self) -> None:
         """Finish the input all-to-alls in flight, give the sharded modules their plain forwards back and
@@ -301,31 +349,50 @@ class Trainer:
             f"rank{self.env.rank}": rng,
         }
 
-    def save(self) -> Path:
+    def save(self, summary: dict[str, Any] | None = None) -> Path:
+        """Write a checkpoint of this step (all ranks); `summary`: the finished run's results, which mark it
+        finished."""
         # the small, rank-independent state goes into meta.json, written inside the checkpoint before it
         # becomes visible: schedule and progress (step, data position, counters, last validation metrics)
         meta = {
             "step": self.step, "world_size": self.env.world_size, "plan": self.plan, "config": self.resolved,
             "progress": self.progress, "scheduler": self.scheduler.state_dict(),
+            **({"summary": summary} if summary is not None else {}),
         }
         path = self.checkpoints.save(self.step, self._state(), meta)
+        self.stops.saved()
         self.logger.print(f"checkpoint: {path}")
         return path
 
     def _resume_or_start(self) -> None:
         if self.cfg.train.resume == "never":
-            self.checkpoints.clear()
+            moved = move_aside(self.run_dir) if self.env.is_main else None
+            if self.env.world_size > 1:
+                dist.barrier()
+            if moved is not None:
+                self.logger.print(f"train.resume=never: the previous files of {self.run_dir} (checkpoints, "
+                                  f"metrics, W&B) moved to {moved}; delete that folder if you do not need it")
             return
         # the newest checkpoint that verifies against its manifest and loads; those passed over are reported
         self.resumed_from = self.checkpoints.load_newest(self._load, log.warning)
-        if self.resumed_from is not None:
-            self.logger.print(
-                f"resumed from {self.resumed_from} at step {self.step} (saved with "
-                f"world_size={self._saved_world_size}, now {self.env.world_size})"
-            )
+        if self.resumed_from is not None and self.finished is None:
+            line = f"resumed from {self.resumed_from} at step {self.step}"
+            if self._saved_world_size != self.env.world_size:
+                line += (f" (saved with world_size={self._saved_world_size}, now {self.env.world_size}: tables and "
+                         "optimizer state resharded, the epoch continues at the same fraction in another order)")
+            self.logger.print(line)
 
     def _load(self, path: Path, meta: dict[str, Any]) -> None:
-        """Load a verified checkpoint into the model, optimizers, schedule, progress and RNG (all ranks)."""
+        """Load a verified checkpoint into the model, optimizers, schedule, progress and RNG (all ranks). A
+        checkpoint of another config is refused (CheckpointRefused) unless `train.allow_config_change`."""
+        changes = config_changes(meta.get("config", {}), self.cfg)
+        if changes and not self.cfg.train.allow_config_change:
+            raise CheckpointRefused(
+                f"{path} was saved by a run with another config ({'; '.join(changes)}): give this config "
+                "another train.run_name, or resume under it with train.allow_config_change=true"
+            )
+        if changes:
+            log.warning("resuming %s under a changed config: %s", path, "; ".join(changes))
         self.optimizer.init_state()  # creates the dense optimizer's state tensors to load into
         state = self._state()
         rank_key = f"rank{self.env.rank}"
@@ -338,6 +405,8 @@ class Trainer:
         for group, lr in zip(self.scheduler.optimizer.param_groups, self.scheduler.get_last_lr()):
             group["lr"] = lr  # param_groups are not in the optimizer state dict; the schedule knows the lr
         self.progress.update(meta["progress"])
+        # finished: its last step trained and evaluated (a run extended under an allowed change goes on)
+        self.finished = meta.get("summary") if self.step >= self.total_steps else None
         if rank_key in state:
             torch.set_rng_state(state[rank_key]["torch"])
             if "cuda" in state[rank_key] and torch.cuda.is_available():
@@ -348,6 +417,19 @@ class Trainer:
             # of the epoch (exact resume needs the same world size)
             done = self.progress["batch_in_epoch"] * saved_world
             self.progress["batch_in_epoch"] = min(math.ceil(done / self.env.world_size), self.steps_per_epoch)
+
+def _check_fault_drill(cfg: Config, world_size: int) -> None:
+    """A fault drill that cannot happen in this job is a config error, not a run without the drill."""
+    train = cfg.train
+    if not train.fault_at_step:
+        return
+    if train.fault_rank >= world_size:
+        raise ConfigError(f"config key 'train.fault_rank' ({train.fault_rank}) names no rank of this job "
+                          f"(world size {world_size})")
+    if train.fault.endswith("_launcher") and "TORCHELASTIC_RUN_ID" not in os.environ:
+        raise ConfigError(f"config key 'train.fault' ({train.fault}) needs a torchrun launcher "
+                          "(launch/torchrun.sh); this process has none")
+
 
 def _format(metrics: dict[str, float], split: str) -> str:
     keys = ("auc", "gauc", "logloss", "calibration")

@@ -5,8 +5,8 @@ import dataclasses
 
 from test_config import QUICKSTART
 
+from longer_train.components.run_dir import default_run_name
 from longer_train.config import ModelConfig, load_config
-from longer_train.trainer import default_run_name
 
 
 def _name(*overrides: str) -> str:

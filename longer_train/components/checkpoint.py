@@ -30,6 +30,7 @@ from typing import Any, Callable
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.api import CheckpointException
 
 from ..errors import InputError, one_line
 
@@ -43,6 +44,10 @@ log = logging.getLogger(__name__)
 
 class CheckpointError(InputError):
     """A checkpoint is missing, incomplete, fails verification against its manifest or cannot be loaded."""
+
+
+class CheckpointRefused(CheckpointError):
+    """A checkpoint that verifies but must not be resumed (another run's config): no fallback to an older one."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -170,9 +175,13 @@ class CheckpointManager:
         found = candidates(self.directory)
         return found[0] if found else None
 
+    def path(self, step: int) -> Path:
+        """Where the checkpoint of `step` is (or will be)."""
+        return self.directory / f"step_{step:08d}"
+
     def save(self, step: int, state: dict[str, Any], meta: dict[str, Any]) -> Path:
         """Save `state` (all ranks call this) as `step_<step>`; returns that path."""
-        final = self.directory / f"step_{step:08d}"
+        final = self.path(step)
         tmp = self.directory / f".step_{step:08d}.tmp"
         old = self.directory / f".step_{step:08d}.old"
         if self.is_main:
@@ -237,7 +246,9 @@ class CheckpointManager:
             if problem is None:
                 try:
                     load(path, meta)  # the DCP load is collective and raises on every rank if one fails
-                except Exception as err:
+                except CheckpointRefused:
+                    raise
+                except (Exception, CheckpointException) as err:  # DCP's CheckpointException is a BaseException
                     problem = f"cannot be loaded ({type(err).__name__}: {one_line(err)})"
                 problem = _first_problem(problem)
             if problem is None:
@@ -251,11 +262,6 @@ class CheckpointManager:
             )
         return None
 
-    def clear(self) -> None:
-        """Delete every checkpoint of the run (a fresh start with `train.resume=never`)."""
-        if self.is_main and self.directory.is_dir():
-            shutil.rmtree(self.directory)
-        dist.barrier()
 
 
 def find_checkpoint(path: str | Path, say: Callable[[str], None] | None = None) -> Path:

@@ -46,6 +46,14 @@ class _DropMessage(logging.Filter):
         return not self.pattern.search(record.getMessage())
 
 
+def drop_log_messages(patterns: dict[str, str]) -> None:
+    """Drop the messages of each named logger that match its regex (added once, however often called)."""
+    for name, pattern in patterns.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessage) and f.pattern.pattern == pattern for f in logger.filters):
+            logger.addFilter(_DropMessage(pattern))
+
+
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is when a record is emitted (not the one at setup)."""
 
@@ -76,32 +84,45 @@ def setup_logging(all_ranks: bool = False, debug: bool = False) -> None:
     logging.getLogger("longer_train").setLevel(
         logging.DEBUG if debug else logging.INFO if rank == 0 or all_ranks else logging.ERROR
     )
-    for name, pattern in _NOISE_LOGS.items():
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropMessage) and f.pattern.pattern == pattern for f in logger.filters):
-            logger.addFilter(_DropMessage(pattern))
+    drop_log_messages(_NOISE_LOGS)
     for category, pattern in _NOISE_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern, category=category)
     logging.captureWarnings(True)  # the rest go through logging: shown once per place, rank-filtered
 
 
 class RunLogger:
+    """Rank 0's reports of a run (`enabled` on rank 0 only). The W&B run starts when training does (`open`),
+    not for a run that had finished; its id is kept in `<run>/wandb_run_id`, so a resumed or restarted run
+    continues the same W&B run (offline runs of one id are synced into one by `wandb sync`)."""
+
+    WANDB_ID_FILE = "wandb_run_id"
+
     def __init__(self, cfg: Config, run_dir: Path, resolved: dict[str, Any], enabled: bool) -> None:
-        self.cfg, self.run_dir, self.enabled = cfg, run_dir, enabled
+        self.cfg, self.run_dir, self.resolved, self.enabled = cfg, run_dir, resolved, enabled
         self.bar: tqdm | None = None
         self.wandb = None
-        if enabled and cfg.logging.wandb_mode != "disabled":
-            import wandb  # imported lazily: slow to import and not needed when disabled
 
-            os.environ.setdefault("WANDB_SILENT", "true")
-            run_dir.mkdir(parents=True, exist_ok=True)
-            self.wandb = wandb.init(
-                project=cfg.logging.wandb_project, group=cfg.logging.wandb_group, name=run_dir.name, dir=str(run_dir),
-                mode=cfg.logging.wandb_mode, config=resolved,
-            )
+    def open(self) -> None:
+        """Start (or resume) the run's W&B run."""
+        if not self.enabled or self.cfg.logging.wandb_mode == "disabled" or self.wandb is not None:
+            return
+        import wandb  # imported lazily: slow to import and not needed when disabled
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        id_file = self.run_dir / self.WANDB_ID_FILE
+        run_id = id_file.read_text().strip() if id_file.is_file() else None
+        self.wandb = wandb.init(
+            project=self.cfg.logging.wandb_project, group=self.cfg.logging.wandb_group, name=self.run_dir.name,
+            dir=str(self.run_dir), mode=self.cfg.logging.wandb_mode, config=self.resolved, id=run_id,
+            resume="allow" if run_id else None,
+        )
+        if run_id is None:
+            id_file.write_text(self.wandb.id + "\n")
 
     def start_progress(self, total: int, initial: int = 0) -> None:
-        if self.enabled and self.cfg.train.progress_bar:
+        """A progress bar on a terminal only: in a log file its redraws would be lines of their own."""
+        if self.enabled and self.cfg.train.progress_bar and sys.stderr.isatty():
             self.bar = tqdm(
                 total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, leave=False
             )
@@ -129,17 +150,42 @@ class RunLogger:
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
 
-    def finish(self, summary: dict[str, Any]) -> None:
-        """Close the progress bar and W&B, and append the run's results line to the runs table."""
-        if not self.enabled:
-            return
+    def close(self, stopped: bool = False) -> None:
+        """Close the progress bar and the W&B run; `stopped`: the run will be resumed (W&B marks it preempted)."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
         if self.wandb is not None:
-            self.wandb.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+            if stopped:
+                self.wandb.mark_preempting()
             self.wandb.finish()
+            self.wandb = None
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """The run finished: its summary to W&B, close, and append its results line to the runs table."""
+        if not self.enabled:
+            return
+        if self.wandb is not None:
+            self.wandb.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        self.close()
+        self.record(summary)
+
+    def record(self, summary: dict[str, Any]) -> bool:
+        """Append the run's results line to the runs table unless the table has it already (the same run and
+        checkpoint: a finished run run again); returns whether it was appended."""
+        if not self.enabled:
+            return False
         table = Path(self.cfg.train.runs_table)
+        if table.is_file():
+            for line in table.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(row, dict) and (row.get("run"), row.get("checkpoint")) == (
+                        summary.get("run"), summary.get("checkpoint")):
+                    return False
         table.parent.mkdir(parents=True, exist_ok=True)
         with table.open("a") as f:
             f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **summary}) + "\n")
+        return True

@@ -23,7 +23,11 @@ lengths decide the plan), and `bad_rows` / `bad_files: skip` re-read and re-vali
 
 from __future__ import annotations
 
+import atexit
+import functools
 import logging
+import multiprocessing
+import signal
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator
@@ -403,7 +407,10 @@ class ShardedLoader:
             self.stream, batch_size=None, num_workers=self.num_workers, collate_fn=_identity,
             persistent_workers=False, prefetch_factor=4 if self.num_workers else None,
             generator=torch.Generator(),  # its own: starting an epoch must not draw from the global RNG
+            worker_init_fn=_ignore_stop_signals if self.num_workers else None,
         )
+        if self.num_workers:
+            _end_workers_at_exit()
         for batch in loader:
             self.delivered += 1
             self.skipped.update(batch.skipped)
@@ -424,6 +431,31 @@ class ShardedLoader:
 
 def _identity(batch: Batch) -> Batch:
     return batch
+
+
+def _ignore_stop_signals(_worker: int) -> None:
+    """Workers ignore SIGINT and SIGTERM, which a terminal, torchrun (to the rank's process group) or Slurm
+    (to every process) sends with the one to the training process: that one stops at a step boundary and ends
+    its workers itself (components/preemption.py), while a worker that died of the signal would fail the step
+    it is finishing."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+@functools.cache
+def _end_workers_at_exit() -> None:
+    """Registered once: at interpreter exit, SIGKILL the workers an error left running. multiprocessing's own
+    exit hook ends daemon children with SIGTERM, which they ignore, then waits for them; this one is registered
+    later, so it runs first."""
+
+    def end() -> None:
+        children = multiprocessing.active_children()
+        if children:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # not the DataLoader's "worker killed" error
+            for child in children:
+                child.kill()
+
+    atexit.register(end)
 
 
 def build_dataloader(

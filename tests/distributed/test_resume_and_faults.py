@@ -1,15 +1,20 @@
-"""Launch and fault tolerance on 2 CPU ranks, through launch/torchrun.sh: a job killed with SIGKILL and
-started again with the same command continues from its latest checkpoint to exactly the losses and
-metrics of an uninterrupted run (bitwise), and so does a run whose latest checkpoint was damaged (it falls
-back to the previous one); so does the multi-node form (2 nodes x 1 process on this
-host); a checkpoint loads at another world size; --max-restarts restarts a killed worker and the job
-finishes; a rank that raises ends the job with its error instead of a hang."""
+"""Launch and fault tolerance on 2 CPU ranks, through launch/torchrun.sh, with the pipeline on and validation
+every 3 steps: a job killed with SIGKILL and started again with the same command continues from its latest
+checkpoint to exactly the losses and metrics of an uninterrupted run (bitwise), and so does a run whose latest
+checkpoint was damaged (it falls back to the previous one), a job whose launcher got SIGTERM (preemption: every
+rank finishes its step, writes a checkpoint and exits with one line), a worker that got SIGTERM alone
+(--max-restarts resumes it), and a job whose launcher was killed (its workers stop instead of running on as
+orphans); so does the multi-node form (2 nodes x 1 process on this host); a checkpoint loads at another world
+size; --max-restarts restarts a killed worker and the job finishes; a rank that raises ends the job with its
+error instead of a hang."""
 
+import fcntl
 import json
 import re
 import shutil
 import socket
 import subprocess
+import time
 
 import pytest
 from data_faults import bad_label_copy
@@ -22,6 +27,7 @@ def _command(tiny_data, tmp_path, name, *extra):
     return [
         "configs/quickstart.yaml", f"data.root={tiny_data}", "data.max_len=64",
         "data.batch_size=32", "data.num_workers=1", f"train.max_steps={STEPS}", "train.log_every=1",
+        "train.eval_every=3",  # mid-run validation under the pipeline (it must not disturb the next step)
         f"train.checkpoint_every={SAVE_AT}", f"train.output_dir={tmp_path}", f"train.run_name={name}",
         f"train.runs_table={tmp_path}/runs.jsonl", "logging.wandb_mode=disabled", "train.progress_bar=false",
         # the training metrics' window starts empty after a resume (it is not checkpointed); of 1 step it holds
@@ -140,4 +146,66 @@ def test_multi_node_form_trains_like_one_node(tiny_data, tmp_path, uninterrupted
     ]
     outputs = [node.communicate(timeout=300) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], [err[-3000:] for _, err in outputs]
+    assert _comparable(_metrics(tmp_path, "run")) == uninterrupted
+
+
+def _stopped_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if "stopped at step" in line]
+    assert len(lines) == 1, stderr[-3000:]  # one line, from rank 0
+    return lines[0]
+
+
+def test_sigterm_to_the_launcher_checkpoints_and_the_same_command_resumes_bitwise(tiny_data, tmp_path, uninterrupted):
+    command = _command(tiny_data, tmp_path, "run", f"train.fault_at_step={SAVE_AT + 1}", "train.fault=term_launcher",
+                       "train.fault_rank=1", "logging.wandb_mode=offline")
+    stopped = launch(command, NPROC_PER_NODE="2")
+    assert stopped.returncode == 128 + 15, stopped.stderr[-3000:]  # the launcher: ended by SIGTERM
+    line = _stopped_line(stopped.stderr)
+    step = int(re.search(r"stopped at step (\d+) by SIGTERM, checkpoint saved \((.*)\); run the same command to "
+                         "resume", line).group(1))
+    assert SAVE_AT < step < STEPS and "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
+    assert (tmp_path / "run" / "checkpoints" / f"step_{step:08d}" / "manifest.json").is_file()
+    assert not list((tmp_path / "run" / "checkpoints").glob(".*"))  # no half-written save left
+    resumed = launch(command, NPROC_PER_NODE="2")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert f"resumed from {tmp_path}/run/checkpoints/step_{step:08d} at step {step}" in resumed.stdout
+    assert _comparable(_metrics(tmp_path, "run")) == uninterrupted
+    # the resumed job continued the same W&B run
+    ids = {p.name.rsplit("-", 1)[1] for p in (tmp_path / "run" / "wandb").glob("offline-run-*")}
+    assert len(list((tmp_path / "run" / "wandb").glob("offline-run-*"))) == 2 and len(ids) == 1
+
+
+def test_sigterm_to_one_worker_is_restarted_by_max_restarts_bitwise(tiny_data, tmp_path, uninterrupted):
+    command = _command(tiny_data, tmp_path, "run", f"train.fault_at_step={SAVE_AT + 1}", "train.fault=term",
+                       "train.fault_rank=1")
+    proc = launch(command, NPROC_PER_NODE="2", MAX_RESTARTS="1")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    _stopped_line(proc.stderr)  # the first attempt stopped with a checkpoint, the restart resumed it
+    assert _comparable(_metrics(tmp_path, "run")) == uninterrupted
+
+
+def _wait_for_unlock(run_dir, timeout: float = 120) -> None:
+    """Until no process holds the run folder's lock (the job's rank 0 has exited)."""
+    deadline = time.monotonic() + timeout
+    with open(run_dir / "lock", "r+") as f:
+        while True:
+            try:
+                fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.lockf(f, fcntl.LOCK_UN)
+                return
+            except OSError:
+                assert time.monotonic() < deadline, "the workers outlived their launcher"
+                time.sleep(0.5)
+
+
+def test_a_killed_launcher_stops_its_workers_with_a_checkpoint(tiny_data, tmp_path, uninterrupted):
+    command = _command(tiny_data, tmp_path, "run", f"train.fault_at_step={SAVE_AT + 1}", "train.fault=kill_launcher",
+                       "train.fault_rank=1")
+    killed = launch(command, NPROC_PER_NODE="2")
+    assert killed.returncode == -9, killed.stderr[-3000:]  # launch.sh exec'd torchrun, which got SIGKILL
+    _wait_for_unlock(tmp_path / "run")
+    saved = sorted((tmp_path / "run" / "checkpoints").glob("step_*"))
+    assert int(saved[-1].name[5:]) > SAVE_AT  # the orphaned workers wrote a checkpoint as they stopped
+    resumed = launch(command, NPROC_PER_NODE="2")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert _comparable(_metrics(tmp_path, "run")) == uninterrupted
