@@ -10,6 +10,7 @@ code 2; `--debug` or `LONGER_DEBUG=1` shows its traceback instead (errors.py).
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from torch.distributed.elastic.multiprocessing.errors import record
@@ -28,6 +29,9 @@ def _train(configs: list[str], overrides: list[str], debug: bool) -> int:
 
     try:
         Trainer(cfg).train()
+    except KeyboardInterrupt:  # Ctrl-C before training started (once it has, the stop is handled: below)
+        print("longer-train: interrupted before training started; nothing was written", file=sys.stderr)
+        return 128 + signal.SIGINT
     except TrainingStopped as stop:
         saved = (f"checkpoint saved ({stop.checkpoint})" if stop.checkpoint
                  else "no checkpoint (train.checkpoint=false: the run starts over)")

@@ -41,7 +41,7 @@ from .data.loader import build_dataloader
 from .data.vocab import resolve_num_embeddings
 from .distributed.host_memory import keep_freed_memory
 from .distributed.parallelize import apply_compute_policies
-from .distributed.process_group import init_distributed
+from .distributed.process_group import DistEnv, init_distributed
 from .distributed.sharding import format_plan, init_tables, plan_summary, shard_model
 from .models.flops import longer_flops, transformer_config
 from .models.ranking import build_model
@@ -84,12 +84,19 @@ class Trainer:
         check_table_memory(cfg)  # again, now that every table size is known
         self.env = env = init_distributed(cfg.train.device, cfg.parallel.collective_timeout_s)
         _check_fault_drill(cfg, env.world_size)
-        # from here on SIGTERM / SIGINT stop the run at a step boundary with a checkpoint
+        # installed when training starts: from then on SIGTERM / SIGINT stop it at a step boundary with a checkpoint
         self.stops = StopRequests(cfg.train.checkpoint_every_minutes)
-        self.stops.install()
         self.run_dir = Path(cfg.train.output_dir) / (cfg.train.run_name or default_run_name(cfg, env.world_size))
         self.lock = RunLock(self.run_dir)
-        self._lock_run_dir()
+        try:
+            self._lock_run_dir()
+            self._build(cfg, env)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _build(self, cfg: Config, env: DistEnv) -> None:
+        """Model -> compute policies -> sharding -> optimizers -> data -> reporting, then resume or start."""
         if env.device.type == "cpu":
             keep_freed_memory()  # a step's large buffers come back from the heap, not from the kernel
         torch.manual_seed(cfg.train.seed)  # identical dense init on every rank
@@ -180,9 +187,11 @@ class Trainer:
                 self.logger.print(results_table(self.finished))
                 self.logger.record(self.finished)  # only if the runs table lost its line
                 return self.finished
+            self.stops.install()
             return self._train()
         finally:
             self.stops.uninstall()
+            self.lock.release()
 
     def _train(self) -> dict[str, Any]:
         cfg, env, progress = self.cfg, self.env, self.progress
@@ -298,8 +307,8 @@ class Trainer:
 
     def _empty_pipeline(self) -> None:
         """Finish the input all-to-alls in flight, give the sharded modules their plain forwards back and
-        drop the batches the pipeline fetched ahead; the next `progress()` rewrites the model and refills it
-        from the iterator the loop makes at the trained position (`progress`).
+        drop the batches the pipeline fetched ahead; the next `progress()` rewrites the model and refills the
+        pipeline from the iterator the loop makes at the trained position (`progress`).
 
         Why not TorchRec's detach() -> attach(): attach() with batches in flight re-runs the input
         distribution of batch i+1, whose all-to-alls already ran, and replaces its module contexts with
@@ -315,8 +324,9 @@ class Trainer:
             for request in context.input_dist_tensors_requests.values():
                 request.wait()
         pipeline.detach()
-        pipeline.reset()  # no batch in flight: the next progress() sees an empty pipeline
-        pipeline.attach()  # with no context, TorchRec rewrites the model again on the next fill
+        # no batch in flight: the next progress() attaches with no context, which makes it rewrite the model
+        # again when it fills the pipeline from the new iterator
+        pipeline.reset()
 
     # ------------------------------------------------------------------------------------------------
     @torch.no_grad()

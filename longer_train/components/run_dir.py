@@ -111,6 +111,11 @@ class RunLock:
         self.fd = fd  # kept open: closing any descriptor of the file would drop a POSIX lock
         return None
 
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # drops the lock
+            self.fd = None
+
 
 def move_aside(run_dir: Path) -> Path | None:
     """Move everything of a run folder but its lock into `<run>.replaced-<time>` (a fresh start that loses

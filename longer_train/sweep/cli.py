@@ -4,7 +4,7 @@ where it stopped), and write the summary (mean ± std per row, paired difference
 FLOPs, params, samples/s) and, for scaling sweeps, the power-law fits and figures.
 
     longer-sweep configs/sweeps/table2_rules.yaml --jobs 2
-    longer-sweep configs/sweeps/table2_rules.yaml train.max_steps=5 --results /tmp/smoke   # a quick smoke run
+    longer-sweep configs/sweeps/table2_rules.yaml train.max_steps=5 --seeds 1 --results /tmp/smoke   # a smoke run
     make reproduce [SWEEP=table2_rules] [JOBS=2]
 
 Files: <results>/<sweep>.jsonl (one line per finished run, appended as runs finish: commit it as it grows),
@@ -17,6 +17,7 @@ to continue. W&B: every run of a sweep is in the group named after the sweep (`l
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 import signal
@@ -178,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("spec", help="sweep spec YAML (configs/sweeps/)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="added to every run, after the spec's")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
+    parser.add_argument("--seeds", type=int, metavar="N",
+                        help="only the spec's first N seeds (a smoke run; default: all of them)")
     parser.add_argument("--threads", type=int, help="torch threads per run (default: cores // jobs)")
     parser.add_argument("--results", default="results/sweeps", help="results folder (default results/sweeps)")
     parser.add_argument("--runs", default="runs/sweeps", help="run folders (logs) (default runs/sweeps)")
@@ -186,14 +189,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="logging.wandb_mode of every run (default: the config's)")
     parser.add_argument("--report-only", action="store_true", help="write the summary from the results so far")
     parser.add_argument("--dry-run", action="store_true", help="print the runs' commands, run nothing")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value may follow the options (make reproduce)
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         parser.error(f"overrides must look like key=value, got {bad}")
     try:
         spec = load_spec(args.spec)
+        if args.seeds is not None:
+            if args.seeds < 1:
+                raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+            spec = dataclasses.replace(spec, seeds=spec.seeds[: args.seeds])
         threads = split_threads(args.jobs, args.threads, available_cores())
-        if not (args.dry_run or args.report_only):
+        own_data = any(o.startswith("data.root=") for o in args.overrides)  # the spec's data is not used
+        if not (args.dry_run or args.report_only or own_data):
             for prepare in spec.preparations():  # first: a run's config hash takes the vocabulary sizes from the data
                 ensure_prepared(*prepare)
         runs = spec.runs(args.overrides)

@@ -6,7 +6,8 @@ rank finishes its step, writes a checkpoint and exits with one line), a worker t
 (--max-restarts resumes it), and a job whose launcher was killed (its workers stop instead of running on as
 orphans); so does the multi-node form (2 nodes x 1 process on this host); a checkpoint loads at another world
 size; --max-restarts restarts a killed worker and the job finishes; a rank that raises ends the job with its
-error instead of a hang."""
+error instead of a hang; a node lost in the multi-node form ends the job, which resumes when launched again.
+docs/distributed.md, "Failure and restart", names these tests."""
 
 import fcntl
 import json
@@ -131,23 +132,30 @@ def test_a_data_error_is_one_line_in_the_jobs_failure_summary(tiny_data, tmp_pat
                      root_cause), proc.stderr[-3000:]
 
 
-def test_multi_node_form_trains_like_one_node(tiny_data, tmp_path, uninterrupted):
+def _two_nodes(command: list[str]) -> list[subprocess.CompletedProcess]:
+    """`launch/torchrun.sh` as on 2 nodes of 1 process each, through the c10d rendezvous on this host."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {"NNODES": "2", "NPROC_PER_NODE": "1", "RDZV_ENDPOINT": f"127.0.0.1:{port}", "RDZV_ID": "test"}
     nodes = [
-        subprocess.Popen(
-            [str(REPO / "launch" / "torchrun.sh"), *_command(tiny_data, tmp_path, "run")], cwd=REPO,
-            env={**launch_env(), **env, "NODE_RANK": str(rank)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in (0, 1)
+        subprocess.Popen([str(REPO / "launch" / "torchrun.sh"), *command], cwd=REPO, env={**launch_env(), **env},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
     ]
     outputs = [node.communicate(timeout=300) for node in nodes]
-    assert [node.returncode for node in nodes] == [0, 0], [err[-3000:] for _, err in outputs]
-    assert _comparable(_metrics(tmp_path, "run")) == uninterrupted
+    return [subprocess.CompletedProcess(n.args, n.returncode, out, err) for n, (out, err) in zip(nodes, outputs)]
 
+
+def test_multi_node_form_trains_like_one_node_and_survives_a_node_loss(tiny_data, tmp_path, uninterrupted):
+    """The rank of one "node" dies after the step-4 checkpoint (as when its machine goes down): the other
+    node's rank fails in its next collective and both launchers end the job (no hang); launched again on both
+    nodes, the job resumes from that checkpoint to the uninterrupted run's numbers."""
+    lost = _two_nodes(_command(tiny_data, tmp_path, "run", f"train.fault_at_step={SAVE_AT + 1}", "train.fault_rank=1"))
+    assert all(node.returncode != 0 for node in lost), [node.stderr[-2000:] for node in lost]
+    again = _two_nodes(_command(tiny_data, tmp_path, "run", f"train.fault_at_step={SAVE_AT + 1}", "train.fault_rank=1"))
+    assert [node.returncode for node in again] == [0, 0], [node.stderr[-3000:] for node in again]
+    assert _comparable(_metrics(tmp_path, "run")) == uninterrupted
 
 def _stopped_line(stderr: str) -> str:
     lines = [line for line in stderr.splitlines() if "stopped at step" in line]
