@@ -61,6 +61,16 @@ def test_loader_warnings_and_the_training_loss_reach_the_console(tiny, tmp_path,
     assert all(" lr " in line and "samples/s" in line for line in lines)
 
 
+def test_the_progress_bar_shows_on_a_terminal_only(tiny, tmp_path, capsys, monkeypatch):
+    args = [*_args(tiny, tmp_path, "train.progress_bar=true"), "train.run_name=bar"]
+    assert train_main(args) == 0  # stderr is not a terminal here: no bar, no carriage-return redraws
+    err = capsys.readouterr().err
+    assert "\r" not in err and "step/s" not in err, err[-500:]
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    assert train_main([*args[:-1], "train.run_name=bar-tty"]) == 0
+    assert "step/s" in capsys.readouterr().err  # the same run on a terminal draws it
+
+
 def test_logging_is_rank_aware(monkeypatch, capsys):
     log = logging.getLogger("longer_train.test")
     monkeypatch.setenv("RANK", "1")
