@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -596,6 +597,12 @@ def check_config(cfg: Config) -> None:
             )
     if model.merge == "inner_trans" and model.token_dim % model.inner_trans_heads:
         raise ConfigError("config key 'model.inner_trans_heads' must divide model.token_dim")
+    name = cfg.train.run_name
+    if name is not None and (not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+=-]*", name) or ".." in name):
+        raise ConfigError(
+            f"config key 'train.run_name' must be a plain name (letters, digits and . _ + = -, no '/' or '..': "
+            f"a folder inside train.output_dir), got {name!r}"
+        )
     if cfg.train.checkpoint_every and not cfg.train.checkpoint:
         raise ConfigError(
             f"config key 'train.checkpoint_every' ({cfg.train.checkpoint_every}) asks for checkpoints that "

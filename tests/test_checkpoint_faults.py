@@ -1,8 +1,11 @@
 """Damaged checkpoints are never used silently. A run's latest checkpoint truncated, deleted in part or
-altered (bytes flipped in weights or in optimizer state): resuming falls back to the previous checkpoint
-and says why; when none verifies the run stops with one clear error; `longer-serve` and export refuse a
-damaged checkpoint (or, given the run, take the newest that verifies)."""
+altered (bytes flipped in weights or in optimizer state), or garbage under a manifest rewritten to match it:
+resuming falls back to the previous checkpoint and says why; when none verifies the run stops with one clear
+error and overwrites nothing; an entry named like a checkpoint that is none is reported; a failed save is one
+line and leaves the earlier checkpoints; `longer-serve` and export refuse a damaged checkpoint (or, given the
+run, take the newest that verifies)."""
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -11,7 +14,7 @@ import pytest
 from test_config import QUICKSTART
 from torch.distributed.checkpoint import FileSystemReader
 
-from longer_train.components.checkpoint import CheckpointError
+from longer_train.components.checkpoint import CheckpointError, file_digest
 from longer_train.config import load_config
 from longer_train.data import synthetic
 from longer_train.distributed.process_group import destroy_distributed
@@ -152,3 +155,93 @@ def test_serving_refuses_a_checkpoint_with_flipped_weights(finished, tmp_path, c
     assert serve_main(_score(out / "run", finished[0], tmp_path)) == 0
     err = capsys.readouterr().err
     assert f"checkpoint {checkpoint} skipped" in err and (tmp_path / "s.parquet").exists()
+
+
+def _reseal(checkpoint: Path) -> None:
+    """Rewrite the manifest so that it matches the files as they now are (a self-consistent garbage checkpoint)."""
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    manifest["files"] = {name: file_digest(checkpoint / name) for name in manifest["files"]}
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_garbage_with_a_matching_manifest_falls_back_in_training_and_is_refused_in_serving(finished, tmp_path,
+                                                                                           caplog, capsys):
+    """DCP's load error is a BaseException (CheckpointException): it still goes through the fallback."""
+    out = _copy(finished, tmp_path)
+    checkpoint = out / "run" / "checkpoints" / STEP4
+    (checkpoint / "__0_0.distcp").write_bytes(b"\x00garbage" * 1000)
+    (checkpoint / "meta.json").write_bytes(b"\xff\xfe not json")
+    _reseal(checkpoint)
+    caplog.set_level(logging.WARNING, logger="longer_train")
+    try:
+        trainer = Trainer(load_config(QUICKSTART, _overrides(finished[0], out)))
+    finally:
+        destroy_distributed()
+    assert trainer.resumed_from.name == STEP2
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skipped) == 1 and f"{STEP4} skipped: " in skipped[0] and "meta.json" in skipped[0], skipped
+    (checkpoint / "meta.json").write_text((out / "run" / "checkpoints" / STEP2 / "meta.json").read_text())
+    _reseal(checkpoint)  # now only the tensors are garbage: the DCP load itself fails
+    for command in (_score(checkpoint, finished[0], tmp_path), ["export", "--checkpoint", str(checkpoint),
+                                                                 "--out", str(tmp_path / "export")]):
+        capsys.readouterr()
+        assert serve_main(command) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "cannot be loaded" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("kind", ["folder without manifest", "empty folder", "file"])
+def test_a_step_entry_that_is_no_checkpoint_is_reported_in_one_line(finished, tmp_path, caplog, capsys, kind):
+    out = _copy(finished, tmp_path)
+    entry = out / "run" / "checkpoints" / "step_00000006"
+    if kind == "file":
+        entry.write_text("not a checkpoint")
+    elif kind == "empty folder":
+        entry.mkdir()
+    else:
+        shutil.copytree(out / "run" / "checkpoints" / STEP4, entry)
+        (entry / "manifest.json").unlink()
+    caplog.set_level(logging.WARNING, logger="longer_train")
+    try:
+        trainer = Trainer(load_config(QUICKSTART, _overrides(finished[0], out)))
+    finally:
+        destroy_distributed()
+    assert trainer.resumed_from.name == STEP4
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert skipped == [f"checkpoint {entry} skipped: not a complete checkpoint "
+                       f"(a {'file' if kind == 'file' else 'folder without manifest.json'})"]
+    capsys.readouterr()
+    assert serve_main(_score(out / "run", finished[0], tmp_path)) == 0  # serving a run folder says so too
+    assert f"checkpoint {entry} skipped: not a complete checkpoint" in capsys.readouterr().err
+
+
+def test_checkpoints_without_manifests_are_not_overwritten_by_a_fresh_start(finished, tmp_path, capsys):
+    out = _copy(finished, tmp_path)
+    for step in (STEP2, STEP4):
+        (out / "run" / "checkpoints" / step / "manifest.json").unlink()
+    before = {p: p.read_bytes() for p in (out / "run" / "checkpoints").rglob("*") if p.is_file()}
+    assert train_main([str(QUICKSTART), *_overrides(finished[0], out)]) == 2
+    err = capsys.readouterr().err
+    assert "longer-train: error: no checkpoint of" in err and "not a complete checkpoint" in err
+    assert "train.resume=never" in err and "Traceback" not in err
+    assert {p: p.read_bytes() for p in (out / "run" / "checkpoints").rglob("*") if p.is_file()} == before
+
+
+def test_a_failed_save_is_one_line_and_keeps_the_earlier_checkpoints(finished, tmp_path, monkeypatch, capsys):
+    """ENOSPC inside DCP's save arrives as its CheckpointException (a BaseException) naming the rank's OSError."""
+    out = _copy(finished, tmp_path)
+    from torch.distributed.checkpoint.api import CheckpointException, _wrap_exception
+
+    def full_disk(*args, **kwargs):
+        try:
+            raise OSError(28, "No space left on device", str(out / "run" / "checkpoints" / ".step_00000006.tmp"))
+        except OSError as err:
+            raise CheckpointException("save failed", {0: _wrap_exception(err)}) from None
+
+    monkeypatch.setattr("longer_train.components.checkpoint.dcp.save", full_disk)
+    args = [str(QUICKSTART), *_overrides(finished[0], out), "train.max_steps=6", "train.allow_config_change=true"]
+    assert train_main(args) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("longer-train: error")]
+    assert len(err) == 1 and "saving checkpoint" in err[0] and "step_00000006 failed" in err[0], err
+    assert "No space left on device" in err[0] and ".step_00000006.tmp" in err[0]
+    assert sorted(p.name for p in (out / "run" / "checkpoints").iterdir()) == [STEP2, STEP4]  # nothing left behind

@@ -35,11 +35,15 @@ def test_quickstart_loads_and_overrides_apply():
         ("data.tables.item.oov=zero", ["'data.tables.item.oov'", "oov_row"]),
         ("data.num_workers=-1", ["'data.num_workers'", ">= 0"]),
         ("parallel.compile=maybe", ["'parallel.compile'", "bool"]),
+        ("train.run_name=../../escape_dir", ["'train.run_name'", "plain name", "escape_dir"]),
+        ("train.run_name=/abs/run", ["'train.run_name'", "no '/'"]),
+        ("train.run_name=a..b", ["'train.run_name'", "'..'"]),
+        ("train.checkpoint_every=1 train.checkpoint=false", ["'train.checkpoint_every'", "train.checkpoint=false"]),
     ],
 )
 def test_bad_keys_are_named(override, expected):
     with pytest.raises(ConfigError) as err:
-        load_config(QUICKSTART, [override])
+        load_config(QUICKSTART, override.split())
     for fragment in expected:
         assert fragment in str(err.value)
     assert str(QUICKSTART) in str(err.value)

@@ -128,6 +128,15 @@ def _broadcast(value: Any) -> Any:
     return box[0]
 
 
+def _gather(part: dict[str, Any]) -> dict[str, Any]:
+    """The union of every rank's dict (a collective under a process group)."""
+    if not _distributed():
+        return part
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, part)
+    return {k: v for p in parts for k, v in p.items()}
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -146,6 +155,24 @@ def _write_durably(path: Path, text: str) -> None:
 def _step_of(path: Path) -> int:
     match = _STEP_DIR.match(path.name) or _REPLACED_DIR.match(path.name)
     return int(match.group(1))
+
+
+def describe_failure(err: BaseException) -> str:
+    """One line for an error of a checkpoint load or save: DCP's CheckpointException (a BaseException holding
+    each failed rank's exception and traceback) as each rank's own error."""
+    if isinstance(err, CheckpointException):
+        return "; ".join(f"rank {rank}: {type(exc).__name__}: {one_line(exc)}"
+                         for rank, (exc, _trace) in sorted(err.failures.items()))
+    return f"{type(err).__name__}: {one_line(err)}"
+
+
+def incomplete(directory: Path) -> list[Path]:
+    """Entries named like a checkpoint (`step_<N>`) that are not one: a folder without a manifest (empty, copied
+    in part, or written by something else) or a file. A save in progress is a hidden `.step_<N>.tmp`, not this."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if _STEP_DIR.match(p.name) and not (p / MANIFEST).is_file())
 
 
 def candidates(directory: Path) -> list[Path]:
@@ -180,20 +207,34 @@ class CheckpointManager:
         return self.directory / f"step_{step:08d}"
 
     def save(self, step: int, state: dict[str, Any], meta: dict[str, Any]) -> Path:
-        """Save `state` (all ranks call this) as `step_<step>`; returns that path."""
+        """Save `state` (all ranks call this) as `step_<step>`; returns that path. A failure on any rank (a full
+        disk, a lost mount, DCP's own errors) is a CheckpointError on every rank, naming the checkpoint and each
+        failure; the half-written save is removed and the earlier checkpoints stay as they were."""
         final = self.path(step)
         tmp = self.directory / f".step_{step:08d}.tmp"
         old = self.directory / f".step_{step:08d}.old"
-        if self.is_main:
+
+        def on_all_ranks(action: Callable[[], Any], main_only: bool = False) -> Any:
+            """Run `action` (on rank 0 only if `main_only`); every rank raises if it failed on any."""
+            result, problem = None, None
+            if self.is_main or not main_only:
+                try:
+                    result = action()
+                except (Exception, CheckpointException) as err:  # noqa: B036 -- DCP's is a BaseException
+                    problem = describe_failure(err)
+            problem = _first_problem(problem)
+            if problem is not None:
+                if self.is_main:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                raise CheckpointError(f"saving checkpoint {final} failed ({problem}); the earlier checkpoints of "
+                                      f"{self.directory} are kept")
+            return result
+
+        def start() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-        dist.barrier()
-        dcp.save(state, checkpoint_id=str(tmp))
-        if self.is_main:
-            _write_durably(tmp / "meta.json", json.dumps(meta, indent=2, default=str))
-        dist.barrier()
-        digests = self._digest(tmp)
-        if self.is_main:
+
+        def publish(digests: dict[str, dict[str, Any]]) -> None:
             manifest = {"format": _FORMAT, "algorithm": "sha256", "files": digests}
             _write_durably(tmp / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
             _fsync(tmp)
@@ -202,22 +243,25 @@ class CheckpointManager:
                 final.rename(old)
             tmp.rename(final)
             _fsync(self.directory)
+
+        on_all_ranks(start, main_only=True)
+        on_all_ranks(lambda: dcp.save(state, checkpoint_id=str(tmp)))
+        on_all_ranks(lambda: _write_durably(tmp / "meta.json", json.dumps(meta, indent=2, default=str)),
+                     main_only=True)
+        # each rank hashes a share of the files rank 0 lists (the listings of a shared folder must agree)
+        names = _broadcast(on_all_ranks(
+            lambda: sorted(p.name for p in tmp.iterdir() if p.is_file() and p.name != MANIFEST), main_only=True))
+        rank, world = (dist.get_rank(), dist.get_world_size()) if _distributed() else (0, 1)
+        mine = on_all_ranks(lambda: {name: file_digest(tmp / name) for name in names[rank::world]})
+        digests = _gather(mine)
+        on_all_ranks(lambda: publish(digests), main_only=True)
+        if self.is_main:
             shutil.rmtree(old, ignore_errors=True)
             for stale in self.complete()[: -self.keep]:
                 shutil.rmtree(stale, ignore_errors=True)
-        dist.barrier()
+        if _distributed():
+            dist.barrier()
         return final
-
-    def _digest(self, path: Path) -> dict[str, dict[str, Any]]:
-        """Digests of every file of a checkpoint being written; each rank hashes a share of the files."""
-        names = _broadcast(sorted(p.name for p in path.iterdir() if p.is_file() and p.name != MANIFEST))
-        rank, world = (dist.get_rank(), dist.get_world_size()) if _distributed() else (0, 1)
-        mine = {name: file_digest(path / name) for name in names[rank::world]}
-        if world == 1:
-            return mine
-        parts: list = [None] * world
-        dist.all_gather_object(parts, mine)
-        return {name: digest for part in parts for name, digest in part.items()}
 
     def verify(self, path: Path) -> str | None:
         """What is wrong with a checkpoint's files, or None; every rank checks a share of the files and all
@@ -235,21 +279,25 @@ class CheckpointManager:
         loaded, None when the run has no checkpoint, and raises CheckpointError when it has some but none
         is usable (a run must not silently start over)."""
         problems = []
+        for path in _broadcast(incomplete(self.directory)):
+            problem = f"not a complete checkpoint (a {'folder without ' + MANIFEST if path.is_dir() else 'file'})"
+            say(f"checkpoint {path} skipped: {problem}")
+            problems.append(f"{path.name}: {problem}")
         for path in _broadcast(candidates(self.directory)):
             problem = self.verify(path)
             if problem is None:
                 try:
                     meta = read_meta(path)
-                except (ValueError, OSError) as err:  # verified, so only a manifest written with it broken
-                    problem = f"meta.json cannot be read ({one_line(err)})"
+                except CheckpointError as err:  # verified, so only a manifest written with it broken
+                    problem = str(err).removeprefix(f"{path}/")  # "meta.json: unreadable (...)"
                 problem = _first_problem(problem)
             if problem is None:
                 try:
                     load(path, meta)  # the DCP load is collective and raises on every rank if one fails
                 except CheckpointRefused:
                     raise
-                except (Exception, CheckpointException) as err:  # DCP's CheckpointException is a BaseException
-                    problem = f"cannot be loaded ({type(err).__name__}: {one_line(err)})"
+                except (Exception, CheckpointException) as err:  # noqa: B036 -- DCP's is a BaseException
+                    problem = f"cannot be loaded ({describe_failure(err)})"
                 problem = _first_problem(problem)
             if problem is None:
                 return path
@@ -263,7 +311,6 @@ class CheckpointManager:
         return None
 
 
-
 def find_checkpoint(path: str | Path, say: Callable[[str], None] | None = None) -> Path:
     """For serving and export (one process): `path` itself when it is a checkpoint, verified; else the newest
     checkpoint under it that verifies (`path` a run directory or its `checkpoints/` folder), reporting those
@@ -275,6 +322,9 @@ def find_checkpoint(path: str | Path, say: Callable[[str], None] | None = None) 
         verify_checkpoint(path)
         return path
     folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    for entry in incomplete(folder):
+        say(f"checkpoint {entry} skipped: not a complete checkpoint "
+            f"(a {'folder without ' + MANIFEST if entry.is_dir() else 'file'})")
     found = candidates(folder)
     if not found:
         raise CheckpointError(f"{path}: not a checkpoint, and holds no complete checkpoint (step_N/{MANIFEST})")
@@ -288,7 +338,15 @@ def find_checkpoint(path: str | Path, say: Callable[[str], None] | None = None) 
 
 
 def read_meta(path: Path) -> dict[str, Any]:
-    return json.loads((Path(path) / "meta.json").read_text())
+    """A checkpoint's meta.json; CheckpointError when it is missing or not a JSON object."""
+    file = Path(path) / "meta.json"
+    try:
+        meta = json.loads(file.read_text())
+        if not isinstance(meta, dict):
+            raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+    except (OSError, ValueError) as err:  # ValueError: bad JSON, bad UTF-8
+        raise CheckpointError(f"{file}: unreadable ({one_line(err)})") from None
+    return meta
 
 
 def saved_keys(path: Path) -> set[str]:

@@ -16,10 +16,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 from torchrec import KeyedJaggedTensor
 
-from ..components.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, read_meta
-from ..config import Config, config_from_dict
+from ..components.checkpoint import (
+    CheckpointError,
+    describe_failure,
+    find_checkpoint,
+    load_checkpoint,
+    read_meta,
+)
+from ..config import Config, ConfigError, config_from_dict
 from ..data.batch import collate
 from ..data.oov import map_ids
 from ..data.schema import validate_batch
@@ -41,7 +48,10 @@ class Scorer:
         """A checkpoint folder, verified against its manifest, or the newest verified checkpoint of a run
         folder (`find_checkpoint`); CheckpointError when it cannot be used."""
         path = find_checkpoint(path)
-        cfg = config_from_dict(read_meta(path)["config"])
+        try:
+            cfg = config_from_dict(read_meta(path)["config"])
+        except (KeyError, TypeError, ConfigError) as err:
+            raise CheckpointError(f"{path}: meta.json holds no usable config ({one_line(err)})") from None
         if cfg.model.name != "longer":
             raise CheckpointError(f"{path}: KV-cached serving is for model.name=longer, not {cfg.model.name!r}")
         sparse = SparseArch(cfg.data, device=torch.device("cpu"))
@@ -50,8 +60,8 @@ class Scorer:
         state = {"model": model.state_dict()}
         try:
             load_checkpoint(path, state, verify=False)  # in place into the module's tensors; verified above
-        except Exception as err:
-            raise CheckpointError(f"{path}: cannot be loaded ({type(err).__name__}: {one_line(err)})") from err
+        except (Exception, CheckpointException) as err:  # noqa: B036 -- DCP's is a BaseException
+            raise CheckpointError(f"{path}: cannot be loaded ({describe_failure(err)})") from None
         model.load_state_dict(state["model"])
         return cls(cfg, sparse, dense)
 
