@@ -127,7 +127,7 @@ class DataConfig:
     batch_size: int = _num(256, 1)
     eval_batch_size: int = _num(1024, 1)
     shuffle_buffer: int = _num(8192, 0)  # rows; 0 disables shuffling of the training stream
-    num_workers: int = _num(0, 0)  # DataLoader worker processes building batches
+    num_workers: int = _num(0, 0, 256)  # DataLoader worker processes building batches
     # batches of similar history length, drawn from the shuffle buffer (less padding); training only
     bucket_by_length: bool = False
     # a row that fails validation: error (names file, row, column) | skip (dropped, counted per reason)
@@ -266,7 +266,8 @@ class ParallelConfig:
     # torch.compile of the dense model (TorchInductor; the embeddings are not compiled), after bf16 and
     # recomputation, before DDP/FSDP2 (docs/distributed.md: what it measured, where it recompiles)
     compile: bool = False
-    collective_timeout_s: int = _num(600, 1)  # a rank stuck in a collective this long fails instead of hanging
+    # a rank stuck in a collective this long fails instead of hanging (at most a week)
+    collective_timeout_s: int = _num(600, 1, 7 * 24 * 3600)
 
 
 BF16_COMPONENTS = ("tokens", "attention", "ffn", "head")
@@ -625,7 +626,7 @@ def table_bytes(rows: int, cols: int, sparse_optimizer: str) -> int:
     return 4 * rows * (cols + OPTIMIZER_STATE_FLOATS[sparse_optimizer](cols))
 
 
-def _host_memory() -> int:
+def host_memory() -> int:
     """Bytes of memory of this machine, or of this container when its cgroup sets a smaller limit."""
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     try:
@@ -656,6 +657,16 @@ def check_machine(cfg: Config) -> None:
                 f"config key 'train.device' ({device}): this process is local rank {local_rank} but the machine "
                 f"has {gpus} CUDA device(s); start at most {gpus} processes per node, or use train.device=cpu"
             )
+    if cfg.model.attention_impl == "triton":
+        import importlib.util
+
+        if importlib.util.find_spec("triton") is None:
+            raise ConfigError("config key 'model.attention_impl' is 'triton' but the triton package is not installed; "
+                              "use auto (Triton where it runs, the PyTorch reference elsewhere) or reference")
+        if not gpus and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ConfigError("config key 'model.attention_impl' is 'triton' but this process has no CUDA device; "
+                              "use auto or reference here, or set TRITON_INTERPRET=1 for the (slow) Triton "
+                              "interpreter")
     check_table_memory(cfg)
 
 
@@ -671,7 +682,7 @@ def check_table_memory(cfg: Config) -> None:
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     world = int(os.environ.get("WORLD_SIZE", "1"))
     nodes = max(1, world // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world))))
-    available = {"host": _host_memory() * nodes}
+    available = {"host": host_memory() * nodes}
     if gpus:
         import torch
 

@@ -20,6 +20,7 @@ EXIT_INPUT_ERROR = 2  # bad input, as argparse's usage errors
 # stopped by a signal with a checkpoint written (EX_TEMPFAIL): not 0, so torchrun restarts the workers and the
 # Slurm script requeues the job; running the same command again resumes
 EXIT_STOPPED = 75
+EXIT_DIVERGED = 3  # the training loss became NaN or infinite
 
 
 class InputError(ValueError):

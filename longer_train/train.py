@@ -17,7 +17,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from .components.run_logger import setup_logging
 from .config import load_config
-from .errors import add_debug_flag, debug_enabled, report_stopped, run_cli
+from .errors import EXIT_DIVERGED, add_debug_flag, debug_enabled, report, report_stopped, run_cli
 
 
 def _train(configs: list[str], overrides: list[str], debug: bool) -> int:
@@ -25,13 +25,20 @@ def _train(configs: list[str], overrides: list[str], debug: bool) -> int:
     setup_logging(all_ranks=cfg.logging.all_ranks, debug=debug)
 
     from .distributed.process_group import destroy_distributed
-    from .trainer import Trainer, TrainingStopped  # heavy imports (torchrec) only once the config is valid
+    from .trainer import (  # heavy imports (torchrec) only once the config is valid
+        Trainer,
+        TrainingDiverged,
+        TrainingStopped,
+    )
 
     try:
         Trainer(cfg).train()
     except KeyboardInterrupt:  # Ctrl-C before training started (once it has, the stop is handled: below)
         print("longer-train: interrupted before training started; nothing was written", file=sys.stderr)
         return 128 + signal.SIGINT
+    except TrainingDiverged as err:
+        report("longer-train", err)
+        return EXIT_DIVERGED
     except TrainingStopped as stop:
         saved = (f"checkpoint saved ({stop.checkpoint})" if stop.checkpoint
                  else "no checkpoint (train.checkpoint=false: the run starts over)")

@@ -35,7 +35,7 @@ from .components.optimizer import apply_sparse_optimizer, build_lr_scheduler, bu
 from .components.preemption import StopRequests
 from .components.run_dir import RunInUse, RunLock, config_changes, default_run_name, move_aside
 from .components.run_logger import RunLogger
-from .config import Config, ConfigError, check_table_memory, to_dict
+from .config import Config, ConfigError, check_table_memory, host_memory, to_dict
 from .data.batch import Batch
 from .data.loader import build_dataloader
 from .data.vocab import resolve_num_embeddings
@@ -43,10 +43,15 @@ from .distributed.host_memory import keep_freed_memory
 from .distributed.parallelize import apply_compute_policies
 from .distributed.process_group import DistEnv, init_distributed
 from .distributed.sharding import format_plan, init_tables, plan_summary, shard_model
+from .errors import InputError, one_line
 from .models.flops import longer_flops, transformer_config
 from .models.ranking import build_model
 
 log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(InputError):
+    """The training loss became NaN or infinite (exit code EXIT_DIVERGED)."""
 
 
 class TrainingStopped(Exception):
@@ -101,6 +106,7 @@ class Trainer:
             keep_freed_memory()  # a step's large buffers come back from the heap, not from the kernel
         torch.manual_seed(cfg.train.seed)  # identical dense init on every rank
 
+        _check_dense_fits(cfg, env.device)
         model = build_model(cfg)
         self.flops_per_sample = model.dense.flops([cfg.data.max_len])
         # the paper's comparison: LONGER at about half the FLOPs of the Transformer of the same d and depth
@@ -150,17 +156,26 @@ class Trainer:
         self._resume_or_start()
 
     def _lock_run_dir(self) -> None:
-        """Rank 0 takes the run folder's lock for the job; every rank stops if another job holds it."""
-        holder = self.lock.acquire() if self.env.is_main else None
+        """Rank 0 checks that the run's outputs can be written and takes the run folder's lock for the job;
+        every rank stops with rank 0's one-line reason if either fails."""
+        problem = None
+        if self.env.is_main:
+            try:
+                _check_writable(Path(self.cfg.train.runs_table), "train.runs_table")
+                holder = self.lock.acquire()
+                if holder is not None:
+                    problem = (f"{self.run_dir} is being written by another job ({holder}); wait for it to end or "
+                               "stop it, or give this one another train.run_name")
+            except OSError as err:  # an unwritable or full output folder, named
+                problem = f"train.output_dir: {one_line(err)}"
+            except InputError as err:
+                problem = str(err)
         if self.env.world_size > 1:
-            box = [holder]
+            box = [problem]
             dist.broadcast_object_list(box, src=0)
-            holder = box[0]
-        if holder is not None:
-            raise RunInUse(
-                f"{self.run_dir} is being written by another job ({holder}); wait for it to end or stop it, "
-                "or give this one another train.run_name"
-            )
+            problem = box[0]
+        if problem is not None:
+            raise RunInUse(problem)
 
     @property
     def step(self) -> int:
@@ -255,7 +270,10 @@ class Trainer:
             elapsed = time.perf_counter() - start
             progress["step"] += 1
             progress["batch_in_epoch"] += 1
-            metrics.step(self.step, loss.item(), labels, logits, elapsed)
+            value = loss.item()
+            if not math.isfinite(value):
+                self._diverged(value)
+            metrics.step(self.step, value, labels, logits, elapsed)
             progress["train_time"] += elapsed
             progress["train_samples"] += int(labels.shape[0]) * env.world_size
             if metrics.due(self.step, self.total_steps):
@@ -280,6 +298,16 @@ class Trainer:
             if evaluated and self.pipeline is not None:
                 return "emptied"
         return "done"
+
+    def _diverged(self, loss: float) -> None:
+        """The loss is NaN or infinite: stop at once (no checkpoint of the diverged weights) and say where."""
+        newest = self.checkpoints.latest()
+        kept = f"the newest checkpoint, {newest}, is kept" if newest else "no checkpoint was written"
+        raise TrainingDiverged(
+            f"step {self.step}, rank {self.env.rank}: the training loss is {loss} (learning rate "
+            f"{self.scheduler.get_last_lr()[0]:.3g}); {kept}. Lower optim.lr or raise optim.warmup_steps, keep "
+            "optim.grad_clip on, or look for extreme values in the data"
+        )
 
     def _stop_or_save(self, already_saved: bool) -> None:
         """At a step boundary, with every rank: save if `train.checkpoint_every_minutes` has passed or a stop
@@ -427,6 +455,37 @@ class Trainer:
             # of the epoch (exact resume needs the same world size)
             done = self.progress["batch_in_epoch"] * saved_world
             self.progress["batch_in_epoch"] = min(math.ceil(done / self.env.world_size), self.steps_per_epoch)
+
+def _check_writable(path: Path, key: str) -> None:
+    """`path` (a file to append to) can be created or written, before the run spends any time."""
+    existing = path if path.exists() else next(p for p in path.parents if p.exists())
+    if existing == path:
+        ok, why = path.is_file() and os.access(path, os.W_OK), "is not a writable file"
+    else:
+        ok, why = existing.is_dir() and os.access(existing, os.W_OK | os.X_OK), "is not a writable folder"
+    if not ok:
+        raise InputError(f"config key '{key}': {path} cannot be written ({existing} {why})")
+
+
+def _check_dense_fits(cfg: Config, device: torch.device) -> None:
+    """The dense model's weights, gradients and AdamW moments (16 bytes a parameter) fit in this process's
+    memory, counted on a model built on the meta device; a model too large is a config error naming the keys
+    that size it, not an allocator traceback."""
+    with torch.device("meta"):
+        params = sum(p.numel() for p in build_model(cfg).dense.parameters())
+    if device.type == "cuda":
+        available, where = torch.cuda.get_device_properties(device).total_memory, "GPU"
+    else:
+        available, where = host_memory() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))), "host"
+    need = 16 * params
+    if need > available:
+        raise ConfigError(
+            f"model.name={cfg.model.name}: the dense model has {params / 1e6:,.0f}M parameters, {need / 2**30:,.1f} "
+            f"GiB with their gradients and AdamW state, more than this process's {available / 2**30:,.1f} GiB of "
+            f"{where} memory; lower model.token_dim, model.merge_k, model.merge_proj_dim, model.ffn_mult or "
+            "model.head_hidden"
+        )
+
 
 def _check_fault_drill(cfg: Config, world_size: int) -> None:
     """A fault drill that cannot happen in this job is a config error, not a run without the drill."""

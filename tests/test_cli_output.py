@@ -100,3 +100,45 @@ def test_longer_data_and_longer_serve_report_bad_paths_in_one_line(tmp_path, cap
                        str(tmp_path / "o.parquet")]) == 2
     err = capsys.readouterr().err
     assert f"longer-serve score: error: {tmp_path / 'nope'}: no such checkpoint" in err and "Traceback" not in err
+
+
+def _error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("longer-train: error")]
+
+
+def test_a_diverged_loss_is_one_line_with_its_own_exit_code(tiny, tmp_path, capsys):
+    assert train_main(_args(tiny, tmp_path, "optim.lr=1e30", "optim.grad_clip=0")) == 3
+    err = capsys.readouterr().err
+    (line,) = _error_lines(err)
+    assert "rank 0: the training loss is nan (learning rate" in line and "Lower optim.lr" in line, err
+    assert "Traceback" not in err
+
+
+def test_a_dense_model_too_large_for_memory_is_a_config_error(tiny, tmp_path, capsys):
+    assert train_main(_args(tiny, tmp_path, "model.token_dim=100000")) == 2
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert "GiB with their gradients and AdamW state" in line and "model.token_dim" in line
+
+
+def test_online_wandb_without_a_login_is_one_line(tiny, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))  # no stored login
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    args = [a for a in _args(tiny, tmp_path) if not a.startswith("logging.wandb_mode")] + ["logging.wandb_mode=online"]
+    assert train_main(args) == 2
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert "logging.wandb_mode=online: W&B did not start" in line and "wandb login" in line
+
+
+def test_unwritable_outputs_are_refused_before_training(tiny, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    args = _args(tiny, tmp_path)
+    cases = ((f"train.runs_table={blocker}/runs.jsonl", f"'train.runs_table': {blocker}/runs.jsonl cannot be written"),
+             (f"train.output_dir={blocker}/runs", f"train.output_dir: {blocker}/runs"))
+    for override, expected in cases:
+        assert train_main([*args, override]) == 2
+        out, err = capsys.readouterr()
+        (line,) = _error_lines(err)
+        assert expected in line and "train/loss" not in out, line  # refused before any step

@@ -33,8 +33,10 @@ def test_quickstart_loads_and_overrides_apply():
         ("data.bad_rows=drop", ["'data.bad_rows'", "skip"]),
         ("data.bad_files=ignore", ["'data.bad_files'", "skip"]),
         ("data.tables.item.oov=zero", ["'data.tables.item.oov'", "oov_row"]),
-        ("data.num_workers=-1", ["'data.num_workers'", ">= 0"]),
+        ("data.num_workers=-1", ["'data.num_workers'", "[0, 256]"]),
         ("parallel.compile=maybe", ["'parallel.compile'", "bool"]),
+        ("parallel.collective_timeout_s=100000000000000", ["'parallel.collective_timeout_s'", "604800"]),
+        ("data.num_workers=100000", ["'data.num_workers'", "[0, 256]"]),
         ("train.run_name=../../escape_dir", ["'train.run_name'", "plain name", "escape_dir"]),
         ("train.run_name=/abs/run", ["'train.run_name'", "no '/'"]),
         ("train.run_name=a..b", ["'train.run_name'", "'..'"]),
@@ -260,3 +262,11 @@ def test_table_sizes_read_from_the_data_are_checked_against_memory_too(tmp_path)
     cfg = load_config(QUICKSTART, [f"data.root={tmp_path}", "data.tables.item.num_embeddings=auto"])
     with pytest.raises(ConfigError, match=r"'data.tables.item.num_embeddings' \(1000000000000\): .* GiB"):
         Trainer(cfg)  # before any process group or table is made
+
+
+def test_triton_attention_without_cuda_or_its_interpreter_is_a_config_error(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ConfigError, match=r"'model.attention_impl' is 'triton' but this process has no CUDA device"):
+        load_config(QUICKSTART, ["model.attention_impl=triton", "train.device=cpu"])
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    load_config(QUICKSTART, ["model.attention_impl=triton", "train.device=cpu"])  # the interpreter runs it

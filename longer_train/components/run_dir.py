@@ -37,7 +37,7 @@ LOCK_FILE = "lock"
 
 
 class RunInUse(InputError):
-    """Another process holds the run folder's lock."""
+    """The run folder cannot be used: another job holds its lock, or the run's outputs cannot be written."""
 
 
 def identity(values: dict[str, Any]) -> dict[str, Any]:

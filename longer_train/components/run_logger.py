@@ -21,6 +21,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ..config import Config
+from ..errors import InputError, one_line
 
 # Messages from TorchRec / PyTorch printed on every run about their own internals (nothing a user of this
 # project can change); each is dropped by its exact text, so every other warning still shows.
@@ -112,11 +113,17 @@ class RunLogger:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         id_file = self.run_dir / self.WANDB_ID_FILE
         run_id = id_file.read_text().strip() if id_file.is_file() else None
-        self.wandb = wandb.init(
-            project=self.cfg.logging.wandb_project, group=self.cfg.logging.wandb_group, name=self.run_dir.name,
-            dir=str(self.run_dir), mode=self.cfg.logging.wandb_mode, config=self.resolved, id=run_id,
-            resume="allow" if run_id else None,
-        )
+        try:
+            self.wandb = wandb.init(
+                project=self.cfg.logging.wandb_project, group=self.cfg.logging.wandb_group, name=self.run_dir.name,
+                dir=str(self.run_dir), mode=self.cfg.logging.wandb_mode, config=self.resolved, id=run_id,
+                resume="allow" if run_id else None,
+            )
+        except (wandb.Error, ValueError) as err:  # no login for online mode, a bad WANDB_* setting, ...
+            raise InputError(
+                f"logging.wandb_mode={self.cfg.logging.wandb_mode}: W&B did not start ({one_line(err)}); log in "
+                "(`wandb login` or WANDB_API_KEY), or use logging.wandb_mode=offline (`wandb sync` later)"
+            ) from None
         if run_id is None:
             id_file.write_text(self.wandb.id + "\n")
 
