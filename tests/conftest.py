@@ -13,3 +13,13 @@ if not torch.cuda.is_available():
 def merge(request) -> str:
     """Both token-merge modes."""
     return request.param
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A small synthetic dataset (300 users, histories of up to 64 events) for in-process runs of the CLIs."""
+    from longer_train.data import synthetic
+
+    root = tmp_path_factory.mktemp("tiny-cli")
+    synthetic.generate(root, users=300, max_len=64, seed=1)
+    return root

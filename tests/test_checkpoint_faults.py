@@ -91,17 +91,22 @@ REASONS = {
 }
 
 
-@pytest.mark.parametrize("damage", list(CORRUPTIONS))
-def test_resume_falls_back_past_a_damaged_latest_checkpoint(finished, tmp_path, caplog, damage):
-    out = _copy(finished, tmp_path)
-    CORRUPTIONS[damage](out / "run" / "checkpoints" / STEP4)
+def _resume(finished, out: Path, caplog) -> tuple[Trainer, list[str]]:
+    """A trainer built on the run in `out` (it resumes), and the checkpoints it reported skipping."""
     caplog.set_level(logging.WARNING, logger="longer_train")
     try:
         trainer = Trainer(load_config(QUICKSTART, _overrides(finished[0], out)))
     finally:
         destroy_distributed()
+    return trainer, [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+
+
+@pytest.mark.parametrize("damage", list(CORRUPTIONS))
+def test_resume_falls_back_past_a_damaged_latest_checkpoint(finished, tmp_path, caplog, damage):
+    out = _copy(finished, tmp_path)
+    CORRUPTIONS[damage](out / "run" / "checkpoints" / STEP4)
+    trainer, skipped = _resume(finished, out, caplog)
     assert trainer.resumed_from == out / "run" / "checkpoints" / STEP2 and trainer.step == 2
-    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
     assert len(skipped) == 1 and STEP4 in skipped[0] and REASONS[damage] in skipped[0], skipped
 
 
@@ -172,13 +177,8 @@ def test_garbage_with_a_matching_manifest_falls_back_in_training_and_is_refused_
     (checkpoint / "__0_0.distcp").write_bytes(b"\x00garbage" * 1000)
     (checkpoint / "meta.json").write_bytes(b"\xff\xfe not json")
     _reseal(checkpoint)
-    caplog.set_level(logging.WARNING, logger="longer_train")
-    try:
-        trainer = Trainer(load_config(QUICKSTART, _overrides(finished[0], out)))
-    finally:
-        destroy_distributed()
+    trainer, skipped = _resume(finished, out, caplog)
     assert trainer.resumed_from.name == STEP2
-    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
     assert len(skipped) == 1 and f"{STEP4} skipped: " in skipped[0] and "meta.json" in skipped[0], skipped
     (checkpoint / "meta.json").write_text((out / "run" / "checkpoints" / STEP2 / "meta.json").read_text())
     _reseal(checkpoint)  # now only the tensors are garbage: the DCP load itself fails
@@ -201,13 +201,8 @@ def test_a_step_entry_that_is_no_checkpoint_is_reported_in_one_line(finished, tm
     else:
         shutil.copytree(out / "run" / "checkpoints" / STEP4, entry)
         (entry / "manifest.json").unlink()
-    caplog.set_level(logging.WARNING, logger="longer_train")
-    try:
-        trainer = Trainer(load_config(QUICKSTART, _overrides(finished[0], out)))
-    finally:
-        destroy_distributed()
+    trainer, skipped = _resume(finished, out, caplog)
     assert trainer.resumed_from.name == STEP4
-    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
     assert skipped == [f"checkpoint {entry} skipped: not a complete checkpoint "
                        f"(a {'file' if kind == 'file' else 'folder without manifest.json'})"]
     capsys.readouterr()

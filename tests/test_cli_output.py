@@ -7,30 +7,18 @@ import logging
 import shutil
 
 import pytest
+from cli_runs import train_args
 from data_faults import bad_label_copy
-from test_config import QUICKSTART
 
 from longer_train.components.run_logger import setup_logging
 from longer_train.data import cli as data_cli
-from longer_train.data import synthetic
 from longer_train.data.schema import SchemaError
 from longer_train.serve.cli import main as serve_main
 from longer_train.train import main as train_main
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    synthetic.generate(root, users=300, max_len=64, seed=1)
-    return root
-
-
 def _args(data, tmp_path, *extra):
-    return [
-        str(QUICKSTART), f"data.root={data}", "data.max_len=64", "data.batch_size=64", "train.max_steps=3",
-        "train.log_every=1", f"train.output_dir={tmp_path}/runs", f"train.runs_table={tmp_path}/runs.jsonl",
-        "train.progress_bar=false", "logging.wandb_mode=disabled", "train.checkpoint=false", *extra,
-    ]
+    return train_args(data, tmp_path, "train.checkpoint=false", *extra)
 
 
 def test_a_bad_row_is_one_line_naming_file_row_and_column(tiny, tmp_path, capsys, monkeypatch):
