@@ -89,3 +89,36 @@ def test_step_profile_groups_the_step_s_ops(small, tmp_path):
               if line.startswith("| ") and line.split(" | ")[0].strip("| ").endswith("%")]
     assert abs(sum(shares) - 100) < 0.5 and len(shares) >= 4, shares
     assert "| matmul |" in text
+
+
+def test_dense_step_stock_encoder_is_the_causal_flash_path_and_its_flops_are_counted():
+    """The reference of benchmarks/dense_step.py: torch.nn.TransformerEncoder runs the CPU flash kernel with
+    is_causal and no mask (the causal path that skips the masked blocks, what the comparison is against), and its
+    analytic FLOPs are what FlopCounterMode counts; counting the causal pairs only, attention costs (L + 1) / 2L
+    as much."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from longer_train.models.flops import transformer_config
+
+    bench = runpy.run_path(str(ROOT / "benchmarks" / "dense_step.py"), run_name="benchmark")
+    length, rows = 48, 3
+    stock = bench["StockEncoder"](transformer_config(bench["model_config"]([]), length), length)
+    x = bench["make_inputs"](torch.full((rows,), length), "cpu", torch.Generator().manual_seed(0))
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
+    calls = []
+
+    class Attention(TorchDispatchMode):  # (is_causal, attn_mask) of each flash call
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is flash:
+                calls.append((args[4], (kwargs or {}).get("attn_mask")))
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter, Attention():
+        stock(x)
+    assert calls == [(True, None)] * len(stock.encoder.layers)
+    assert counter.get_total_flops() == stock.flops([length] * rows)
+    layers, d = len(stock.encoder.layers), stock.d
+    saved = layers * rows * 4 * d * (length * length - length * (length + 1) // 2)
+    assert stock.flops([length] * rows) - stock.flops([length] * rows, causal_pairs=True) == saved
