@@ -44,11 +44,37 @@ def _masked_sdpa(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, q_valid: Tens
     return out * q_valid[:, None, :, None].to(out.dtype)
 
 
-def _rotate(x: Tensor, shift: Tensor) -> Tensor:
-    """Row b of x [B, H, L, dh] rotated left by shift[b] positions: out[b, :, i] = x[b, :, (i + shift[b]) % L]."""
+def _rotated(x: Tensor, shift: Tensor) -> Tensor:
+    """Row b of x [B, H, L, dh] rotated left by shift[b] positions: out[b, :, i] = x[b, :, (i + shift[b]) % L].
+    One index_select of whole rows (a token's H * dh values where the heads lie side by side, as split_heads leaves
+    a projection, else a head's dh), several times faster on CPU than a gather of single elements."""
     b, h, length, dh = x.shape
-    index = (torch.arange(length, device=x.device)[None, :] + shift[:, None]) % length  # [B, L]
-    return x.gather(2, index[:, None, :, None].expand(b, h, length, dh))
+    source = (torch.arange(length, device=x.device)[None, :] + shift[:, None]) % length  # [B, L]
+    if x.stride(1) == dh and x.stride(3) == 1:  # token-major: [B, L, H * dh] rows
+        rows = torch.arange(b, device=x.device)[:, None] * length + source
+        tokens = x.transpose(1, 2).reshape(b * length, h * dh).index_select(0, rows.flatten())
+        return tokens.view(b, length, h, dh).transpose(1, 2)
+    rows = torch.arange(b * h, device=x.device).view(b, h, 1) * length + source[:, None, :]  # head-major
+    return x.reshape(b * h * length, dh).index_select(0, rows.flatten()).view(b, h, length, dh)
+
+
+class _Rotate(torch.autograd.Function):
+    """`_rotated` whose gradient is the rotation back (autograd's own backward of a row selection adds the rows
+    into zeros)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, shift: Tensor) -> Tensor:
+        ctx.save_for_backward(shift)
+        return _rotated(x, shift)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (shift,) = ctx.saved_tensors
+        return _rotated(grad, -shift), None
+
+
+def _rotate(x: Tensor, shift: Tensor) -> Tensor:
+    return _Rotate.apply(x, shift)
 
 
 def _causal_padding_last(q: Tensor, k: Tensor, v: Tensor, num_pad: Tensor) -> Tensor:

@@ -24,7 +24,8 @@ class SdpaCalls(TorchFunctionMode, list):
 def _grads(fn, *tensors):
     tensors = [t.detach().clone().requires_grad_() for t in tensors]
     out = fn(*tensors)
-    out.backward(torch.randn_like(out, generator=torch.Generator().manual_seed(1)))
+    # not randn_like, which fills in memory order: outputs of two layouts would get different gradients
+    out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))
     return out.detach(), [t.grad for t in tensors]
 
 
@@ -36,10 +37,13 @@ def _assert_matches_reference(q, k, v, num_pad, q_pos=None):
         torch.testing.assert_close(a, r, atol=1e-5, rtol=1e-5)
 
 
-def _inputs(b, lq, lk, h=2, dh=16, seed=0):
+def _inputs(b, lq, lk, h=2, dh=16, seed=0, token_major=False):
+    """q [b, h, lq, dh], k and v [b, h, lk, dh]: contiguous, or (token_major) the head views of [b, L, h * dh]
+    tensors, as split_heads leaves a projection."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(b, h, lq, dh, generator=g), torch.randn(b, h, lk, dh, generator=g), \
-        torch.randn(b, h, lk, dh, generator=g)
+    if token_major:
+        return [torch.randn(b, n, h, dh, generator=g).transpose(1, 2) for n in (lq, lk, lk)]
+    return [torch.randn(b, h, n, dh, generator=g) for n in (lq, lk, lk)]
 
 
 @pytest.mark.parametrize("gathered", [False, True])
@@ -70,10 +74,12 @@ def test_bottom_right_causal_matches_the_reference_without_a_square_mask(lq, num
     assert calls
 
 
-def test_rotated_rows_ignore_what_padding_holds():
-    """With padded rows and every position a query, valid outputs and gradients do not depend on the padded
-    positions' queries, keys or values (they are rotated to the end, after every valid position)."""
-    q, k, v = _inputs(3, 11, 11)
+@pytest.mark.parametrize("token_major", [False, True])
+def test_rotated_rows_match_the_reference_and_ignore_what_padding_holds(token_major):
+    """With padded rows and every position a query (rows rotated, in either memory layout), outputs and gradients
+    are the reference's and do not depend on the padded positions' queries, keys or values."""
+    q, k, v = _inputs(3, 11, 11, token_major=token_major)
+    _assert_matches_reference(q, k, v, torch.tensor([0, 4, 10]))
     num_pad = torch.tensor([0, 4, 10])
     pad = (torch.arange(11)[None, :] < num_pad[:, None])[:, None, :, None]
     garbage = [torch.where(pad, torch.randn_like(t) * 100, t) for t in (q, k, v)]
