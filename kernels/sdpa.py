@@ -3,9 +3,9 @@ reference computes (padding and causality masked, padded queries output 0) witho
 layout allows one of SDPA's causal modes, so that its flash kernels skip the masked blocks:
 
 - hybrid attention with the queries at the last positions (bottom-right aligned) and no padded row: `is_causal`
-  when every position is a query (self-causal layers, the Transformer baseline), else torch's lower-right
-  causal bias (LONGER's cross layer: Lq = k + m queries; CUDA runs it in the flash kernel, the CPU as an
-  [Lq, Lk] mask shared by the batch);
+  when every position is a query (self-causal layers, the Transformer baseline), else lower-right causal
+  attention (LONGER's cross layer: Lq = k + m queries; CUDA runs torch's lower-right causal bias in its flash
+  kernel, the CPU an [Lq, Lk] mask shared by the batch, as torch itself does there);
 - every position a query and padded rows: each row rotated so that its padding comes last. Causal attention is
   then exact for the valid positions (they come first and see only valid keys), `is_causal` runs unmasked, and
   the outputs are rotated back (padded queries output 0);
@@ -87,6 +87,17 @@ def _causal_padding_last(q: Tensor, k: Tensor, v: Tensor, num_pad: Tensor) -> Te
     return out * q_valid[:, None, :, None].to(out.dtype)
 
 
+def _lower_right_causal(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Causal attention of the Lq queries at the last of the Lk key positions, no padding. CUDA: torch's
+    lower-right causal bias (its flash kernel takes it unmasked); CPU: the [Lq, Lk] mask that bias materialises
+    there, built here (a bias object cannot be built under a dispatch mode such as FlopCounterMode)."""
+    lq, lk = q.shape[2], k.shape[2]
+    if q.is_cuda:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(lq, lk))
+    mask = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)  # shared by the batch and heads
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
 def hybrid_attention_sdpa(q: Tensor, k: Tensor, v: Tensor, num_pad: Tensor, q_pos: Tensor | None = None) -> Tensor:
     """`reference.hybrid_attention_reference` through SDPA (see the module's docstring for the paths)."""
     lq, lk = q.shape[2], k.shape[2]
@@ -94,7 +105,7 @@ def hybrid_attention_sdpa(q: Tensor, k: Tensor, v: Tensor, num_pad: Tensor, q_po
         if not bool(num_pad.any()):
             if lq == lk:
                 return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(lq, lk))
+            return _lower_right_causal(q, k, v)
         if lq == lk:
             return _causal_padding_last(q, k, v, num_pad)
     return _masked_sdpa(q, k, v, *hybrid_mask(num_pad, lq, lk, q_pos, q.device))
