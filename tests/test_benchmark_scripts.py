@@ -122,3 +122,21 @@ def test_dense_step_stock_encoder_is_the_causal_flash_path_and_its_flops_are_cou
     layers, d = len(stock.encoder.layers), stock.d
     saved = layers * rows * 4 * d * (length * length - length * (length + 1) // 2)
     assert stock.flops([length] * rows) - stock.flops([length] * rows, causal_pairs=True) == saved
+
+
+def test_long_history_benchmark_times_each_part(tmp_path):
+    """benchmarks/long_history.py at tiny sizes: a row per part and length, the parts' FLOPs shares adding up to
+    the step's, and the longest / shortest ratio of every part."""
+    bench = runpy.run_path(str(ROOT / "benchmarks" / "long_history.py"), run_name="benchmark")
+    out = tmp_path / "long.md"
+    table = bench["main"](["--threads", "1", "--lengths", "24", "40", "--batch", "2", "--repeats", "1", "--blocks",
+                           "1", "--out", str(out), "model.token_dim=8", "model.merge_k=4", "model.num_queries=3",
+                           "model.head_dim=16", "model.head_hidden=[16]"])
+    assert out.read_text().strip() == table.strip()
+    for length in ("24", "40"):
+        rows = [line.split(" | ") for line in table.splitlines() if line.startswith(f"| {length} |")]
+        assert [row[1] for row in rows] == ["step", "tokens", "cross K/V + attention", "candidate row", "rest",
+                                            "cross K/V + attention, blocks of 1 rows"]
+        shares = [int(row[4].rstrip("% |")) for row in rows[1:5]]
+        assert abs(sum(shares) - 100) <= 2  # rounded percentages of the step's FLOPs
+    assert table.rstrip().endswith("x |") and "| rest |" in table.split("GFLOP/s at 40 / at 24")[1]
