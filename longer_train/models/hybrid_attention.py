@@ -299,7 +299,8 @@ class HybridAttention(nn.Module):
 
 # a further chunk must save this share of the whole batch's attention work (rows x keys) to be worth its fixed
 # cost (every op of the layers once more, forward and backward). Set, not tuned: with it the quickstart's uniform
-# lengths take two chunks at no measured cost (docs/kernels.md), a long-tailed batch up to length_chunks
+# lengths take two chunks at no measured cost (benchmarks/results/train_step_length_chunks_cpu.md), a long-tailed
+# batch up to length_chunks
 CHUNK_MIN_SAVING = 0.1
 
 
