@@ -10,7 +10,7 @@
 - `auto`: `triton` for CUDA tensors when triton is installed, `sdpa` for CPU tensors, `reference` otherwise;
   also `reference` for a call the Triton kernel does not take (hybrid attention with gathered query positions,
   i.e. a `model.query_selection` other than `recent`), with the reason logged once per process. On CPU SDPA
-  took no more time than the reference and less memory, and the Transformer baseline a fraction of both
+  took about the reference's time and less memory, and the Transformer baseline a fraction of both
   (docs/kernels.md, "Attention on CPU").
 
 Triton is imported only when a Triton implementation is chosen, so `reference`, `sdpa` and `auto` on CPU need

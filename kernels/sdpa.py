@@ -73,16 +73,12 @@ class _Rotate(torch.autograd.Function):
         return _rotated(grad, -shift), None
 
 
-def _rotate(x: Tensor, shift: Tensor) -> Tensor:
-    return _Rotate.apply(x, shift)
-
-
 def _causal_padding_last(q: Tensor, k: Tensor, v: Tensor, num_pad: Tensor) -> Tensor:
     """Causal self-attention (Lq = Lk) of left-padded rows, exact without a mask: each row's padding rotated to
     its end, `is_causal`, rotated back; padded queries output 0."""
     num_pad = num_pad.to(q.device).long()
-    out = F.scaled_dot_product_attention(*(_rotate(t, num_pad) for t in (q, k, v)), is_causal=True)
-    out = _rotate(out, -num_pad)
+    out = F.scaled_dot_product_attention(*(_Rotate.apply(t, num_pad) for t in (q, k, v)), is_causal=True)
+    out = _Rotate.apply(out, -num_pad)
     q_valid = torch.arange(q.shape[2], device=q.device)[None, :] >= num_pad[:, None]  # [B, Lq]
     return out * q_valid[:, None, :, None].to(out.dtype)
 
