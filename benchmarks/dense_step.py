@@ -1,21 +1,24 @@
-"""Dense-model step benchmark: LONGER against the paper's Transformer baseline, forward + backward, on the
-dense network alone (embeddings are plain tensors that require grad, as TorchRec's lookups hand them over;
-no torchrec, no optimizer), at a list of history lengths and length mixes, the two models alternated in
-one process, each timing paired with a matmul-peak measurement taken right before it.
+"""Dense-model step benchmark: LONGER against the paper's Transformer baseline and against the stock PyTorch
+encoder of the baseline's shape, forward + backward, on the dense network alone (embeddings are plain tensors
+that require grad, as TorchRec's lookups hand them over; no torchrec, no optimizer), at a list of history
+lengths and length mixes, the models alternated in one process, each timing paired with a matmul-peak
+measurement taken right before it.
 
 Per (length mix, L, model): ms/step (median over --repeats; on CPU with one thread, process CPU time by
 default: `--clock`), analytic GFLOP/s (3 x the model's analytic
 forward FLOPs, models/flops.py: backward ~ 2 x forward), % of the matmul peak (dense [n, n] x [n, n] in the
 same dtype, measured in the same run: the median of the per-repeat ratios of the achieved rate to the peak
 just measured), peak memory of one step (CUDA: max_memory_allocated above the step's start; CPU: growth of
-the process's peak resident set, VmHWM after /proc/self/clear_refs), and LONGER's time / the Transformer's.
+the process's peak resident set, VmHWM after /proc/self/clear_refs), LONGER's time / the Transformer's, and
+each model against the stock encoder: time, FLOPs, their quotient (cost per FLOP) and peak memory.
 
 Model: the paper's settings by default (d = 32, K = 8 concat, k = 100, 4 heads of 64, one self-causal
 layer, candidate match on), the input widths of the built-in synthetic data (events item|category|action of
 16 each; candidate item|category, sharing the item and category tables; user 12; 1 dense feature); any
 ModelConfig field can be overridden: `model.merge=inner_trans model.merge_k=4`. The Transformer baseline is
-models/flops.py's `transformer_config` (no merge, every event a query); its attention is quadratic in L, so
-it runs up to --transformer-max-len only.
+models/flops.py's `transformer_config` (no merge, every event a query); the stock encoder is
+`torch.nn.TransformerEncoder` of its shape with is_causal (`StockEncoder`: the reference neither model's code
+wrote, full rows only); both run up to --transformer-max-len.
 
     python benchmarks/dense_step.py --threads 1 [--lengths 1000 2000 5000 10000] [--dists full real] \\
         [--batch 32] [--repeats 3] [--out benchmarks/results/dense_step_cpu.md] [model.key=value ...]
@@ -49,14 +52,16 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from longer_train.config import ModelConfig, ParallelConfig
 from longer_train.distributed.host_memory import keep_freed_memory
 from longer_train.distributed.parallelize import apply_compute_policies
 from longer_train.models.candidate_match import MatchPair
-from longer_train.models.flops import transformer_config
+from longer_train.models.flops import mlp_flops, transformer_config
 from longer_train.models.inputs import DenseDims, DenseInputs
 from longer_train.models.longer import Longer
+from longer_train.models.token_builder import time_diff_bucket
 
 # configs/experiments/longer_paper.yaml on configs/experiments/longer.yaml, concat merge (the issue's setting)
 PAPER = dict(token_dim=32, time_buckets=64, merge="concat", merge_k=8, merge_proj_dim=None, num_cls=2,
@@ -70,6 +75,7 @@ MATCH_PAIRS = (MatchPair(0, 0, 16), MatchPair(16, 16, 16))  # candidate item, ca
 # what times a step: wall-clock, or on CPU with one thread the process's CPU time (`--clock`), which a shared
 # machine's other jobs do not inflate by preempting this one (they still share its caches)
 CLOCK = [time.perf_counter]
+STOCK = "stock encoder"
 
 
 def _kernel_bench():
@@ -95,6 +101,56 @@ def model_config(overrides: list[str]) -> ModelConfig:
         except (ValueError, SyntaxError):
             settings[field] = None if raw == "null" else raw
     return ModelConfig(**settings)
+
+
+class StockEncoder(nn.Module):
+    """The reference the baseline is measured against: `torch.nn.TransformerEncoder` of the Transformer baseline's
+    shape (`transformer_config`: width d, d / head_dim heads, the cross layer + the self layers, pre-norm, GELU FFN
+    of ffn_mult x d, no dropout), called as its documentation says for causal attention (the square causal mask,
+    built once, and `is_causal=True`: its attention then runs SDPA's causal path, which skips the masked blocks).
+    Around it, in stock torch.nn modules, the same token MLP as the baseline's (the time-bucket embedding
+    concatenated to the events, Linear-GELU-Linear to d, plus a position embedding) and an MLP head over the
+    newest position's state and the candidate, user and dense inputs. No CLS, user or candidate tokens and no
+    candidate match: what the baseline adds to the encoder is part of what the ratio measures. Full rows only
+    (rows of one length: a padding mask would take the encoder off the causal path)."""
+
+    def __init__(self, cfg: ModelConfig, max_len: int, bf16: bool = False) -> None:
+        """`bf16`: the whole model under autocast to bf16 (what `--dtype bfloat16` gives the other models)."""
+        super().__init__()
+        d = self.d = cfg.token_dim
+        self.cfg, self.bf16 = cfg, bf16
+        self.time = nn.Embedding(cfg.time_buckets, d)
+        self.tokens = nn.Sequential(nn.Linear(EVENT + d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+        self.position = nn.Embedding(max_len, d)
+        layer = nn.TransformerEncoderLayer(d, d // cfg.head_dim, cfg.ffn_mult * d, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 1 + cfg.num_self_layers, enable_nested_tensor=False)
+        self.head_dims = [d + CANDIDATE + USER + DENSE, *cfg.head_hidden, 1]
+        head = [nn.Linear(a, b) for a, b in zip(self.head_dims[:-1], self.head_dims[1:])]
+        self.head = nn.Sequential(*(m for linear in head[:-1] for m in (linear, nn.GELU())), head[-1])
+        self.register_buffer("causal", nn.Transformer.generate_square_subsequent_mask(max_len), persistent=False)
+
+    def forward(self, x: DenseInputs) -> torch.Tensor:
+        with torch.autocast(x.events.device.type, torch.bfloat16, enabled=self.bf16):
+            return self._logits(x)
+
+    def _logits(self, x: DenseInputs) -> torch.Tensor:
+        b = x.lengths.shape[0]
+        time = self.time(time_diff_bucket(x.time_diff, self.cfg.time_buckets))
+        tokens = self.tokens(torch.cat([x.events, time], dim=-1)).view(b, -1, self.d)  # [B, L, d]: full rows
+        length = tokens.shape[1]
+        states = self.encoder(tokens + self.position.weight[:length], mask=self.causal[:length, :length],
+                              is_causal=True)
+        return self.head(torch.cat([states[:, -1], x.candidate, x.user, x.dense], dim=-1)).squeeze(-1)
+
+    def flops(self, lengths: list[int], causal_pairs: bool = False) -> int:
+        """Forward matmul FLOPs, attention over every (query, key) pair as models/flops.py and FlopCounterMode
+        count it, or (`causal_pairs`) over the pairs the causal mask allows: the work SDPA's causal path does."""
+        d, b, length = self.d, len(lengths), max(lengths)
+        pairs = length * (length + 1) // 2 if causal_pairs else length * length
+        layer = 2 * length * d * 4 * d + 4 * length * self.cfg.ffn_mult * d * d + 4 * pairs * d  # qkv+out, FFN, attn
+        tokens = sum(lengths) * (2 * (EVENT + d) * 2 * d + 2 * 2 * d * d)
+        return tokens + b * (len(self.encoder.layers) * layer + mlp_flops(self.head_dims))
 
 
 def make_inputs(lengths: torch.Tensor, device: str, gen: torch.Generator) -> DenseInputs:
@@ -252,9 +308,14 @@ def run(args: argparse.Namespace, cfg: ModelConfig, on_row=lambda rows: None) ->
                                                                                args.device, parallel)
             if "transformer" in args.models and raw_len <= args.transformer_max_len:
                 models["Transformer"] = build(transformer_config(cfg, raw_len), raw_len, args.device, parallel)
+            if "stock" in args.models and raw_len <= args.transformer_max_len and dist == "full":
+                torch.manual_seed(0)
+                models[STOCK] = StockEncoder(transformer_config(cfg, raw_len), raw_len,
+                                             bf16=bool(parallel.bf16)).to(args.device).train()
             times = {name: [] for name in models}
             pct = {name: [] for name in models}
             flops = {name: 3 * m.flops(lengths.tolist()) for name, m in models.items()}
+            causal_flops = 3 * models[STOCK].flops(lengths.tolist(), causal_pairs=True) if STOCK in models else None
             for name, model in models.items():  # warm-up (allocator, autotuning, Triton compilation, compile)
                 start = time.perf_counter()
                 for _ in range(args.warmup):
@@ -271,6 +332,7 @@ def run(args: argparse.Namespace, cfg: ModelConfig, on_row=lambda rows: None) ->
                 ms = statistics.median(times[name]) * 1e3
                 rows.append(dict(
                     dist=dist, L=raw_len, mean_len=float(lengths.float().mean()), model=name, ms=ms,
+                    flops=flops[name], causal_flops=causal_flops if name == STOCK else None,
                     gflops=flops[name] / ms / 1e6, pct=statistics.median(pct[name]),
                     peak=flops[name] / ms / 1e6 / statistics.median(pct[name]),
                     memory=peak_memory(model, x, args.device),
@@ -281,23 +343,40 @@ def run(args: argparse.Namespace, cfg: ModelConfig, on_row=lambda rows: None) ->
     return rows
 
 
-def _ratio(row: dict, rows: list[dict]) -> str:
-    same = [r for r in rows if r["dist"] == row["dist"] and r["L"] == row["L"]]
-    other = [r for r in same if r["model"] == "Transformer"]
-    ratio = f"{row['ms'] / other[0]['ms']:.3f}x" if row["model"].startswith("LONGER") and other else ""
-    rev = [r for r in same if " @ " in r["model"]]
-    if row["model"] == "LONGER" and rev:  # this tree against the revision, in the same run
-        ratio += f" (time / {rev[0]['model']}: {row['ms'] / rev[0]['ms']:.3f}x)"
-    eager = [r for r in same if r["model"] == row["model"].removesuffix(" (compiled)")]
-    if row["model"].endswith(" (compiled)") and eager:  # compiled against eager, in the same run
-        ratio += f" (time / {eager[0]['model']}: {row['ms'] / eager[0]['ms']:.3f}x)"
-    return ratio
+def _same(row: dict, rows: list[dict], model: str) -> dict | None:
+    """The row of `model` at row's length mix and L, if it ran."""
+    return next((r for r in rows if r["dist"] == row["dist"] and r["L"] == row["L"] and r["model"] == model), None)
+
+
+def _ratios(row: dict, rows: list[dict]) -> list[str]:
+    """The ratio columns of a row: its time / the Transformer's (LONGER rows; with --against / --compile also
+    / LONGER at REV / eager), then against the stock encoder: time, FLOPs (all pairs, and in brackets the
+    stock's causal pairs only), time ratio / FLOPs ratio (the row's cost per FLOP against the stock's: 1 is the
+    same efficiency), peak memory."""
+    name = row["model"]
+    transformer, stock = _same(row, rows, "Transformer"), _same(row, rows, STOCK)
+    vs_transformer = f"{row['ms'] / transformer['ms']:.3f}x" if name.startswith("LONGER") and transformer else ""
+    if name == "LONGER":  # this tree against the revision, in the same run
+        rev = next((r for r in rows if r["dist"] == row["dist"] and r["L"] == row["L"] and " @ " in r["model"]), None)
+        if rev:
+            vs_transformer += f" (time / {rev['model']}: {row['ms'] / rev['ms']:.3f}x)"
+    eager = _same(row, rows, name.removesuffix(" (compiled)"))
+    if name.endswith(" (compiled)") and eager:  # compiled against eager, in the same run
+        vs_transformer += f" (time / {eager['model']}: {row['ms'] / eager['ms']:.3f}x)"
+    if stock is None or name == STOCK:
+        return [vs_transformer, "", "", "", ""]
+    time, flops = row["ms"] / stock["ms"], row["flops"] / stock["flops"]
+    causal = row["flops"] / stock["causal_flops"]
+    memory = "" if row["memory"] is None or not stock["memory"] else f"{row['memory'] / stock['memory']:.2f}x"
+    return [vs_transformer, f"{time:.3f}x", f"{flops:.3f}x ({causal:.3f}x)",
+            f"{time / flops:.2f} ({time / causal:.2f})", memory]
 
 
 def _row(row: dict, rows: list[dict]) -> str:
     memory = "n/a" if row["memory"] is None else f"{row['memory'] / 2**20:,.0f}"
     return (f"| {row['dist']} | {row['L']:,} | {row['mean_len']:,.0f} | {row['model']} | {row['ms']:,.1f} | "
-            f"{row['gflops']:,.1f} | {row['peak']:,.1f} | {row['pct']:.1%} | {memory} | {_ratio(row, rows)} |")
+            f"{row['gflops']:,.1f} | {row['peak']:,.1f} | {row['pct']:.1%} | {memory} | "
+            + " | ".join(_ratios(row, rows)) + " |")
 
 
 MALLOC = {"trainer": "the trainer's settings (distributed/host_memory.py)", "default": "glibc's defaults"}
@@ -318,8 +397,9 @@ def markdown(rows: list[dict], args: argparse.Namespace, cfg: ModelConfig, comma
         f"Model (ModelConfig fields off their defaults): {changed}",
         "",
         "| lengths | raw L | mean L | model | ms/step | GFLOP/s | matmul peak GFLOP/s | % of peak | peak memory "
-        "MiB | LONGER / Transformer time |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "MiB | time / Transformer | time / stock | FLOPs / stock (causal pairs) | time ratio / FLOPs ratio, stock "
+        "(causal pairs) | memory / stock |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *(_row(r, rows) for r in rows),
     ]
     return "\n".join(lines)
@@ -330,9 +410,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lengths", type=int, nargs="+", help="raw L (default 1000 2000 3000 5000 7500 10000)")
     parser.add_argument("--dists", nargs="+", default=["full"], choices=["full", "real"])
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--models", nargs="+", default=["longer", "transformer"], choices=["longer", "transformer"])
-    parser.add_argument("--transformer-max-len", type=int, default=2000,
-                        help="longest L the Transformer runs at (its attention scores are B x L x L)")
+    parser.add_argument("--models", nargs="+", default=["longer", "transformer", "stock"],
+                        choices=["longer", "transformer", "stock"],
+                        help="stock: torch.nn.TransformerEncoder of the Transformer's shape (StockEncoder; full rows)")
+    parser.add_argument("--transformer-max-len", type=int, default=10000,
+                        help="longest L the Transformer and the stock encoder run at (attention quadratic in L)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
@@ -383,7 +465,7 @@ def main(argv: list[str] | None = None) -> None:
     def write(rows: list[dict]) -> None:
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(f"# Dense model step: LONGER and the Transformer baseline\n\n"
+            args.out.write_text(f"# Dense model step: LONGER, the Transformer baseline, the stock encoder\n\n"
                                 f"{markdown(rows, args, cfg, command, load)}\n")
 
     rows = run(args, cfg, write)

@@ -4,14 +4,16 @@
 - `triton`: the Triton kernels (`hybrid_attention_triton.py`, `group_attention_triton.py`). CUDA tensors,
   or CPU tensors under the Triton interpreter (`TRITON_INTERPRET=1`, set before the first Triton call; the
   tests do this). Raises a clear error if triton is not installed.
-- `sdpa`: `F.scaled_dot_product_attention` with the reference's exact masks (`sdpa.py`; any device); the
-  candidate row under the candidate match (a score bias, attention probabilities returned) stays on the
-  reference.
-- `auto`: `triton` for CUDA tensors when triton is installed, `reference` otherwise; also `reference` for
-  a call the kernel does not take (hybrid attention with gathered query positions, i.e. a
-  `model.query_selection` other than `recent`), with the reason logged once per process.
+- `sdpa`: `F.scaled_dot_product_attention` (`sdpa.py`; any device): SDPA's causal modes where the layout
+  allows, else the reference's exact masks; the candidate row under the candidate match (a score bias,
+  attention probabilities returned) stays on the reference.
+- `auto`: `triton` for CUDA tensors when triton is installed, `sdpa` for CPU tensors, `reference` otherwise;
+  also `reference` for a call the Triton kernel does not take (hybrid attention with gathered query positions,
+  i.e. a `model.query_selection` other than `recent`), with the reason logged once per process. On CPU SDPA
+  took about the reference's time and less memory, and the Transformer baseline a fraction of both
+  (docs/kernels.md, "Attention on CPU").
 
-Triton is imported only when a Triton implementation is chosen, so `reference` and `auto` on CPU need
+Triton is imported only when a Triton implementation is chosen, so `reference`, `sdpa` and `auto` on CPU need
 no triton at all.
 """
 
@@ -52,7 +54,9 @@ def resolve_impl(impl: str, tensor: Tensor) -> str:
     if impl not in IMPLS:
         raise ValueError(f"model.attention_impl must be one of {list(IMPLS)}, got {impl!r}")
     if impl == "auto":
-        return "triton" if tensor.is_cuda and triton_available() else "reference"
+        if not tensor.is_cuda:
+            return "sdpa"
+        return "triton" if triton_available() else "reference"
     if impl == "triton":
         if not triton_available():
             raise RuntimeError("model.attention_impl=triton needs the `triton` package, which is not installed")

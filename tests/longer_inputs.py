@@ -12,6 +12,10 @@ from longer_train.models.longer import Longer
 DIMS = DenseDims(event=12, candidate=8, user=6, dense=2, max_len=64,
                   match_pairs=(MatchPair(0, 0, 4), MatchPair(4, 4, 4)))
 
+# the Transformer baseline's settings on make_model's (configs/experiments/transformer.yaml): no merge, every
+# position a query, one head of width d
+TRANSFORMER = dict(merge="concat", merge_k=1, num_queries=10_000, head_dim=8)
+
 
 def make_model(merge: str = "concat", **overrides) -> Longer:
     torch.manual_seed(0)

@@ -89,3 +89,54 @@ def test_step_profile_groups_the_step_s_ops(small, tmp_path):
               if line.startswith("| ") and line.split(" | ")[0].strip("| ").endswith("%")]
     assert abs(sum(shares) - 100) < 0.5 and len(shares) >= 4, shares
     assert "| matmul |" in text
+
+
+def test_dense_step_stock_encoder_is_the_causal_flash_path_and_its_flops_are_counted():
+    """The reference of benchmarks/dense_step.py: torch.nn.TransformerEncoder runs the CPU flash kernel with
+    is_causal and no mask (the causal path that skips the masked blocks, what the comparison is against), and its
+    analytic FLOPs are what FlopCounterMode counts; counting the causal pairs only, attention costs (L + 1) / 2L
+    as much."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from longer_train.models.flops import transformer_config
+
+    bench = runpy.run_path(str(ROOT / "benchmarks" / "dense_step.py"), run_name="benchmark")
+    length, rows = 48, 3
+    stock = bench["StockEncoder"](transformer_config(bench["model_config"]([]), length), length)
+    x = bench["make_inputs"](torch.full((rows,), length), "cpu", torch.Generator().manual_seed(0))
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
+    calls = []
+
+    class Attention(TorchDispatchMode):  # (is_causal, attn_mask) of each flash call
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is flash:
+                calls.append((args[4], (kwargs or {}).get("attn_mask")))
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter, Attention():
+        stock(x)
+    assert calls == [(True, None)] * len(stock.encoder.layers)
+    assert counter.get_total_flops() == stock.flops([length] * rows)
+    layers, d = len(stock.encoder.layers), stock.d
+    saved = layers * rows * 4 * d * (length * length - length * (length + 1) // 2)
+    assert stock.flops([length] * rows) - stock.flops([length] * rows, causal_pairs=True) == saved
+
+
+def test_long_history_benchmark_times_each_part(tmp_path):
+    """benchmarks/long_history.py at tiny sizes: a row per part and length, the parts' FLOPs shares adding up to
+    the step's, and the longest / shortest ratio of every part."""
+    bench = runpy.run_path(str(ROOT / "benchmarks" / "long_history.py"), run_name="benchmark")
+    out = tmp_path / "long.md"
+    table = bench["main"](["--threads", "1", "--lengths", "24", "40", "--batch", "2", "--repeats", "1", "--blocks",
+                           "1", "--out", str(out), "model.token_dim=8", "model.merge_k=4", "model.num_queries=3",
+                           "model.head_dim=16", "model.head_hidden=[16]"])
+    assert out.read_text().strip() == table.strip()
+    for length in ("24", "40"):
+        rows = [line.split(" | ") for line in table.splitlines() if line.startswith(f"| {length} |")]
+        assert [row[1] for row in rows] == ["step", "tokens", "cross K/V + attention", "candidate row", "rest",
+                                            "cross K/V + attention, blocks of 1 rows"]
+        shares = [int(row[4].rstrip("% |")) for row in rows[1:5]]
+        assert abs(sum(shares) - 100) <= 2  # rounded percentages of the step's FLOPs
+    assert table.rstrip().endswith("x |") and "| rest |" in table.split("GFLOP/s at 40 / at 24")[1]

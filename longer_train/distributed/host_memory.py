@@ -9,8 +9,8 @@ glibc's threshold could only be fixed at 32 MiB, and at 10k events the dense ste
 MB, each faulted in page by page every step), and up to 1 GiB of freed heap is kept: those blocks come
 back already mapped (tcmalloc and jemalloc, which PyTorch's CPU tuning guide recommends preloading, do the
 same by caching). What is kept is memory the step needs again; the peak grows by what fragmentation leaves
-between the blocks (docs/kernels.md gives a measurement). Other threads' arenas, and a heap that cannot
-grow, still fall back to mmap, so no allocation fails that would have succeeded.
+between the blocks (benchmarks/results/dense_step_malloc_cpu.md measures it). Other threads' arenas, and a heap
+that cannot grow, still fall back to mmap, so no allocation fails that would have succeeded.
 
 Applied once per training process on CPU (`Trainer`, and benchmarks/dense_step.py as the trainer runs); a
 no-op off glibc (macOS, musl) or when the user has set glibc's own MALLOC_* variables or preloaded another

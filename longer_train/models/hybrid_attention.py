@@ -247,12 +247,19 @@ class HybridAttention(nn.Module):
         if q_pos is not None:  # the globals sit after the sequence
             globals_pos = torch.arange(seq_len, seq_len + m, device=seq.device).expand(q_pos.shape[0], m)
             q_pos = torch.cat([q_pos, globals_pos], dim=1)
-        tokens, x_q = torch.cat([seq, globals_], dim=1), torch.cat([seq_q, globals_], dim=1)
+        tokens = torch.cat([seq, globals_], dim=1)
+        # every position a query (the Transformer baseline: num_queries >= L'): the cross layer is a self-causal
+        # layer over the tokens, which are then normed, gathered and projected once
+        every_position = q_pos is None and seq_q.shape[1] == seq_len
+        x_q = None if every_position else torch.cat([seq_q, globals_], dim=1)
         live_keys = live_queries = None
         if host_groups is not None:  # the globals are never padding
             live_keys = live_positions(num_pad, seq_len + m, int(host_groups.sum()) + b * m)
-            queries = x_q.shape[1] * b - int(self.query_padding(seq_len - host_groups, seq_len).sum())
-            live_queries = live_positions(q_pad, x_q.shape[1], queries)
+            if every_position:  # q_pad = num_pad
+                live_queries = live_keys
+            else:
+                queries = x_q.shape[1] * b - int(self.query_padding(seq_len - host_groups, seq_len).sum())
+                live_queries = live_positions(q_pad, x_q.shape[1], queries)
         x, candidate, readout = self.cross(tokens, num_pad, x_q, q_pos, keep_kv, candidate, match, live_keys,
                                            live_queries)
         states, candidates = [x], [] if candidate is None else [candidate]
@@ -292,7 +299,8 @@ class HybridAttention(nn.Module):
 
 # a further chunk must save this share of the whole batch's attention work (rows x keys) to be worth its fixed
 # cost (every op of the layers once more, forward and backward). Set, not tuned: with it the quickstart's uniform
-# lengths take two chunks at no measured cost (docs/kernels.md), a long-tailed batch up to length_chunks
+# lengths take two chunks at no measured cost (benchmarks/results/train_step_length_chunks_cpu.md), a long-tailed
+# batch up to length_chunks
 CHUNK_MIN_SAVING = 0.1
 
 

@@ -1,4 +1,4 @@
-"""The dispatcher's choices: `auto` is the reference on CPU, `triton` explains what it needs when it cannot
+"""The dispatcher's choices: `auto` is SDPA on CPU, `triton` explains what it needs when it cannot
 run, and without triton installed `reference` and `auto` still work."""
 
 import os
@@ -11,8 +11,8 @@ import torch
 from longer_train.kernels import resolve_impl
 
 
-def test_auto_is_the_reference_on_cpu_and_unknown_names_fail():
-    assert resolve_impl("auto", torch.zeros(1)) == "reference"
+def test_auto_is_sdpa_on_cpu_and_unknown_names_fail():
+    assert resolve_impl("auto", torch.zeros(1)) == "sdpa"
     assert resolve_impl("reference", torch.zeros(1)) == "reference"
     with pytest.raises(ValueError, match="model.attention_impl must be one of"):
         resolve_impl("flash", torch.zeros(1))

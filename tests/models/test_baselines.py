@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 import torch
-from longer_inputs import DIMS, make_inputs, make_model
+from longer_inputs import DIMS, TRANSFORMER, make_inputs, make_model
 from torch.utils.flop_counter import FlopCounterMode
 
 from longer_train.config import ModelConfig
@@ -58,10 +58,27 @@ def test_din_weights_depend_on_the_candidate():
 
 
 def test_transformer_baseline_is_longer_without_merge_and_all_queries():
-    model = make_model("concat", merge_k=1, num_queries=10_000, head_dim=8)
+    model = make_model(**TRANSFORMER)
     states = model.encode(make_inputs(LENGTHS))
     assert states.merged.shape[1] == max(LENGTHS)  # no merge
     assert states.layers[0].shape[1] == max(LENGTHS) + model.num_globals  # every position is a query
+
+
+@pytest.mark.parametrize("impl", ["reference", "sdpa"])
+def test_transformer_baseline_runs_its_first_layer_as_self_attention_exactly(impl):
+    """With every position a query the cross layer is self-attention over the tokens (normed and projected
+    once); it gives the logits and gradients of gathering every position as a query at its own position (the
+    `uniform` rule takes all of a row's tokens when k >= its length: the path with separate query tokens)."""
+    x = make_inputs(LENGTHS)
+    results = []
+    for rule in ("recent", "uniform"):
+        model = make_model(**TRANSFORMER, query_selection=rule, attention_impl=impl).train()
+        logits = model(x)
+        logits.sum().backward()
+        results.append((logits.detach(), [p.grad for p in model.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(*(grads for _, grads in results)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 @torch.no_grad()

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 import torch
-from longer_inputs import make_inputs, make_model
+from longer_inputs import TRANSFORMER, make_inputs, make_model
 
 from longer_train.config import QUERY_RULES
 from longer_train.models.hybrid_attention import query_positions
@@ -400,12 +400,16 @@ def test_full_rows_skip_the_padding_pass_with_the_same_outputs_and_gradients(mer
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("merge", ["concat", "inner_trans"])
-def test_sdpa_attention_gives_the_reference_s_logits_and_gradients(merge):
-    x = make_inputs(RAGGED)
+@pytest.mark.parametrize("lengths", [RAGGED, [64, 64, 64]])
+@pytest.mark.parametrize("settings", [dict(merge="concat"), dict(merge="inner_trans"), TRANSFORMER],
+                         ids=["concat", "inner_trans", "transformer"])
+def test_sdpa_attention_gives_the_reference_s_logits_and_gradients(settings, lengths):
+    """Ragged rows (in length chunks: padded rows, the masked and the rotated paths) and full rows (no padding:
+    SDPA's causal modes), LONGER and the Transformer baseline (every position a query)."""
+    x = make_inputs(lengths)
     results = []
     for impl in ("reference", "sdpa"):
-        model = make_model(merge, attention_impl=impl).train()
+        model = make_model(**settings, attention_impl=impl).train()
         logits = model(x)
         logits.sum().backward()
         results.append((logits.detach(), [p.grad for p in model.parameters()]))
