@@ -85,6 +85,7 @@ def _prepare(args: argparse.Namespace) -> int:
         print(f"  skipped {reason}: {count} (first: {meta['skipped_first'][reason]})")
     if not meta["skipped"]:
         print("  skipped: none")
+    print(f"  duplicate rows (kept): {meta['duplicate_rows']}")
     return 0
 
 

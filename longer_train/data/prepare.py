@@ -44,6 +44,7 @@ DATASETS = ("movielens", "taobao")
 SHUFFLE_SEED = 0  # rows are shuffled within each split by a hash of (line, this seed): the output is deterministic
 SAMPLE_USERS_SEED = 0  # `sample_users` draws its users with this fixed seed
 BLOCK_BYTES = 8 << 20  # text read per block
+MAX_LINE_BYTES = 1 << 20  # a longer line is malformed: skipped and counted, read past in blocks (bounded memory)
 DEFAULT_BUDGET = "2GB"
 _RESERVE = 400 << 20  # of the budget, left to Python, pyarrow blocks and the writers; DuckDB gets the rest
 
@@ -182,22 +183,33 @@ class _Block:
             self.valid &= ~bad
 
 
-def _lines(text: TextFile) -> Iterator[tuple[bytes, np.ndarray, int]]:
+def _lines(text: TextFile, skipped: Skipped) -> Iterator[tuple[bytes, np.ndarray, int]]:
     """(a block of whole lines as bytes, the end of each line (its \\n, or the end of the data for a last line
-    without one), number of the first line), for the whole file."""
+    without one), number of the first line), for the whole file. A line longer than MAX_LINE_BYTES is counted
+    malformed and skipped without being held: memory stays within a block and a line whatever the input."""
     number, rest = 1, b""
     with text.open_binary() as f:
-        while True:
+
+        def read() -> bytes:
             try:
-                chunk = f.read(BLOCK_BYTES)
+                return f.read(BLOCK_BYTES)
             except _UNREADABLE as err:
                 raise PrepareError(f"{text.name}: cannot read past line {number - 1} ({_describe(err)})") from None
+
+        while True:
+            chunk = read()
             data = rest + chunk
             if not chunk:
                 if data:
                     yield data, np.array([len(data)]), number
                 return
             ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+            if not len(ends) and len(data) > MAX_LINE_BYTES:
+                skipped.add("malformed_lines", f"{text.name}:{number}: longer than {MAX_LINE_BYTES} bytes", 1, number)
+                while (chunk := read()) and b"\n" not in chunk:
+                    pass
+                rest, number = chunk[chunk.find(b"\n") + 1:] if chunk else b"", number + 1
+                continue
             if not len(ends):
                 rest = data
                 continue
@@ -251,7 +263,7 @@ def _blocks(text: TextFile, sep: str, types: list[pa.DataType], skipped: Skipped
     """Blocks of lines split on `sep` into len(types) fields; a line with another number of fields is counted
     malformed, an empty line is ignored. `header`, if given, must be the first line."""
     fields = len(types)
-    for data, ends, first in _lines(text):
+    for data, ends, first in _lines(text, skipped):
         if first == 1 and header is not None:
             found = data[: int(ends[0])].decode("latin-1").strip()
             if found != header:
@@ -288,14 +300,23 @@ def _ints(block: _Block, column: int, skipped: Skipped) -> np.ndarray:
     syntax = pc.match_substring_regex(values, _INT).to_numpy(zero_copy_only=False)
     block.reject(~syntax, column, lambda v: f"{v!r} is not an integer", skipped)
     digits = pc.utf8_length(pc.utf8_ltrim(values, "+-0")).to_numpy()
-    long = np.flatnonzero(block.valid & (digits >= 19))
-    beyond = np.zeros(len(values), dtype=bool)
-    for i in long:  # 19+ digits: may not fit in int64 (rare; checked exactly)
-        value = int(values[int(i)].as_py())
-        beyond[i] = not -(2**63) <= value < 2**63
-    block.reject(beyond, column, lambda v: f"{v.strip()} is beyond the int64 range", skipped)
+    beyond = block.valid & (digits > 19)
+    for i in np.flatnonzero(block.valid & (digits == 19)):  # 19 digits: may not fit in int64 (checked exactly)
+        beyond[i] = not -(2**63) <= int(values[int(i)].as_py()) < 2**63
+    block.reject(beyond, column, lambda v: f"{_abbreviated(v.strip())} is beyond the int64 range", skipped)
     clean = pc.if_else(pa.array(block.valid), pc.utf8_ltrim(values, "+"), "0")
     return pc.cast(clean, pa.int64()).to_numpy()
+
+
+def _abbreviated(text: str, keep: int = 24) -> str:
+    return text if len(text) <= 2 * keep else f"{text[:keep]}...{text[-keep:]} ({len(text)} characters)"
+
+
+def _timestamps(block: _Block, column: int, skipped: Skipped) -> np.ndarray:
+    """Field `column` as a timestamp: an int64 that is not negative (the loader takes differences of them)."""
+    ts = _ints(block, column, skipped)
+    block.reject(ts < 0, column, lambda v: f"timestamp {v} is negative", skipped)
+    return ts
 
 
 def _floats(block: _Block, column: int, skipped: Skipped, low: float, high: float, name: str) -> np.ndarray:
@@ -448,7 +469,7 @@ def read_movielens(src: str | Path) -> Source:
         for block in _blocks(ratings, fmt.sep, [pa.int64(), pa.int64(), pa.float64(), pa.int64()], skipped, fmt.header):
             user, item = _ints(block, 0, skipped), _ints(block, 1, skipped)
             rating = _floats(block, 2, skipped, 0.5, 5.0, "rating")
-            ts = _ints(block, 3, skipped)
+            ts = _timestamps(block, 3, skipped)
             pos = np.minimum(np.searchsorted(movies, item), max(len(movies) - 1, 0))
             known = (movies[pos] == item) if len(movies) else np.zeros(len(item), bool)
             category = np.where(known, code_of_movie[pos] if len(movies) else 0, unknown)
@@ -495,7 +516,7 @@ def read_taobao(src: str | Path) -> Source:
             block.reject(action.is_null().to_numpy(zero_copy_only=False), 3, lambda v: (
                 f"unknown behavior {v!r}, expected one of {', '.join(TAOBAO_ACTIONS)}"), skipped)
             action = action.fill_null(0).to_numpy().astype(np.int8)
-            ts = _ints(block, 4, skipped)
+            ts = _timestamps(block, 4, skipped)
             out = block.valid & ((ts < TAOBAO_WINDOW[0]) | (ts >= TAOBAO_WINDOW[1]))
             if out.any():
                 outside["count"] += int(out.sum())
@@ -579,6 +600,8 @@ def card(meta: dict) -> str:
               "## Skipped input", ""]
     lines += [f"- {reason}: {count} (first: {meta['skipped_first'][reason]})"
               for reason, count in meta["skipped"].items()] or ["- none"]
+    lines += ["", f"Duplicate rows (the same user, item, category, action, timestamp and label as an earlier line): "
+              f"{meta.get('duplicate_rows', 0)}, kept."]
     return "\n".join(lines) + "\n"
 
 
@@ -599,6 +622,27 @@ def _check_out(out: Path, force: bool) -> None:
             if not os.access(parent, os.W_OK | os.X_OK) and not out.exists():
                 raise PrepareError(f"{out}: cannot create the output folder: {parent} is not writable")
             break
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Remove the work and temporary folders (`.<out>.work-<pid>`, `.<out>.tmp-<pid>`) that a prepare of the same
+    OUT left when it was killed: those whose process is gone. A running one's are left alone."""
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.(work|tmp)-(\d+)$")
+    if not out.parent.is_dir():
+        return
+    for entry in out.parent.iterdir():
+        match = pattern.match(entry.name)
+        if not match or int(match.group(2)) == os.getpid():
+            continue
+        try:
+            os.kill(int(match.group(2)), 0)
+            continue  # that process still runs
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # someone else's process
+        shutil.rmtree(entry, ignore_errors=True)
+        print(f"removed {entry}, left by a prepare that did not finish (process {match.group(2)} is gone)")
 
 
 def _shuffle_key(line: np.ndarray) -> np.ndarray:
@@ -648,6 +692,7 @@ def prepare(name: str, src: str | Path, out: str | Path, force: bool = False, sa
         raise PrepareError(f"memory budget {memory_budget}: at least 256MB is needed")
     _check_out(out, force)
     source = READERS[name](src)
+    _remove_leftovers(out)
     work = out.with_name(f".{out.name}.work-{os.getpid()}")
     try:
         work.mkdir(parents=True, exist_ok=True)
@@ -689,6 +734,9 @@ def _run(con, name: str, source: Source, out: Path, sample_users: int, rows_per_
         why = "; ".join(f"{r} {c} (first: {skipped.first[r]})" for r, c in skipped.counts.items()) or "it holds no line"
         raise PrepareError(f"{source.file}: no valid interaction to prepare: {why}")
 
+    # rows that repeat an earlier one in every field but the line: kept (logs do repeat events), counted
+    duplicates = con.execute("SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM ev GROUP BY user, item, "
+                             "category, action, ts, label HAVING count(*) > 1)").fetchone()[0]
     for table, column in (("user", "user"), ("item", "item"), ("category", "category")):
         con.execute(f"CREATE TABLE vocab_{table} AS SELECT {column} AS raw, (row_number() OVER (ORDER BY {column}) - 1)"
                     f"::BIGINT AS id FROM (SELECT DISTINCT {column} FROM ev)")
@@ -704,7 +752,8 @@ def _run(con, name: str, source: Source, out: Path, sample_users: int, rows_per_
             "vocab": {"items": sizes["item"], "categories": sizes["category"], "actions": len(source.actions),
                       "users": users},
             "actions": list(source.actions), "rows": {}, "positive_rate": {},
-            "time_split": {"valid_from": int(valid_from), "test_from": int(test_from)}}
+            "time_split": {"valid_from": int(valid_from), "test_from": int(test_from)},
+            "duplicate_rows": int(duplicates)}
     where, sampling = "", []
     if sample_users or rows_per_user:
         meta["before_sampling"] = _split_counts(con, f"SELECT {split} AS split, label FROM ev")

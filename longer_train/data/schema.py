@@ -157,6 +157,11 @@ def _null_problems(batch: pa.RecordBatch, uses: dict) -> list[RowProblem]:
     return problems
 
 
+# the largest magnitude a dense feature may have: beyond it the fp32 dense layers overflow to inf and the score
+# becomes NaN (an unscaled value of 1e25 did); scale such features at preparation
+DENSE_LIMIT = 1e12
+
+
 def _value_problems(batch: pa.RecordBatch, cfg: DataConfig, labelled: bool, where: Where | None) -> list[RowProblem]:
     """Checks of a batch without nulls."""
     problems = []
@@ -209,13 +214,22 @@ def _value_problems(batch: pa.RecordBatch, cfg: DataConfig, labelled: bool, wher
             f"event at {_first_value(bad, parent, event, r)} is after the request time "
             f"{int(request[r])} ('{cfg.timestamp}'); every history event must be <= the request time")))
 
-    # dense features are finite
+    # timestamps are not negative: the loader takes their differences in int64
+    for column, stamps, owner in ((cfg.timestamp, request, np.arange(n)), (ref, event, parent)):
+        bad = stamps < 0
+        if bad.any():
+            problems.append(RowProblem("bad_timestamp", column, _rows_of(bad, owner, n),
+                                       lambda r, bad=bad, owner=owner, stamps=stamps: (
+                f"timestamp {_first_value(bad, owner, stamps, r)} is negative; timestamps are int64 >= 0")))
+
+    # dense features are finite numbers within +-DENSE_LIMIT
     for feat in cfg.features:
         if feat.role == "dense":
             dense = batch.column(feat.name).to_numpy(zero_copy_only=False).astype(np.float64)
-            if not np.isfinite(dense).all():
-                problems.append(RowProblem("bad_dense", feat.name, ~np.isfinite(dense), lambda r, dense=dense: (
-                    f"dense value is {dense[r]}, expected a finite number")))
+            bad = ~(np.abs(dense) <= DENSE_LIMIT)  # NaN compares False
+            if bad.any():
+                problems.append(RowProblem("bad_dense", feat.name, bad, lambda r, dense=dense: (
+                    f"dense value is {dense[r]}, expected a finite number within +-{DENSE_LIMIT:g}")))
     return problems
 
 
@@ -251,8 +265,8 @@ def validate_batch(
     """Raise SchemaError for the first offending row of `batch` (rows numbered from `first_row`).
 
     Checks the schema, then nulls, then: equal sequence lengths per row, ids that are not negative and
-    within their table (or mapped by its OOV policy), label in {0, 1}, history timestamps <= the request
-    timestamp, finite dense values.
+    within their table (or mapped by its OOV policy), label in {0, 1}, timestamps >= 0, history timestamps <= the
+    request timestamp, dense values finite and within +-DENSE_LIMIT.
     """
     validate_schema(batch.schema, cfg, path, labelled)
     problems = row_problems(batch, cfg, labelled)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from data_configs import data_config
 
+from longer_train.config import FeatureConfig
 from longer_train.data import synthetic
 from longer_train.data.loader import ParquetStream, ShardedLoader
 from longer_train.data.oov import map_ids
@@ -28,12 +29,12 @@ def clean(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad_input")
     meta = synthetic.generate(root, users=80, max_len=20, seed=3)
     table = read_inline(root, "train", _cfg(meta["vocab"])).slice(0, 200)  # inline rows: bad values go in lists
-    return table.drop_columns(["user_segment", "user_activity"]), meta["vocab"]
+    return table.drop_columns(["user_segment"]), meta["vocab"]
 
 
 def _cfg(vocab, **kw):
     cfg = data_config({"item": vocab["items"], "category": vocab["categories"], "action": vocab["actions"],
-                       "user": vocab["users"]})
+                       "user": vocab["users"]}, [FeatureConfig("user_activity", "dense")])
     cfg.max_len = 20
     for key, value in kw.items():
         setattr(cfg, key, value)
@@ -72,6 +73,9 @@ def _bad_rows(table: pa.Table):
         ("label", 2.0, "bad_label", "expected 0 or 1"),
         ("hist_timestamp", [request + 1] * len(hist), "future_event", "after the request time"),
         ("user_id", None, "null", "null"),
+        # -9e18 would overflow the loader's int64 time differences
+        ("hist_timestamp", [-(9 * 10**18)] * len(hist), "bad_timestamp", "is negative"),
+        ("user_activity", 1e25, "bad_dense", "within +-1e+12"),
     ]
 
 
@@ -83,7 +87,7 @@ def _file_with_bad_row(table: pa.Table, tmp_path, case: int) -> tuple[str, str, 
     return _write(_with(table, column, BAD_ROW, value), tmp_path / "bad.parquet"), column, reason, fragment
 
 
-@pytest.mark.parametrize("case", range(8))
+@pytest.mark.parametrize("case", range(10))
 def test_bad_row_is_an_error_naming_file_row_and_column(clean, tmp_path, case):
     table, vocab = clean
     path, column, _, fragment = _file_with_bad_row(table, tmp_path, case)
@@ -93,7 +97,7 @@ def test_bad_row_is_an_error_naming_file_row_and_column(clean, tmp_path, case):
     assert fragment in str(err.value)
 
 
-@pytest.mark.parametrize("case", range(8))
+@pytest.mark.parametrize("case", range(10))
 def test_bad_row_is_skipped_and_counted(clean, tmp_path, case):
     table, vocab = clean
     path, _, reason, _ = _file_with_bad_row(table, tmp_path, case)

@@ -4,6 +4,7 @@ input as a PrepareError naming the file (issue 15), idempotence and refusal to o
 
 import gzip
 import json
+import os
 import zipfile
 
 import numpy as np
@@ -447,3 +448,61 @@ def test_a_memory_budget_is_parsed_and_bounded(tmp_path):
         prepare.prepare("movielens", _write_ml1m(tmp_path / "src", "plain"), tmp_path / "o", memory_budget="100MB")
     meta = prepare.prepare("movielens", _write_ml1m(tmp_path / "src", "plain"), tmp_path / "o", memory_budget="300MB")
     assert sum(meta["rows"].values()) == len(ML1M_RATINGS)
+
+
+def _ml1m_with(tmp_path, *extra_lines: str):
+    folder = tmp_path / "ml"
+    _write_ml1m(folder, "plain")
+    with (folder / "ratings.dat").open("a", encoding="latin-1") as f:
+        f.write("".join(line + "\n" for line in extra_lines))
+    return folder / "ratings.dat"
+
+
+def test_extreme_values_are_counted_lines_naming_file_and_line(tmp_path, capsys):
+    """A negative timestamp (the loader takes int64 differences), an id of 4,301 digits (Python refuses to parse
+    it) and a duplicate of an earlier line: each counted, none aborts the prepare."""
+    n = len(ML1M_RATINGS)
+    src = _ml1m_with(tmp_path, "1" * 4301 + "::100::5::1200", "10::100::5::-9000000000000000000",
+                     "::".join(map(str, ML1M_RATINGS[0])))
+    out = tmp_path / "out"
+    assert cli.main(["prepare", "movielens", "--src", str(src), "--out", str(out)]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["skipped"] == {"malformed_lines": 2} and meta["duplicate_rows"] == 1
+    first = f"ratings.dat:{n + 1}, column 1: {'1' * 24}...{'1' * 24} (4301 characters) is beyond the int64 range"
+    assert meta["skipped_first"]["malformed_lines"].endswith(first), meta["skipped_first"]
+    assert "duplicate rows (kept): 1" in capsys.readouterr().out
+    assert "Duplicate rows" in (out / "CARD.md").read_text()
+
+
+def test_a_line_longer_than_the_cap_is_skipped_in_bounded_memory(tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare, "MAX_LINE_BYTES", 4096)
+    monkeypatch.setattr(prepare, "BLOCK_BYTES", 1024)
+    src = _ml1m_with(tmp_path, "1" * 100_000, "30::300::4::1500")
+    held = []
+    lines = prepare._lines
+
+    def watched(text, skipped):
+        for data, ends, first in lines(text, skipped):
+            held.append(len(data))
+            yield data, ends, first
+
+    monkeypatch.setattr(prepare, "_lines", watched)
+    meta = prepare.prepare("movielens", src, tmp_path / "out")
+    n = len(ML1M_RATINGS)
+    assert meta["skipped"] == {"malformed_lines": 1}
+    assert meta["skipped_first"]["malformed_lines"].endswith(f"ratings.dat:{n + 1}: longer than 4096 bytes")
+    assert max(held) <= 4096 + 1024  # never the whole 100 kB line
+    assert meta["rows"]["train"] + meta["rows"]["valid"] + meta["rows"]["test"] == n + 1  # the line after it counts
+
+
+def test_leftovers_of_a_killed_prepare_are_removed(tmp_path, capsys):
+    src = _write_ml1m(tmp_path / "ml", "plain")
+    out = tmp_path / "out"
+    gone = tmp_path / ".out.work-4194303"  # above the default pid_max: no such process
+    gone_tmp = tmp_path / ".out.tmp-4194303"
+    alive = tmp_path / f".out.tmp-{os.getppid()}"  # a running process's (this one's parent)
+    for folder in (gone, gone_tmp, alive):
+        (folder / "spill").mkdir(parents=True)
+    assert cli.main(["prepare", "movielens", "--src", str(src), "--out", str(out)]) == 0
+    assert not gone.exists() and not gone_tmp.exists() and alive.exists()
+    assert f"removed {gone}, left by a prepare that did not finish" in capsys.readouterr().out
