@@ -239,11 +239,11 @@ class TrainConfig:
     # fault injection for tests and drills, right after step `fault_at_step` on rank `fault_rank`, only in a job
     # that started from scratch and was not restarted by torchrun (so the same command, run again, resumes and
     # finishes); 0 disables. kill: the rank SIGKILLs itself; raise: it raises; term: it gets SIGTERM (a worker
-    # preempted alone); term_launcher / kill_launcher: its torchrun launcher gets SIGTERM (Slurm's preemption
-    # or time limit) / SIGKILL (the node's agent dies)
+    # preempted alone); stop: it SIGSTOPs itself (a hung rank); term_launcher / kill_launcher: its torchrun
+    # launcher gets SIGTERM (Slurm's preemption or time limit) / SIGKILL (the node's agent dies)
     fault_at_step: int = _num(0, 0)
     fault_rank: int = _num(0, 0)
-    fault: str = _choice("kill", ("kill", "raise", "term", "term_launcher", "kill_launcher"))
+    fault: str = _choice("kill", ("kill", "raise", "term", "stop", "term_launcher", "kill_launcher"))
     progress_bar: bool = True
 
 

@@ -41,7 +41,7 @@ from .data.loader import build_dataloader
 from .data.vocab import resolve_num_embeddings
 from .distributed.host_memory import keep_freed_memory
 from .distributed.parallelize import apply_compute_policies
-from .distributed.process_group import DistEnv, init_distributed
+from .distributed.process_group import DistEnv, Heartbeat, init_distributed, is_collective_timeout
 from .distributed.sharding import format_plan, init_tables, plan_summary, shard_model
 from .errors import InputError, one_line
 from .models.flops import longer_flops, transformer_config
@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 
 class TrainingDiverged(InputError):
     """The training loss became NaN or infinite (exit code EXIT_DIVERGED)."""
+
+
+class CollectiveTimeout(InputError):
+    """A collective waited `parallel.collective_timeout_s` for a rank that did not come (named from heartbeats)."""
 
 
 class TrainingStopped(Exception):
@@ -91,6 +95,7 @@ class Trainer:
         _check_fault_drill(cfg, env.world_size)
         # installed when training starts: from then on SIGTERM / SIGINT stop it at a step boundary with a checkpoint
         self.stops = StopRequests(cfg.train.checkpoint_every_minutes)
+        self.heartbeat = Heartbeat(env)
         self.run_dir = Path(cfg.train.output_dir) / (cfg.train.run_name or default_run_name(cfg, env.world_size))
         self.lock = RunLock(self.run_dir)
         try:
@@ -203,7 +208,12 @@ class Trainer:
                 self.logger.record(self.finished)  # only if the runs table lost its line
                 return self.finished
             self.stops.install()
-            return self._train()
+            try:
+                return self._train()
+            except RuntimeError as err:
+                if not is_collective_timeout(err):
+                    raise
+                raise CollectiveTimeout(self.heartbeat.describe(self.cfg.parallel.collective_timeout_s)) from None
         finally:
             self.stops.uninstall()
             self.lock.release()
@@ -276,6 +286,7 @@ class Trainer:
             metrics.step(self.step, value, labels, logits, elapsed)
             progress["train_time"] += elapsed
             progress["train_samples"] += int(labels.shape[0]) * env.world_size
+            self.heartbeat.beat(self.step)
             if metrics.due(self.step, self.total_steps):
                 metrics.log(self.step, self.total_steps, {
                     "train/lr": self.scheduler.get_last_lr()[0], "train/grad_norm": self.step_optimizer.grad_norm,
@@ -331,7 +342,8 @@ class Trainer:
         if cfg.fault == "raise":
             raise RuntimeError(f"injected fault on rank {self.env.rank} after step {self.step} (train.fault_at_step)")
         target = os.getppid() if cfg.fault.endswith("_launcher") else os.getpid()
-        os.kill(target, signal.SIGKILL if cfg.fault.startswith("kill") else signal.SIGTERM)
+        sig = {"kill": signal.SIGKILL, "term": signal.SIGTERM, "stop": signal.SIGSTOP}[cfg.fault.split("_")[0]]
+        os.kill(target, sig)
 
     def _empty_pipeline(self) -> None:
         """Finish the input all-to-alls in flight, give the sharded modules their plain forwards back and

@@ -7,6 +7,8 @@ same code path (DistributedModelParallel, collectives) runs at world size 1.
 from __future__ import annotations
 
 import os
+import re
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -66,3 +68,45 @@ def destroy_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
 
+
+# how a collective that waited its whole timeout fails (gloo: "Timed out waiting 600000ms for recv operation ...";
+# the process group's own: "... timed out after ..."); NCCL's watchdog ends the process instead (no exception)
+_TIMEOUT = re.compile(r"timed out", re.IGNORECASE)
+
+
+def is_collective_timeout(err: BaseException) -> bool:
+    return isinstance(err, RuntimeError) and bool(_TIMEOUT.search(str(err)))
+
+
+class Heartbeat:
+    """Each rank's last finished step, and when, in the job's rendezvous store (one small write a step), so that
+    a collective that timed out can name the rank it waited for instead of only saying it waited."""
+
+    def __init__(self, env: DistEnv) -> None:
+        self.rank, self.world = env.rank, env.world_size
+        self.store = dist.distributed_c10d._get_default_store() if env.world_size > 1 else None
+
+    def beat(self, step: int) -> None:
+        if self.store is not None:
+            self.store.set(f"heartbeat/{self.rank}", f"{step} {time.time():.3f}")
+
+    def describe(self, timeout_s: float) -> str:
+        """Which ranks fell behind, read from the store (each rank's last step and how long ago)."""
+        now, last = time.time(), {}
+        if self.store is not None:
+            for rank in range(self.world):
+                key = f"heartbeat/{rank}"
+                try:  # check first: a get of a missing key waits the store's whole timeout
+                    if not self.store.check([key]):
+                        raise KeyError(key)
+                    step, when = self.store.get(key).decode().split()
+                    last[rank] = (int(step), now - float(when))
+                except Exception:  # noqa: BLE001 -- a rank that never finished a step, or a store gone too
+                    last[rank] = None
+        ahead = max((v[0] for v in last.values() if v), default=0)
+        behind = [f"rank {r} " + (f"last finished step {v[0]}, {v[1]:.0f} s ago" if v else "finished no step")
+                  for r, v in sorted(last.items()) if not v or v[0] < ahead]
+        who = "; ".join(behind) if behind else "no rank is behind in steps (a hang inside a step or in evaluation)"
+        return (f"rank {self.rank}: a collective waited parallel.collective_timeout_s={timeout_s:g} s for the other "
+                f"ranks: {who}; such a rank is stopped, hung or cut off (SIGSTOP, a debugger, a deadlock, a lost "
+                "network link); raise parallel.collective_timeout_s if pauses that long are expected")
