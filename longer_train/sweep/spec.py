@@ -16,6 +16,9 @@
       model.num_self_layers: [1, 2]
       data.max_len: [32, 64, 128]
     reference: recent                     # the row every other one is compared with, seed by seed
+    extension: candidate match            # optional, on the spec or a row: what it adds to the paper's models
+                                          # (docs/paper.md "Deviations from the paper"); rows without one
+                                          # stand for the paper's rows and run its models
     scaling:                              # optional: power-law fits and figures (sweep/scaling.py)
       - {x: data.max_len, series: model.num_self_layers}   # x: a config key, `params` or `gflops`
 
@@ -43,9 +46,9 @@ from ..data.vocab import dataset_sizes, resolve_num_embeddings
 from .runs import DATASETS, RUN_SETTINGS
 
 SPEC_KEYS = {"description", "data", "dataset", "experiment", "overrides", "seeds", "rows", "grid", "reference",
-             "scaling"}
+             "scaling", "extension"}
 DATA_KEYS = {"name", "users", "rows_per_user", "src"}
-ROW_KEYS = {"name", "overrides", "experiment", "data"}
+ROW_KEYS = {"name", "overrides", "experiment", "data", "extension"}
 DERIVED_X = {"params": "dense_params", "gflops": "gflops_analytic"}  # scaling axes read off the results
 
 
@@ -59,6 +62,7 @@ class Row:
     overrides: tuple[str, ...]
     experiment: Path | None = None  # replaces the spec's experiment config for this row
     data: dict[str, Any] | None = None  # replaces keys of the spec's `data` for this row (e.g. users)
+    extension: str | None = None  # what the row adds to the paper's model (its own or the spec's); None: a paper row
 
 
 @dataclass(frozen=True)
@@ -213,6 +217,12 @@ def _strings(value: Any, where: str) -> list[str]:
     return list(value)
 
 
+def _text(value: Any, where: str) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise SpecError(f"{where} must be a non-empty text, got {value!r}")
+    return value
+
+
 def _check_keys(values: dict, allowed: set[str], where: str) -> None:
     unknown = sorted(set(values) - allowed)
     if unknown:
@@ -254,6 +264,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     if len(set(seeds)) != len(seeds):
         raise SpecError(f"{path}: 'seeds' lists a seed twice: {seeds}")
 
+    extension = _text(raw.get("extension"), f"{path}: extension")
     rows: list[Row] = []
     if ("rows" in raw) == ("grid" in raw):
         raise SpecError(f"{path}: give exactly one of 'rows' (a list) and 'grid' (key: [values, ...])")
@@ -272,7 +283,7 @@ def load_spec(path: str | Path) -> SweepSpec:
                     raise SpecError(f"{where}: 'data' (a mapping) needs the spec's own 'data' to add to")
                 _check_keys(row_data, DATA_KEYS - {"name"}, f"{where}.data")
             rows.append(Row(row["name"], tuple(_strings(row.get("overrides"), f"{where}.overrides")), experiment,
-                            row_data))
+                            row_data, _text(row.get("extension", extension), f"{where}.extension")))
     else:
         grid = raw["grid"]
         if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
@@ -280,7 +291,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         for combo in itertools.product(*grid.values()):
             pairs = list(zip(grid, combo))
             name = ",".join(f"{key.split('.')[-1]}={_format(v)}" for key, v in pairs)
-            rows.append(Row(name, tuple(f"{key}={_format(v)}" for key, v in pairs)))
+            rows.append(Row(name, tuple(f"{key}={_format(v)}" for key, v in pairs), extension=extension))
     names = [r.name for r in rows]
     if len(set(map(safe_name, names))) != len(names):
         raise SpecError(f"{path}: row names must be distinct (also as file names): {names}")
