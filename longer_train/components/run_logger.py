@@ -21,6 +21,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ..config import Config
+from ..provenance import code_state
 
 # Messages from TorchRec / PyTorch printed on every run about their own internals (nothing a user of this
 # project can change); each is dropped by its exact text, so every other warning still shows.
@@ -87,7 +88,7 @@ def setup_logging(all_ranks: bool = False, debug: bool = False) -> None:
 
 class RunLogger:
     def __init__(self, cfg: Config, run_dir: Path, resolved: dict[str, Any], enabled: bool) -> None:
-        self.cfg, self.run_dir, self.enabled = cfg, run_dir, enabled
+        self.cfg, self.run_dir, self.resolved, self.enabled = cfg, run_dir, resolved, enabled
         self.bar: tqdm | None = None
         self.wandb = None
         if enabled and cfg.logging.wandb_mode != "disabled":
@@ -130,7 +131,9 @@ class RunLogger:
             self.wandb.log(metrics, step=step)
 
     def finish(self, summary: dict[str, Any]) -> None:
-        """Close the progress bar and W&B, and append the run's results line to the runs table."""
+        """Close the progress bar and W&B, and append the run's results line to the runs table, with what
+        made it: the code's commit and whether it had uncommitted changes (provenance.py), and the resolved
+        config."""
         if not self.enabled:
             return
         if self.bar is not None:
@@ -142,4 +145,5 @@ class RunLogger:
         table = Path(self.cfg.train.runs_table)
         table.parent.mkdir(parents=True, exist_ok=True)
         with table.open("a") as f:
-            f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **summary}) + "\n")
+            line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **summary, **code_state(), "config": self.resolved}
+            f.write(json.dumps(line) + "\n")
