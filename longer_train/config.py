@@ -220,6 +220,9 @@ class TrainConfig:
     log_every: int = _num(10, 1)  # steps between the logged (and printed) train loss, lr and samples/s
     # the logged training NE, AUC and calibration are over the last this many steps of all ranks; 0 = off
     metrics_window: int = _num(100, 0)
+    # the test AUC is also computed on this many bootstrap resamples of the test users, for the test set's share
+    # of the uncertainty (results line: test_auc_replicates; components/metrics.py `bootstrap_auc`); 0 = off
+    test_bootstrap: int = _num(200, 0)
     device: str = _choice("auto", ("auto", "cpu", "cuda"))
     output_dir: str = "runs"  # each run writes runs/<run_name>/ (checkpoint, wandb)
     run_name: Optional[str] = None  # default: <model>-<timestamp>

@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 # directory (and so its checkpoints)
 _RUN_INDEPENDENT = (
     "run_name", "resume", "fault_at_step", "fault_rank", "fault", "progress_bar", "log_every", "checkpoint_every",
-    "keep_checkpoints", "runs_table", "metrics_window",
+    "keep_checkpoints", "runs_table", "metrics_window", "test_bootstrap",
 )
 
 
@@ -281,7 +281,7 @@ class Trainer:
         loader = build_dataloader(
             self.cfg.data, split, train=False, seed=0, rank=self.env.rank, world_size=self.env.world_size
         )
-        metrics = RankingMetrics()
+        metrics = RankingMetrics(self.cfg.train.test_bootstrap if split == "test" else 0)
         for batch in loader:
             batch = batch.to(self.env.device)
             _, (_, logits, labels) = self.model(batch)

@@ -127,8 +127,8 @@ class RunLogger:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with (self.run_dir / "metrics.jsonl").open("a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
-        if self.wandb is not None:
-            self.wandb.log(metrics, step=step)
+        if self.wandb is not None:  # numbers only: a list such as test/auc_replicates stays in metrics.jsonl
+            self.wandb.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
 
     def finish(self, summary: dict[str, Any]) -> None:
         """Close the progress bar and W&B, and append the run's results line to the runs table, with what

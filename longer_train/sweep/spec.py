@@ -145,14 +145,21 @@ class SweepSpec:
                 where = f"{self.path}: row {row.name!r}"
                 overrides = resolve_percent_queries(configs, overrides, where)
                 try:
-                    cfg = load_config(configs, overrides)
-                    if dataset_sizes(cfg.data.root) is not None:  # `num_embeddings: auto` as the run will see it
-                        resolve_num_embeddings(cfg.data)
+                    cfg = run_config(configs, overrides)
                 except ConfigError as err:
                     raise SpecError(f"{where}: {err}") from None
                 values = {key: get_value(cfg, key) for key in self.varied_keys()}
                 runs.append(Run(row.name, seed, configs, overrides, cfg, config_hash(cfg), values))
         return runs
+
+
+def run_config(configs: list[Path], overrides: list[str]) -> Config:
+    """A run's config as its process will see it: loaded and checked, `num_embeddings: auto` resolved from the
+    data when the data are there."""
+    cfg = load_config(configs, overrides)
+    if dataset_sizes(cfg.data.root) is not None:
+        resolve_num_embeddings(cfg.data)
+    return cfg
 
 
 def safe_name(text: str) -> str:
@@ -163,8 +170,8 @@ def safe_name(text: str) -> str:
 def config_hash(cfg: Config) -> str:
     """Of everything a run computes: its non-default config values without the runner's bookkeeping (run name,
     output folders, results table, logging); two runs with equal hashes train the same model on the same data.
-    Vocabulary sizes count as the numbers they resolve to (`runs` resolves `num_embeddings: auto` when the data
-    is there), so a config written with `auto` finds the runs of one that spelled the sizes out."""
+    Vocabulary sizes count as the numbers they resolve to (`run_config` resolves `num_embeddings: auto` when the
+    data is there), so a config written with `auto` finds the runs of one that spelled the sizes out."""
     values = non_default(cfg)
     values.pop("logging", None)
     train = values.get("train", {})
