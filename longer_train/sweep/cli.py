@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from .runs import BIN, ensure_prepared, machine, model_stats, thread_env
+from .runs import BIN, PEERS, ensure_prepared, machine, model_stats, thread_env
 from .scaling import scaling_report
 from .spec import Run, SpecError, SweepSpec, load_spec
 from .summary import (
@@ -66,8 +66,9 @@ def split_threads(jobs: int, threads: int | None, cores: int) -> int:
 
 
 def train_command(spec: SweepSpec, run: Run, runs_dir: Path, wandb: str | None) -> list[str]:
+    program = [sys.executable, PEERS[run.peer]] if run.peer else [str(BIN / "longer-train")]
     return [
-        str(BIN / "longer-train"), *map(str, run.configs), *run.overrides, f"train.run_name={run.name}",
+        *program, *map(str, run.configs), *run.overrides, f"train.run_name={run.name}",
         f"train.output_dir={runs_dir}", f"train.runs_table={runs_dir / run.name / 'result.jsonl'}",
         f"logging.wandb_group={spec.name}", *([f"logging.wandb_mode={wandb}"] if wandb else []),
     ]
@@ -87,8 +88,8 @@ class Executor:
     def run_all(self, pending: list[Run], jobs: int) -> tuple[int, bool]:
         """(failed runs, interrupted)."""
         for run in pending:  # before anything starts: a model that cannot be built fails the sweep now
-            if run.row not in self.stats:
-                self.stats[run.row] = model_stats(run.cfg)
+            if run.row not in self.stats:  # a peer's line brings its own parameter count
+                self.stats[run.row] = {} if run.peer else model_stats(run.cfg)
         failed = 0
         pool = ThreadPoolExecutor(max_workers=jobs)
         try:

@@ -278,3 +278,19 @@ def test_rows_may_bring_their_own_data(tmp_path):
     with pytest.raises(SpecError, match="data"):
         load_spec(write_spec(tmp_path, "rows: [{name: a, data: {name: taobao}}]\n", name="bad"))
 
+
+def test_a_peer_row_runs_the_peer_script_under_its_own_config_hash(tmp_path):
+    spec = load_spec(write_spec(tmp_path, f"""\
+        seeds: 1
+        rows:
+          - {{name: din, experiment: {CONFIGS / 'experiments' / 'din.yaml'}}}
+          - {{name: peer, experiment: {CONFIGS / 'experiments' / 'din.yaml'}, peer: fuxictr_din}}
+        """))
+    ours, peer = spec.runs()
+    assert ours.peer is None and peer.peer == "fuxictr_din" and ours.config_hash != peer.config_hash
+    command = cli.train_command(spec, peer, tmp_path, None)
+    assert command[:2] == [sys.executable, "benchmarks/peer_fuxictr.py"]
+    assert str(CONFIGS / "experiments" / "din.yaml") in command
+    assert cli.train_command(spec, ours, tmp_path, None)[0].endswith("longer-train")
+    with pytest.raises(SpecError, match="'peer' must be one of"):
+        load_spec(write_spec(tmp_path, "rows: [{name: a, peer: other}]\n", name="bad"))
