@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cfg = load_config(configs, overrides)
     resolve_num_embeddings(cfg.data)
+    code = code_state(CODE)  # before training: a commit made meanwhile is not credited with this line
     python = environment()
     run_dir = Path(cfg.train.output_dir) / (cfg.train.run_name or f"fuxictr_din-seed{cfg.train.seed}")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         "data_root": cfg.data.root, "dense_params": int(result["dense_params"]),
         "peer": {"library": f"fuxictr {FUXICTR_VERSION}", "model": "model_zoo.LongCTR.DIN (class defaults)",
                  "embedding_params": int(result["embedding_params"]), **settings},
-        **code_state(CODE), "config": to_dict(cfg),
+        **code, "config": to_dict(cfg),
     }
     table = Path(cfg.train.runs_table)
     table.parent.mkdir(parents=True, exist_ok=True)

@@ -3,11 +3,14 @@
 and whether the code changed since a line's commit (a sweep lists such lines as stale and re-runs them on
 request, `longer-sweep --rerun-stale`).
 
-"Code" is what a training run executes: the package, the kernels and the pinned dependencies (CODE_PATHS), and
-for a line made by a script outside the package (a peer row, benchmarks/peer_fuxictr.py) that script too (the
-line's `code_paths`). Results, docs, tests and other scripts are not, so committing a results file or a doc does
-not make the lines already in it stale. Outside a git checkout (an installed package) nothing is known: commit
-None.
+"Code" is what computes the numbers of a line: the package, the kernels and the pinned dependencies
+(CODE_PATHS), without the modules that only run, label, write or summarise lines (the sweep runner, this module,
+the run logger) or that training never runs (serving); and for a line made by a script outside the package (a
+peer row, benchmarks/peer_fuxictr.py) that script too (the line's `code_paths`). Results, docs, tests and other
+scripts are not code either, so committing a results file, a doc or a change to the runner does not make the
+lines already made stale. The state is taken when a run starts (RunLogger is built before training), so a commit
+made while it trains is not credited with it. Outside a git checkout (an installed package) nothing is known:
+commit None.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-CODE_PATHS = ("longer_train", "kernels", "pyproject.toml")
+CODE_PATHS = ("longer_train", "kernels", "pyproject.toml", ":(exclude)longer_train/sweep",
+              ":(exclude)longer_train/serve", ":(exclude)longer_train/provenance.py",
+              ":(exclude)longer_train/components/run_logger.py")  # git pathspecs
 
 
 def _git(*args: str) -> subprocess.CompletedProcess | None:

@@ -41,7 +41,9 @@ def test_code_state_and_stale_lines(repo):
     assert provenance.stale_reason({"commit": None}) == "no commit recorded"
     assert "uncommitted" in provenance.stale_reason({**line, "dirty": True})
 
-    (repo / "results" / "sweep.jsonl").write_text("{}\n")  # results are not code
+    (repo / "results" / "sweep.jsonl").write_text("{}\n")  # results are not code, nor is the runner
+    (repo / "longer_train" / "sweep").mkdir()
+    (repo / "longer_train" / "sweep" / "cli.py").write_text("runner = 1\n")
     assert provenance.code_state()["dirty"] is False
     _commit(repo, "results")
     provenance.code_changed_since.cache_clear()
@@ -72,14 +74,18 @@ def test_outside_a_checkout_nothing_is_known(tmp_path, monkeypatch):
     assert provenance.code_state() == {"commit": None, "dirty": None}
 
 
-def test_the_runs_table_line_carries_commit_and_config(tmp_path):
+def test_the_runs_table_line_carries_the_commit_at_the_start_and_the_config(repo, tmp_path):
     from test_config import QUICKSTART
 
     from longer_train.components.run_logger import RunLogger
     from longer_train.config import load_config, to_dict
 
     cfg = load_config(QUICKSTART, [f"train.runs_table={tmp_path}/runs.jsonl", "logging.wandb_mode=disabled"])
-    RunLogger(cfg, tmp_path / "run", to_dict(cfg), enabled=True).finish({"test_auc": 0.7})
+    start = provenance.code_state()
+    logger = RunLogger(cfg, tmp_path / "run", to_dict(cfg), enabled=True)
+    (repo / "longer_train" / "model.py").write_text("x = 3\n")  # a commit made while the run trains
+    _commit(repo, "meanwhile")
+    logger.finish({"test_auc": 0.7})
     line = json.loads((tmp_path / "runs.jsonl").read_text())
-    assert line["test_auc"] == 0.7 and line["commit"] == provenance.code_state()["commit"]
-    assert isinstance(line["dirty"], bool) and line["config"]["model"]["candidate_match"] == "none"
+    assert line["test_auc"] == 0.7 and line["commit"] == start["commit"] != provenance.code_state()["commit"]
+    assert line["dirty"] is False and line["config"]["model"]["candidate_match"] == "none"

@@ -89,6 +89,7 @@ def setup_logging(all_ranks: bool = False, debug: bool = False) -> None:
 class RunLogger:
     def __init__(self, cfg: Config, run_dir: Path, resolved: dict[str, Any], enabled: bool) -> None:
         self.cfg, self.run_dir, self.resolved, self.enabled = cfg, run_dir, resolved, enabled
+        self.code = code_state() if enabled else {}  # the code this run trains with, taken before it trains
         self.bar: tqdm | None = None
         self.wandb = None
         if enabled and cfg.logging.wandb_mode != "disabled":
@@ -132,8 +133,8 @@ class RunLogger:
 
     def finish(self, summary: dict[str, Any]) -> None:
         """Close the progress bar and W&B, and append the run's results line to the runs table, with what
-        made it: the code's commit and whether it had uncommitted changes (provenance.py), and the resolved
-        config."""
+        made it: the code's commit and whether it had uncommitted changes when the run started (provenance.py),
+        and the resolved config."""
         if not self.enabled:
             return
         if self.bar is not None:
@@ -145,5 +146,5 @@ class RunLogger:
         table = Path(self.cfg.train.runs_table)
         table.parent.mkdir(parents=True, exist_ok=True)
         with table.open("a") as f:
-            line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **summary, **code_state(), "config": self.resolved}
+            line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **summary, **self.code, "config": self.resolved}
             f.write(json.dumps(line) + "\n")

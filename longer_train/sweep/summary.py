@@ -119,7 +119,7 @@ class Paired:
         return f"{self.mean:+.{digits}f} ± {self.combined_se:.{digits}f} ({parts}){mark}"
 
 
-def test_se(replicates: list[list[float]]) -> float:
+def bootstrap_se(replicates: list[list[float]]) -> float:
     """The std over bootstrap replicates of their mean over seeds: `replicates` holds one vector per seed (the
     same resamples in every run); nan for fewer than 2 replicates."""
     mean = np.mean(np.asarray(replicates, dtype=np.float64), axis=0)
@@ -138,7 +138,7 @@ def paired_difference(row: dict[int, float], reference: dict[int, float], row_re
     se_test = math.nan
     if row_replicates and reference_replicates and all(s in row_replicates and s in reference_replicates
                                                        for s in seeds):
-        se_test = test_se([np.subtract(row_replicates[s], reference_replicates[s]) for s in seeds])
+        se_test = bootstrap_se([np.subtract(row_replicates[s], reference_replicates[s]) for s in seeds])
     return Paired(float(diffs.mean()), se, len(diffs), se_test)
 
 
@@ -165,12 +165,12 @@ class RowSummary:
         values = list(self.by_seed[metric].values())
         return float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
 
-    def test_se(self, metric: str) -> float:
+    def test_set_se(self, metric: str) -> float:
         """The test-set SE of the row's mean over seeds (nan unless every seed has replicates)."""
         mine = self.replicates.get(metric, {})
         if not mine or set(mine) != set(self.by_seed[metric]):
             return math.nan
-        return test_se(list(mine.values()))
+        return bootstrap_se(list(mine.values()))
 
 
 def summarise(rows: list[tuple[str, tuple[str, ...], dict[str, Any]]], lines: list[dict[str, Any]],
@@ -220,7 +220,7 @@ def summary_table(rows: list[RowSummary], reference: str | None) -> list[str]:
             values = [row.by_seed[key][s] for s in sorted(row.by_seed[key])]
             cells.append(mean_std(values, digits) if values else "not run")
             if key in REPLICATES:
-                se = row.test_se(key)
+                se = row.test_set_se(key)
                 cells.append("" if math.isnan(se) else f"{se:.{digits}f}")
             if reference:
                 paired = row.paired.get(key)

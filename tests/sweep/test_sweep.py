@@ -124,7 +124,7 @@ def test_two_seeds_never_establish_an_effect_and_the_test_set_se_counts():
               for s in range(3)]
     rows = [(name, (), {}) for name in ("ref", "two", "noisy", "clear")]
     ref, two, noisy, clear = summarise(rows, lines, reference="ref")
-    assert ref.test_se("test_auc") == pytest.approx(np.std(noise.mean(0), ddof=1))
+    assert ref.test_set_se("test_auc") == pytest.approx(np.std(noise.mean(0), ddof=1))
     assert two.paired["test_auc"].n == 2 and not two.paired["test_auc"].established  # +0.10, but 2 seeds
     p = noisy.paired["test_auc"]
     assert abs(p.mean) > 2 * p.se and p.se_test > p.se and not p.established  # only the seed SE would pass it
