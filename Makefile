@@ -14,7 +14,8 @@
 #                         LONGER, Transformer, HSTU, DIN and BASELINE_SEEDS=1 of the rest;
 #                         (DATA = synthetic | match_long | match_recent | movielens | taobao; MULTI_SEED='...'
 #                         names the experiments run with SEEDS seeds, REFERENCE the row of the paired
-#                         differences, default longer); prepares the data first if missing,
+#                         differences, default longer; OVERRIDES='key=value ...' for every run, e.g.
+#                         model.candidate_match=attention_readout for the match benchmark); prepares the data first if missing,
 #                         from SRC (default: the copy in ../shared/data), keeping USERS random users
 #                         (default 800 generated users for synthetic, 0 = all for the others) and at
 #                         most ROWS random rows per user and split (default 3
@@ -47,7 +48,7 @@ GPU_PYTHON ?= python3
 
 BENCH_ARGS = $(if $(SRC),--src $(SRC)) $(if $(USERS),--sample-users $(USERS)) $(if $(ROWS),--rows-per-user $(ROWS)) $(if $(SEEDS),--seeds $(SEEDS)) \
 	$(if $(BASELINE_SEEDS),--baseline-seeds $(BASELINE_SEEDS)) $(if $(MULTI_SEED),--multi-seed $(MULTI_SEED)) \
-	$(if $(REFERENCE),--reference $(REFERENCE))
+	$(if $(REFERENCE),--reference $(REFERENCE)) $(if $(OVERRIDES),--overrides $(OVERRIDES))
 
 SWEEPS := scale_spread table1 table2_merge table2_queries table2_rules scaling_length scaling_params scaling_flops precision
 SWEEP ?= $(SWEEPS)

@@ -5,11 +5,14 @@ users; `longer-data synthetic` for the built-in data), trains each (experiment, 
 `longer-train configs/datasets/<data>.yaml configs/experiments/<experiment>.yaml ...` process, appends the
 runs' results lines to benchmarks/results/quality_<data>.jsonl, and writes the table (mean ± std over seeds
 of test AUC / GAUC / LogLoss, GFLOPs/sample, train samples/s) to benchmarks/results/quality_<data>.md and to
-the matching section of docs/results.md. Runs already in the results file are not run again, so an
-interrupted benchmark continues where it stopped (delete the .jsonl to start over).
+the matching section of docs/results.md. A run whose line is in the results file with the same config hash
+(`sweep.spec.config_hash`, stored in the line) is not run again, so an interrupted benchmark continues where it
+stopped; lines made by other code are listed as stale (provenance.py) and re-run with --rerun-stale.
+`--overrides key=value ...` go to every run, e.g. this project's extension `model.candidate_match=attention_readout`
+for the match benchmark (the experiment configs run the paper's models).
 
     python benchmarks/quality.py movielens [--src PATH] [--sample-users N] [--seeds 3] [--experiments ...]
-    make bench-quality DATA=movielens [SRC=PATH] [USERS=N] [SEEDS=3]
+    make bench-quality DATA=movielens [SRC=PATH] [USERS=N] [SEEDS=3] [OVERRIDES='key=value ...']
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from longer_train.sweep.runs import BIN, DATASETS, RUN_SETTINGS, ensure_prepared, machine, mean_std, prepare_command
-from longer_train.sweep.summary import METRICS, paired_difference
+from longer_train.sweep.spec import config_hash, run_config
+from longer_train.sweep.summary import METRICS, finished, paired_difference, provenance_note, read_results, stale_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -44,38 +48,49 @@ def run_settings(data: str) -> list[str]:
     return [f"data.batch_size={DATASETS[data].batch_size}", *RUN_SETTINGS, "logging.wandb_mode=disabled"]
 
 
-def train_command(data: str, experiment: str, root: Path, seed: int, table: Path) -> list[str]:
+def train_command(data: str, experiment: str, root: Path, seed: int, table: Path, overrides: list[str]) -> list[str]:
     return [
-        str(BIN / "longer-train"), f"configs/datasets/{DATASETS[data].config or data + '.yaml'}",
-        f"configs/experiments/{experiment}.yaml", f"data.root={root.relative_to(ROOT)}", f"train.seed={seed}",
-        *run_settings(data),
+        str(BIN / "longer-train"), *run_configs(data, experiment), *run_overrides(data, root, seed, overrides),
         f"train.runs_table={table.relative_to(ROOT)}", f"train.output_dir=runs/quality-{data}",
         f"train.run_name={run_name(data, experiment, seed)}",
     ]
+
+
+def run_configs(data: str, experiment: str) -> list[str]:
+    return [f"configs/datasets/{DATASETS[data].config or data + '.yaml'}", f"configs/experiments/{experiment}.yaml"]
+
+
+def run_overrides(data: str, root: Path, seed: int, overrides: list[str]) -> list[str]:
+    return [f"data.root={root.relative_to(ROOT)}", f"train.seed={seed}", *run_settings(data), *overrides]
+
+
+def expected_hashes(data: str, root: Path, seeds: dict[str, list[int]], overrides: list[str]) -> dict[str, str]:
+    """Run name -> the config hash of the run this benchmark would make now (what a results line must match)."""
+    return {run_name(data, experiment, seed): config_hash(run_config(run_configs(data, experiment),
+                                                                     run_overrides(data, root, seed, overrides)))
+            for experiment, experiment_seeds in seeds.items() for seed in experiment_seeds}
 
 
 def run_name(data: str, experiment: str, seed: int) -> str:
     return f"{data}-{experiment}-seed{seed}"
 
 
-def read_runs(table: Path, root: Path) -> dict[str, dict]:
-    """Results lines on the prepared data `root` by run name (a run that was repeated counts once: its latest
-    line); lines of other runs, e.g. on another subsample, are kept in the file but not returned."""
-    if not table.exists():
-        return {}
-    rows = [json.loads(line) for line in table.read_text().splitlines() if line.strip()]
-    return {row["run"]: row for row in rows if row["data_root"] == str(root.relative_to(ROOT))}
+def read_runs(table: Path, expected: dict[str, str]) -> dict[str, dict]:
+    """Results lines of the runs this benchmark would make now (name and config hash, `expected_hashes`) by run
+    name (a run that was repeated counts once: its latest line); lines of other runs, e.g. on another subsample
+    or with other settings, are kept in the file but not returned."""
+    return finished(read_results(table), expected)
 
 
 def paired_auc(data: str, runs: dict[str, dict], experiment: str, reference: str, seeds: list[int]) -> str:
     """Mean over the seeds both ran of (experiment - reference) test AUC, ± its standard error."""
-    auc = lambda e: {s: runs[run_name(data, e, s)]["test_auc"] for s in seeds if run_name(data, e, s) in runs}
-    paired = paired_difference(auc(experiment), auc(reference)) if experiment != reference else None
-    if paired is None:
-        return ""
-    if paired.n == 1:
-        return f"{paired.mean:+.4f} (n=1)"
-    return f"{paired.mean:+.4f} ± {paired.se:.4f} (n={paired.n})"
+    done = lambda e: {s: runs[run_name(data, e, s)] for s in seeds if run_name(data, e, s) in runs}
+    auc = lambda e: {s: line["test_auc"] for s, line in done(e).items()}
+    replicates = lambda e: {s: line["test_auc_replicates"] for s, line in done(e).items()
+                            if "test_auc_replicates" in line}
+    paired = (paired_difference(auc(experiment), auc(reference), replicates(experiment), replicates(reference))
+              if experiment != reference else None)
+    return "" if paired is None else f"{paired.format(4)} (n={paired.n})"
 
 
 def summarise(
@@ -129,9 +144,11 @@ def oracle_lines(meta: dict) -> list[str]:
 
 
 def report(data: str, bench_command: str, prepare: list[str], meta: dict, rows: list, order: list[str],
-           seeds: dict[str, list[int]], runs_table: Path, reference: str = "longer") -> str:
+           seeds: dict[str, list[int]], runs_table: Path, reference: str = "longer", overrides: list[str] = (),
+           provenance: str = "") -> str:
     header = ["model", "experiment config", "n", *(name for _, name, _ in METRICS),
-              f"Δ test AUC vs {EXPERIMENTS[reference]} (paired over seeds, ± s.e.)", "GFLOPs/sample",
+              f"Δ test AUC vs {EXPERIMENTS[reference]} (paired over seeds, ± combined SE: seeds and test set)",
+              "GFLOPs/sample",
               "train samples/s", "max_len", "min/run"]
     table = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
     table += ["| " + " | ".join(row) + " |" for row in rows]
@@ -151,6 +168,7 @@ def report(data: str, bench_command: str, prepare: list[str], meta: dict, rows: 
         f"Command: `{bench_command}` (one process per run: `longer-data {prepare[1]} ...` once, then "
         f"`longer-train configs/datasets/{DATASETS[data].config or data + '.yaml'} "
         f"configs/experiments/<experiment>.yaml data.root=... train.seed=<seed> {' '.join(run_settings(data))} "
+        f"{' '.join(overrides)}{' ' if overrides else ''}"
         f"...`; every run's results line is in `{runs_table.relative_to(ROOT)}`).",
         "",
         f"Data: `longer-data {' '.join(shlex.quote(a) for a in prepare[1:])}` — {subsample}. "
@@ -162,9 +180,11 @@ def report(data: str, bench_command: str, prepare: list[str], meta: dict, rows: 
         "shuffling), metrics on the test split "
         f"({'unseen users' if meta.get('task') == 'match' else 'the last ~10 % of time'}); "
         "mean ± sample std over the n seeds. GFLOPs/sample "
-        "is the analytic forward count of the dense model at max_len; samples/s counts train step time only.",
+        "is the analytic forward count of the dense model at max_len; samples/s counts train step time only. "
+        "Δ: ✓ only with n ≥ 3 seeds and |Δ| > 2 combined SE (sweep/summary.py); otherwise inconclusive.",
         f"Machine: {machine()}.",
         "",
+        *([provenance, ""] if provenance else []),
         *oracle_lines(meta),
         *table,
         "",
@@ -207,7 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", default="longer", choices=list(EXPERIMENTS),
                         help="the row the paired differences are taken against (default longer)")
     parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=list(EXPERIMENTS))
+    parser.add_argument("--overrides", nargs="+", default=[], metavar="key=value",
+                        help="config overrides for every run")
     parser.add_argument("--report-only", action="store_true", help="write the tables from the runs so far")
+    parser.add_argument("--rerun-stale", action="store_true", help="run again the runs whose lines other code made")
     args = parser.parse_args(argv)
     os.chdir(ROOT)
     sample_users = DATASETS[args.data].sample_users if args.sample_users is None else args.sample_users
@@ -217,21 +240,26 @@ def main(argv: list[str] | None = None) -> int:
     root = ROOT / out
     seeds = {e: list(range(args.seeds if e in args.multi_seed else args.baseline_seeds)) for e in args.experiments}
     table = RESULTS / f"quality_{args.data}.jsonl"
+    expected = expected_hashes(args.data, root, seeds, args.overrides)
+    stale = stale_runs(read_runs(table, expected))
+    for name, reason in stale.items():
+        print(f"stale: {name}: {reason}" + ("" if args.rerun_stale else " (kept; --rerun-stale runs it again)"))
     for seed in range(max(map(len, seeds.values()))) if not args.report_only else []:  # seed-major
         for experiment in (e for e in args.experiments if seed in seeds[e]):
             name = run_name(args.data, experiment, seed)
-            if name in read_runs(table, root):
+            if name in read_runs(table, expected) and not (args.rerun_stale and name in stale):
                 continue
-            command = train_command(args.data, experiment, root, seed, table)
+            command = train_command(args.data, experiment, root, seed, table, args.overrides)
             print(f"$ {' '.join(command)}", flush=True)
             start = time.perf_counter()
             subprocess.run(command, check=True, env={**os.environ, "WANDB_MODE": "disabled"})
-            lines = [json.loads(line) for line in table.read_text().splitlines() if line.strip()]
-            lines[-1]["wall_s"] = round(time.perf_counter() - start, 1)  # the trainer just appended this run's line
+            lines = read_results(table)  # the trainer just appended this run's line
+            lines[-1].update(wall_s=round(time.perf_counter() - start, 1), config_hash=expected[name])
             table.write_text("".join(json.dumps(row) + "\n" for row in lines))
-            runs = read_runs(table, root)
+            runs = read_runs(table, expected)
             print(f"  {name}: test auc {runs[name]['test_auc']:.4f} in {runs[name]['wall_s']:.0f} s", flush=True)
-    rows, aucs = summarise(args.data, read_runs(table, root), seeds, args.experiments, args.reference)
+    runs = read_runs(table, expected)
+    rows, aucs = summarise(args.data, runs, seeds, args.experiments, args.reference)
     meta = json.loads((root / "meta.json").read_text())
     bench = f"make bench-quality DATA={args.data} USERS={sample_users} ROWS={rows_per_user} SEEDS={args.seeds}"
     if args.baseline_seeds != 1:
@@ -240,8 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         bench += f" MULTI_SEED='{' '.join(args.multi_seed)}'"
     if args.reference != "longer":
         bench += f" REFERENCE={args.reference}"
+    if args.overrides:
+        bench += f" OVERRIDES='{' '.join(args.overrides)}'"
     body = report(args.data, bench, prepare, meta, rows, ordering(aucs, args.experiments), seeds, table,
-                  args.reference)
+                  args.reference, args.overrides, provenance_note(runs))
     out = RESULTS / f"quality_{args.data}.md"
     out.write_text(f"# Quality benchmark: {args.data}\n\n{body}")
     write_doc_section(args.data, body)

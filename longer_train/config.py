@@ -186,12 +186,13 @@ class ModelConfig:
     # twin: events each row keeps by the general search unit's score for the exact search unit's attention
     twin_top_k: int = _num(50, 1)
     hstu_layers: int = _num(2, 1)  # hstu: HSTU layers over [history | candidate]
-    # the behaviours' similarity to the candidate in the shared embedding space (cosine, per candidate /
-    # sequence feature pair sharing a table; models/candidate_match.py): none | attention (it enters DIN's
+    # this project's extension, not in the paper (docs/paper.md "Deviations from the paper"): the behaviours'
+    # similarity to the candidate in the shared embedding space (cosine, per candidate / sequence feature pair
+    # sharing a table; models/candidate_match.py): none (the paper's models) | attention (it enters DIN's
     # attention scores / TWIN's target-attention scores / LONGER's and HSTU's candidate row as a learned
     # bias) | attention_readout (also what was attended to, for the head: DIN's pooled similarities, the
     # others' attention-weighted similarities)
-    candidate_match: str = _choice("attention_readout", ("none", "attention", "attention_readout"))
+    candidate_match: str = _choice("none", ("none", "attention", "attention_readout"))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -220,6 +221,9 @@ class TrainConfig:
     log_every: int = _num(10, 1)  # steps between the logged (and printed) train loss, lr and samples/s
     # the logged training NE, AUC and calibration are over the last this many steps of all ranks; 0 = off
     metrics_window: int = _num(100, 0)
+    # the test AUC is also computed on this many bootstrap resamples of the test users, for the test set's share
+    # of the uncertainty (results line: test_auc_replicates; components/metrics.py `bootstrap_auc`); 0 = off
+    test_bootstrap: int = _num(200, 0)
     device: str = _choice("auto", ("auto", "cpu", "cuda"))
     output_dir: str = "runs"  # each run writes runs/<run_name>/ (checkpoint, wandb)
     # default: <model>-<hash of the config's non-default values and the world size> (components/run_dir.py)
@@ -449,16 +453,25 @@ def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
+# Fields whose default changed after runs had been named and matched by their non-default values (the run name,
+# a sweep's config hash): `non_default` always keeps them, so that a run made before the change (which left the
+# field out, holding the old default) never matches one made after it (which would leave it out too, holding
+# the new one). model.candidate_match: attention_readout -> none (issue 30).
+CHANGED_DEFAULTS: dict[type, tuple[str, ...]] = {ModelConfig: ("candidate_match",)}
+
+
 def non_default(value: Any) -> Any:
     """Like `to_dict`, without the fields that hold their default: a dataclass becomes a dict of the fields
-    that differ from a default-constructed one (all of them when the class has required fields)."""
+    that differ from a default-constructed one (all of them when the class has required fields), and those of
+    `CHANGED_DEFAULTS` whatever they hold."""
     if dataclasses.is_dataclass(value):
         try:
             default = type(value)()
         except TypeError:
             default = None
+        kept = {name for cls, names in CHANGED_DEFAULTS.items() if isinstance(value, cls) for name in names}
         return {f.name: non_default(getattr(value, f.name)) for f in dataclasses.fields(value)
-                if default is None or getattr(value, f.name) != getattr(default, f.name)}
+                if default is None or f.name in kept or getattr(value, f.name) != getattr(default, f.name)}
     if isinstance(value, dict):
         return {k: non_default(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

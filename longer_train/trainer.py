@@ -379,7 +379,7 @@ class Trainer:
         loader = build_dataloader(
             self.cfg.data, split, train=False, seed=0, rank=self.env.rank, world_size=self.env.world_size
         )
-        metrics = RankingMetrics()
+        metrics = RankingMetrics(self.cfg.train.test_bootstrap if split == "test" else 0)
         for batch in loader:
             batch = batch.to(self.env.device)
             _, (_, logits, labels) = self.model(batch)

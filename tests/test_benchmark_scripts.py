@@ -140,3 +140,38 @@ def test_long_history_benchmark_times_each_part(tmp_path):
         shares = [int(row[4].rstrip("% |")) for row in rows[1:5]]
         assert abs(sum(shares) - 100) <= 2  # rounded percentages of the step's FLOPs
     assert table.rstrip().endswith("x |") and "| rest |" in table.split("GFLOP/s at 40 / at 24")[1]
+
+
+def test_fuxictr_export_gives_each_row_the_history_of_this_projects_loader(small, tmp_path):
+    """benchmarks/peer_fuxictr.py's adapter (no FuxiCTR needed): a row's first seq_len events of its user in
+    user_info, looked up in item_info, are the row's whole history as read_inline builds it (ids + 1), newest last;
+    its item_index row holds the candidate's item and category and the reserved id for the action."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from longer_train.data.store import read_inline
+    from longer_train.data.vocab import resolve_num_embeddings
+
+    peer = runpy.run_path(str(ROOT / "benchmarks" / "peer_fuxictr.py"), run_name="benchmark")
+    cfg = load_config(QUICKSTART, [f"data.root={small}", "data.max_len=100000"])  # whole histories
+    resolve_num_embeddings(cfg.data)
+    out = tmp_path / "export"
+    keys = peer["export"](cfg, out)
+    users = pq.read_table(out / "user_info.parquet").column("full_item_seq").to_pylist()
+    columns = lambda path: {k: np.asarray(v) for k, v in pq.read_table(path).to_pydict().items()}
+    items = columns(out / "item_info.parquet")
+    assert (items["item_index"] == np.arange(len(items["item_index"]))).all()  # FuxiCTR looks rows up by position
+    none = cfg.data.tables["action"].num_embeddings + 1
+    for split in ("train", "test"):
+        rows = columns(out / f"{split}.parquet")
+        inline = read_inline(small, split, cfg.data).to_pydict()
+        assert (rows["label"] == keys[split]["label"]).all() and len(rows["label"]) == len(inline["label"])
+        for i in np.linspace(0, len(rows["label"]) - 1, 25).astype(int):
+            seq = users[rows["user_index"][i]][: rows["seq_len"][i]]
+            for table, column in (("item", "hist_item_id"), ("category", "hist_category_id"),
+                                  ("action", "hist_action")):
+                assert list(items[table][seq]) == [v + 1 for v in inline[column][i]], (split, i, table)
+            at = rows["item_index"][i]
+            assert (items["item"][at], items["category"][at], items["action"][at]) == (
+                inline["item_id"][i] + 1, inline["category_id"][i] + 1, none)
+            assert rows["user_id"][i] == inline["user_id"][i] + 1

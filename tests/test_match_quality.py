@@ -1,5 +1,7 @@
 """The sequence models learn the candidate–history match (`longer-data synthetic --task match`): on data where
-the click depends only on the candidate's category occurring in the history, at a CPU-test size.
+the click depends only on the candidate's category occurring in the history, at a CPU-test size, with this
+project's extension on (`model.candidate_match=attention_readout`; the experiment configs run the paper's models,
+without it).
 
 Measured at this size (one torch thread; oracle test AUC 0.673 for `recent`, 0.656 for `long`): DIN (Recent50)
 on `recent` 0.659 / 0.665 / 0.668 / 0.663 for seeds 0-3, and 0.460 without the candidate match
@@ -33,7 +35,8 @@ def _train(root, tmp_path, experiment: str, overrides: list[str]) -> dict:
     cfg = load_config([CONFIGS / "datasets" / "synthetic_match.yaml", CONFIGS / "experiments" / f"{experiment}.yaml"], [
         f"data.root={root}", f"data.max_len={MAX_LEN}", "data.batch_size=64", "train.eval_every=0",
         f"train.output_dir={tmp_path}/runs", f"train.runs_table={tmp_path}/runs.jsonl", "train.checkpoint=false",
-        "train.progress_bar=false", "logging.wandb_mode=disabled", *overrides,
+        "train.progress_bar=false", "logging.wandb_mode=disabled", "model.candidate_match=attention_readout",
+        *overrides,
     ])
     try:
         return Trainer(cfg).train()

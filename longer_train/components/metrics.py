@@ -8,6 +8,13 @@
   then reduces a few sums. No rank ever holds every prediction; the numbers are those of one process.
 - `WindowedMetrics` (training): NE, AUC and calibration over the last N steps of all ranks, for the console
   and W&B (`train.metrics_window`).
+- Test-set uncertainty (`RankingMetrics(replicates=B)`, the trainer's test split with `train.test_bootstrap`):
+  the AUC on B Poisson bootstrap resamples of the users (`bootstrap_auc`). Each user's weight in replicate b is
+  a Poisson(1) draw fixed by a hash of (user id, b), so it needs no pass over the whole set, no communication
+  (each rank weights its own rows; the AUC routes rows by score range as above), and is the same in every run
+  on the same test set: the replicates of two runs are paired, and the spread over b of their difference is
+  the test set's share of the uncertainty of that difference (sweep/summary.py). Resampling users, not rows,
+  keeps a user's correlated rows together.
 
 NE (normalized entropy, as TorchRec's `NEMetric`): the logloss divided by the entropy of the labels' mean
 (the logloss of always predicting the base rate): 1 is no better than the base rate. Calibration: mean
@@ -115,19 +122,26 @@ def _quantiles(values: Tensor, count: int) -> Tensor:
     return ordered[torch.linspace(0, len(values) - 1, count).round().long()]
 
 
+def _by_score_range(scores: Tensor, *columns: Tensor) -> list[Tensor]:
+    """Send each row (its score and `columns`) to the rank that owns its score's range, rank r the r-th range,
+    equal scores on one rank; one process keeps its rows. Returns [scores, *columns] as routed."""
+    world = _world()[1]
+    if world == 1:
+        return [scores, *columns]
+    # range boundaries: quantiles of a sample of every rank's scores (65 each, gathered to all)
+    samples: list = [None] * world
+    dist.all_gather_object(samples, _quantiles(scores, 65))
+    bounds = _quantiles(torch.cat(samples), world + 1)[1:-1]
+    if not len(bounds):  # no row on any rank
+        bounds = torch.zeros(world - 1, dtype=torch.float64)
+    owner = torch.searchsorted(bounds, scores, right=True)  # equal scores: one owner
+    return _route(owner, scores, *columns)
+
+
 def distributed_auc(labels: Tensor, scores: Tensor) -> float:
     """The AUC of the rows of all ranks (a collective): each row goes to the rank of its score's range."""
     rank, world = _world()
-    labels, scores = labels.double().cpu(), scores.double().cpu()
-    if world > 1:
-        # range boundaries: quantiles of a sample of every rank's scores (65 each, gathered to all)
-        samples: list = [None] * world
-        dist.all_gather_object(samples, _quantiles(scores, 65))
-        bounds = _quantiles(torch.cat(samples), world + 1)[1:-1]
-        if not len(bounds):  # no row on any rank
-            bounds = torch.zeros(world - 1, dtype=torch.float64)
-        owner = torch.searchsorted(bounds, scores, right=True)  # equal scores: one owner
-        labels, scores = _route(owner, labels, scores)
+    scores, labels = _by_score_range(scores.double().cpu(), labels.double().cpu())
     positives, rows, u = mann_whitney(torch.zeros(len(labels), dtype=torch.long), labels, scores, 1)
     negatives = rows - positives
     below = torch.zeros(world, dtype=torch.float64)  # negatives on each rank (its range of scores)
@@ -137,6 +151,61 @@ def distributed_auc(labels: Tensor, scores: Tensor) -> float:
     total_u, total_pos, total_rows = _sum_over_ranks([float(u), float(positives[0]), float(rows[0])]).tolist()
     pairs = total_pos * (total_rows - total_pos)
     return total_u / pairs if pairs > 0 else float("nan")
+
+
+BOOTSTRAP_KEY = 0x5EED_B007  # mixed into every replicate's hash: fixed, so every run draws the same resamples
+_POISSON_CDF = np.cumsum([math.exp(-1) / math.factorial(k) for k in range(16)])  # P(K <= k), K ~ Poisson(1)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 mixing function on uint64 arrays (wrapping arithmetic): a well-spread hash of x."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def bootstrap_weights(users: Tensor, replicates: range) -> np.ndarray:
+    """Each row's weight in each replicate [N, len(replicates)]: its user's Poisson(1) count, a function of
+    (user id, replicate) only, so the same in every run, on every rank and in every order of the rows."""
+    user = _splitmix64(users.numpy().astype(np.int64).view(np.uint64))
+    replicate = _splitmix64(np.arange(replicates.start, replicates.stop, dtype=np.uint64) + np.uint64(BOOTSTRAP_KEY))
+    uniform = (_splitmix64(user[:, None] ^ replicate[None, :]) >> np.uint64(11)) * 2.0**-53  # [0, 1)
+    return np.searchsorted(_POISSON_CDF, uniform, side="right").astype(np.float64)
+
+
+def _weighted_u(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per weight column: (U, positives, negatives) of the weighted rows, U = sum over positive-negative pairs
+    with the positive scored higher of the product of their weights, ties counting one half."""
+    if not len(labels):
+        zeros = np.zeros(weights.shape[1])
+        return zeros, zeros, zeros
+    order = np.argsort(scores, kind="stable")
+    s, y, w = scores[order], labels[order, None], weights[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # the first row of each run of equal scores
+    positive = np.add.reduceat(w * y, starts, axis=0)  # [ties, columns]
+    negative = np.add.reduceat(w * (1 - y), starts, axis=0)
+    below = np.cumsum(negative, axis=0) - negative  # negatives scored lower than each tie
+    return (positive * (below + 0.5 * negative)).sum(0), positive.sum(0), negative.sum(0)
+
+
+def bootstrap_auc(users: Tensor, labels: Tensor, scores: Tensor, replicates: int) -> np.ndarray:
+    """The AUC of the rows of all ranks on each of `replicates` Poisson bootstrap resamples of the users
+    (`bootstrap_weights`) [replicates] (a collective); NaN for a resample with one class only."""
+    rank, world = _world()
+    scores, labels, users = _by_score_range(scores.double().cpu(), labels.double().cpu(), users.long().cpu())
+    y, s = labels.numpy(), scores.numpy()
+    block = max(1, 2**22 // max(len(y), 1))  # replicates at a time: [rows, block] float64 arrays of <= 32 MiB
+    parts = [_weighted_u(y, s, bootstrap_weights(users, range(b, min(b + block, replicates))))
+             for b in range(0, replicates, block)]
+    u, positives, negatives = (np.concatenate(column) for column in zip(*parts))
+    below = np.zeros((world, replicates))  # weighted negatives on each rank (its range of scores)
+    below[rank] = negatives
+    below = _sum_over_ranks(torch.from_numpy(below)).numpy()
+    u = u + positives * below[:rank].sum(0)  # every negative of a lower range scores lower
+    u, positives, negatives = _sum_over_ranks(torch.from_numpy(np.stack([u, positives, negatives]))).numpy()
+    pairs = positives * negatives
+    return np.divide(u, pairs, out=np.full(replicates, np.nan), where=pairs > 0)
 
 
 def distributed_gauc(users: Tensor, labels: Tensor, scores: Tensor) -> tuple[float, int]:
@@ -173,9 +242,11 @@ def _entropy(rate: float) -> float:
 
 
 class RankingMetrics:
-    """Evaluation metrics of one split: `update` with every batch, `compute` once (a collective)."""
+    """Evaluation metrics of one split: `update` with every batch, `compute` once (a collective). With
+    `replicates` > 0 also the AUC of that many bootstrap resamples of the users (`auc_replicates`, a list)."""
 
-    def __init__(self) -> None:
+    def __init__(self, replicates: int = 0) -> None:
+        self.replicates = replicates
         self.users: list[Tensor] = []
         self.labels: list[Tensor] = []
         self.logits: list[Tensor] = []
@@ -192,6 +263,8 @@ class RankingMetrics:
         rows, label_sum, prob_sum, logloss = _sum_over_ranks(_loss_sums(labels, probs)).tolist()
         g, users_counted = distributed_gauc(users, labels, probs)
         mean_label = label_sum / rows if rows else float("nan")
+        extra = ({"auc_replicates": [round(float(v), 6) for v in bootstrap_auc(users, labels, probs, self.replicates)]}
+                 if self.replicates else {})
         return {
             "auc": distributed_auc(labels, probs),
             "gauc": g,
@@ -200,13 +273,14 @@ class RankingMetrics:
             "ne": logloss / rows / _entropy(mean_label) if rows else float("nan"),
             "samples": rows,
             "gauc_users": float(users_counted),
+            **extra,
         }
 
 
-def ranking_metrics(users, labels, logits) -> dict[str, float]:
+def ranking_metrics(users, labels, logits, replicates: int = 0) -> dict[str, float]:
     """All evaluation metrics of rows held by this process (arrays or tensors); a collective when distributed,
     each rank passing its own rows."""
-    metrics = RankingMetrics()
+    metrics = RankingMetrics(replicates)
     metrics.update(torch.as_tensor(np.asarray(users)), torch.as_tensor(np.asarray(labels, np.float64)),
                    torch.as_tensor(np.asarray(logits, np.float64)))
     return metrics.compute()

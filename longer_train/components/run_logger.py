@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ..config import Config
 from ..errors import InputError, one_line
+from ..provenance import code_state
 
 # Messages from TorchRec / PyTorch printed on every run about their own internals (nothing a user of this
 # project can change); each is dropped by its exact text, so every other warning still shows.
@@ -100,6 +101,7 @@ class RunLogger:
 
     def __init__(self, cfg: Config, run_dir: Path, resolved: dict[str, Any], enabled: bool) -> None:
         self.cfg, self.run_dir, self.resolved, self.enabled = cfg, run_dir, resolved, enabled
+        self.code = code_state() if enabled else {}  # the code this run trains with, taken before it trains
         self.bar: tqdm | None = None
         self.wandb = None
 
@@ -154,8 +156,8 @@ class RunLogger:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with (self.run_dir / "metrics.jsonl").open("a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
-        if self.wandb is not None:
-            self.wandb.log(metrics, step=step)
+        if self.wandb is not None:  # numbers only: a list such as test/auc_replicates stays in metrics.jsonl
+            self.wandb.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
 
     def close(self, stopped: bool = False) -> None:
         """Close the progress bar and the W&B run; `stopped`: the run will be resumed (W&B marks it preempted)."""
@@ -179,7 +181,9 @@ class RunLogger:
 
     def record(self, summary: dict[str, Any]) -> bool:
         """Append the run's results line to the runs table unless the table has it already (the same run and
-        checkpoint: a finished run run again); returns whether it was appended."""
+        checkpoint: a finished run run again), with what made it: the code's commit and whether it had
+        uncommitted changes when the run started (provenance.py), and the resolved config; returns whether it
+        was appended."""
         if not self.enabled:
             return False
         table = Path(self.cfg.train.runs_table)
@@ -194,5 +198,6 @@ class RunLogger:
                     return False
         table.parent.mkdir(parents=True, exist_ok=True)
         with table.open("a") as f:
-            f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **summary}) + "\n")
+            line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **summary, **self.code, "config": self.resolved}
+            f.write(json.dumps(line) + "\n")
         return True

@@ -5,6 +5,7 @@ FLOPs, params, samples/s) and, for scaling sweeps, the power-law fits and figure
 
     longer-sweep configs/sweeps/table2_rules.yaml --jobs 2
     longer-sweep configs/sweeps/table2_rules.yaml train.max_steps=5 --seeds 1 --results /tmp/smoke   # a smoke run
+    longer-sweep configs/sweeps/table2_rules.yaml --rerun-stale   # also re-run the lines other code made
     make reproduce [SWEEP=table2_rules] [JOBS=2]
 
 Files: <results>/<sweep>.jsonl (one line per finished run, appended as runs finish: commit it as it grows),
@@ -12,6 +13,8 @@ Files: <results>/<sweep>.jsonl (one line per finished run, appended as runs fini
 With --jobs N, runs go N at a time with cores // N torch threads each (one thread per run was measured 2-6x
 faster per run than two on a shared 2-core machine). Ctrl-C stops the running runs; run the same command again
 to continue. W&B: every run of a sweep is in the group named after the sweep (`logging.wandb_group`).
+Every line records the commit that made it; the runner lists the finished lines made by other code (another
+commit's code, uncommitted changes, or no commit recorded: provenance.py) and keeps them unless --rerun-stale.
 """
 
 from __future__ import annotations
@@ -29,10 +32,19 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from .runs import BIN, ensure_prepared, machine, model_stats, thread_env
+from .runs import BIN, PEERS, ensure_prepared, machine, model_stats, thread_env
 from .scaling import scaling_report
 from .spec import Run, SpecError, SweepSpec, load_spec
-from .summary import append_result, finished, read_results, summarise, summary_table
+from .summary import (
+    MIN_SEEDS,
+    append_result,
+    finished,
+    provenance_note,
+    read_results,
+    stale_runs,
+    summarise,
+    summary_table,
+)
 
 
 def available_cores() -> int:
@@ -55,8 +67,9 @@ def split_threads(jobs: int, threads: int | None, cores: int) -> int:
 
 
 def train_command(spec: SweepSpec, run: Run, runs_dir: Path, wandb: str | None) -> list[str]:
+    program = [sys.executable, PEERS[run.peer]] if run.peer else [str(BIN / "longer-train")]
     return [
-        str(BIN / "longer-train"), *map(str, run.configs), *run.overrides, f"train.run_name={run.name}",
+        *program, *map(str, run.configs), *run.overrides, f"train.run_name={run.name}",
         f"train.output_dir={runs_dir}", f"train.runs_table={runs_dir / run.name / 'result.jsonl'}",
         f"logging.wandb_group={spec.name}", *([f"logging.wandb_mode={wandb}"] if wandb else []),
     ]
@@ -76,8 +89,8 @@ class Executor:
     def run_all(self, pending: list[Run], jobs: int) -> tuple[int, bool]:
         """(failed runs, interrupted)."""
         for run in pending:  # before anything starts: a model that cannot be built fails the sweep now
-            if run.row not in self.stats:
-                self.stats[run.row] = model_stats(run.cfg)
+            if run.row not in self.stats:  # a peer's line brings its own parameter count
+                self.stats[run.row] = {} if run.peer else model_stats(run.cfg)
         failed = 0
         pool = ThreadPoolExecutor(max_workers=jobs)
         try:
@@ -134,6 +147,15 @@ class Executor:
         return True
 
 
+def _extensions(spec: SweepSpec) -> dict[str, list]:
+    """Extension text -> the rows that declare it."""
+    found: dict[str, list] = {}
+    for row in spec.rows:
+        if row.extension:
+            found.setdefault(row.extension, []).append(row)
+    return found
+
+
 def write_summary(spec: SweepSpec, runs: list[Run], results: Path, figures: Path, command: str, extra: list[str],
                   threads: int) -> Path:
     lines = read_results(results)
@@ -155,13 +177,18 @@ def write_summary(spec: SweepSpec, runs: list[Run], results: Path, figures: Path
         + (f" with `{' '.join(extra)}` for every run (given on the command line)" if extra else "")
         + f"; data {', '.join(f'`{root}`' for root in roots)}; results lines in `{results.as_posix()}`.", "",
         f"Protocol: seeds {', '.join(map(str, spec.seeds))} per row (`train.seed`: model init and shuffling); "
-        "metrics on the test split; mean ± sample std over the row's seeds. "
+        "metrics on the test split; mean ± sample std over the row's seeds; test-set SE: the std of the row's "
+        "mean test AUC over bootstrap resamples of the test users (the same resamples in every run). "
         + (f"Δ = the paired difference against the reference row `{spec.reference}`: the mean over the seeds both "
-           "rows have of (row − reference), ± its standard error (sample std of the differences / √n); ✓ marks "
-           "|Δ| > 2 SE, the project's bar for a real effect. " if spec.reference else "")
+           "rows have of (row − reference), ± its combined standard error √(seed SE² + test SE²) (seed SE: sample "
+           "std of the differences / √n; test SE: the std of the mean difference over the same bootstrap "
+           f"resamples); ✓ marks n ≥ {MIN_SEEDS} and |Δ| > 2 combined SE, the project's bar for a real effect; "
+           "without ✓ a difference is inconclusive. " if spec.reference else "")
         + "GFLOPs/sample: the analytic forward count at data.max_len, beside what FlopCounterMode measures "
-          "(relative difference). samples/s counts train step time only.",
-        f"Machine: {machine(threads)}.", "",
+          "(relative difference). samples/s counts train step time only."
+        + "".join(f" Extension rows (not the paper's model): {', '.join(f'`{r.name}`' for r in rows_of)} — "
+                  f"{text}." for text, rows_of in _extensions(spec).items()),
+        f"Machine: {machine(threads)}.", "", provenance_note(done), "",
         *summary_table(summaries, spec.reference), "",
     ]
     for scaling in spec.scaling:
@@ -188,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wandb", choices=["offline", "online", "disabled"],
                         help="logging.wandb_mode of every run (default: the config's)")
     parser.add_argument("--report-only", action="store_true", help="write the summary from the results so far")
+    parser.add_argument("--rerun-stale", action="store_true",
+                        help="run again the finished runs whose lines other code made (listed at start)")
     parser.add_argument("--dry-run", action="store_true", help="print the runs' commands, run nothing")
     args = parser.parse_intermixed_args(argv)  # key=value may follow the options (make reproduce)
     bad = [o for o in args.overrides if "=" not in o]
@@ -211,10 +240,16 @@ def main(argv: list[str] | None = None) -> int:
     results = Path(args.results) / f"{spec.name}.jsonl"
     runs_dir = Path(args.runs) / spec.name
     done = finished(read_results(results), {r.name: r.config_hash for r in runs})
-    pending = [r for r in runs if r.name not in done]
+    stale = stale_runs(done)
+    pending = [r for r in runs if r.name not in done or (args.rerun_stale and r.name in stale)]
     print(f"{spec.name}: {len(runs)} runs ({len(spec.rows)} rows x {len(spec.seeds)} seeds), {len(done)} finished, "
           f"{len(pending)} to run, {args.jobs} at a time with {threads} torch thread(s) each; results {results}",
           flush=True)
+    if stale:
+        print(f"{len(stale)} finished run(s) made by other code than this tree's "
+              + ("(re-run now, --rerun-stale):" if args.rerun_stale else "(kept; --rerun-stale runs them again):"))
+        for name, reason in stale.items():
+            print(f"  {name}: {reason}")
     if args.dry_run:
         for run in pending:
             print(shlex.join(train_command(spec, run, runs_dir, args.wandb)))

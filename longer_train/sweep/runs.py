@@ -40,6 +40,10 @@ DATASETS = {
     "taobao": Dataset("../shared/data/taobao-userbehavior-head", 0, 24, "data/taobao-head"),
 }
 
+# peer rows: a public library's model, trained by its own code on the same prepared data; the script takes
+# longer-train's arguments (CONFIG ... key=value) and appends a results line of the same keys to train.runs_table
+PEERS = {"fuxictr_din": "benchmarks/peer_fuxictr.py"}
+
 # every benchmark run: one validation pass at the end, no checkpoint, no progress bar (a sweep or the quality
 # benchmark may add to these; later overrides win)
 RUN_SETTINGS = ["train.eval_every=0", "train.checkpoint=false", "train.progress_bar=false"]

@@ -2,8 +2,10 @@
 mean test AUC and LogLoss against x (a config key such as data.max_len, or the rows' dense parameters or forward
 GFLOPs/sample), one fit per series value (e.g. per depth), with α, β, γ and R² (of the fit to the means).
 
-Figures: log x axis, one line per series, points = mean over seeds with ± std error bars, the fitted curve
-through them; PNG plus the points and fits as CSV, into docs/figures/ by default.
+Figures: log x axis, one line per series, points = mean over seeds with ± sample std error bars (the legend
+says how many seeds each point has), the fitted curve through them unless the fit is degenerate (an exponent
+at the fitter's bound: the data do not determine it, and a drawn curve would suggest they do); PNG plus the
+points and fits as CSV, into docs/figures/ by default.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ AXIS_LABELS = {
     "model.token_dim": "token width d",
 }
 MIN_POINTS = 4  # three parameters: at least one degree of freedom left
+BETA_BOUND = 5.0  # the exponent is fitted within ±BETA_BOUND
 
 
 @dataclass(frozen=True)
@@ -42,10 +45,17 @@ class Fit:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.alpha * np.power(x, self.beta) + self.gamma
 
+    @property
+    def degenerate(self) -> bool:
+        """The exponent ran to the fitter's bound (or a parameter is not finite): the points do not determine it."""
+        finite = all(math.isfinite(v) for v in (self.alpha, self.beta, self.gamma))
+        return not finite or abs(abs(self.beta) - BETA_BOUND) < 1e-3
+
     def format(self) -> str:
         if self.error:
             return f"no fit ({self.error})"
-        return f"α = {self.alpha:.4g}, β = {self.beta:.3g}, γ = {self.gamma:.4g}, R² = {self.r2:.3f} (n = {self.n})"
+        text = f"α = {self.alpha:.4g}, β = {self.beta:.3g}, γ = {self.gamma:.4g}, R² = {self.r2:.3f} (n = {self.n})"
+        return text + (f"; degenerate (β at the fitter's bound ±{BETA_BOUND:g}): not drawn" if self.degenerate else "")
 
 
 def fit_power_law(x: np.ndarray | list[float], y: np.ndarray | list[float]) -> Fit:
@@ -68,8 +78,8 @@ def fit_power_law(x: np.ndarray | list[float], y: np.ndarray | list[float]) -> F
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                params, _ = curve_fit(law, t, y, p0=(a0, b0, y[np.argmax(t)]), bounds=([-np.inf, -5, -np.inf],
-                                      [np.inf, 5, np.inf]), maxfev=20000)
+                params, _ = curve_fit(law, t, y, p0=(a0, b0, y[np.argmax(t)]), bounds=(
+                    [-np.inf, -BETA_BOUND, -np.inf], [np.inf, BETA_BOUND, np.inf]), maxfev=20000)
         except (RuntimeError, ValueError):
             continue
         sse = float(((law(t, *params) - y) ** 2).sum())
@@ -128,9 +138,11 @@ def scaling_report(
             mean = np.array([r.mean(metric) for r in mine])
             std = np.array([r.std(metric) for r in mine])
             fit = fit_power_law(x, mean)
-            line_label = f"{label} = {s}" if scaling.series else "all rows"
+            seeds = sorted({r.n for r in mine})
+            n = f"n = {seeds[0]}" if len(seeds) == 1 else f"n = {seeds[0]}–{seeds[-1]}"
+            line_label = (f"{label} = {s}" if scaling.series else "all rows") + f" ({n} seeds per point)"
             bars = ax.errorbar(x, mean, yerr=np.nan_to_num(std), fmt="o", capsize=3, label=line_label)
-            if not fit.error:
+            if not fit.error and not fit.degenerate:
                 grid = np.geomspace(x.min(), x.max(), 100)
                 ax.plot(grid, fit(grid), "-", color=bars[0].get_color(),
                         label=f"fit: α={fit.alpha:.3g}, β={fit.beta:.3g}, γ={fit.gamma:.4g}, R²={fit.r2:.3f}")
@@ -142,7 +154,7 @@ def scaling_report(
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.tick_params(axis="x", labelrotation=45, labelsize=8)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"{metric_name} (mean ± std over seeds)")
+        ax.set_ylabel(f"{metric_name} (mean; bars ± sample std over the seeds)")
         ax.set_title(f"{name}: {metric_name} vs {xlabel.split(' (')[0]}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)

@@ -12,10 +12,15 @@
       - {name: recent, overrides: [model.query_selection=recent]}
       - {name: din, experiment: ../experiments/din.yaml}      # a row may name its own experiment config
       - {name: 4k users, data: {users: 4000}}                 # ... and its own data (merged into `data`)
+      - {name: fuxictr_din, experiment: ../experiments/din.yaml, peer: fuxictr_din}   # a peer library's model
+                                          # (runs.PEERS) on the run's data, seed, batch size and max_len
     grid:                                 # ... or a grid: one row per combination, named key=value,...
       model.num_self_layers: [1, 2]
       data.max_len: [32, 64, 128]
     reference: recent                     # the row every other one is compared with, seed by seed
+    extension: candidate match            # optional, on the spec or a row: what it adds to the paper's models
+                                          # (docs/paper.md "Deviations from the paper"); rows without one
+                                          # stand for the paper's rows and run its models
     scaling:                              # optional: power-law fits and figures (sweep/scaling.py)
       - {x: data.max_len, series: model.num_self_layers}   # x: a config key, `params` or `gflops`
 
@@ -40,12 +45,12 @@ from omegaconf import OmegaConf
 
 from ..config import Config, ConfigError, load_config, non_default
 from ..data.vocab import dataset_sizes, resolve_num_embeddings
-from .runs import DATASETS, RUN_SETTINGS
+from .runs import DATASETS, PEERS, RUN_SETTINGS
 
 SPEC_KEYS = {"description", "data", "dataset", "experiment", "overrides", "seeds", "rows", "grid", "reference",
-             "scaling"}
+             "scaling", "extension"}
 DATA_KEYS = {"name", "users", "rows_per_user", "src"}
-ROW_KEYS = {"name", "overrides", "experiment", "data"}
+ROW_KEYS = {"name", "overrides", "experiment", "data", "extension", "peer"}
 DERIVED_X = {"params": "dense_params", "gflops": "gflops_analytic"}  # scaling axes read off the results
 
 
@@ -59,6 +64,9 @@ class Row:
     overrides: tuple[str, ...]
     experiment: Path | None = None  # replaces the spec's experiment config for this row
     data: dict[str, Any] | None = None  # replaces keys of the spec's `data` for this row (e.g. users)
+    extension: str | None = None  # what the row adds to the paper's model (its own or the spec's); None: a paper row
+    peer: str | None = None  # runs.PEERS: a public library's model on the same data and config (run's data, seed,
+    # batch size, max_len), trained by its own code instead of longer-train
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,7 @@ class Run:
     cfg: Config
     config_hash: str  # of everything the run computes (its non-default config values)
     values: dict[str, Any]  # the run's values of the keys the sweep varies (and its scaling keys)
+    peer: str | None = None  # a peer library's model trains it instead of longer-train (runs.PEERS)
 
     @property
     def name(self) -> str:
@@ -141,14 +150,22 @@ class SweepSpec:
                 where = f"{self.path}: row {row.name!r}"
                 overrides = resolve_percent_queries(configs, overrides, where)
                 try:
-                    cfg = load_config(configs, overrides)
-                    if dataset_sizes(cfg.data.root) is not None:  # `num_embeddings: auto` as the run will see it
-                        resolve_num_embeddings(cfg.data)
+                    cfg = run_config(configs, overrides)
                 except ConfigError as err:
                     raise SpecError(f"{where}: {err}") from None
                 values = {key: get_value(cfg, key) for key in self.varied_keys()}
-                runs.append(Run(row.name, seed, configs, overrides, cfg, config_hash(cfg), values))
+                runs.append(Run(row.name, seed, configs, overrides, cfg, config_hash(cfg, row.peer), values,
+                                row.peer))
         return runs
+
+
+def run_config(configs: list[Path], overrides: list[str]) -> Config:
+    """A run's config as its process will see it: loaded and checked, `num_embeddings: auto` resolved from the
+    data when the data are there."""
+    cfg = load_config(configs, overrides)
+    if dataset_sizes(cfg.data.root) is not None:
+        resolve_num_embeddings(cfg.data)
+    return cfg
 
 
 def safe_name(text: str) -> str:
@@ -156,16 +173,19 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
 
 
-def config_hash(cfg: Config) -> str:
+def config_hash(cfg: Config, peer: str | None = None) -> str:
     """Of everything a run computes: its non-default config values without the runner's bookkeeping (run name,
-    output folders, results table, logging); two runs with equal hashes train the same model on the same data.
-    Vocabulary sizes count as the numbers they resolve to (`runs` resolves `num_embeddings: auto` when the data
-    is there), so a config written with `auto` finds the runs of one that spelled the sizes out."""
+    output folders, results table, logging), and the peer library that trains it if any; two runs with equal
+    hashes train the same model on the same data. Vocabulary sizes count as the numbers they resolve to
+    (`run_config` resolves `num_embeddings: auto` when the data is there), so a config written with `auto` finds
+    the runs of one that spelled the sizes out."""
     values = non_default(cfg)
     values.pop("logging", None)
     train = values.get("train", {})
     for key in ("run_name", "output_dir", "runs_table", "progress_bar", "log_every", "resume"):
         train.pop(key, None)
+    if peer is not None:
+        values["peer"] = peer
     return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -213,6 +233,12 @@ def _strings(value: Any, where: str) -> list[str]:
     return list(value)
 
 
+def _text(value: Any, where: str) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise SpecError(f"{where} must be a non-empty text, got {value!r}")
+    return value
+
+
 def _check_keys(values: dict, allowed: set[str], where: str) -> None:
     unknown = sorted(set(values) - allowed)
     if unknown:
@@ -254,6 +280,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     if len(set(seeds)) != len(seeds):
         raise SpecError(f"{path}: 'seeds' lists a seed twice: {seeds}")
 
+    extension = _text(raw.get("extension"), f"{path}: extension")
     rows: list[Row] = []
     if ("rows" in raw) == ("grid" in raw):
         raise SpecError(f"{path}: give exactly one of 'rows' (a list) and 'grid' (key: [values, ...])")
@@ -271,8 +298,11 @@ def load_spec(path: str | Path) -> SweepSpec:
                 if data is None or not isinstance(row_data, dict):
                     raise SpecError(f"{where}: 'data' (a mapping) needs the spec's own 'data' to add to")
                 _check_keys(row_data, DATA_KEYS - {"name"}, f"{where}.data")
+            peer = row.get("peer")
+            if peer is not None and peer not in PEERS:
+                raise SpecError(f"{where}: 'peer' must be one of {sorted(PEERS)}, got {peer!r}")
             rows.append(Row(row["name"], tuple(_strings(row.get("overrides"), f"{where}.overrides")), experiment,
-                            row_data))
+                            row_data, _text(row.get("extension", extension), f"{where}.extension"), peer))
     else:
         grid = raw["grid"]
         if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
@@ -280,7 +310,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         for combo in itertools.product(*grid.values()):
             pairs = list(zip(grid, combo))
             name = ",".join(f"{key.split('.')[-1]}={_format(v)}" for key, v in pairs)
-            rows.append(Row(name, tuple(f"{key}={_format(v)}" for key, v in pairs)))
+            rows.append(Row(name, tuple(f"{key}={_format(v)}" for key, v in pairs), extension=extension))
     names = [r.name for r in rows]
     if len(set(map(safe_name, names))) != len(names):
         raise SpecError(f"{path}: row names must be distinct (also as file names): {names}")

@@ -1,5 +1,6 @@
 """AUC, GAUC, LogLoss, NE and calibration against direct definitions, torchmetrics' AUROC and the previous
-single-process numpy implementation (kept below as the oracle), in one process and on 3 gloo ranks."""
+single-process numpy implementation (kept below as the oracle), in one process and on 3 gloo ranks; the
+bootstrap AUC over users against weighted and resampled definitions."""
 
 import itertools
 import math
@@ -11,7 +12,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torchmetrics.functional.classification import binary_auroc
 
-from longer_train.components.metrics import RankingMetrics, WindowedMetrics, auc, ranking_metrics
+from longer_train.components.metrics import (
+    RankingMetrics,
+    WindowedMetrics,
+    _weighted_u,
+    auc,
+    bootstrap_auc,
+    bootstrap_weights,
+    ranking_metrics,
+)
 
 
 # ---- the previous implementation (numpy, every prediction on one process): today's exact numbers ----------
@@ -124,6 +133,55 @@ def _same(new, old):
         assert new[key] == pytest.approx(value, rel=tolerance, abs=1e-12), key
 
 
+# ---- the bootstrap over test users -----------------------------------------------------------------------
+def test_bootstrap_weights_are_poisson_counts_of_the_user_and_the_replicate_only():
+    users = torch.tensor([5, 9, 5, 123456789, 9, 5])
+    weights = bootstrap_weights(users, range(0, 50))
+    assert weights.shape == (6, 50) and (weights == np.round(weights)).all() and (weights >= 0).all()
+    assert (weights[0] == weights[2]).all() and (weights[0] == weights[5]).all()  # one user, one weight
+    assert (bootstrap_weights(users[[3, 1]], range(0, 50)) == weights[[3, 1]]).all()  # order and batch free
+    assert (bootstrap_weights(users, range(20, 30)) == weights[:, 20:30]).all()  # replicates computed in blocks
+    many = bootstrap_weights(torch.arange(20000), range(0, 10))
+    assert many.mean() == pytest.approx(1.0, abs=0.01) and many.var() == pytest.approx(1.0, abs=0.02)  # Poisson(1)
+    assert (many == 0).mean() == pytest.approx(math.exp(-1), abs=0.01)
+    assert abs(np.corrcoef(many[:, 0], many[:, 1])[0, 1]) < 0.03  # replicates independent
+
+
+def test_weighted_auc_is_the_auc_of_the_rows_repeated_weight_times():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 300).astype(np.float64)
+    scores = np.round(rng.random(300), 1)  # ties
+    weights = rng.integers(0, 4, (300, 3)).astype(np.float64)
+    ones = np.ones((300, 1))
+    u, pos, neg = _weighted_u(labels, scores, ones)
+    assert u[0] / (pos[0] * neg[0]) == pytest.approx(auc(labels, scores), abs=1e-12)
+    u, pos, neg = _weighted_u(labels, scores, weights)
+    for b in range(3):
+        repeated = np.repeat(np.arange(300), weights[:, b].astype(int))
+        assert u[b] / (pos[b] * neg[b]) == pytest.approx(auc(labels[repeated], scores[repeated]), abs=1e-12)
+
+
+def test_bootstrap_spread_is_that_of_resampling_users():
+    """The spread of the Poisson bootstrap's AUC agrees with resampling whole users with replacement (the
+    classical bootstrap over users), within the noise of 400 replicates each, on 80 users whose rows share a
+    user effect the scores do not see; resampling rows instead would understate it."""
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(80) * 31 + 7, 40)
+    score = rng.normal(size=len(users))
+    effect = np.repeat(rng.normal(scale=2.0, size=80), 40)
+    labels = (rng.random(len(users)) < 1 / (1 + np.exp(-(score + effect)))).astype(np.float64)
+    poisson = bootstrap_auc(torch.as_tensor(users), torch.as_tensor(labels), torch.as_tensor(score), 400)
+    ids = np.unique(users)
+    rows = {u: np.flatnonzero(users == u) for u in ids}
+    resample = lambda: np.concatenate([rows[u] for u in rng.choice(ids, len(ids))])
+    classical = np.std([auc(labels[i], score[i]) for i in (resample() for _ in range(400))])
+    rows_drawn = (rng.integers(0, len(users), len(users)) for _ in range(400))
+    row_level = np.std([auc(labels[i], score[i]) for i in rows_drawn])
+    assert np.nanstd(poisson) == pytest.approx(classical, rel=0.2)
+    assert np.nanmean(poisson) == pytest.approx(auc(labels, score), abs=0.01)
+    assert classical > 1.3 * row_level  # the set has the correlation that makes resampling users matter
+
+
 # ---- 3 gloo ranks, uneven shards (one empty): the same numbers, no rank holding every prediction -----------
 _CUTS = (0, 1700, 1700, 3000)  # rank 1 holds no row
 
@@ -134,7 +192,7 @@ def _rank_main(rank, world, store_path, out_path):
     try:
         users, labels, logits = _fixed_set()
         part = slice(_CUTS[rank], _CUTS[rank + 1])
-        metrics = RankingMetrics()
+        metrics = RankingMetrics(replicates=30)
         for chunk in np.array_split(np.arange(part.start, part.stop), 4):  # several batches
             metrics.update(*(torch.as_tensor(column[chunk]) for column in (users, labels, logits)))
         window = WindowedMetrics(steps=2)
@@ -162,8 +220,10 @@ def test_three_ranks_give_the_one_process_numbers(tmp_path):
     old = _old_metrics(users, labels, logits)
     last_two = np.concatenate([np.arange(c // 10 + 600, c // 10 + 1000) for c in _CUTS[:3]])
     window = _windowed_oracle(labels[last_two], logits[last_two])
+    replicates = ranking_metrics(users, labels, logits, replicates=30)["auc_replicates"]
     for result in results:  # every rank gets the same numbers
         _same(result["eval"], old)
+        assert result["eval"]["auc_replicates"] == pytest.approx(replicates, abs=2e-6)  # rounded to 6 digits
         for key, value in window.items():
             assert result["window"][key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
 

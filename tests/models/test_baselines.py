@@ -16,7 +16,8 @@ LENGTHS = [0, 5, 64, 17]
 
 def _baseline(cls):
     torch.manual_seed(0)
-    return cls(ModelConfig(token_dim=8, head_hidden=[16], din_hidden=[12, 6]), DIMS).eval()
+    return cls(ModelConfig(token_dim=8, head_hidden=[16], din_hidden=[12, 6], candidate_match="attention_readout"),
+               DIMS).eval()
 
 
 @pytest.mark.parametrize("cls", [NoSequence, SumPooling, DIN])
@@ -90,7 +91,8 @@ def test_pool_norm_length_and_softmax_normalise_each_row(cls):
     outputs = {}
     for norm in ("none", "length", "softmax"):
         torch.manual_seed(0)
-        model = cls(ModelConfig(token_dim=8, head_hidden=[16], din_hidden=[12, 6], pool_norm=norm), DIMS).eval()
+        model = cls(ModelConfig(token_dim=8, head_hidden=[16], din_hidden=[12, 6], pool_norm=norm,
+                                candidate_match="attention_readout"), DIMS).eval()
         pooled = {}
         model.head.register_forward_hook(lambda m, args, out, pooled=pooled: pooled.update(x=args[0][:, :8]))
         outputs[norm] = model(x)

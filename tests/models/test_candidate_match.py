@@ -27,7 +27,7 @@ def _event_cosines(x, pairs):
 
 @torch.no_grad()
 def test_similarity_of_a_merged_token_is_the_sum_of_its_events_cosines(merge):
-    model = make_model(merge)
+    model = make_model(merge, candidate_match="attention")
     x = make_inputs(LENGTHS)
     merged, num_pad, groups, _ = model.encode_sequence(x)
     sim = model.candidate_similarity(groups, x.candidate.unsqueeze(1))[:, 0]  # [B, L', P]

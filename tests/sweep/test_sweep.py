@@ -96,16 +96,41 @@ def test_paired_statistics_on_a_fake_results_file():
 
     paired = summaries[1].paired["test_auc"]  # differences 0.02, 0.01, 0.03
     assert paired.n == 3 and paired.mean == pytest.approx(0.02) and paired.se == pytest.approx(0.01 / math.sqrt(3))
-    assert paired.beyond_two_se
+    assert paired.established and math.isnan(paired.se_test) and paired.combined_se == paired.se  # no replicates
     two = summaries[2].paired["test_auc"]  # over the common seeds 1, 2: differences -0.01, +0.01
-    assert two.n == 2 and two.mean == pytest.approx(0.0) and not two.beyond_two_se
+    assert two.n == 2 and two.mean == pytest.approx(0.0) and not two.established
     assert summaries[0].paired["test_auc"] is None and summaries[3].n == 0
     assert summaries[1].mean("test_auc") == pytest.approx(0.73) and summaries[1].std("test_auc") == pytest.approx(
         np.std([0.72, 0.72, 0.75], ddof=1))
     table = "\n".join(summary_table(summaries, "ref"))
-    assert "| `better` | `model.x=1` | 3 | 0.7300 ± 0.0173 | +0.0200 ± 0.0058 ✓ |" in table
+    better = "| `better` | `model.x=1` | 3 | 0.7300 ± 0.0173 |  | +0.0200 ± 0.0058 (seeds 0.0058, no test SE) ✓ |"
+    assert better in table
     assert "| `missing` |  | 0 | not run |" in table and "0.5 (+0.0%)" in table
     assert paired_difference({0: 1.0}, {1: 1.0}) is None  # no common seed
+
+
+def test_two_seeds_never_establish_an_effect_and_the_test_set_se_counts():
+    """n >= 3 seeds and |Δ| > 2 combined SE: a large, steady difference over 2 seeds stays inconclusive, and one
+    that clears 2 seed SEs but not 2 combined SEs (a noisy test set) too."""
+    rng = np.random.default_rng(0)
+    noise = rng.normal(scale=0.01, size=(3, 200))  # the test set's resamples: the same in every run
+    reps = lambda base, seed, shift: list(base + shift + noise[seed])
+    lines = [_line("ref", s, 0.70, 0.6, test_auc_replicates=reps(0.70, s, 0.0)) for s in range(3)]
+    lines += [_line("two", s, 0.80, 0.6, test_auc_replicates=reps(0.70, s, 0.10)) for s in range(2)]
+    # the row's scores move the resampled AUCs differently from the reference's: the difference has test noise
+    lines += [_line("noisy", s, 0.71 + 0.0005 * s, 0.6, test_auc_replicates=list(0.71 + 0.02 * rng.normal(size=200)))
+              for s in range(3)]
+    lines += [_line("clear", s, 0.72 + 0.0005 * s, 0.6, test_auc_replicates=reps(0.72, s, 0.0005 * s))
+              for s in range(3)]
+    rows = [(name, (), {}) for name in ("ref", "two", "noisy", "clear")]
+    ref, two, noisy, clear = summarise(rows, lines, reference="ref")
+    assert ref.test_set_se("test_auc") == pytest.approx(np.std(noise.mean(0), ddof=1))
+    assert two.paired["test_auc"].n == 2 and not two.paired["test_auc"].established  # +0.10, but 2 seeds
+    p = noisy.paired["test_auc"]
+    assert abs(p.mean) > 2 * p.se and p.se_test > p.se and not p.established  # only the seed SE would pass it
+    c = clear.paired["test_auc"]
+    assert c.se_test < 1e-3 and c.established  # paired replicates: the shared test-set noise cancels
+    assert "test " in c.format(4) and c.format(4).endswith("✓")
 
 
 def test_resume_runs_only_what_is_not_finished(tmp_path, monkeypatch, capsys):
@@ -148,6 +173,10 @@ pathlib.Path({str(runs_dir / run.name / 'result.jsonl')!r}).write_text(json.dump
     assert cli.main(args) == 0 and calls == []
     summary = (tmp_path / "results" / "demo.md").read_text()
     assert "4 of 4 runs finished" in summary and "| `b` | `model.num_queries=8` | 2 |" in summary
+    # the fake lines record no commit: listed as stale and kept, re-run on request
+    assert "4 stale" in summary and "no commit recorded 4" in summary
+    assert "a-seed0: no commit recorded" in capsys.readouterr().out
+    assert cli.main([*args, "--rerun-stale"]) == 0 and sorted(calls) == ["a-seed0", "a-seed1", "b-seed0", "b-seed1"]
 
     lines = [json.loads(ln) for ln in results.read_text().splitlines()]
     runs = load_spec(spec_path).runs()
@@ -169,6 +198,21 @@ def test_power_law_fit_recovers_its_parameters_and_needs_four_points():
     assert fit.error is None and fit.r2 > 0.9999
     assert (fit.alpha, fit.beta, fit.gamma) == pytest.approx((-0.3, -0.5, 0.8), rel=1e-3)
     assert "needs ≥ 4" in fit_power_law(x[:3], x[:3]).error
+
+
+def test_a_fit_whose_exponent_runs_to_the_bound_is_degenerate_and_not_drawn(tmp_path, monkeypatch):
+    x = np.array([1, 2, 4, 8, 16], dtype=float)
+    step = fit_power_law(x, [0.0, 0.0, 0.0, 0.0, 1.0])  # a jump at the last point: no exponent describes it
+    assert step.degenerate and "degenerate" in step.format()
+    assert not fit_power_law(x, 0.8 - 0.3 * x**-0.5).degenerate
+    drawn = []
+    monkeypatch.setattr("matplotlib.axes.Axes.plot", lambda self, *a, **k: drawn.append(k.get("label")))
+    lines = [_line(f"L{v}", s, y + 0.001 * s, 0.5 - 0.01 * np.log(v)) for v, y in zip(x, [0.0, 0, 0, 0, 1])
+             for s in (0, 1)]
+    summaries = summarise([(f"L{v}", (), {"data.max_len": v}) for v in x], lines, reference=None)
+    text, _ = scaling_report("step", summaries, Scaling("data.max_len", None), tmp_path, tmp_path)
+    assert any("test AUC" in ln and "degenerate" in ln for ln in text)
+    assert len(drawn) == 1 and "R²" in drawn[0]  # the LogLoss fit only
 
 
 def test_scaling_report_writes_figure_and_csvs(tmp_path):
@@ -233,3 +277,20 @@ def test_rows_may_bring_their_own_data(tmp_path):
     assert [r.cfg.data.root for r in spec.runs()] == ["data/synthetic-u800", "data/synthetic-u4000"]
     with pytest.raises(SpecError, match="data"):
         load_spec(write_spec(tmp_path, "rows: [{name: a, data: {name: taobao}}]\n", name="bad"))
+
+
+def test_a_peer_row_runs_the_peer_script_under_its_own_config_hash(tmp_path):
+    spec = load_spec(write_spec(tmp_path, f"""\
+        seeds: 1
+        rows:
+          - {{name: din, experiment: {CONFIGS / 'experiments' / 'din.yaml'}}}
+          - {{name: peer, experiment: {CONFIGS / 'experiments' / 'din.yaml'}, peer: fuxictr_din}}
+        """))
+    ours, peer = spec.runs()
+    assert ours.peer is None and peer.peer == "fuxictr_din" and ours.config_hash != peer.config_hash
+    command = cli.train_command(spec, peer, tmp_path, None)
+    assert command[:2] == [sys.executable, "benchmarks/peer_fuxictr.py"]
+    assert str(CONFIGS / "experiments" / "din.yaml") in command
+    assert cli.train_command(spec, ours, tmp_path, None)[0].endswith("longer-train")
+    with pytest.raises(SpecError, match="'peer' must be one of"):
+        load_spec(write_spec(tmp_path, "rows: [{name: a, peer: other}]\n", name="bad"))
