@@ -1,6 +1,7 @@
 """What running a command again does to its run folder: a finished run says so and writes nothing; a config
 changed under the same run name is refused in one line listing the changed keys (unless allowed);
-`train.resume=never` moves the old run aside with a notice; a second job on a run folder in use is refused;
+another run's checkpoint placed as the newest is refused the same way; `train.resume=never` moves the old run
+aside with a notice; a second job on a run folder in use is refused;
 the default run name differs by world size."""
 
 import json
@@ -51,6 +52,31 @@ def test_a_changed_config_under_the_same_name_is_refused_in_one_line(tiny, finis
         lines = [line for line in err.splitlines() if line.startswith("longer-train")]
         assert len(lines) == 1 and listed in lines[0] and "train.allow_config_change=true" in lines[0], err
         assert "Traceback" not in err and "Size mismatch" not in err
+
+
+def test_a_foreign_checkpoint_placed_as_the_newest_is_refused_and_nothing_is_written(tiny, finished, tmp_path,
+                                                                                   capsys):
+    """Another run's checkpoint (another seed and lr, the same shapes) copied into this run's folder as its newest:
+    refused in one line listing the differing keys, not resumed; the folder is left as it was."""
+    import shutil
+
+    other = tmp_path / "other"
+    assert train_main(train_args(tiny, other, "train.run_name=o", "data.num_workers=0", "train.seed=1",
+                                 "optim.lr=0.003")) == 0
+    shutil.copytree(finished / "runs", tmp_path / "runs")
+    (tmp_path / "runs.jsonl").write_text((finished / "runs.jsonl").read_text())
+    foreign = sorted((other / "runs" / "o" / "checkpoints").iterdir())[-1]
+    checkpoints = tmp_path / "runs" / "r" / "checkpoints"
+    newest = max(int(p.name.split("_")[-1]) for p in checkpoints.iterdir())
+    shutil.copytree(foreign, checkpoints / f"step_{newest + 5:08d}")
+    before = _snapshot(tmp_path)
+    capsys.readouterr()
+    assert train_main(_args(tiny, tmp_path)) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("longer-train")]
+    assert len(lines) == 1 and "optim.lr: 0.003 -> 0.002; train.seed: 1 -> 0" in lines[0], err
+    assert f"step_{newest + 5:08d}" in lines[0] and "Traceback" not in err
+    assert _snapshot(tmp_path) == before
 
 
 def test_an_allowed_config_change_resumes_with_a_warning(tiny, finished, tmp_path, capsys):
