@@ -388,9 +388,20 @@ def _read_yaml(path: Path) -> DictConfig:
     return own
 
 
-def _compose(path: Path, seen: tuple[Path, ...] = ()) -> Any:
+def flat(values: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as {dotted key: leaf value} (lists are leaves)."""
+    if isinstance(values, dict):
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            out.update(flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: values}
+
+
+def _compose(path: Path, seen: tuple[Path, ...] = (), sources: dict[str, str] | None = None) -> Any:
     """The file's `defaults` (paths relative to it, each composed the same way) merged in order, then the file
-    itself. Each file's keys are checked on their own, so an unknown key names the file that holds it."""
+    itself. Each file's keys are checked on their own, so an unknown key names the file that holds it.
+    `sources`, if given, gets {dotted key: the file that set it last}."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -409,15 +420,27 @@ def _compose(path: Path, seen: tuple[Path, ...] = ()) -> Any:
         raise ConfigError(f"{path}: {err}") from None
     except OmegaConfBaseException as err:  # e.g. an interpolation ${...} that names no key
         raise ConfigError(f"{path}: {one_line(err)}") from None
-    parts = [_compose(path.parent / str(name), seen + (path,)) for name in defaults]
+    parts = [_compose(path.parent / str(name), seen + (path,), sources) for name in defaults]
+    if sources is not None:
+        sources.update(dict.fromkeys(flat(OmegaConf.to_container(own)), _shown(path)))
     return OmegaConf.merge(*parts, own)
 
 
-def load_config(paths: str | Path | Sequence[str | Path], overrides: List[str] | None = None) -> Config:
+def _shown(path: Path) -> str:
+    """A config file as `--print-config` names it: relative to the working directory when under it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def load_config(paths: str | Path | Sequence[str | Path], overrides: List[str] | None = None,
+                sources: dict[str, str] | None = None) -> Config:
     """Load one YAML config, or several merged in order (a dataset config, then an experiment config), and
     apply `key=value` overrides (dotted keys, YAML values). A file may start with `defaults: [path, ...]`
     (relative to that file): those are merged first, in order, then the file; mappings merge key by key,
-    lists and scalars are replaced by the later file."""
+    lists and scalars are replaced by the later file. `sources`, if given, gets {dotted key: where its value
+    came from} (a file, or `override`) for every key that a file or an override set."""
     import yaml
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
@@ -425,7 +448,7 @@ def load_config(paths: str | Path | Sequence[str | Path], overrides: List[str] |
     paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
     if not paths:
         raise ConfigError("no config file given")
-    merged = OmegaConf.merge(*[_compose(p) for p in paths])
+    merged = OmegaConf.merge(*[_compose(p, sources=sources) for p in paths])
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -438,6 +461,8 @@ def load_config(paths: str | Path | Sequence[str | Path], overrides: List[str] |
             OmegaConf.update(merged, key, value, merge=True)
         except Exception as err:  # OmegaConf raises several types for a path that cannot exist
             raise ConfigError(f"override {item!r}: config key '{key}' cannot be set ({err})") from None
+        if sources is not None:
+            sources.update(dict.fromkeys(flat(value, f"{key}.") if isinstance(value, dict) else [key], "override"))
     try:
         values = OmegaConf.to_container(merged, resolve=True)
         cfg = config_from_dict(values)
@@ -451,6 +476,37 @@ def load_config(paths: str | Path | Sequence[str | Path], overrides: List[str] |
 
 def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def describe(cfg: Config, sources: dict[str, str]) -> str:
+    """The whole resolved config as YAML, each value followed by where it came from (`load_config`'s
+    `sources`; `default` for a value no file or override set)."""
+    import yaml
+
+    lines: list[str] = []
+
+    def emit(values: dict, prefix: str, indent: str) -> None:
+        for key, value in values.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, dict) and value:
+                lines.append(f"{indent}{key}:")
+                emit(value, dotted + ".", indent + "  ")
+                continue
+            text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("\n...").strip()
+            source = sources.get(dotted) or _source_above(dotted, sources)
+            lines.append(f"{indent}{key}: {text}".ljust(48) + f"  # {source}")
+
+    emit(to_dict(cfg), "", "")
+    return "\n".join(lines)
+
+
+def _source_above(dotted: str, sources: dict[str, str]) -> str:
+    """The source of the nearest enclosing key that was set whole (a mapping given by a file), else default."""
+    parts = dotted.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        if ".".join(parts[:end]) in sources:
+            return sources[".".join(parts[:end])]
+    return "default"
 
 
 # Fields whose default changed after runs had been named and matched by their non-default values (the run name,
@@ -597,12 +653,10 @@ def check_config(cfg: Config) -> None:
             "takes the recent rule only; use model.attention_impl auto (falls back to the reference for this "
             "layer) or reference"
         )
-    if model.name in ("twin", "hstu") and (model.token_dim % model.head_dim or model.twin_top_k < 1
-                                           or model.hstu_layers < 1):
+    if model.name in ("twin", "hstu") and model.token_dim % model.head_dim:  # (top-k and layers: their bounds)
         raise ConfigError(
             f"model.name={model.name}: config key 'model.head_dim' ({model.head_dim}) must divide "
-            f"model.token_dim ({model.token_dim}), and 'model.twin_top_k' ({model.twin_top_k}) and "
-            f"'model.hstu_layers' ({model.hstu_layers}) must be >= 1"
+            f"model.token_dim ({model.token_dim}): the heads are token_dim // head_dim"
         )
     for i, component in enumerate(cfg.parallel.bf16):
         if component not in BF16_COMPONENTS:

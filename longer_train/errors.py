@@ -27,6 +27,16 @@ class InputError(ValueError):
     """Bad input from the user: printed by the CLIs as one line (no traceback unless debugging)."""
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Every console script's --help: the module docstring as written, each option's default shown (unless
+    it is None, a flag's False, or the help text already says what the default is)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def add_debug_flag(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """`--debug` on a CLI's parser; returns a parent parser that gives each sub-command the flag too (so it
     may come before or after the sub-command)."""

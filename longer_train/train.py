@@ -4,7 +4,8 @@ Several CONFIG files are merged in order, e.g. a dataset config then an experime
 `longer-train configs/datasets/movielens.yaml configs/experiments/din.yaml train.seed=1`.
 
 A config, data or checkpoint error is printed as one line (naming the key, file, row, column) with exit
-code 2; `--debug` or `LONGER_DEBUG=1` shows its traceback instead (errors.py).
+code 2; `--debug` or `LONGER_DEBUG=1` shows its traceback instead (errors.py). `--print-config` prints the
+resolved config with the source of each value (a file, an override or the default) and trains nothing.
 """
 
 from __future__ import annotations
@@ -13,11 +14,9 @@ import argparse
 import signal
 import sys
 
-from torch.distributed.elastic.multiprocessing.errors import record
-
 from .components.run_logger import setup_logging
-from .config import load_config
-from .errors import EXIT_DIVERGED, add_debug_flag, debug_enabled, report, report_stopped, run_cli
+from .config import describe, load_config
+from .errors import EXIT_DIVERGED, HelpFormatter, add_debug_flag, debug_enabled, report, report_stopped, run_cli
 
 
 def _train(configs: list[str], overrides: list[str], debug: bool) -> int:
@@ -51,14 +50,31 @@ def _train(configs: list[str], overrides: list[str], debug: bool) -> int:
     return 0
 
 
-@record  # under torchrun, a failing rank's error goes into the job's failure summary
+def _print_config(configs: list[str], overrides: list[str]) -> int:
+    """The resolved config (vocabulary sizes filled from the data when it is there) with each value's source."""
+    from .data.vocab import dataset_sizes, resolve_num_embeddings
+
+    sources: dict[str, str] = {}
+    cfg = load_config(configs, overrides, sources)
+    if dataset_sizes(cfg.data.root):
+        auto = [name for name, table in cfg.data.tables.items() if table.num_embeddings == "auto"]
+        resolve_num_embeddings(cfg.data)
+        sources.update({f"data.tables.{name}.num_embeddings": f"auto: {cfg.data.root}/meta.json" for name in auto})
+    print(describe(cfg, sources))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="longer-train", description="Train a LONGER ranking model from a YAML config."
+        prog="longer-train", description="Train a LONGER ranking model from a YAML config.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("args", nargs="+", metavar="CONFIG|key=value",
                         help="YAML config(s) merged in order, e.g. configs/quickstart.yaml, then dotted key=value "
                              "overrides, e.g. train.seed=1")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config, each value with its source (file, override, default), "
+                             "and exit without training")
     add_debug_flag(parser)
     parsed = parser.parse_intermixed_args(argv)  # --debug may come anywhere
     args = parsed.args
@@ -67,7 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     if args[:len(configs)] != configs:
         parser.error("config files go before the key=value overrides")
     debug = debug_enabled(parsed.debug)
-    return run_cli("longer-train", lambda: _train(configs, overrides, debug), debug)
+    if parsed.print_config:
+        return run_cli("longer-train", lambda: _print_config(configs, overrides), debug)
+    # torch is imported only now, so that --help and --print-config answer at once; under torchrun, `record`
+    # puts a failing rank's error into the job's failure summary
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    return record(lambda: run_cli("longer-train", lambda: _train(configs, overrides, debug), debug))()
 
 
 if __name__ == "__main__":

@@ -130,3 +130,29 @@ def test_unwritable_outputs_are_refused_before_training(tiny, tmp_path, capsys):
         out, err = capsys.readouterr()
         (line,) = _error_lines(err)
         assert expected in line and "train/loss" not in out, line  # refused before any step
+
+
+def test_print_config_shows_each_value_with_its_source_and_trains_nothing(tiny, tmp_path, capsys):
+    args = [*train_args(tiny, tmp_path, "optim.lr=0.01"), "--print-config"]
+    assert train_main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    source = {line.split(":")[0].strip(): line.rsplit("# ", 1)[1] for line in lines if "# " in line}
+    assert source["lr"] == "override" and source["name"] == "configs/experiments/longer.yaml"
+    assert source["allow_config_change"] == "default"
+    assert [line for line in lines if line.startswith("      num_embeddings:")][0].endswith(
+        f"# auto: {tiny}/meta.json")  # the vocabulary sizes resolved from the data
+    assert not (tmp_path / "runs").exists() and not any(tmp_path.iterdir())  # nothing trained or written
+
+
+@pytest.mark.parametrize("module, argv", [("longer_train.train", []), ("longer_train.data.cli", ["synthetic"]),
+                                          ("longer_train.data.cli", ["prepare"]), ("longer_train.sweep.cli", [])])
+def test_help_answers_without_importing_torch_and_shows_defaults(module, argv):
+    """`--help` of a console script parses its arguments before importing torch (which takes seconds)."""
+    import subprocess
+    import sys
+
+    code = (f"import sys\nfrom {module} import main\ntry:\n    main({argv + ['--help']})\nexcept SystemExit:\n"
+            "    pass\nprint('torch imported' if 'torch' in sys.modules else 'no torch')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    assert out.rstrip().endswith("no torch") and "usage:" in out, out[-2000:]
+    assert "(default" in out or module.endswith(".train"), out  # longer-train's options are flags

@@ -23,7 +23,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, non_default, to_dict
+from ..config import Config, flat, non_default, to_dict
 from ..errors import InputError
 
 # train.* keys that do not change what a run computes: a job re-launched with other values of these keeps
@@ -59,23 +59,14 @@ def default_run_name(cfg: Config, world_size: int = 1) -> str:
     return f"{cfg.model.name}-{digest}"
 
 
-def _flat(values: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(values, dict):
-        out: dict[str, Any] = {}
-        for key, value in values.items():
-            out.update(_flat(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: values}
-
-
 def config_changes(saved: dict[str, Any], cfg: Config) -> list[str]:
     """The identity keys whose value in `cfg` differs from the saved config (a checkpoint's `meta.json`), as
     'key: saved -> now'. A key the saved config lacks (a field added since) counts only when set to a
     non-default value; a key `cfg` lacks (a field removed since) is not compared."""
     normalise = lambda v: json.loads(json.dumps(v, default=str))  # as stored: tuples are lists
-    now = _flat(identity(normalise(to_dict(cfg))))
-    set_now = _flat(identity(normalise(non_default(cfg))))
-    before = _flat(identity(saved))
+    now = flat(identity(normalise(to_dict(cfg))))
+    set_now = flat(identity(normalise(non_default(cfg))))
+    before = flat(identity(saved))
     changes = [f"{k}: {before[k]!r} -> {now[k]!r}" for k in sorted(now) if k in before and before[k] != now[k]]
     changes += [f"{k}: (absent) -> {set_now[k]!r}" for k in sorted(set_now) if k not in before]
     return changes

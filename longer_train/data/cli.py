@@ -11,7 +11,7 @@ from pathlib import Path
 
 from longer_train.components.run_logger import setup_logging
 from longer_train.data import prepare, synthetic, synthetic_match
-from longer_train.errors import add_debug_flag, debug_enabled, run_cli
+from longer_train.errors import HelpFormatter, add_debug_flag, debug_enabled, run_cli
 
 
 def _build(args: argparse.Namespace, write) -> dict | int:
@@ -90,10 +90,11 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="longer-data", description=__doc__)
+    parser = argparse.ArgumentParser(prog="longer-data", description=__doc__, formatter_class=HelpFormatter)
     common = add_debug_flag(parser)
     commands = parser.add_subparsers(dest="command", required=True)
-    syn = commands.add_parser("synthetic", help="generate the synthetic long-sequence dataset", parents=[common])
+    syn = commands.add_parser("synthetic", help="generate the synthetic long-sequence dataset", parents=[common],
+                              formatter_class=HelpFormatter)
     syn.add_argument("--out", required=True, help="output folder (train/, valid/, test/, meta.json)")
     syn.add_argument("--task", choices=("default", "match"), default="default",
                      help="default: the long-sequence CTR data of the quickstart; match: the label depends only on "
@@ -102,19 +103,19 @@ def _parser() -> argparse.ArgumentParser:
                      help="match task: the label counts the whole history (long) or the newest 50 events (recent)")
     syn.add_argument("--users", type=int, default=0, help="default 4000 (match: 6000)")
     syn.add_argument("--max-len", type=int, default=0, help="longest history kept per row; default 512 (match: 1000)")
-    syn.add_argument("--seed", type=int, default=0)
-    syn.add_argument("--items", type=int, default=20000)
+    syn.add_argument("--seed", type=int, default=0, help="random seed of the generator")
+    syn.add_argument("--items", type=int, default=20000, help="distinct items")
     syn.add_argument("--categories", type=int, default=0, help="default 50 (match: 500)")
     syn.add_argument("--force", action="store_true", help="regenerate even if OUT/.complete exists")
     syn.set_defaults(run=_synthetic)
     prep = commands.add_parser("prepare", help="turn a public dataset (MovieLens, Taobao) into a sequence store",
-                               parents=[common])
+                               parents=[common], formatter_class=HelpFormatter)
     prep.add_argument("name", choices=prepare.DATASETS)
     prep.add_argument("--src", required=True, help="the downloaded file, archive or folder")
     prep.add_argument("--out", required=True,
                       help="output folder (events/, train/, valid/, test/, vocab/, meta.json, CARD.md)")
     prep.add_argument("--memory-budget", default=prepare.DEFAULT_BUDGET, metavar="SIZE",
-                      help="memory the preparation may use, e.g. 1GB (default %(default)s); the engine spills "
+                      help="memory the preparation may use, e.g. 1GB; the engine spills "
                            "sorts to disk beyond it")
     prep.add_argument("--threads", type=int, default=None, help="engine threads (default: every core)")
     prep.add_argument("--sample-users", type=int, default=0, metavar="N",

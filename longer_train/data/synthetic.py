@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..components.metrics import auc
 from .writer import SPLITS, is_replaceable, time_split, write_dataset
 
 ACTIONS = 3  # 0 view, 1 click, 2 purchase/like
@@ -287,6 +286,8 @@ def generate(
     split_of, valid_from, test_from = time_split(rows.timestamp)
     length = rows.end - rows.start
     p50, p90, p99 = (int(np.percentile(length, q)) for q in (50, 90, 99))
+    from ..components.metrics import auc  # imports torch: only when a dataset is written
+
     meta = {
         "params": {"users": users, "max_len": max_len, "seed": seed, "items": items,
                    "categories": categories},

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..components.metrics import auc
 from .synthetic import ACTIONS, SEGMENTS, T0, WINDOW_S
 from .writer import SPLITS, is_replaceable, write_dataset
 
@@ -131,6 +130,8 @@ def generate(
     fitted = {name: _fit_logistic(x[split_of == 0], label[split_of == 0]) for name, x in features.items()}
     recent_oracle = _sigmoid(BIAS + W_COUNT * np.log1p(recent_count)) if variant == "recent" else \
         _newest_window_oracle(label, recent_count, split_of)
+    from ..components.metrics import auc  # imports torch: only when a dataset is written
+
     oracle = {}
     for s, name in enumerate(SPLITS):
         r = split_of == s

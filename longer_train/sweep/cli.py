@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+from ..errors import HelpFormatter
 from .runs import BIN, PEERS, ensure_prepared, machine, model_stats, thread_env
 from .scaling import scaling_report
 from .spec import Run, SpecError, SweepSpec, load_spec
@@ -202,16 +203,16 @@ def write_summary(spec: SweepSpec, runs: list[Run], results: Path, figures: Path
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="longer-sweep", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("spec", help="sweep spec YAML (configs/sweeps/)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="added to every run, after the spec's")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once")
     parser.add_argument("--seeds", type=int, metavar="N",
                         help="only the spec's first N seeds (a smoke run; default: all of them)")
     parser.add_argument("--threads", type=int, help="torch threads per run (default: cores // jobs)")
-    parser.add_argument("--results", default="results/sweeps", help="results folder (default results/sweeps)")
-    parser.add_argument("--runs", default="runs/sweeps", help="run folders (logs) (default runs/sweeps)")
-    parser.add_argument("--figures", default="docs/figures", help="scaling figures (default docs/figures)")
+    parser.add_argument("--results", default="results/sweeps", help="results folder")
+    parser.add_argument("--runs", default="runs/sweeps", help="run folders (logs)")
+    parser.add_argument("--figures", default="docs/figures", help="scaling figures")
     parser.add_argument("--wandb", choices=["offline", "online", "disabled"],
                         help="logging.wandb_mode of every run (default: the config's)")
     parser.add_argument("--report-only", action="store_true", help="write the summary from the results so far")
