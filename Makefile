@@ -1,7 +1,8 @@
 # longer-train — the commands a newcomer needs: `make train` and `make test`.
 # Both create .venv and install on first use; later runs reuse it (the stamp file below).
 #
-#   make setup            create .venv with the pinned torch / fbgemm-gpu / torchrec triple
+#   make setup            create .venv with the pinned torch / fbgemm-gpu / torchrec triple and the versions of
+#                         constraints.txt (make deps: the dependencies only; make constraints: write it again)
 #   make train            generate the built-in synthetic data (once) and train configs/quickstart.yaml
 #   make train-paper      the same with the paper's final model (configs/paper.yaml: d = 32, Merge8 + InnerTrans,
 #                         k = 100, 2,000-event history, batches of 64); prints its FLOPs beside the Transformer's
@@ -32,6 +33,7 @@ CUDA ?= cpu
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(CUDA)
+DEPS_STAMP := $(VENV)/.deps-$(CUDA)
 
 TORCH_VERSION := 2.13.0
 FBGEMM_VERSION := 1.8.0
@@ -55,7 +57,7 @@ SWEEP ?= $(SWEEPS)
 JOBS ?= 2
 SWEEP_ARGS ?=
 
-.PHONY: setup train train-paper data test lint gpu-check clean bench-quality reproduce
+.PHONY: setup deps constraints train train-paper data test lint gpu-check clean bench-quality reproduce
 
 setup: $(STAMP)
 
@@ -63,7 +65,13 @@ setup: $(STAMP)
 # fbgemm-gpu-cpu), so any pip install after it would end with the resolver's harmless
 # "ERROR ... torchrec requires fbgemm-gpu, which is not installed" (docs/install.md)
 
-$(STAMP): pyproject.toml Makefile
+# Two steps, so that a Docker layer (docker/) can install the dependencies before the code is copied in:
+# deps: the pinned triple, then every other dependency at the version in constraints.txt (the versions make test
+# passed with; `make constraints` writes it again after a dependency changes in pyproject.toml); setup: this
+# package itself, editable, its dependencies held to the same constraints.
+deps: $(DEPS_STAMP)
+
+$(DEPS_STAMP): Makefile constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 ifeq ($(CUDA),cpu)
@@ -71,9 +79,18 @@ ifeq ($(CUDA),cpu)
 else
 	$(PY) -m pip install --quiet --index-url $(TORCH_INDEX) torch==$(TORCH_VERSION) fbgemm-gpu==$(FBGEMM_VERSION)
 endif
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -r constraints.txt
 	$(PY) -m pip install --quiet --no-deps torchrec==$(TORCHREC_VERSION)
+	touch $(DEPS_STAMP)
+
+$(STAMP): $(DEPS_STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+constraints: $(STAMP)
+	( echo "# Every dependency but the torch / fbgemm-gpu / triton / torchrec pins of the Makefile, at the version"; \
+	  echo "# make test passed with (Python 3.11). Written by make constraints; used by make deps and make setup."; \
+	  $(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(torch==|torchrec==|fbgemm|triton==|nvidia|cuda)' ) > constraints.txt
 
 $(DATA_DIR)/.complete: | $(STAMP)
 	$(VENV)/bin/longer-data synthetic --out $(DATA_DIR)
