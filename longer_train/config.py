@@ -249,6 +249,10 @@ class TrainConfig:
     fault_rank: int = _num(0, 0)
     fault: str = _choice("kill", ("kill", "raise", "term", "stop", "term_launcher", "kill_launcher"))
     progress_bar: bool = True
+    # a torch.profiler trace of this many training steps (0: off), after the first `profile_after` steps and one
+    # warm-up step, one Chrome trace per rank in <run>/profile/ (components/profiler.py)
+    profile_steps: int = _num(0, 0, 1000)
+    profile_after: int = _num(5, 0)
 
 
 @dataclass

@@ -33,6 +33,7 @@ from .components.metrics import RankingMetrics
 from .components.metrics_processor import MetricsProcessor
 from .components.optimizer import apply_sparse_optimizer, build_lr_scheduler, build_optimizer
 from .components.preemption import StopRequests
+from .components.profiler import StepProfiler
 from .components.run_dir import RunInUse, RunLock, config_changes, default_run_name, move_aside
 from .components.run_logger import RunLogger
 from .config import Config, ConfigError, check_table_memory, host_memory, to_dict
@@ -227,6 +228,18 @@ class Trainer:
         self.logger.start_progress(self.total_steps, initial=progress["step"])
         metrics = MetricsProcessor(self.logger, env.device, env.world_size, cfg.train.log_every,
                                    cfg.train.metrics_window, self.flops_per_sample)
+        self.profiler = StepProfiler(cfg.train.profile_steps, cfg.train.profile_after, self.run_dir / "profile",
+                                     env.rank)
+        try:
+            self._train_epochs(step_fn, metrics, eval_every)
+        finally:
+            self.profiler.close()
+        if self.profiler.traces:
+            self.logger.print(f"profile: {len(self.profiler.traces)} trace(s) of rank 0 in {self.run_dir / 'profile'}")
+        return self._finish()
+
+    def _train_epochs(self, step_fn: Callable, metrics: MetricsProcessor, eval_every: int) -> None:
+        progress = self.progress
         while progress["step"] < self.total_steps:
             # The data position comes from `progress` (the trained steps), not from the loader's own count:
             # with TorchRec's pipeline (parallel.pipeline) the loader has handed out batches ahead of the
@@ -242,6 +255,9 @@ class Trainer:
                 progress["batch_in_epoch"] = 0
             # "emptied": evaluation emptied the pipeline; a new iterator continues at the trained position
 
+    def _finish(self) -> dict[str, Any]:
+        """After the last step: test, the final checkpoint (with the summary), the runs table line."""
+        cfg, env, progress = self.cfg, self.env, self.progress
         skipped = self.train_loader.skipped_on_all_ranks()  # a collective: every rank calls it
         if skipped:
             counts = ", ".join(f"{k} {v}" for k, v in sorted(skipped.items()))
@@ -287,6 +303,7 @@ class Trainer:
             progress["train_time"] += elapsed
             progress["train_samples"] += int(labels.shape[0]) * env.world_size
             self.heartbeat.beat(self.step)
+            self.profiler.step()
             if metrics.due(self.step, self.total_steps):
                 metrics.log(self.step, self.total_steps, {
                     "train/lr": self.scheduler.get_last_lr()[0], "train/grad_norm": self.step_optimizer.grad_norm,

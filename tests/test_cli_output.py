@@ -156,3 +156,16 @@ def test_help_answers_without_importing_torch_and_shows_defaults(module, argv):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
     assert out.rstrip().endswith("no torch") and "usage:" in out, out[-2000:]
     assert "(default" in out or module.endswith(".train"), out  # longer-train's options are flags
+
+
+def test_profile_steps_write_a_chrome_trace_of_those_steps(tiny, tmp_path, capsys):
+    import json
+
+    args = train_args(tiny, tmp_path, "train.run_name=p", "train.max_steps=5", "train.profile_steps=2",
+                      "train.profile_after=1", "data.num_workers=0")
+    assert train_main(args) == 0
+    assert f"profile: 1 trace(s) of rank 0 in {tmp_path}/runs/p/profile" in capsys.readouterr().out
+    (trace,) = (tmp_path / "runs" / "p" / "profile").glob("rank0.*.pt.trace.json")
+    steps = {e["name"] for e in json.loads(trace.read_text())["traceEvents"] if e.get("name", "").startswith(
+        "ProfilerStep#")}
+    assert steps == {"ProfilerStep#2", "ProfilerStep#3"}  # after 1 skipped and 1 warm-up step: the next 2

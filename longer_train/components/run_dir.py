@@ -31,7 +31,7 @@ from ..errors import InputError
 RUN_INDEPENDENT = (
     "output_dir", "run_name", "resume", "fault_at_step", "fault_rank", "fault", "progress_bar", "log_every",
     "checkpoint_every", "checkpoint_every_minutes", "keep_checkpoints", "runs_table", "metrics_window",
-    "allow_config_change", "test_bootstrap",
+    "allow_config_change", "test_bootstrap", "profile_steps", "profile_after",
 )
 LOCK_FILE = "lock"
 
