@@ -288,6 +288,8 @@ class LoggingConfig:
     wandb_group: Optional[str] = None  # W&B run group, e.g. one per sweep (longer-sweep sets it to the sweep name)
     # console warnings from rank 0 only (errors come from every rank); true: from every rank, marked [rank N]
     all_ranks: bool = False
+    # also write every logged metric as TensorBoard scalars to <run>/tensorboard/ (`tensorboard --logdir runs`)
+    tensorboard: bool = False
 
 
 @dataclass
@@ -728,8 +730,12 @@ def check_machine(cfg: Config) -> None:
                 f"config key 'train.device' ({device}): this process is local rank {local_rank} but the machine "
                 f"has {gpus} CUDA device(s); start at most {gpus} processes per node, or use train.device=cpu"
             )
+    import importlib.util
+
+    if cfg.logging.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("config key 'logging.tensorboard' is true but the tensorboard package is not installed: "
+                          "pip install tensorboard (make setup installs it), or set logging.tensorboard=false")
     if cfg.model.attention_impl == "triton":
-        import importlib.util
 
         if importlib.util.find_spec("triton") is None:
             raise ConfigError("config key 'model.attention_impl' is 'triton' but the triton package is not installed; "

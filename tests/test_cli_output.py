@@ -169,3 +169,21 @@ def test_profile_steps_write_a_chrome_trace_of_those_steps(tiny, tmp_path, capsy
     steps = {e["name"] for e in json.loads(trace.read_text())["traceEvents"] if e.get("name", "").startswith(
         "ProfilerStep#")}
     assert steps == {"ProfilerStep#2", "ProfilerStep#3"}  # after 1 skipped and 1 warm-up step: the next 2
+
+
+def test_tensorboard_gets_the_logged_metrics_beside_the_jsonl(tiny, tmp_path):
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    args = train_args(tiny, tmp_path, "train.run_name=tb", "logging.tensorboard=true", "data.num_workers=0")
+    assert train_main(args) == 0
+    events = EventAccumulator(str(tmp_path / "runs" / "tb" / "tensorboard"))
+    events.Reload()
+    lines = [json.loads(line) for line in (tmp_path / "runs" / "tb" / "metrics.jsonl").read_text().splitlines()]
+    logged = {(line["step"], key): value for line in lines for key, value in line.items() if key != "step"
+              and isinstance(value, (int, float))}
+    scalars = {(e.step, tag): e.value for tag in events.Tags()["scalars"] for e in events.Scalars(tag)}
+    assert {tag for _, tag in scalars} >= {"train/loss", "valid/auc", "test/auc"}
+    assert scalars.keys() == logged.keys()
+    assert all(abs(scalars[k] - logged[k]) <= 1e-6 * max(1.0, abs(logged[k])) for k in logged)  # float32 in TB

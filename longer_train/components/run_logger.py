@@ -104,9 +104,16 @@ class RunLogger:
         self.code = code_state() if enabled else {}  # the code this run trains with, taken before it trains
         self.bar: tqdm | None = None
         self.wandb = None
+        self.tensorboard = None
 
     def open(self) -> None:
-        """Start (or resume) the run's W&B run."""
+        """Start (or resume) the run's W&B run, and its TensorBoard writer when `logging.tensorboard`."""
+        if self.enabled and self.cfg.logging.tensorboard and self.tensorboard is None:
+            from torch.utils.tensorboard import SummaryWriter  # imported lazily, as wandb
+
+            # a resumed run adds an event file beside the earlier ones; TensorBoard joins them by step
+            self.tensorboard = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            self.tensorboard.add_text("config", "```\n" + json.dumps(self.resolved, indent=2) + "\n```")
         if not self.enabled or self.cfg.logging.wandb_mode == "disabled" or self.wandb is not None:
             return
         import wandb  # imported lazily: slow to import and not needed when disabled
@@ -150,20 +157,28 @@ class RunLogger:
             print(line, flush=True)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        """To W&B and to `<run>/metrics.jsonl` (a resumed run appends; the last line of a step wins)."""
+        """To `<run>/metrics.jsonl` (a resumed run appends; the last line of a step wins), W&B and TensorBoard."""
         if not self.enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with (self.run_dir / "metrics.jsonl").open("a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
-        if self.wandb is not None:  # numbers only: a list such as test/auc_replicates stays in metrics.jsonl
-            self.wandb.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}  # a list stays in the file
+        if self.wandb is not None:
+            self.wandb.log(numbers, step=step)
+        if self.tensorboard is not None:
+            for key, value in numbers.items():
+                self.tensorboard.add_scalar(key, value, global_step=step)
 
     def close(self, stopped: bool = False) -> None:
-        """Close the progress bar and the W&B run; `stopped`: the run will be resumed (W&B marks it preempted)."""
+        """Close the progress bar, TensorBoard and the W&B run; `stopped`: the run will be resumed (W&B marks it
+        preempted)."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
         if self.wandb is not None:
             if stopped:
                 self.wandb.mark_preempting()
