@@ -56,6 +56,8 @@ SWEEPS := scale_spread table1 table2_merge table2_queries table2_rules scaling_l
 SWEEP ?= $(SWEEPS)
 JOBS ?= 2
 SWEEP_ARGS ?=
+# make reproduce writes the committed tables and figures (a plain longer-sweep writes under runs/sweeps/)
+REPRODUCE_OUT := --results results/sweeps --figures docs/figures
 
 .PHONY: setup deps constraints train train-paper data test lint gpu-check clean bench-quality reproduce
 
@@ -111,8 +113,8 @@ bench-quality: $(STAMP)
 
 reproduce: $(STAMP)
 	@for sweep in $(SWEEP); do \
-		echo "$$ longer-sweep configs/sweeps/$$sweep.yaml --jobs $(JOBS) $(SWEEP_ARGS)"; \
-		$(VENV)/bin/longer-sweep configs/sweeps/$$sweep.yaml --jobs $(JOBS) $(SWEEP_ARGS) || exit $$?; \
+		echo "$$ longer-sweep configs/sweeps/$$sweep.yaml --jobs $(JOBS) $(REPRODUCE_OUT) $(SWEEP_ARGS)"; \
+		$(VENV)/bin/longer-sweep configs/sweeps/$$sweep.yaml --jobs $(JOBS) $(REPRODUCE_OUT) $(SWEEP_ARGS) || exit $$?; \
 	done
 
 lint: $(STAMP)

@@ -4,9 +4,9 @@ A CPU training step allocates and frees the same few large activation and gradie
 MBs) every step. With glibc's defaults, blocks that size are often handed back to the kernel when freed (mmap
 above a threshold that adapts to what was freed, and the heap top trimmed above twice that) and fetched
 again at the next step, each 4 KiB page faulted in and zeroed by the kernel, how often varying run to run
-with the order of frees. So large blocks come from the heap instead (no mmap for them in the main arena;
-glibc's threshold could only be fixed at 32 MiB, and at 10k events the dense step's largest buffers are 40-80
-MB, each faulted in page by page every step), and up to 1 GiB of freed heap is kept: those blocks come
+with the order of frees. So large blocks come from the heap instead (no mmap for them in the main arena: a
+fixed mmap threshold would still send the long-history step's largest buffers, above it, to the kernel every
+step), and up to 1 GiB of freed heap is kept: those blocks come
 back already mapped (tcmalloc and jemalloc, which PyTorch's CPU tuning guide recommends preloading, do the
 same by caching). What is kept is memory the step needs again; the peak grows by what fragmentation leaves
 between the blocks (benchmarks/results/dense_step_malloc_cpu.md measures it). Other threads' arenas, and a heap

@@ -4,15 +4,16 @@ where it stopped), and write the summary (mean ± std per row, paired difference
 FLOPs, params, samples/s) and, for scaling sweeps, the power-law fits and figures.
 
     longer-sweep configs/sweeps/table2_rules.yaml --jobs 2
-    longer-sweep configs/sweeps/table2_rules.yaml train.max_steps=5 --seeds 1 --results /tmp/smoke   # a smoke run
+    longer-sweep configs/sweeps/table2_rules.yaml train.max_steps=5 --seeds 1   # a smoke run
     longer-sweep configs/sweeps/table2_rules.yaml --rerun-stale   # also re-run the lines other code made
-    make reproduce [SWEEP=table2_rules] [JOBS=2]
+    make reproduce [SWEEP=table2_rules] [JOBS=2]   # into the committed tables: results/sweeps/, docs/figures/
 
-Files: <results>/<sweep>.jsonl (one line per finished run, appended as runs finish: commit it as it grows),
-<results>/<sweep>.md (the summary), <runs>/<sweep>/<run>/train.log (each run's output), figures in <figures>.
-With --jobs N, runs go N at a time with cores // N torch threads each (one thread per run was measured 2-6x
-faster per run than two on a shared 2-core machine). Ctrl-C stops the running runs; run the same command again
-to continue. W&B: every run of a sweep is in the group named after the sweep (`logging.wandb_group`).
+Files: <results>/<sweep>.jsonl (one line per finished run, appended as runs finish), <results>/<sweep>.md (the
+summary), <runs>/<sweep>/<run>/train.log (each run's output), figures in <figures>; by default all under
+runs/sweeps/ (not tracked by git), so a sweep of your own leaves nothing in the repository. `make reproduce`
+writes the repository's tables (--results results/sweeps --figures docs/figures): commit them as they grow.
+With --jobs N, runs go N at a time with cores // N torch threads each (see docs/paper.md for the thread
+count the committed sweeps ran with). Ctrl-C stops the running runs; run the same command again to continue. W&B: every run of a sweep is in the group named after the sweep (`logging.wandb_group`).
 Every line records the commit that made it; the runner lists the finished lines made by other code (another
 commit's code, uncommitted changes, or no commit recorded: provenance.py) and keeps them unless --rerun-stale.
 """
@@ -210,9 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, metavar="N",
                         help="only the spec's first N seeds (a smoke run; default: all of them)")
     parser.add_argument("--threads", type=int, help="torch threads per run (default: cores // jobs)")
-    parser.add_argument("--results", default="results/sweeps", help="results folder")
+    parser.add_argument("--results", default="runs/sweeps", help="results folder (the jsonl and the summary)")
     parser.add_argument("--runs", default="runs/sweeps", help="run folders (logs)")
-    parser.add_argument("--figures", default="docs/figures", help="scaling figures")
+    parser.add_argument("--figures", default="runs/sweeps/figures", help="scaling figures")
     parser.add_argument("--wandb", choices=["offline", "online", "disabled"],
                         help="logging.wandb_mode of every run (default: the config's)")
     parser.add_argument("--report-only", action="store_true", help="write the summary from the results so far")

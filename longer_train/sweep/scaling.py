@@ -5,7 +5,7 @@ GFLOPs/sample), one fit per series value (e.g. per depth), with α, β, γ and R
 Figures: log x axis, one line per series, points = mean over seeds with ± sample std error bars (the legend
 says how many seeds each point has), the fitted curve through them unless the fit is degenerate (an exponent
 at the fitter's bound: the data do not determine it, and a drawn curve would suggest they do); PNG plus the
-points and fits as CSV, into docs/figures/ by default.
+points and fits as CSV, into longer-sweep's --figures folder.
 """
 
 from __future__ import annotations
