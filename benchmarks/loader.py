@@ -38,9 +38,12 @@ OVERRIDES = ["logging.wandb_mode=disabled", "train.progress_bar=false", "train.c
 def _config(spec: str):
     """A --configs entry: `PATH` or `PATH@key=value@key=value` (overrides, e.g. another data.root)."""
     from longer_train.config import load_config
+    from longer_train.data.vocab import resolve_num_embeddings
 
     path, *extra = spec.split("@")
-    return load_config(path, OVERRIDES + extra)
+    cfg = load_config(path, OVERRIDES + extra)
+    resolve_num_embeddings(cfg.data)  # the table sizes the loader maps ids against
+    return cfg
 
 
 def _max_rss_mb() -> float:
@@ -126,11 +129,9 @@ def rss_child(config: str) -> dict:
     from longer_train.data.row_groups import resolve_files
     from longer_train.data.schema import is_store_schema
     from longer_train.data.store import event_files
-    from longer_train.data.vocab import resolve_num_embeddings
 
     cfg = _config(config)
     cfg.data.num_workers = 0  # read and collate in this process
-    resolve_num_embeddings(cfg.data)
     files = resolve_files(cfg.data.root, cfg.data.train)
     metas = [pq.ParquetFile(f).metadata for f in files]
     groups = [m.row_group(i) for m in metas for i in range(m.num_row_groups)]

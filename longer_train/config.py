@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -472,7 +471,6 @@ def load_config(paths: str | Path | Sequence[str | Path], overrides: List[str] |
     try:
         values = OmegaConf.to_container(merged, resolve=True)
         cfg = config_from_dict(values)
-        check_machine(cfg)
     except ConfigError as err:
         raise ConfigError(f"{' + '.join(str(p) for p in paths)}: {err}") from None
     except OmegaConfBaseException as err:
@@ -682,104 +680,3 @@ def check_config(cfg: Config) -> None:
             f"config key 'train.checkpoint_every' ({cfg.train.checkpoint_every}) asks for checkpoints that "
             "train.checkpoint=false turns off; drop one of the two"
         )
-
-
-# ----------------------------------------------------------------------------------------------------
-# what the config asks of the machine (checked by load_config, not for a checkpoint's config in serving)
-# ----------------------------------------------------------------------------------------------------
-# fused sparse-optimizer state, in floats per embedding row of `cols` columns
-OPTIMIZER_STATE_FLOATS = {
-    "rowwise_adagrad": lambda cols: 1, "adagrad": lambda cols: cols, "sgd": lambda cols: 0,
-    "adam": lambda cols: 2 * cols,
-}
-
-
-def table_bytes(rows: int, cols: int, sparse_optimizer: str) -> int:
-    """fp32 bytes of `rows` x `cols` embedding rows with their fused optimizer state."""
-    return 4 * rows * (cols + OPTIMIZER_STATE_FLOATS[sparse_optimizer](cols))
-
-
-def host_memory() -> int:
-    """Bytes of memory of this machine, or of this container when its cgroup sets a smaller limit."""
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit.isdigit():
-            total = min(total, int(limit))
-    except OSError:
-        pass
-    return total
-
-
-def check_machine(cfg: Config) -> None:
-    """The device the config names exists here, and the embedding tables fit in the memory of the job's
-    processes (WORLD_SIZE / LOCAL_WORLD_SIZE from torchrun; one process without it; `check_table_memory`)."""
-    device, local_rank = cfg.train.device, int(os.environ.get("LOCAL_RANK", "0"))
-    gpus = 0
-    if device in ("cuda", "auto"):
-        import torch  # only here: the rest of the config is pure
-
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if device == "cuda" and not gpus:
-            raise ConfigError(
-                "config key 'train.device' is 'cuda' but this machine has no usable CUDA device "
-                "(torch.cuda.is_available() is False); allowed here: auto, cpu"
-            )
-        if gpus and local_rank >= gpus:
-            raise ConfigError(
-                f"config key 'train.device' ({device}): this process is local rank {local_rank} but the machine "
-                f"has {gpus} CUDA device(s); start at most {gpus} processes per node, or use train.device=cpu"
-            )
-    import importlib.util
-
-    if cfg.logging.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise ConfigError("config key 'logging.tensorboard' is true but the tensorboard package is not installed: "
-                          "pip install tensorboard (make setup installs it), or set logging.tensorboard=false")
-    if cfg.model.attention_impl == "triton":
-
-        if importlib.util.find_spec("triton") is None:
-            raise ConfigError("config key 'model.attention_impl' is 'triton' but the triton package is not installed; "
-                              "use auto (Triton where it runs, the PyTorch reference elsewhere) or reference")
-        if not gpus and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ConfigError("config key 'model.attention_impl' is 'triton' but this process has no CUDA device; "
-                              "use auto or reference here, or set TRITON_INTERPRET=1 for the (slow) Triton "
-                              "interpreter")
-    check_table_memory(cfg)
-
-
-def check_table_memory(cfg: Config) -> None:
-    """The embedding tables with their sparse-optimizer state fit in the memory of the job's processes: GPU
-    memory for `fused` tables on CUDA, host memory for the rest, nothing for SSD-backed `key_value` ones.
-    Tables whose size is still `auto` are left out; the trainer checks again once they are resolved."""
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    gpus = 0
-    if cfg.train.device in ("cuda", "auto"):
-        import torch
-
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    nodes = max(1, world // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world))))
-    available = {"host": host_memory() * nodes}
-    if gpus:
-        import torch
-
-        available["GPU"] = torch.cuda.get_device_properties(min(local_rank, gpus - 1)).total_memory * world
-    optimizer = cfg.optim.sparse_optimizer
-    tables: dict[str, list[tuple[int, str]]] = {"host": [], "GPU": []}
-    for name, table in cfg.data.tables.items():
-        if not isinstance(table.num_embeddings, int) or table.compute_kernel == "key_value":  # SSD-backed
-            continue
-        where = "GPU" if gpus and table.compute_kernel == "fused" else "host"
-        tables[where].append((table_bytes(table.num_embeddings, table.embedding_dim, optimizer), name))
-    for where, sized in tables.items():
-        need = sum(size for size, _ in sized)
-        if sized and need > available[where]:
-            size, name = max(sized)
-            table = cfg.data.tables[name]
-            rows = max(0, available[where] - (need - size)) // table_bytes(1, table.embedding_dim, optimizer)
-            raise ConfigError(
-                f"config key 'data.tables.{name}.num_embeddings' ({table.num_embeddings}): the embedding tables "
-                f"take {need / 2**30:.1f} GiB (fp32 weights + {optimizer} state) but the {world} process(es) of "
-                f"this job have {available[where] / 2**30:.1f} GiB of {where} memory; with the other tables as "
-                f"they are it must be in [1, {rows}]"
-            )

@@ -52,14 +52,17 @@ def _train(configs: list[str], overrides: list[str], debug: bool) -> int:
 
 def _print_config(configs: list[str], overrides: list[str]) -> int:
     """The resolved config (vocabulary sizes filled from the data when it is there) with each value's source."""
-    from .data.vocab import dataset_sizes, resolve_num_embeddings
+    from .data.vocab import dataset_sizes
+    from .machine import check_machine, resolve
 
     sources: dict[str, str] = {}
     cfg = load_config(configs, overrides, sources)
     if dataset_sizes(cfg.data.root):
         auto = [name for name, table in cfg.data.tables.items() if table.num_embeddings == "auto"]
-        resolve_num_embeddings(cfg.data)
+        resolve(cfg)
         sources.update({f"data.tables.{name}.num_embeddings": f"auto: {cfg.data.root}/meta.json" for name in auto})
+    else:  # no data here yet: its sizes stay auto
+        check_machine(cfg)
     print(describe(cfg, sources))
     return 0
 

@@ -36,15 +36,15 @@ from .components.preemption import StopRequests
 from .components.profiler import StepProfiler
 from .components.run_dir import RunInUse, RunLock, config_changes, default_run_name, move_aside
 from .components.run_logger import RunLogger
-from .config import Config, ConfigError, check_table_memory, host_memory, to_dict
+from .config import Config, ConfigError, to_dict
 from .data.batch import Batch
 from .data.loader import build_dataloader
-from .data.vocab import resolve_num_embeddings
 from .distributed.host_memory import keep_freed_memory
 from .distributed.parallelize import apply_compute_policies
 from .distributed.process_group import DistEnv, Heartbeat, init_distributed, is_collective_timeout
 from .distributed.sharding import format_plan, init_tables, plan_summary, shard_model
 from .errors import InputError, one_line
+from .machine import check_dense_fits, resolve
 from .models.flops import longer_flops, transformer_config
 from .models.ranking import build_model
 
@@ -90,8 +90,7 @@ class ClipThenStep:
 class Trainer:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        resolve_num_embeddings(cfg.data)  # num_embeddings: auto -> the dataset's vocabulary sizes (meta.json)
-        check_table_memory(cfg)  # again, now that every table size is known
+        resolve(cfg)  # num_embeddings: auto -> the dataset's sizes (meta.json); then the machine checks
         self.env = env = init_distributed(cfg.train.device, cfg.parallel.collective_timeout_s)
         _check_fault_drill(cfg, env.world_size)
         # installed when training starts: from then on SIGTERM / SIGINT stop it at a step boundary with a checkpoint
@@ -112,7 +111,7 @@ class Trainer:
             keep_freed_memory()  # a step's large buffers come back from the heap, not from the kernel
         torch.manual_seed(cfg.train.seed)  # identical dense init on every rank
 
-        _check_dense_fits(cfg, env.device)
+        check_dense_fits(cfg, env.device)
         model = build_model(cfg)
         self.flops_per_sample = model.dense.flops([cfg.data.max_len])
         # the paper's comparison: LONGER at about half the FLOPs of the Transformer of the same d and depth
@@ -494,26 +493,6 @@ def _check_writable(path: Path, key: str) -> None:
         ok, why = existing.is_dir() and os.access(existing, os.W_OK | os.X_OK), "is not a writable folder"
     if not ok:
         raise InputError(f"config key '{key}': {path} cannot be written ({existing} {why})")
-
-
-def _check_dense_fits(cfg: Config, device: torch.device) -> None:
-    """The dense model's weights, gradients and AdamW moments (16 bytes a parameter) fit in this process's
-    memory, counted on a model built on the meta device; a model too large is a config error naming the keys
-    that size it, not an allocator traceback."""
-    with torch.device("meta"):
-        params = sum(p.numel() for p in build_model(cfg).dense.parameters())
-    if device.type == "cuda":
-        available, where = torch.cuda.get_device_properties(device).total_memory, "GPU"
-    else:
-        available, where = host_memory() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))), "host"
-    need = 16 * params
-    if need > available:
-        raise ConfigError(
-            f"model.name={cfg.model.name}: the dense model has {params / 1e6:,.0f}M parameters, {need / 2**30:,.1f} "
-            f"GiB with their gradients and AdamW state, more than this process's {available / 2**30:,.1f} GiB of "
-            f"{where} memory; lower model.token_dim, model.merge_k, model.merge_proj_dim, model.ffn_mult or "
-            "model.head_hidden"
-        )
 
 
 def _check_fault_drill(cfg: Config, world_size: int) -> None:

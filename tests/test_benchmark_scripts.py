@@ -25,8 +25,10 @@ def test_loader_benchmark_measures_step_and_resume(small, tmp_path):
     bench = runpy.run_path(str(ROOT / "benchmarks" / "loader.py"), run_name="benchmark")
     overrides = [*bench["OVERRIDES"], f"data.root={small}", "data.max_len=64", "data.batch_size=32",
                  f"train.output_dir={tmp_path}"]
-    assert bench["step_rate"](load_config(QUICKSTART, overrides), 2) > 0
-    costs = bench["resume_costs"](load_config(QUICKSTART, overrides))
+    from longer_train.machine import resolve
+
+    assert bench["step_rate"](resolve(load_config(QUICKSTART, overrides)), 2) > 0
+    costs = bench["resume_costs"](resolve(load_config(QUICKSTART, overrides)))
     assert [at for at, *_ in costs] == [0, costs[0][1] // 2, costs[0][1] - 1]
     assert all(seconds > 0 and 1 <= reads <= 3 and built > 0 for _, _, seconds, reads, built in costs), costs
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from longer_train.config import ConfigError, load_config
+from longer_train.machine import check_machine
 from longer_train.train import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -217,12 +218,12 @@ def test_the_issues_values_are_refused_at_load_time():
 
 def test_tables_that_cannot_fit_in_memory_are_refused():
     with pytest.raises(ConfigError) as err:
-        load_config(QUICKSTART, ["data.tables.item.num_embeddings=1000000000000"])
+        check_machine(load_config(QUICKSTART, ["data.tables.item.num_embeddings=1000000000000"]))
     message = str(err.value)
     assert "'data.tables.item.num_embeddings' (1000000000000)" in message and "GiB" in message
     allowed = int(re.search(r"must be in \[1, (\d+)\]", message).group(1))
     assert 1 < allowed < 10**12
-    load_config(QUICKSTART, [f"data.tables.item.num_embeddings={allowed // 2}"])  # within the range: loads
+    check_machine(load_config(QUICKSTART, [f"data.tables.item.num_embeddings={allowed // 2}"]))  # within range
 
 
 def test_cuda_is_checked_against_the_machine(monkeypatch):
@@ -230,8 +231,8 @@ def test_cuda_is_checked_against_the_machine(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match=r"'train.device' is 'cuda' but this machine has no usable CUDA device"):
-        load_config(QUICKSTART, ["train.device=cuda"])
-    assert load_config(QUICKSTART, ["train.device=auto"]).train.device == "auto"
+        check_machine(load_config(QUICKSTART, ["train.device=cuda"]))
+    check_machine(load_config(QUICKSTART, ["train.device=auto"]))
 
 
 @pytest.mark.parametrize("content, expected", [
@@ -267,6 +268,6 @@ def test_table_sizes_read_from_the_data_are_checked_against_memory_too(tmp_path)
 def test_triton_attention_without_cuda_or_its_interpreter_is_a_config_error(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ConfigError, match=r"'model.attention_impl' is 'triton' but this process has no CUDA device"):
-        load_config(QUICKSTART, ["model.attention_impl=triton", "train.device=cpu"])
+        check_machine(load_config(QUICKSTART, ["model.attention_impl=triton", "train.device=cpu"]))
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    load_config(QUICKSTART, ["model.attention_impl=triton", "train.device=cpu"])  # the interpreter runs it
+    check_machine(load_config(QUICKSTART, ["model.attention_impl=triton", "train.device=cpu"]))  # interpreted

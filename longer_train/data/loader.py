@@ -45,7 +45,6 @@ from .batch import Batch, collate
 from .row_groups import Segment, SegmentRows, ShardGeometry, list_row_groups, resolve_files, resumed_reader
 from .schema import SchemaError, check_rows, history_columns
 from .store import EventLog, open_event_log
-from .vocab import resolve_num_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -461,8 +460,12 @@ def _end_workers_at_exit() -> None:
 def build_dataloader(
     data: DataConfig, split: str, train: bool, seed: int, rank: int = 0, world_size: int = 1
 ) -> ShardedLoader:
-    """The loader of one split for one rank: shuffled (and length-bucketed if configured) when training."""
-    resolve_num_embeddings(data)
+    """The loader of one split for one rank: shuffled (and length-bucketed if configured) when training. The
+    config's table sizes must be resolved (`machine.resolve`, or `data.vocab.resolve_num_embeddings`)."""
+    auto = [name for name, table in data.tables.items() if table.num_embeddings == "auto"]
+    if auto:
+        raise ValueError(f"data.tables {auto}: num_embeddings is still 'auto'; resolve the config first "
+                         "(longer_train.machine.resolve)")
     stream = ParquetStream(
         resolve_files(data.root, getattr(data, split)), data,
         batch_size=data.batch_size if train else data.eval_batch_size,

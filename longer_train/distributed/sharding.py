@@ -19,8 +19,9 @@ from torchrec.distributed.model_parallel import DataParallelWrapper, DefaultData
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
 from torchrec.distributed.types import ShardingEnv, ShardingPlan
 
-from ..config import Config, ConfigError, DataConfig, table_bytes
+from ..config import Config, ConfigError, DataConfig
 from ..data.oov import embedding_rows
+from ..machine import table_bytes
 from .parallelize import compute_units
 from .process_group import DistEnv
 

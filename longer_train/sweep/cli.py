@@ -13,7 +13,8 @@ summary), <runs>/<sweep>/<run>/train.log (each run's output), figures in <figure
 runs/sweeps/ (not tracked by git), so a sweep of your own leaves nothing in the repository. `make reproduce`
 writes the repository's tables (--results results/sweeps --figures docs/figures): commit them as they grow.
 With --jobs N, runs go N at a time with cores // N torch threads each (see docs/paper.md for the thread
-count the committed sweeps ran with). Ctrl-C stops the running runs; run the same command again to continue. W&B: every run of a sweep is in the group named after the sweep (`logging.wandb_group`).
+count the committed sweeps ran with). Ctrl-C stops the running runs; run the same command again to continue.
+W&B: every run of a sweep is in the group named after the sweep (`logging.wandb_group`).
 Every line records the commit that made it; the runner lists the finished lines made by other code (another
 commit's code, uncommitted changes, or no commit recorded: provenance.py) and keeps them unless --rerun-stale.
 """

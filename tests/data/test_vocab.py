@@ -35,6 +35,7 @@ def copies(tmp_path_factory):
 def test_one_dataset_config_serves_every_copy(copies, copy):
     data = load_config(MOVIELENS, [f"data.root={copies / f'{copy}-prepared'}"]).data
     assert {t.num_embeddings for t in data.tables.values()} == {"auto"}
+    resolve_num_embeddings(data)
     loader = build_dataloader(data, "train", train=True, seed=0)
     vocab = json.loads((copies / f"{copy}-prepared" / "meta.json").read_text())["vocab"]
     sizes = {name: t.num_embeddings for name, t in data.tables.items()}

@@ -21,6 +21,7 @@ from torchrun_launch import REPO, launch_env
 from longer_train.config import load_config
 from longer_train.data import synthetic
 from longer_train.data.loader import build_dataloader
+from longer_train.machine import resolve
 
 README_TWO_PROCESSES = "NPROC_PER_NODE=2 launch/torchrun.sh"
 README_SLURM = "launch/slurm.sbatch"
@@ -61,7 +62,7 @@ def uneven_data(tmp_path_factory) -> Path:
     last batches of 3, 4, 4, 4."""
     root = tmp_path_factory.mktemp("uneven")
     synthetic.generate(root, users=100, max_len=64, seed=1)
-    cfg = load_config(REPO / "configs" / "quickstart.yaml", [f"data.root={root}", "data.batch_size=32"])
+    cfg = resolve(load_config(REPO / "configs" / "quickstart.yaml", [f"data.root={root}", "data.batch_size=32"]))
     for world in (2, 4):
         loaders = [build_dataloader(cfg.data, "train", True, 0, rank, world) for rank in range(world)]
         last = [loader.stream.batch_sizes(0)[-1] for loader in loaders]
