@@ -85,13 +85,14 @@ def pair_index(ago: Tensor, seen: Tensor, num_buckets: int, max_len: int, block:
 
     def index(rows: slice, keys: int, bucket: Tensor) -> Tensor:
         column = (positions[rows, None] - positions[None, :keys]).clamp(-1, max_len) + 1  # [rows, keys]
-        return bucket.mul_(max_len + 2).add_(column.to(torch.int32))
+        return column.to(torch.int32).add(bucket, alpha=max_len + 2)
 
     history = []
     for start in range(0, n - 1, block):
         rows = slice(start, min(start + block, n - 1))
-        gap = seconds[:, None, : rows.stop] - seconds[:, rows, None]  # [B, rows, keys]
-        history.append((start, index(rows, rows.stop, time_diff_bucket(gap, num_buckets, torch.int32))))
+        gap = torch.sub(seconds[:, None, : rows.stop], seconds[:, rows, None],  # [B, rows, keys], rounded once
+                        out=seconds.new_empty((ago.shape[0], rows.stop - start, rows.stop), dtype=torch.float32))
+        history.append((start, index(rows, rows.stop, time_diff_bucket(gap, num_buckets, torch.int32, overwrite=True))))
     candidate = index(slice(n - 1, n), n, time_diff_bucket(seconds, num_buckets, torch.int32)[:, None])[:, 0]
     return PairIndex(seen=seen, history=history, candidate=candidate)
 
@@ -108,8 +109,8 @@ class _HistoryAttention(torch.autograd.Function):
         ctx.tiles = tiles
         q, k, v = (t.reshape(b * h, n, t.shape[-1]) for t in (q, k, v))
         with torch.autocast(q.device.type, enabled=False):
-            out = [torch.bmm(F.silu(_scores(q, k, table, start, index, h)), v[:, : start + index.shape[1]])
-                   for start, index in tiles]
+            out = [torch.bmm(F.silu(_scores(q, k, table, start, index, h), inplace=True),
+                             v[:, : start + index.shape[1]]) for start, index in tiles]
         return torch.cat(out, dim=1).view(b, h, n, v.shape[-1]) if out else q.new_zeros(b, h, 0, v.shape[-1])
 
     @staticmethod
