@@ -87,9 +87,9 @@ def _kernel_bench():
     return module
 
 
-def model_config(overrides: list[str]) -> ModelConfig:
-    """PAPER with `model.key=value` overrides (values read as Python literals, else strings)."""
-    settings = dict(PAPER)
+def model_config(overrides: list[str], base: dict = PAPER) -> ModelConfig:
+    """`base` (PAPER) with `model.key=value` overrides (values read as Python literals, else strings)."""
+    settings = dict(base)
     names = {f.name for f in dataclasses.fields(ModelConfig)}
     for item in overrides:
         key, sep, raw = item.partition("=")

@@ -140,3 +140,17 @@ def test_long_history_benchmark_times_each_part(tmp_path):
         shares = [int(row[4].rstrip("% |")) for row in rows[1:5]]
         assert abs(sum(shares) - 100) <= 2  # rounded percentages of the step's FLOPs
     assert table.rstrip().endswith("x |") and "| rest |" in table.split("GFLOP/s at 40 / at 24")[1]
+
+
+def test_hstu_benchmark_compares_against_a_revision(tmp_path):
+    """benchmarks/hstu.py at tiny sizes (without the peer, which is not vendored): a row for our HSTU and one for
+    the same model at a git revision, the first with its time and memory ratios to the second."""
+    bench = runpy.run_path(str(ROOT / "benchmarks" / "hstu.py"), run_name="benchmark")
+    out = tmp_path / "hstu.md"
+    table = bench["main"](["--threads", "1", "--lengths", "20", "--batch", "2", "--repeats", "1", "--warmup", "0",
+                           "--peak-size", "64", "--against", "HEAD", "--out", str(out)])
+    assert out.read_text().strip().endswith(table.strip())
+    rows = [[cell.strip() for cell in line.strip("| ").split("|")] for line in table.splitlines()
+            if line.startswith("| 20 |")]
+    assert [row[1] for row in rows] == ["HSTU", f"HSTU @ {rows[1][1].split(' @ ')[1]}"]
+    assert rows[0][-2].endswith("x") and rows[0][-1].endswith("x")  # time / REV, memory / REV
