@@ -25,7 +25,7 @@ wrote, full rows only); both run up to --transformer-max-len.
     python benchmarks/dense_step.py --threads 1 [--lengths 1000 2000 5000 10000] [--dists full real] \\
         [--batch 32] [--repeats 3] [--out benchmarks/results/dense_step_cpu.md] [model.key=value ...]
     python benchmarks/dense_step.py --device cuda --dtype bfloat16 --batch 256 --recompute all \
-        --impls triton reference ...       (what `make gpu-check` runs: benchmarks/gpu_check.sh)
+        --impls triton sdpa reference ...  (what `make gpu-check` runs: benchmarks/gpu_check.sh)
     python benchmarks/dense_step.py --threads 1 --against REV      # + LONGER as git revision REV has it
     python benchmarks/dense_step.py --threads 1 --compile --models longer   # + LONGER under parallel.compile
     python benchmarks/dense_step.py --smoke       # tiny sizes (the CPU dry run of `make gpu-check`)
