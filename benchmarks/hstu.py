@@ -22,8 +22,12 @@ matmul peak by the analytic FLOPs (3 x forward; attention over every (query, key
 forward, x 3: our HSTU computes only the tiles on and below the diagonal), peak memory of one step, and time and
 memory against the peer and against REV.
 
+`--profile N`: also where one step of our HSTU at the first length spends its time (torch.profiler, self CPU
+time): the share inside the history attention's forward and backward (`_HistoryAttention` and its backward node,
+models/hstu.py) and the N busiest ops; profiler overhead inflates short ops, so read the shares.
+
     python benchmarks/hstu.py --threads 1 [--lengths 1000] [--batch 32] [--repeats 3] [--peer PATH] \\
-        [--against REV] [--out benchmarks/results/hstu_cpu.md] [model.key=value ...]
+        [--against REV] [--profile N] [--out benchmarks/results/hstu_cpu.md] [model.key=value ...]
 """
 
 from __future__ import annotations
@@ -162,6 +166,29 @@ def run(args: argparse.Namespace, cfg: ModelConfig, on_row=lambda rows: None) ->
     return rows
 
 
+def profile(cfg: ModelConfig, length: int, batch: int, top: int) -> str:
+    """Markdown: the shares of one step of our HSTU in the history attention and in its busiest ops."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    x = ds.make_inputs(torch.full((batch,), length), "cpu", torch.Generator().manual_seed(length))
+    model = build(cfg, length)
+    ds.step(model, x)
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        ds.step(model, x)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    inside = {e.key: e.cpu_time_total for e in events if e.key in ("_HistoryAttention", "_HistoryAttentionBackward")}
+    lines = [f"Profile of one step of HSTU at L = {length:,}, batch {batch} (torch.profiler, self CPU time "
+             f"{total / 1e3:,.0f} ms under the profiler):", "",
+             *(f"- inside `{key}`: {value / total:.0%}" for key, value in inside.items()), "",
+             "| op | self CPU ms | share | calls |", "|---|---|---|---|"]
+    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]:
+        lines.append(f"| {e.key} | {e.self_cpu_time_total / 1e3:,.1f} | {e.self_cpu_time_total / total:.1%} | "
+                     f"{e.count} |")
+    return "\n".join(lines)
+
+
 def _ratio(row: dict, other: dict | None, key: str) -> str:
     if other is None or other is row or not other[key] or row[key] is None:
         return ""
@@ -209,6 +236,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--clock", choices=["wall", "cpu"], help="default: cpu with one thread, else wall")
     parser.add_argument("--peer", type=Path, help="a checkout of meta-recsys/generative-recommenders")
     parser.add_argument("--against", metavar="REV", help="also our HSTU as git revision REV has it")
+    parser.add_argument("--profile", type=int, metavar="N", help="also profile one step: the N busiest ops")
     parser.add_argument("--out", type=Path, help="also write the markdown table here")
     parser.add_argument("overrides", nargs="*", help="model.key=value")
     args = parser.parse_args(argv)
@@ -225,17 +253,18 @@ def main(argv: list[str] | None = None) -> str:
     load = f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "n/a"
     command = f"python {shlex.join(['benchmarks/hstu.py', *(sys.argv[1:] if argv is None else argv)])}"
 
-    def write(rows: list[dict]) -> None:
+    def write(rows: list[dict], extra: str = "") -> None:
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(f"# HSTU dense step against the matmul peak and generative-recommenders' HSTUJagged"
-                                f"\n\n{markdown(rows, args, cfg, command, load)}\n")
+                                f"\n\n{markdown(rows, args, cfg, command, load)}{extra}\n")
 
     rows = run(args, cfg, write)
-    write(rows)
     table = markdown(rows, args, cfg, command, load)
-    print(table)
-    return table
+    extra = f"\n\n{profile(cfg, args.lengths[0], args.batch, args.profile)}" if args.profile else ""
+    write(rows, extra)
+    print(table + extra)
+    return table + extra
 
 
 if __name__ == "__main__":

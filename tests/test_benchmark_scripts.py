@@ -144,16 +144,18 @@ def test_long_history_benchmark_times_each_part(tmp_path):
 
 def test_hstu_benchmark_compares_against_a_revision(tmp_path):
     """benchmarks/hstu.py at tiny sizes (without the peer, which is not vendored): a row for our HSTU and one for
-    the same model at a git revision, the first with its time and memory ratios to the second."""
+    the same model at a git revision, the first with its time and memory ratios to the second, and the profile's
+    shares of the history attention."""
     bench = runpy.run_path(str(ROOT / "benchmarks" / "hstu.py"), run_name="benchmark")
     out = tmp_path / "hstu.md"
     table = bench["main"](["--threads", "1", "--lengths", "20", "--batch", "2", "--repeats", "1", "--warmup", "0",
-                           "--peak-size", "64", "--against", "HEAD", "--out", str(out)])
+                           "--peak-size", "64", "--against", "HEAD", "--profile", "3", "--out", str(out)])
     assert out.read_text().strip().endswith(table.strip())
     rows = [[cell.strip() for cell in line.strip("| ").split("|")] for line in table.splitlines()
             if line.startswith("| 20 |")]
     assert [row[1] for row in rows] == ["HSTU", f"HSTU @ {rows[1][1].split(' @ ')[1]}"]
     assert rows[0][-2].endswith("x") and rows[0][-1].endswith("x")  # time / REV, memory / REV
+    assert "- inside `_HistoryAttention`: " in table and "- inside `_HistoryAttentionBackward`: " in table
 
 
 def test_throughput_settings_are_the_configs():
