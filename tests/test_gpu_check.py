@@ -40,3 +40,31 @@ def test_gpu_check_dry_run_writes_every_table(tmp_path):
     for config in ("quickstart", "paper"):
         assert f"| {config} | 8 | 8 | step (dense model) |" in throughput
         assert f"| {config} | 8 | 8 | loader | 4 | - | not measured: this python has no omegaconf" in throughput
+
+
+def test_gpu_side_benchmarks_need_no_numpy_tqdm_or_pyarrow(tmp_path):
+    """The steps that run on the GPU outside the Triton interpreter (the dense model, trainer throughput without
+    the training stack, the kernel benchmarks' PyTorch rows) import and run with torch alone, from the package
+    layout gpu_check.sh makes."""
+    package = tmp_path / "pkg" / "longer_train"
+    package.mkdir(parents=True)
+    for entry in (REPO / "longer_train").iterdir():
+        (package / entry.name).symlink_to(entry)
+    (package / "kernels").symlink_to(REPO / "kernels")
+    env = {
+        **os.environ, "PYTHONPATH": f"{REPO / 'tests' / 'gpu_machine'}{os.pathsep}{package.parent}",
+        "GPU_MACHINE_ALSO_MISSING": "numpy,tqdm,pyarrow", "PYTHONSAFEPATH": "1", "OMP_NUM_THREADS": "1",
+    }
+    env.pop("TRITON_INTERPRET", None)
+    runs = {
+        "dense_step.py": ["--smoke", "--threads", "1", "--lengths", "24", "--impls", "sdpa", "reference",
+                          "--models", "longer", "transformer", "stock"],
+        "throughput.py": ["--smoke", "--data", str(tmp_path / "data")],
+        "kernels.py": ["--smoke"],
+    }
+    for script, args in runs.items():
+        proc = subprocess.run([sys.executable, f"benchmarks/{script}", *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{script}: {proc.stdout[-2000:]}{proc.stderr[-3000:]}"
+        if script == "throughput.py":
+            assert "not measured: this python has no pyarrow" in proc.stdout
