@@ -8,9 +8,10 @@
 #                         k = 100, 2,000-event history, batches of 64); prints its FLOPs beside the Transformer's
 #   make test             run the CPU test suite
 #   make lint             ruff
-#   make gpu-check        on the GPU machine: kernel tests at GPU sizes, kernel benchmarks, the dense model in bf16
-#                         (step time, MFU, memory, Triton vs reference, LONGER vs Transformer); docs/kernels.md;
-#                         its CPU dry run is in make test
+#   make gpu-check        on the GPU machine, at most 8 minutes: the dense model in bf16 (step time, MFU against the
+#                         rated peak, memory, LONGER vs the Transformer and the stock encoder), trainer throughput
+#                         against the loader, kernel benchmarks, kernel tests at GPU sizes; files named by the
+#                         device (docs/kernels.md); its CPU dry run is in make test
 #   make bench-quality DATA=movielens   every model of the paper's Table 1 on a dataset, SEEDS=3 seeds of
 #                         LONGER, Transformer, HSTU, DIN and BASELINE_SEEDS=1 of the rest;
 #                         (DATA = synthetic | match_long | match_recent | movielens | taobao; MULTI_SEED='...'

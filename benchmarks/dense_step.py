@@ -5,10 +5,12 @@ lengths and length mixes, the models alternated in one process, each timing pair
 measurement taken right before it.
 
 Per (length mix, L, model): ms/step (median over --repeats; on CPU with one thread, process CPU time by
-default: `--clock`), analytic GFLOP/s (3 x the model's analytic
+default: `--clock`), samples/s, analytic GFLOP/s (3 x the model's analytic
 forward FLOPs, models/flops.py: backward ~ 2 x forward), % of the matmul peak (dense [n, n] x [n, n] in the
 same dtype, measured in the same run: the median of the per-repeat ratios of the achieved rate to the peak
-just measured), peak memory of one step (CUDA: max_memory_allocated above the step's start; CPU: growth of
+just measured), on a GPU whose datasheet components/device_specs.py knows, MFU: the same rate over the
+rated dense bf16 peak (whatever --dtype; the figure the trainer's train/mfu uses), peak memory of one step
+(CUDA: max_memory_allocated above the step's start; CPU: growth of
 the process's peak resident set, VmHWM after /proc/self/clear_refs), LONGER's time / the Transformer's, and
 each model against the stock encoder: time, FLOPs, their quotient (cost per FLOP) and peak memory.
 
@@ -23,7 +25,7 @@ wrote, full rows only); both run up to --transformer-max-len.
     python benchmarks/dense_step.py --threads 1 [--lengths 1000 2000 5000 10000] [--dists full real] \\
         [--batch 32] [--repeats 3] [--out benchmarks/results/dense_step_cpu.md] [model.key=value ...]
     python benchmarks/dense_step.py --device cuda --dtype bfloat16 --batch 256 --recompute all \
-        --impls triton reference ...       (what `make gpu-check` runs: benchmarks/gpu_check.sh)
+        --impls triton sdpa reference ...  (what `make gpu-check` runs: benchmarks/gpu_check.sh)
     python benchmarks/dense_step.py --threads 1 --against REV      # + LONGER as git revision REV has it
     python benchmarks/dense_step.py --threads 1 --compile --models longer   # + LONGER under parallel.compile
     python benchmarks/dense_step.py --smoke       # tiny sizes (the CPU dry run of `make gpu-check`)
@@ -54,6 +56,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from longer_train.components.device_specs import peak_flops
 from longer_train.config import ModelConfig, ParallelConfig
 from longer_train.distributed.host_memory import keep_freed_memory
 from longer_train.distributed.parallelize import apply_compute_policies
@@ -87,9 +90,9 @@ def _kernel_bench():
     return module
 
 
-def model_config(overrides: list[str]) -> ModelConfig:
-    """PAPER with `model.key=value` overrides (values read as Python literals, else strings)."""
-    settings = dict(PAPER)
+def model_config(overrides: list[str], base: dict = PAPER) -> ModelConfig:
+    """`base` (PAPER) with `model.key=value` overrides (values read as Python literals, else strings)."""
+    settings = dict(base)
     names = {f.name for f in dataclasses.fields(ModelConfig)}
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -289,6 +292,7 @@ def run(args: argparse.Namespace, cfg: ModelConfig, on_row=lambda rows: None) ->
     if args.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 runs and the fp32 peak: true fp32
     kb = _kernel_bench()
+    rated = peak_flops(torch.device(args.device))  # FLOP/s, None off a known GPU
     rows = []
     for dist in args.dists:
         for raw_len in args.lengths:
@@ -332,6 +336,7 @@ def run(args: argparse.Namespace, cfg: ModelConfig, on_row=lambda rows: None) ->
                 ms = statistics.median(times[name]) * 1e3
                 rows.append(dict(
                     dist=dist, L=raw_len, mean_len=float(lengths.float().mean()), model=name, ms=ms,
+                    samples=len(lengths) / ms * 1e3, mfu=flops[name] / ms / 1e-3 / rated if rated else None,
                     flops=flops[name], causal_flops=causal_flops if name == STOCK else None,
                     gflops=flops[name] / ms / 1e6, pct=statistics.median(pct[name]),
                     peak=flops[name] / ms / 1e6 / statistics.median(pct[name]),
@@ -374,8 +379,10 @@ def _ratios(row: dict, rows: list[dict]) -> list[str]:
 
 def _row(row: dict, rows: list[dict]) -> str:
     memory = "n/a" if row["memory"] is None else f"{row['memory'] / 2**20:,.0f}"
+    mfu = "n/a" if row["mfu"] is None else f"{row['mfu']:.1%}"
     return (f"| {row['dist']} | {row['L']:,} | {row['mean_len']:,.0f} | {row['model']} | {row['ms']:,.1f} | "
-            f"{row['gflops']:,.1f} | {row['peak']:,.1f} | {row['pct']:.1%} | {memory} | "
+            f"{row['samples']:,.0f} | {row['gflops']:,.1f} | {row['peak']:,.1f} | {row['pct']:.1%} | {mfu} | "
+            f"{memory} | "
             + " | ".join(_ratios(row, rows)) + " |")
 
 
@@ -384,6 +391,8 @@ MALLOC = {"trainer": "the trainer's settings (distributed/host_memory.py)", "def
 
 def markdown(rows: list[dict], args: argparse.Namespace, cfg: ModelConfig, command: str, load: str) -> str:
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {os.cpu_count()} cores"
+    rated = peak_flops(torch.device(args.device))
+    device += f" (rated dense bf16 peak {rated / 1e12:,.0f} TFLOP/s)" if rated else ""
     changed = {k: v for k, v in dataclasses.asdict(cfg).items() if v != getattr(ModelConfig(), k)}
     lines = [
         f"Command: `{command}`",
@@ -396,10 +405,10 @@ def markdown(rows: list[dict], args: argparse.Namespace, cfg: ModelConfig, comma
         "",
         f"Model (ModelConfig fields off their defaults): {changed}",
         "",
-        "| lengths | raw L | mean L | model | ms/step | GFLOP/s | matmul peak GFLOP/s | % of peak | peak memory "
-        "MiB | time / Transformer | time / stock | FLOPs / stock (causal pairs) | time ratio / FLOPs ratio, stock "
-        "(causal pairs) | memory / stock |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| lengths | raw L | mean L | model | ms/step | samples/s | GFLOP/s | measured matmul peak GFLOP/s | % of "
+        "measured peak | MFU (rated bf16 peak) | peak memory MiB | time / Transformer | time / stock | FLOPs / stock "
+        "(causal pairs) | time ratio / FLOPs ratio, stock (causal pairs) | memory / stock |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *(_row(r, rows) for r in rows),
     ]
     return "\n".join(lines)

@@ -18,17 +18,22 @@ TFLOP/s and GB/s use the same analytic *useful* work for every implementation: F
 
 Length distributions: `full` (every history at raw L) and `real`: the per-user interaction counts of the
 real data in shared/data, as a percentile table (computed once from movielens-1m-partial/ratings.dat.gz,
-2,999 users; numpy linear percentiles) scaled so the longest user maps to raw L. The public data has no
+2,999 users; numpy linear percentiles; sampled by linear interpolation in torch) scaled so the longest user
+maps to raw L. The public data has no
 1k-10k histories (see shared/data/README.md), so the shape of the distribution is real, the scale is not.
 
-    python benchmarks/kernels.py [--lengths 1000 2000 4000 10000] [--batch 512] [--out FILE]
+    python benchmarks/kernels.py [--lengths 10000 4000 2000 1000] [--batch 512] [--out FILE]
+
+The shapes are the paper model's (benchmarks/dense_step.py `PAPER`: K = 8, d = 32, head dim 64, k = 100);
+lengths run in the order given, longest first by default, each row written to --out as soon as it is measured
+(a time limit cuts the short, less informative lengths).
     python benchmarks/kernels.py --smoke          # tiny CPU run (what the test runs)
 
 Under the table, on CUDA, the issue's three targets are read off it: forward+backward against the best
 SDPA with padding on `real` lengths, the cross-causal forward's share of HBM bandwidth (the spec figure and
 a measured device-to-device copy), fused InnerTrans against the unfused reference.
 
-Never imports torchrec: runs on a machine with torch + triton only.
+Never imports torchrec or numpy: runs on a machine with torch + triton only.
 """
 
 from __future__ import annotations
@@ -41,18 +46,16 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from longer_train.kernels.dispatch import triton_available
 from longer_train.kernels.reference import group_attention_reference, hybrid_attention_reference
 
+from longer_train.components.device_specs import gpu_spec
+
 # percentile -> interactions per user, movielens-1m-partial (shared/data, 2,999 users, mean 162.6)
 REAL_PERCENTILES = [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99, 100]
 REAL_COUNTS = [20, 27, 37, 49, 66, 89, 121, 168, 245, 403, 556, 900, 1850]
-
-# HBM bandwidth from the data sheets, bytes/s (matched against torch.cuda.get_device_name())
-HBM_SPEC = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12}
 
 COLUMNS = ["op", "raw L", "lengths", "B", "impl", "fwd ms", "fwd TFLOP/s", "fwd GB/s", "fwd+bwd ms",
            "fwd+bwd TFLOP/s", "fwd+bwd GB/s"]
@@ -71,9 +74,12 @@ def sample_lengths(dist: str, raw_len: int, batch: int, gen: torch.Generator) ->
     """Raw history lengths [B] in 0..raw_len."""
     if dist == "full":
         return torch.full((batch,), raw_len)
-    u = torch.rand(batch, generator=gen).numpy() * 100
-    counts = np.interp(u, REAL_PERCENTILES, REAL_COUNTS) / REAL_COUNTS[-1] * raw_len
-    return torch.from_numpy(np.clip(np.round(counts), 1, raw_len).astype(np.int64))
+    u = (torch.rand(batch, generator=gen) * 100).double()  # percentiles, as numpy.interp took them before
+    xp, fp = torch.tensor(REAL_PERCENTILES, dtype=torch.float64), torch.tensor(REAL_COUNTS, dtype=torch.float64)
+    right = torch.searchsorted(xp, u, right=True).clamp(1, len(xp) - 1)
+    left = right - 1
+    counts = fp[left] + (u - xp[left]) / (xp[right] - xp[left]) * (fp[right] - fp[left])  # linear interpolation
+    return torch.round(counts / REAL_COUNTS[-1] * raw_len).clamp(1, raw_len).long()
 
 
 def hybrid_inputs(lengths: torch.Tensor, merge_k: int, queries: int, globals_: int, heads: int, dh: int,
@@ -347,7 +353,8 @@ def markdown(rows: list[list[str]], args: argparse.Namespace, command: str, hbm:
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     checks = targets(rows, hbm)
     if checks:
-        lines += ["", "Targets (HBM share is of the spec figure when the device is in HBM_SPEC):", "",
+        lines += ["", "Targets (HBM share is of the spec figure when components/device_specs.py knows the device):",
+                  "",
                   "| target | raw L | lengths | measured | target | met |", "|---|---|---|---|---|---|", *checks]
     if torch.cuda.is_available() and triton_available() and (tuned := tuned_configs()):
         lines += ["", "Autotuned configs (kernel, tuning key: config):", "", *tuned]
@@ -356,12 +363,13 @@ def markdown(rows: list[list[str]], args: argparse.Namespace, command: str, hbm:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[1000, 2000, 4000, 10000], help="raw L")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[10000, 4000, 2000, 1000],
+                        help="raw L, measured in this order")
     parser.add_argument("--dists", nargs="+", default=["real", "full"], choices=["real", "full"])
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--merge-k", type=int, default=8)
     parser.add_argument("--token-dim", type=int, default=32)
-    parser.add_argument("--head-dim", type=int, default=32)
+    parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--queries", type=int, default=100, help="k")
     parser.add_argument("--globals", type=int, default=4, help="m")
     parser.add_argument("--inner-heads", type=int, default=1)
@@ -381,8 +389,8 @@ def main(argv: list[str] | None = None) -> None:
     hbm = {}
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()
-        spec = [bw for key, bw in HBM_SPEC.items() if key in name]
-        hbm = ({"spec": spec[0]} if spec else {}) | {"copy": copy_bandwidth()}
+        spec = gpu_spec(name)
+        hbm = ({"spec": spec[2] * 1e12} if spec else {}) | {"copy": copy_bandwidth()}
 
     def write(rows: list[list[str]]) -> None:
         if args.out:

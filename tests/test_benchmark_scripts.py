@@ -177,3 +177,44 @@ def test_fuxictr_export_gives_each_row_the_history_of_this_projects_loader(small
             assert (items["item"][at], items["category"][at], items["action"][at]) == (
                 inline["item_id"][i] + 1, inline["category_id"][i] + 1, none)
             assert rows["user_id"][i] == inline["user_id"][i] + 1
+
+
+def test_hstu_benchmark_compares_against_a_revision(tmp_path):
+    """benchmarks/hstu.py at tiny sizes (without the peer, which is not vendored): a row for our HSTU and one for
+    the same model at a git revision, the first with its time and memory ratios to the second, and the profile's
+    shares of the history attention."""
+    bench = runpy.run_path(str(ROOT / "benchmarks" / "hstu.py"), run_name="benchmark")
+    out = tmp_path / "hstu.md"
+    table = bench["main"](["--threads", "1", "--lengths", "20", "--batch", "2", "--repeats", "1", "--warmup", "0",
+                           "--peak-size", "64", "--against", "HEAD", "--profile", "3", "--out", str(out)])
+    assert out.read_text().strip().endswith(table.strip())
+    rows = [[cell.strip() for cell in line.strip("| ").split("|")] for line in table.splitlines()
+            if line.startswith("| 20 |")]
+    assert [row[1] for row in rows] == ["HSTU", f"HSTU @ {rows[1][1].split(' @ ')[1]}"]
+    assert rows[0][-2].endswith("x") and rows[0][-1].endswith("x")  # time / REV, memory / REV
+    assert "- inside `_HistoryAttention`: " in table and "- inside `_HistoryAttentionBackward`: " in table
+
+
+def test_throughput_settings_are_the_configs():
+    """benchmarks/throughput.py's copies of the configs' model, batch and history length (for a python without a
+    YAML reader) are what load_config gives, and its data history is longer-data synthetic's."""
+    import inspect
+
+    from longer_train.config import ModelConfig
+
+    bench = runpy.run_path(str(ROOT / "benchmarks" / "throughput.py"), run_name="benchmark")
+    for path, settings, batch, max_len in bench["CONFIGS"].values():
+        cfg = load_config(str(ROOT / path), [])
+        assert (ModelConfig(**settings), batch, max_len) == (cfg.model, cfg.data.batch_size, cfg.data.max_len), path
+    assert bench["DATA_HISTORY"] == inspect.signature(synthetic.generate).parameters["max_len"].default
+
+
+def test_throughput_compares_the_trainer_step_with_the_loader(small, tmp_path):
+    """With the full training stack: the Trainer's step and the real loader, a verdict per worker count."""
+    bench = runpy.run_path(str(ROOT / "benchmarks" / "throughput.py"), run_name="benchmark")
+    out = tmp_path / "throughput.md"
+    table = bench["main"](["--smoke", "--configs", "quickstart", "--workers", "1", "--data", str(small),
+                           "--runs", str(tmp_path / "runs"), "--out", str(out)])
+    assert out.read_text() == table
+    assert "| quickstart | 8 | 8 | step (Trainer) |" in table and "| quickstart | 8 | 8 | loader | 1 |" in table
+    assert "- quickstart, 1 loader worker(s): " in table

@@ -6,7 +6,7 @@ to `metrics.jsonl` / W&B and the console:
 - `train/lr`, `train/grad_norm`, `train/epoch` (from the loop), `train/samples_per_s` (all ranks);
 - `train/ne`, `train/auc`, `train/calibration` over the last `train.metrics_window` steps (`WindowedMetrics`);
 - `train/mfu`: model FLOPs (3x the forward's analytic FLOPs per sample: forward + backward) per second over
-  the GPU's dense bf16 peak, on the GPUs whose peak is known (`PEAK_BF16_TFLOPS`); not on CPU, whose peak
+  the GPU's dense bf16 peak, on the GPUs whose peak is known (components/device_specs.py); not on CPU, whose peak
   depends on the machine and its load;
 - `train/peak_memory_gib`: the most memory this rank held: the CUDA caching allocator's peak on GPU, the
   process's peak resident set on CPU.
@@ -22,19 +22,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .device_specs import peak_flops
 from .metrics import WindowedMetrics
 from .run_logger import RunLogger
-
-# dense bf16 peak of the GPUs we know, TFLOP/s (vendor datasheets, SXM parts); matched in the device name
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
-
-
-def peak_flops(device: torch.device) -> float | None:
-    """The device's dense bf16 peak in FLOP/s, None where unknown (CPU, other GPUs)."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((tflops * 1e12 for key, tflops in PEAK_BF16_TFLOPS.items() if key in name), None)
 
 
 def peak_memory_gib(device: torch.device) -> float:

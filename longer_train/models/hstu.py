@@ -18,6 +18,14 @@ One layer, as in meta-recsys/generative-recommenders (`research/modeling/sequent
 rab(i, j) = w_pos[i − j] + w_time[bucket(t_i − t_j)]: a learned relative attention bias over position
 distance and time-gap buckets, one per layer, shared by the heads. N = data.max_len + 1, the longest layout.
 
+How the history's attention is computed (`history_attention`): no per-pair tensor lives beyond one tile. Each
+layer's bias is one table over (distance, time bucket) with a masked row for keys after the query
+(`HSTULayer.bias_table`); every pair's place in it is an int32 index computed once per batch and shared by the
+layers (`pair_index`), so the bias and the causal mask are one gather. Blocks of query rows run against their keys
+up to the block's last row (the tiles above the diagonal are never computed), and the backward recomputes a tile's
+scores instead of keeping them. Padding keys are masked by zeroing their values, which zeroes their weights'
+contribution and every gradient through them.
+
 With the candidate match on (models/candidate_match.py), the candidate's row of every layer adds the learned
 per-head bias Σ_p w_{h,p}·s_{j,p} of its similarity to event j, as LONGER's candidate row does, and with
 `attention_readout` the head also gets the last layer's Σ_j A_j·s_{j,p} per head and pair. Only the
@@ -32,6 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils import flop_counter
 
 from ..config import ModelConfig
 from .blocks import MLP, make_norm, merge_heads, split_heads
@@ -41,6 +50,106 @@ from .inputs import DenseDims, DenseInputs, event_rows
 from .token_builder import TokenBuilder, time_diff_bucket, token_flops
 from .token_merge import to_left_padded
 from .units import ComputeUnits
+
+# history rows per tile of `history_attention`: a tile holds B x H x rows x keys scores (the smaller tiles of 64
+# rows ran faster than 128 or 256 on CPU, their scores staying in the caches)
+QUERY_BLOCK = 64
+# the bias of a key after its query: SiLU of a score this low and its derivative are exactly 0 in fp32 and bf16
+# (the sigmoid underflows below about -104), so such a pair adds nothing forward or backward
+MASKED_BIAS = -1e30
+# FlopCounterMode counts aten.baddbmm but not its in-place form, which the tiles use: the same formula
+if torch.ops.aten.baddbmm_ not in flop_counter.flop_registry:
+    flop_counter.register_flop_formula(torch.ops.aten.baddbmm_, get_raw=True)(
+        flop_counter.flop_registry[torch.ops.aten.baddbmm])
+
+
+@dataclass
+class PairIndex:
+    """Where each (position, key) pair of a batch finds its relative attention bias in a layer's bias table
+    (`HSTULayer.bias_table`), computed once per batch for every layer (`pair_index`)."""
+
+    seen: Tensor  # [B, n] bool: the keys that are not padding (the candidate's included)
+    history: list[tuple[int, Tensor]]  # per block of history rows: (first row r, int32 [B, rows, r + rows])
+    candidate: Tensor  # [B, n] int32: the candidate row's pairs
+
+
+def pair_index(ago: Tensor, seen: Tensor, num_buckets: int, max_len: int, block: int) -> PairIndex:
+    """ago [B, n]: seconds before the request of each position (the candidate last, 0), seen [B, n]. A pair (i, j)
+    indexes column min(i - j, max_len) + 1 of the bias table (column 0, keys after the query: masked) in row
+    bucket(t_i - t_j) = bucket(ago_j - ago_i); the history's pairs in tiles of `block` query rows against keys
+    0 .. the tile's last row.
+    (Bucket-major: neighbouring keys of a query are neighbours in the table, for the gather and its gradient.)"""
+    n = ago.shape[1]
+    seconds = ago.double()  # whole seconds: the differences are exact
+    positions = torch.arange(n, device=ago.device)
+
+    def index(rows: slice, keys: int, bucket: Tensor) -> Tensor:
+        column = (positions[rows, None] - positions[None, :keys]).clamp(-1, max_len) + 1  # [rows, keys]
+        return column.to(torch.int32).add(bucket, alpha=max_len + 2)
+
+    history = []
+    for start in range(0, n - 1, block):
+        rows = slice(start, min(start + block, n - 1))
+        gap = torch.sub(seconds[:, None, : rows.stop], seconds[:, rows, None],  # [B, rows, keys], rounded once
+                        out=seconds.new_empty((ago.shape[0], rows.stop - start, rows.stop), dtype=torch.float32))
+        history.append((start, index(rows, rows.stop, time_diff_bucket(gap, num_buckets, torch.int32, overwrite=True))))
+    candidate = index(slice(n - 1, n), n, time_diff_bucket(seconds, num_buckets, torch.int32)[:, None])[:, 0]
+    return PairIndex(seen=seen, history=history, candidate=candidate)
+
+
+class _HistoryAttention(torch.autograd.Function):
+    """out = SiLU(q k^T + table[index]) v over the tiles of `index` (q, k, v [B, H, n, dh]; table [T]; index: the
+    history tiles of `PairIndex`), without autocast: in q's dtype, the same forward and backward. The backward
+    recomputes each tile's scores; the table's gradient sums every pair's score gradient into its entry."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, table: Tensor, tiles: list[tuple[int, Tensor]]) -> Tensor:
+        b, h, n, _ = q.shape
+        ctx.save_for_backward(q, k, v, table)
+        ctx.tiles = tiles
+        q, k, v = (t.reshape(b * h, n, t.shape[-1]) for t in (q, k, v))
+        with torch.autocast(q.device.type, enabled=False):
+            out = [torch.bmm(F.silu(_scores(q, k, table, start, index, h), inplace=True),
+                             v[:, : start + index.shape[1]]) for start, index in tiles]
+        return torch.cat(out, dim=1).view(b, h, n, v.shape[-1]) if out else q.new_zeros(b, h, 0, v.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        q, k, v, table = ctx.saved_tensors
+        b, h, n, _ = q.shape
+        q, k, v, grad = (t.reshape(b * h, n, t.shape[-1]) for t in (q, k, v, grad))
+        dq, dk, dv = [], torch.zeros_like(k), torch.zeros_like(v)
+        dtable = torch.zeros_like(table)
+        with torch.autocast(q.device.type, enabled=False):
+            for start, index in ctx.tiles:
+                stop = start + index.shape[1]
+                scores = _scores(q, k, table, start, index, h)  # [B * H, rows, stop]
+                rows = grad[:, start:stop]
+                dv[:, :stop] += torch.bmm(F.silu(scores).transpose(1, 2), rows)
+                # SiLU's derivative applied to the weights' gradient, as autograd's backward of F.silu does
+                dscores = torch.ops.aten.silu_backward(torch.bmm(rows, v[:, :stop].transpose(1, 2)), scores)
+                dq.append(torch.bmm(dscores, k[:, :stop]))
+                dk[:, :stop] += torch.bmm(dscores.transpose(1, 2), q[:, start:stop])
+                per_pair = (dscores.view(b, h, *dscores.shape[1:]).sum(1) if h > 1 else dscores).to(table.dtype)
+                # (bincount's weights in the table's dtype: it returns float64 for bfloat16 weights)
+                dtable += torch.bincount(index.view(-1), per_pair.view(-1), minlength=table.shape[0])
+        dq = torch.cat(dq, dim=1) if dq else torch.zeros_like(q)
+        return *(t.view(b, h, n, t.shape[-1]) for t in (dq, dk, dv)), dtable, None
+
+
+def _scores(q: Tensor, k: Tensor, table: Tensor, start: int, index: Tensor, heads: int) -> Tensor:
+    """q k^T + bias of one tile [B * H, rows, keys] (q, k [B * H, n, dh]): the bias gathered, then the product
+    accumulated onto it."""
+    b, rows, keys = index.shape
+    bias = table.index_select(0, index.view(-1)).to(q.dtype).view(b, 1, rows, keys)
+    # one copy per head (the product is accumulated onto it in place); for one head, the gathered tensor itself
+    bias = bias.expand(b, heads, rows, keys).contiguous().view(b * heads, rows, keys)
+    return bias.baddbmm_(q[:, start: start + rows], k[:, :keys].transpose(1, 2))
+
+
+def history_attention(q: Tensor, k: Tensor, v: Tensor, table: Tensor, tiles: list[tuple[int, Tensor]]) -> Tensor:
+    """HSTU's pointwise attention of the history rows [B, H, n, dh] over the history keys (`_HistoryAttention`)."""
+    return _HistoryAttention.apply(q, k, v, table, tiles)
 
 
 class HSTULayer(nn.Module):
@@ -64,11 +173,8 @@ class HSTULayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.normaliser = float(max_len + 1)  # N: the longest layout
 
-    def forward(
-        self, x: Tensor, allowed: Tensor, distance: Tensor, time_bucket: Tensor, match: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """x [B, n, D]: the history (left-padded), then the candidate; allowed [B, n, n]: the keys each position
-        sees; distance [n, n] and time_bucket [B, n, n] of each (position, key) pair; match
+    def forward(self, x: Tensor, pairs: PairIndex, match: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """x [B, n, D]: the history (left-padded), then the candidate; pairs: the batch's `pair_index`; match
         [B, n - 1, P]: the candidate's similarity to each history position (None: off). Returns the new states
         [B, n, D] and the candidate's attention weights over the history [B, H, 1, n - 1].
 
@@ -76,27 +182,26 @@ class HSTULayer(nn.Module):
         over the whole layout, computed without the history's never-used scores for the candidate's key."""
         u, v, q, k = F.silu(self.uvqk(self.norm_in(x))).chunk(4, dim=-1)
         q, k, v = (split_heads(t, self.heads) for t in (q, k, v))  # [B, H, n, dh]
-        q, v = q / math.sqrt(self.head_dim), v / self.normaliser  # A = SiLU(.) / N, applied to V
-        history, _ = self._pointwise(q[:, :, :-1], k[:, :, :-1], v[:, :, :-1],
-                                     self._bias(distance[:-1, :-1], time_bucket[:, :-1, :-1]), allowed[:, :-1, :-1])
-        bias = self._bias(distance[-1:], time_bucket[:, -1:])  # [B, 1, 1, n]
+        q = q / math.sqrt(self.head_dim)
+        v = v / self.normaliser * pairs.seen[:, None, :, None]  # A = SiLU(.) / N, applied to V; padding: 0
+        table = self.bias_table()
+        history = history_attention(q[:, :, :-1], k[:, :, :-1], v[:, :, :-1], table, pairs.history)
+        bias = table[pairs.candidate][:, None, None]  # [B, 1, 1, n]
         if match is not None:  # the candidate match: its own key gets none
             bias = bias + F.pad(match_bias(match, self.match_weight).transpose(1, 2), (0, 1)).unsqueeze(2)
-        candidate, silu = self._pointwise(q[:, :, -1:], k, v, bias, allowed[:, -1:])  # [B, H, 1, dh]
+        scores = torch.matmul(q[:, :, -1:], k.transpose(-1, -2)) + bias  # [B, H, 1, n]
+        silu = torch.where(pairs.seen[:, None, None], F.silu(scores), 0.0)
+        candidate = torch.matmul(silu, v)  # [B, H, 1, dh]
         attn = merge_heads(torch.cat([history, candidate], dim=2))  # [B, n, H * dh]
         y = x + self.out(self.dropout(u * self.norm_attn(attn)))
         return y, silu[..., :-1] / self.normaliser
 
-    def _bias(self, distance: Tensor, time_bucket: Tensor) -> Tensor:
-        """The relative attention bias of (position, key) pairs [B, 1, rows, keys] (shared by the heads)."""
-        return (self.position_bias[distance] + self.time_bias[time_bucket]).unsqueeze(1)
-
-    @staticmethod
-    def _pointwise(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, allowed: Tensor) -> tuple[Tensor, Tensor]:
-        """HSTU's attention without softmax: w = SiLU(q k^T + bias) where allowed, else 0. q [B, H, m, dh],
-        k, v [B, H, n, dh], bias [B, 1 or H, m, n], allowed [B, m, n] -> (w @ v [B, H, m, dh], w)."""
-        weights = torch.where(allowed.unsqueeze(1), F.silu(torch.matmul(q, k.transpose(-1, -2)) + bias), 0.0)
-        return torch.matmul(weights, v), weights
+    def bias_table(self) -> Tensor:
+        """The relative attention bias of every (time bucket, distance) [buckets x (max_len + 2)], flattened:
+        column 0 masks (a key after its query), column 1 + d holds w_time[bucket] + w_pos[d] (`pair_index` indexes
+        it)."""
+        bias = self.time_bias[:, None] + self.position_bias[None, :]
+        return torch.cat([bias.new_full((bias.shape[0], 1), MASKED_BIAS), bias], dim=1).view(-1)
 
 
 @dataclass
@@ -141,22 +246,16 @@ class HSTU(nn.Module):
         tokens = padded[..., :d]
         candidate = self.candidate_token(x.candidate).unsqueeze(1)
         states = torch.cat([tokens, candidate], dim=1)  # [B, L + 1, d]
-        size = longest + 1
-        positions = torch.arange(size, device=lengths.device)
         seen = torch.cat([valid, valid.new_ones(b, 1)], dim=1)  # [B, L + 1] the keys that are not padding
-        allowed = (positions[None, :, None] >= positions[None, None, :]) & seen[:, None, :]  # [B, n, n]
-        distance = (positions[:, None] - positions[None, :]).clamp(0, self.dims.max_len)  # [n, n]
         ago = torch.cat([ago, ago.new_zeros(b, 1)], dim=1)  # seconds before the request; the candidate: 0
-        time_bucket = torch.cat([  # of t_i - t_j = ago_j - ago_i; a few rows at a time bound the temporaries
-            time_diff_bucket(rows[:, None, :] - rows[:, :, None], self.cfg.time_buckets) for rows in ago.split(64)
-        ]) if b else ago.new_zeros((0, size, size))
+        pairs = pair_index(ago, seen, self.cfg.time_buckets, self.dims.max_len, QUERY_BLOCK)
         match = None
         if self.match_pairs:
             match = group_similarity(padded[..., d:], unit_pairs(x.candidate, self.match_pairs, "candidate")
                                      .unsqueeze(1), self.match_pairs)[:, 0]  # [B, L, P]
         layers, weights = [], None
         for layer in self.layers:
-            states, weights = layer(states, allowed, distance, time_bucket, match)
+            states, weights = layer(states, pairs, match)
             layers.append(states)
         readout = attended_similarity(weights, match.unsqueeze(1)).squeeze(1) if self.readout else None
         return HSTUStates(num_pad=longest - lengths, layers=layers, match_readout=readout)

@@ -9,13 +9,19 @@ from torch import Tensor, nn
 from .blocks import MLP
 
 
-def time_diff_bucket(seconds: Tensor, num_buckets: int) -> Tensor:
-    """Log-bucketise a non-negative time difference: bucket = floor(2 * log2(1 + seconds)), capped.
+def time_diff_bucket(seconds: Tensor, num_buckets: int, dtype: torch.dtype = torch.long, overwrite: bool = False
+                     ) -> Tensor:
+    """Log-bucketise a non-negative time difference: bucket = floor(2 * log2(1 + seconds)), capped, as `dtype`.
 
-    Two buckets per doubling: 1 min -> 11, 1 hour -> 23, 1 day -> 32, 1 year -> 49.
+    Two buckets per doubling: 1 min -> 11, 1 hour -> 23, 1 day -> 32, 1 year -> 49. `seconds` may be integer or
+    a float holding whole seconds (rounded to float32 either way). In place on one float32 copy, or with
+    `overwrite` on `seconds` itself, which must then be float32 (HSTU bucketises every pair of a batch); the
+    conversion truncates, which is the floor of these non-negative values.
     """
-    seconds = seconds.clamp(min=0).to(torch.float32)
-    return torch.floor(2.0 * torch.log2(1.0 + seconds)).long().clamp(max=num_buckets - 1)
+    if overwrite and seconds.dtype != torch.float32:
+        raise TypeError(f"time_diff_bucket(overwrite=True) needs float32 seconds, got {seconds.dtype}")
+    buckets = seconds if overwrite else seconds.to(torch.float32, copy=True)
+    return buckets.clamp_(min=0).add_(1.0).log2_().mul_(2.0).clamp_(max=num_buckets - 1).to(dtype)
 
 
 class TokenBuilder(nn.Module):
