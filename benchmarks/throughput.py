@@ -44,7 +44,7 @@ CONFIGS = {
     "paper": ("configs/paper.yaml", dict(merge="inner_trans", merge_k=8, num_queries=100, head_dim=64,
                                          head_hidden=[128, 64]), 64, 2000),
 }
-DATA_HISTORY = 512  # the longest history of `longer-data synthetic`'s data (data/synthetic.py: generate's max_len)
+DATA_HISTORY = 512  # the longest history of `longer-data synthetic`'s data (datasets/synthetic.py: generate's max_len)
 STACK = ("pyarrow", "numpy", "omegaconf", "yaml", "torchrec", "fbgemm_gpu")
 # the trainer's settings for a benchmark run: no logging service, no progress bar, no checkpoints
 OVERRIDES = ["logging.wandb_mode=disabled", "train.progress_bar=false", "train.checkpoint=false"]
@@ -79,7 +79,7 @@ def trainer_config(path: str, data: Path, runs: Path, extra: list[str]):
 
 def ensure_data(root: Path, users: int | None) -> None:
     """The synthetic data (`longer-data synthetic`'s defaults; `users` users if given) unless already there."""
-    from longer_train.data import synthetic
+    from longer_train.datasets import synthetic
 
     if not (root / ".complete").exists():
         synthetic.generate(root, **({"users": users} if users else {}))

@@ -18,7 +18,7 @@ def merge(request) -> str:
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     """A small synthetic dataset (300 users, histories of up to 64 events) for in-process runs of the CLIs."""
-    from longer_train.data import synthetic
+    from longer_train.datasets import synthetic
 
     root = tmp_path_factory.mktemp("tiny-cli")
     synthetic.generate(root, users=300, max_len=64, seed=1)

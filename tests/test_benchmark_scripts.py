@@ -9,7 +9,7 @@ import pytest
 from test_config import QUICKSTART
 
 from longer_train.config import load_config
-from longer_train.data import synthetic
+from longer_train.datasets import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ from torch.distributed.checkpoint import FileSystemReader
 
 from longer_train.components.checkpoint import CheckpointError, file_digest
 from longer_train.config import load_config
-from longer_train.data import synthetic
+from longer_train.datasets import synthetic
 from longer_train.distributed.process_group import destroy_distributed
 from longer_train.serve.cli import main as serve_main
 from longer_train.train import main as train_main

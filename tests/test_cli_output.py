@@ -11,8 +11,8 @@ from cli_runs import train_args
 from data_faults import bad_label_copy
 
 from longer_train.components.run_logger import setup_logging
-from longer_train.data import cli as data_cli
 from longer_train.data.schema import SchemaError
+from longer_train.datasets import cli as data_cli
 from longer_train.serve.cli import main as serve_main
 from longer_train.train import main as train_main
 
@@ -144,8 +144,8 @@ def test_print_config_shows_each_value_with_its_source_and_trains_nothing(tiny, 
     assert not (tmp_path / "runs").exists() and not any(tmp_path.iterdir())  # nothing trained or written
 
 
-@pytest.mark.parametrize("module, argv", [("longer_train.train", []), ("longer_train.data.cli", ["synthetic"]),
-                                          ("longer_train.data.cli", ["prepare"]), ("longer_train.sweep.cli", [])])
+@pytest.mark.parametrize("module, argv", [("longer_train.train", []), ("longer_train.datasets.cli", ["synthetic"]),
+                                          ("longer_train.datasets.cli", ["prepare"]), ("longer_train.sweep.cli", [])])
 def test_help_answers_without_importing_torch_and_shows_defaults(module, argv):
     """`--help` of a console script parses its arguments before importing torch (which takes seconds)."""
     import subprocess

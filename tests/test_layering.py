@@ -87,3 +87,27 @@ def test_distributed_code_knows_no_model():
             models = {m for m in _imports(name, path, modules) if m.startswith("longer_train.models")}
             assert models <= {"longer_train.models.units"}, (name, models)
 
+
+
+def _reach(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module `start` imports, directly or through others."""
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_the_read_path_imports_no_dataset_production():
+    """Training and serving read data through longer_train.data; making datasets (generators, preparation,
+    the writer, longer-data) is longer_train.datasets, which the read path never imports, even indirectly."""
+    modules = _modules()
+    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
+    assert "longer_train.data.store" in _reach(graph, "longer_train.datasets.prepare")  # through the writer
+    for name in modules:
+        if name.startswith("longer_train.data.") or name == "longer_train.data":
+            production = {m for m in _reach(graph, name) if m.startswith("longer_train.datasets")}
+            assert not production, (name, production)
+    for name in ("longer_train.datasets.synthetic", "longer_train.datasets.synthetic_match"):
+        assert "longer_train.trainer" not in _reach(graph, name), name

@@ -14,7 +14,7 @@ import pytest
 from test_config import CONFIGS
 
 from longer_train.config import load_config
-from longer_train.data import synthetic_match
+from longer_train.datasets import synthetic_match
 from longer_train.distributed.process_group import destroy_distributed
 from longer_train.trainer import Trainer
 

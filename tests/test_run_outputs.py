@@ -12,7 +12,7 @@ from test_config import CONFIGS, QUICKSTART
 
 from longer_train.components.checkpoint import load_checkpoint, read_meta
 from longer_train.config import load_config
-from longer_train.data import synthetic
+from longer_train.datasets import synthetic
 from longer_train.distributed.process_group import destroy_distributed
 from longer_train.trainer import Trainer
 

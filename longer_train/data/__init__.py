@@ -1,1 +1,3 @@
-"""Training data: the Parquet sample schema, its validation, and the synthetic dataset generator."""
+"""The read path of training data: the Parquet sample schema and its validation (`schema`), the sequence store's
+event log (`store`), row groups and the sharded, resumable loader (`loader`, `row_groups`), batches (`batch`),
+vocabulary sizes and out-of-vocabulary ids (`vocab`, `oov`). Datasets are made by `longer_train.datasets`."""

@@ -8,7 +8,11 @@ import json
 from pathlib import Path
 
 from ..config import ConfigError, DataConfig
-from .writer import VOCAB_OF_COLUMN
+
+# meta.json "vocab" key of each column the dataset writers produce (datasets/): `num_embeddings: auto` reads
+# meta["num_embeddings"], or this mapping for datasets written before it existed
+VOCAB_OF_COLUMN = {"user_id": "users", "item_id": "items", "hist_item_id": "items", "category_id": "categories",
+                   "hist_category_id": "categories", "hist_action": "actions", "user_segment": "user_segments"}
 
 
 def dataset_sizes(root: str | Path) -> dict[str, int] | None:

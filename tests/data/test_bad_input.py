@@ -13,11 +13,11 @@ import torch
 from data_configs import data_config
 
 from longer_train.config import FeatureConfig
-from longer_train.data import synthetic
 from longer_train.data.loader import ParquetStream, ShardedLoader
 from longer_train.data.oov import map_ids
 from longer_train.data.schema import SchemaError
 from longer_train.data.store import read_inline
+from longer_train.datasets import synthetic
 from longer_train.models.sparse_arch import SparseArch
 
 BAD_ROW = 37  # row within the file, in the second row group of 25 rows

@@ -12,11 +12,11 @@ import torch
 from data_configs import data_config
 
 from longer_train.config import FeatureConfig
-from longer_train.data import synthetic
 from longer_train.data.loader import ParquetStream, ShardedLoader
 from longer_train.data.row_groups import resolve_files
 from longer_train.data.schema import SchemaError
 from longer_train.data.store import read_inline
+from longer_train.datasets import synthetic
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from data_configs import data_config
 
-from longer_train.data import cli, prepare
 from longer_train.data.schema import validate_batch, validate_schema
 from longer_train.data.store import open_event_log, read_inline
+from longer_train.datasets import cli, prepare
 
 SPLITS = ("train", "valid", "test")
 

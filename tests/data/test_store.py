@@ -13,11 +13,11 @@ import pytest
 from data_configs import data_config
 
 from longer_train.config import FeatureConfig
-from longer_train.data import synthetic
 from longer_train.data.loader import ParquetStream, ShardedLoader
 from longer_train.data.row_groups import resolve_files
 from longer_train.data.schema import SchemaError, history_columns
 from longer_train.data.store import EventLog, open_event_log, read_inline
+from longer_train.datasets import synthetic
 
 MAX_LEN = 12
 

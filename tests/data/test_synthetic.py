@@ -11,9 +11,9 @@ from data_configs import data_config
 
 from longer_train.components.metrics import auc
 from longer_train.config import DataConfig, FeatureConfig
-from longer_train.data import cli, synthetic
 from longer_train.data.schema import validate_batch, validate_schema
 from longer_train.data.store import open_event_log, read_inline
+from longer_train.datasets import cli, synthetic
 
 SPLITS = ("train", "valid", "test")
 

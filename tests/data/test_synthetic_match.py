@@ -11,8 +11,8 @@ import pytest
 
 from longer_train.components.metrics import auc
 from longer_train.config import DataConfig, FeatureConfig
-from longer_train.data import cli, synthetic_match
 from longer_train.data.store import read_inline
+from longer_train.datasets import cli, synthetic_match
 
 SPLITS = ("train", "valid", "test")
 SEQUENCE = ("hist_item_id", "hist_category_id", "hist_action")

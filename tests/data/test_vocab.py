@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from longer_train.config import ConfigError, load_config
-from longer_train.data import prepare
 from longer_train.data.loader import build_dataloader
 from longer_train.data.vocab import resolve_num_embeddings
+from longer_train.datasets import prepare
 
 MOVIELENS = Path(__file__).resolve().parents[2] / "configs" / "datasets" / "movielens.yaml"
 

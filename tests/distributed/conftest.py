@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from longer_train.data import synthetic
+from longer_train.datasets import synthetic
 
 
 @pytest.fixture(scope="session")

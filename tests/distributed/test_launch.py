@@ -19,8 +19,8 @@ import pytest
 from torchrun_launch import REPO, launch_env
 
 from longer_train.config import load_config
-from longer_train.data import synthetic
 from longer_train.data.loader import build_dataloader
+from longer_train.datasets import synthetic
 from longer_train.machine import resolve
 
 README_TWO_PROCESSES = "NPROC_PER_NODE=2 launch/torchrun.sh"

@@ -4,8 +4,8 @@ import pytest
 from test_config import QUICKSTART
 
 from longer_train.config import load_config
-from longer_train.data import synthetic
 from longer_train.data.store import read_inline
+from longer_train.datasets import synthetic
 from longer_train.distributed.process_group import destroy_distributed
 from longer_train.serve.scorer import Scorer
 from longer_train.trainer import Trainer

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from longer_train.components.run_logger import setup_logging
-from longer_train.data import prepare, synthetic, synthetic_match
+from longer_train.datasets import prepare, synthetic, synthetic_match
 from longer_train.errors import HelpFormatter, add_debug_flag, debug_enabled, run_cli
 
 

@@ -16,7 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .store import EVENTS
+from ..data.store import EVENTS
+from ..data.vocab import VOCAB_OF_COLUMN
 
 SPLITS = ("train", "valid", "test")
 SPLIT_QUANTILES = (0.8, 0.9)  # train before the first cut point, valid before the second, then test
@@ -24,11 +25,6 @@ PART_ROWS = 1_048_576  # sample rows per part (a multiple of ROW_GROUP_ROWS)
 ROW_GROUP_ROWS = 8192
 EVENT_GROUP_ROWS = 1_048_576  # events per row group: one uncompressed page per column (8 MiB at int64)
 EVENT_PART_GROUPS = 8  # row groups per events part
-
-
-# meta.json "vocab" key of each column our writers produce: `num_embeddings: auto` reads meta["num_embeddings"]
-VOCAB_OF_COLUMN = {"user_id": "users", "item_id": "items", "hist_item_id": "items", "category_id": "categories",
-                   "hist_category_id": "categories", "hist_action": "actions", "user_segment": "user_segments"}
 
 
 class OutputError(OSError):
