@@ -41,6 +41,7 @@ from .inputs import DenseDims, DenseInputs, event_rows
 from .token_builder import TokenBuilder, time_diff_bucket, token_flops
 from .token_merge import to_left_padded
 from .units import ComputeUnits
+from .user_state import ServingTraits, UserState
 
 
 class HSTULayer(nn.Module):
@@ -72,20 +73,49 @@ class HSTULayer(nn.Module):
         [B, n - 1, P]: the candidate's similarity to each history position (None: off). Returns the new states
         [B, n, D] and the candidate's attention weights over the history [B, H, 1, n - 1].
 
-        The history rows attend over the history only and the candidate row over everything: the causal mask
-        over the whole layout, computed without the history's never-used scores for the candidate's key."""
+        The history rows attend over the history only (`history_rows`) and the candidate row over everything
+        (`candidate_rows`): the causal mask over the whole layout, computed without the history's never-used
+        scores for the candidate's key."""
+        history, k, v = self.history_rows(x[:, :-1], allowed[:, :-1, :-1], distance[:-1, :-1], time_bucket[:, :-1, :-1])
+        candidate, weights = self.candidate_rows(
+            x[:, -1:], k, v, self._bias(distance[-1:, :-1], time_bucket[:, -1:, :-1]), allowed[:, -1, :-1],
+            None if match is None else match.unsqueeze(1),
+        )
+        return torch.cat([history, candidate], dim=1), weights
+
+    def history_rows(self, x: Tensor, allowed: Tensor, distance: Tensor, time_bucket: Tensor) -> tuple[Tensor, ...]:
+        """The history's rows x [B, L, D] under the causal mask `allowed` [B, L, L] -> their new states [B, L, D]
+        and their keys and values [B, H, L, dh] (what a candidate's row attends to: KV-cached serving keeps
+        them)."""
+        u, q, k, v = self._project(x)
+        attn, _ = self._pointwise(q, k, v, self._bias(distance, time_bucket), allowed)
+        return self._finish(x, u, attn), k, v
+
+    def candidate_rows(
+        self, x: Tensor, k: Tensor, v: Tensor, bias: Tensor, valid: Tensor, match: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """C candidates per row x [B, C, D] (independent of each other), each the last position of its row's
+        layout: it attends to the history's keys and values k, v [B, H, L, dh] (valid [B, L]: not padding) with
+        the relative bias `bias` [B, 1, 1, L] of its position and time to theirs (plus, with `match` [B, C, L, P],
+        the candidate match), and to itself (distance 0, time gap 0). Returns their new states [B, C, D] and
+        their attention weights over the history [B, H, C, L]."""
+        u, q, k_self, v_self = self._project(x)  # [B, H, C, dh]
+        if match is not None:  # the candidate match: its own key gets none
+            bias = bias + match_bias(match, self.match_weight).permute(0, 3, 1, 2)  # [B, H, C, L]
+        history, weights = self._pointwise(q, k, v, bias, valid.unsqueeze(1))  # [B, H, C, dh]
+        own = F.silu((q * k_self).sum(-1, keepdim=True) + self.position_bias[0] + self.time_bias[0])  # bucket(0) = 0
+        return self._finish(x, u, history + own * v_self), weights / self.normaliser
+
+    def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """U [B, n, H * dh] and Q, K, V [B, H, n, dh] of tokens x [B, n, D]: one fused projection, SiLU on all
+        four; Q scaled by 1/√dh and V by 1/N (A = SiLU(.) / N, applied to V)."""
         u, v, q, k = F.silu(self.uvqk(self.norm_in(x))).chunk(4, dim=-1)
         q, k, v = (split_heads(t, self.heads) for t in (q, k, v))  # [B, H, n, dh]
-        q, v = q / math.sqrt(self.head_dim), v / self.normaliser  # A = SiLU(.) / N, applied to V
-        history, _ = self._pointwise(q[:, :, :-1], k[:, :, :-1], v[:, :, :-1],
-                                     self._bias(distance[:-1, :-1], time_bucket[:, :-1, :-1]), allowed[:, :-1, :-1])
-        bias = self._bias(distance[-1:], time_bucket[:, -1:])  # [B, 1, 1, n]
-        if match is not None:  # the candidate match: its own key gets none
-            bias = bias + F.pad(match_bias(match, self.match_weight).transpose(1, 2), (0, 1)).unsqueeze(2)
-        candidate, silu = self._pointwise(q[:, :, -1:], k, v, bias, allowed[:, -1:])  # [B, H, 1, dh]
-        attn = merge_heads(torch.cat([history, candidate], dim=2))  # [B, n, H * dh]
-        y = x + self.out(self.dropout(u * self.norm_attn(attn)))
-        return y, silu[..., :-1] / self.normaliser
+        return u, q / math.sqrt(self.head_dim), k, v / self.normaliser
+
+    def _finish(self, x: Tensor, u: Tensor, attn: Tensor) -> Tensor:
+        """Y = X + W_o (U ⊙ Norm(A V)); attn [B, H, n, dh]."""
+        return x + self.out(self.dropout(u * self.norm_attn(merge_heads(attn))))
 
     def _bias(self, distance: Tensor, time_bucket: Tensor) -> Tensor:
         """The relative attention bias of (position, key) pairs [B, 1, rows, keys] (shared by the heads)."""
@@ -94,7 +124,7 @@ class HSTULayer(nn.Module):
     @staticmethod
     def _pointwise(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, allowed: Tensor) -> tuple[Tensor, Tensor]:
         """HSTU's attention without softmax: w = SiLU(q k^T + bias) where allowed, else 0. q [B, H, m, dh],
-        k, v [B, H, n, dh], bias [B, 1 or H, m, n], allowed [B, m, n] -> (w @ v [B, H, m, dh], w)."""
+        k, v [B, H, n, dh], bias [B, 1 or H, m, n], allowed [B, m or 1, n] -> (w @ v [B, H, m, dh], w)."""
         weights = torch.where(allowed.unsqueeze(1), F.silu(torch.matmul(q, k.transpose(-1, -2)) + bias), 0.0)
         return torch.matmul(weights, v), weights
 
@@ -127,46 +157,109 @@ class HSTU(nn.Module):
         self.head_dims = [d + readout_dim + dims.candidate + dims.user + dims.dense, *cfg.head_hidden, 1]
         self.head = MLP(self.head_dims[0], list(cfg.head_hidden), 1)
 
-    def encode(self, x: DenseInputs) -> HSTUStates:
+    @property
+    def serving(self) -> ServingTraits:
+        return ServingTraits(cached=True)
+
+    def _history(self, x: DenseInputs) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+        """The history left-padded to the batch's longest (or `x.capacity`): behaviour tokens [B, L, d], the
+        events' unit vectors for the candidate match [B, L, W] (None: off), seconds before the request [B, L]
+        (exact) and which positions hold an event [B, L]."""
         b, n = x.lengths.shape[0], x.events.shape[0]
         lengths = x.lengths.long()
-        longest = x.longest if x.longest is not None else int(lengths.max()) if b else 0
+        longest = (x.capacity if x.capacity is not None else x.longest if x.longest is not None
+                   else int(lengths.max()) if b else 0)
         rows = event_rows(lengths, n)  # each event's row and recency [N]
         per_event = [self.tokens(x.events, x.time_diff, rows[1])]
         if self.match_pairs:
             per_event.append(unit_pairs(x.events, self.match_pairs, "event"))
         padded, valid = to_left_padded(torch.cat(per_event, dim=-1), lengths, longest, rows)  # [B, L, d (+ W)]
-        ago = to_left_padded(x.time_diff[:, None], lengths, longest, rows)[0][..., 0]  # [B, L] seconds, exact
+        ago = to_left_padded(x.time_diff[:, None], lengths, longest, rows)[0][..., 0]  # [B, L]
         d = self.cfg.token_dim
-        tokens = padded[..., :d]
+        return padded[..., :d], padded[..., d:] if self.match_pairs else None, ago, valid
+
+    def _layout(self, valid: Tensor, ago: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """For a layout of n positions (valid [B, n]: not padding; ago [B, n]: seconds before the request): the
+        keys each position sees under the causal mask [B, n, n], and each (position, key) pair's distance [n, n]
+        and time-gap bucket [B, n, n]."""
+        b, size = valid.shape
+        positions = torch.arange(size, device=valid.device)
+        allowed = (positions[None, :, None] >= positions[None, None, :]) & valid[:, None, :]  # [B, n, n]
+        distance = (positions[:, None] - positions[None, :]).clamp(0, self.dims.max_len)  # [n, n]
+        # of t_i - t_j = ago_j - ago_i; a few rows at a time bound the temporaries (one piece under torch.export,
+        # where the number of rows is symbolic)
+        pieces = [ago] if torch.compiler.is_compiling() else ago.split(64)
+        time_bucket = torch.cat([
+            time_diff_bucket(rows[:, None, :] - rows[:, :, None], self.cfg.time_buckets) for rows in pieces
+        ]) if b else ago.new_zeros((0, size, size))
+        return allowed, distance, time_bucket
+
+    def encode(self, x: DenseInputs) -> HSTUStates:
+        tokens, units, ago, valid = self._history(x)
+        b, longest = valid.shape
         candidate = self.candidate_token(x.candidate).unsqueeze(1)
         states = torch.cat([tokens, candidate], dim=1)  # [B, L + 1, d]
-        size = longest + 1
-        positions = torch.arange(size, device=lengths.device)
-        seen = torch.cat([valid, valid.new_ones(b, 1)], dim=1)  # [B, L + 1] the keys that are not padding
-        allowed = (positions[None, :, None] >= positions[None, None, :]) & seen[:, None, :]  # [B, n, n]
-        distance = (positions[:, None] - positions[None, :]).clamp(0, self.dims.max_len)  # [n, n]
-        ago = torch.cat([ago, ago.new_zeros(b, 1)], dim=1)  # seconds before the request; the candidate: 0
-        time_bucket = torch.cat([  # of t_i - t_j = ago_j - ago_i; a few rows at a time bound the temporaries
-            time_diff_bucket(rows[:, None, :] - rows[:, :, None], self.cfg.time_buckets) for rows in ago.split(64)
-        ]) if b else ago.new_zeros((0, size, size))
+        # the candidate is the last position: never padding, 0 seconds before the request
+        allowed, distance, time_bucket = self._layout(torch.cat([valid, valid.new_ones(b, 1)], dim=1),
+                                                      torch.cat([ago, ago.new_zeros(b, 1)], dim=1))
         match = None
-        if self.match_pairs:
-            match = group_similarity(padded[..., d:], unit_pairs(x.candidate, self.match_pairs, "candidate")
-                                     .unsqueeze(1), self.match_pairs)[:, 0]  # [B, L, P]
+        if units is not None:
+            match = group_similarity(units, unit_pairs(x.candidate, self.match_pairs, "candidate").unsqueeze(1),
+                                     self.match_pairs)[:, 0]  # [B, L, P]
         layers, weights = [], None
         for layer in self.layers:
             states, weights = layer(states, allowed, distance, time_bucket, match)
             layers.append(states)
         readout = attended_similarity(weights, match.unsqueeze(1)).squeeze(1) if self.readout else None
-        return HSTUStates(num_pad=longest - lengths, layers=layers, match_readout=readout)
+        return HSTUStates(num_pad=longest - x.lengths.long(), layers=layers, match_readout=readout)
 
     def forward(self, x: DenseInputs) -> Tensor:
         """Logits [B] from the candidate's final state (and match readout) and the raw side inputs."""
         states = self.encode(x)
-        features = [states.layers[-1][:, -1], *([] if states.match_readout is None else [states.match_readout]),
-                    x.candidate, x.user, x.dense]
+        return self._logits(states.layers[-1][:, -1], states.match_readout, x.candidate, x.user, x.dense)
+
+    def _logits(self, final: Tensor, readout: Tensor | None, candidate: Tensor, user: Tensor, dense: Tensor) -> Tensor:
+        """The head over the candidate's final state [B, d], its match readout and the raw side inputs -> [B]."""
+        features = [final, *([] if readout is None else [readout]), candidate, user, dense]
         return self.head(torch.cat(features, dim=-1)).squeeze(-1)
+
+    def prefill(self, x: DenseInputs) -> UserState:
+        """The history run through every layer once (models/user_state.py): each layer's keys and values
+        (`k<i>`, `v<i>` [U, H, L, dh], `pad` leading padded), each event's time-gap bucket to the request (the
+        candidate's row bias, `bucket` [U, L]), with the candidate match the events' unit vectors (`units`)."""
+        tokens, units, ago, valid = self._history(x)
+        allowed, distance, time_bucket = self._layout(valid, ago)
+        states, tensors = tokens, {}
+        for i, layer in enumerate(self.layers):
+            states, tensors[f"k{i}"], tensors[f"v{i}"] = layer.history_rows(states, allowed, distance, time_bucket)
+        tensors.update(pad=valid.shape[1] - x.lengths.long(), bucket=time_diff_bucket(ago, self.cfg.time_buckets),
+                       user=x.user, dense=x.dense)
+        padded = {**{f"{kv}{i}": (2, "pad") for i in range(len(self.layers)) for kv in "kv"}, "bucket": (1, "pad")}
+        if units is not None:
+            tensors["units"], padded["units"] = units, (1, "pad")
+        return UserState(tensors, padded)
+
+    def score(self, state: UserState, candidates: Tensor) -> Tensor:
+        """Logits [U, C] of candidates [U, C, D_cand]: per layer, each candidate's row (`candidate_rows`, as in
+        the training forward) against its user's keys and values; it sits right after the history."""
+        u, c = candidates.shape[:2]
+        length = state["k0"].shape[2]
+        positions = torch.arange(length, device=candidates.device)
+        valid = positions[None, :] >= state["pad"][:, None]  # [U, L]
+        distance = (length - positions).clamp(0, self.dims.max_len)[None, :]  # [1, L]
+        match = None
+        if "units" in state.tensors:
+            match = group_similarity(state["units"], unit_pairs(candidates, self.match_pairs, "candidate"),
+                                     self.match_pairs)  # [U, C, L, P]
+        token, weights = self.candidate_token(candidates), None  # [U, C, d]
+        for i, layer in enumerate(self.layers):
+            bias = layer._bias(distance, state["bucket"].unsqueeze(1))  # [U, 1, 1, L]
+            token, weights = layer.candidate_rows(token, state[f"k{i}"], state[f"v{i}"], bias, valid, match)
+        readout = attended_similarity(weights, match).reshape(u * c, -1) if self.readout else None
+        expand = lambda t: t.unsqueeze(1).expand(u, c, t.shape[-1]).reshape(u * c, t.shape[-1])
+        logits = self._logits(token.reshape(u * c, -1), readout, candidates.reshape(u * c, -1),
+                              expand(state["user"]), expand(state["dense"]))
+        return logits.view(u, c)
 
     def flops(self, lengths: list[int]) -> int:
         """Forward FLOPs of a batch with these history lengths (matmuls, as FlopCounterMode counts them):
