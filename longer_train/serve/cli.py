@@ -2,7 +2,7 @@
 
     longer-serve score --checkpoint DIR --requests FILE_OR_DIR --out FILE.parquet [--events DIR]
     longer-serve http --checkpoint DIR --port P [--host 127.0.0.1] [--threads N] [limits: docs/serving.md]
-    longer-serve export --checkpoint DIR --out DIR   (torch.export programs of the dense prefill and score)
+    longer-serve export --checkpoint DIR --out DIR   (torch.export programs of the whole scorer)
 
 --checkpoint is a checkpoint folder (runs/<run>/checkpoints/step_N), verified against its manifest before
 it is used, or a run folder (or its checkpoints/ folder): then the newest checkpoint that verifies.
@@ -104,22 +104,14 @@ def _add_http_limits(http: argparse.ArgumentParser) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..models.inputs import DenseInputs
     from .export import export_programs, save_programs
     from .scorer import Scorer
 
     scorer = Scorer.from_checkpoint(args.checkpoint)
-    dims, capacity = scorer.dense.dims, scorer.cfg.data.max_len
-    # example sizes > 1 so that no dimension is specialised to 1; only the widths are fixed
-    example = DenseInputs(
-        torch.zeros(8, dims.event), torch.tensor([3, 5]), torch.zeros(8, dtype=torch.long), torch.zeros(2, 0),
-        torch.zeros(2, dims.user), torch.zeros(2, dims.dense),
-    )
-    programs = export_programs(scorer.dense, example, torch.zeros(2, 3, dims.candidate), capacity)
-    save_programs(programs, args.out)
-    print(f"wrote {args.out}/prefill.pt2 and {args.out}/score.pt2 (history capacity {capacity} events)")
+    capacity = scorer.cfg.data.max_len
+    save_programs(export_programs(scorer.lookup, scorer.dense, capacity, scorer.dense_width), args.out)
+    print(f"wrote {args.out}/prefill.pt2 and {args.out}/score.pt2 (raw ids in, probabilities out; history "
+          f"capacity {capacity} events; docs/serving.md)")
     return 0
 
 
