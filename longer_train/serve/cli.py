@@ -62,6 +62,7 @@ def _http(args: argparse.Namespace) -> int:
     from .http import HttpServer
     from .limits import RequestLimits, ServeLimits
     from .scorer import Scorer
+    from .user_cache import CacheLimits, UserStateCache
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
@@ -73,7 +74,8 @@ def _http(args: argparse.Namespace) -> int:
         decode_workers=args.decode_workers, header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
         keep_alive_s=args.keep_alive,
     )
-    server = HttpServer(Scorer.from_checkpoint(args.checkpoint), args.host, args.port, limits)
+    cache = UserStateCache(CacheLimits(args.cache_mb, args.cache_entries, args.cache_ttl)) if args.cache_mb else None
+    server = HttpServer(Scorer.from_checkpoint(args.checkpoint, cache), args.host, args.port, limits)
     print(f"longer-serve: listening on {server.url} (POST /score, GET /health); no authentication: "
           "keep it on localhost or behind a reverse proxy (docs/serving.md)", flush=True)
     server.serve_forever()
@@ -82,8 +84,9 @@ def _http(args: argparse.Namespace) -> int:
 
 def _add_http_limits(http: argparse.ArgumentParser) -> None:
     from .limits import RequestLimits, ServeLimits
+    from .user_cache import CacheLimits
 
-    r, s = RequestLimits(), ServeLimits()
+    r, s, c = RequestLimits(), ServeLimits(), CacheLimits()
     add = http.add_argument
     add("--threads", type=int, default=0, help="torch threads of the model (0: torch's default)")
     add("--max-candidates", type=int, default=r.max_candidates, help="candidates in one request (more: 413)")
@@ -101,6 +104,9 @@ def _add_http_limits(http: argparse.ArgumentParser) -> None:
     add("--header-timeout", type=float, default=s.header_timeout_s, help="seconds to receive a request's headers")
     add("--body-timeout", type=float, default=s.body_timeout_s, help="seconds to receive a request's body")
     add("--keep-alive", type=float, default=s.keep_alive_s, help="seconds an idle keep-alive connection stays open")
+    add("--cache-mb", type=float, default=c.max_mb, help="MiB of encoded users kept between requests (0: no cache)")
+    add("--cache-entries", type=int, default=c.max_entries, help="users kept between requests")
+    add("--cache-ttl", type=float, default=c.ttl_s, help="seconds a kept user is used for")
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -33,17 +33,26 @@ from ..errors import one_line
 from ..models.inputs import DenseInputs
 from ..models.ranking import build_dense
 from ..models.sparse_arch import SparseArch
-from ..models.user_state import ServableModel, UserState
+from ..models.user_state import ServableModel, UserState, split_users, stack_users
 from .lookup import EmbeddingLookup, padded_ids
+from .user_cache import UserStateCache, user_keys
 
 
 class Scorer:
-    def __init__(self, cfg: Config, lookup: EmbeddingLookup, dense: ServableModel) -> None:
-        self.cfg, self.lookup, self.dense = cfg, lookup.eval(), dense.eval()
+    def __init__(
+        self, cfg: Config, lookup: EmbeddingLookup, dense: ServableModel, cache: UserStateCache | None = None
+    ) -> None:
+        """`cache`: keeps encoded users between calls of `score_requests` (user_cache.py); None: none kept."""
+        self.cfg, self.lookup, self.dense, self.cache = cfg, lookup.eval(), dense.eval(), cache
+        data = cfg.data
+        self.user_columns = list(dict.fromkeys([  # what a user's state depends on: its cache key
+            data.user_id, data.timestamp, data.hist_timestamp, *data.columns("sequence"), *data.columns("user"),
+            *data.columns("dense"),
+        ]))
         self._lock = threading.Lock()  # one call at a time through the model (HTTP batches requests into one)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path) -> "Scorer":
+    def from_checkpoint(cls, path: str | Path, cache: UserStateCache | None = None) -> "Scorer":
         """A checkpoint folder, verified against its manifest, or the newest verified checkpoint of a run
         folder (`find_checkpoint`); CheckpointError when it cannot be used."""
         path = find_checkpoint(path)
@@ -60,7 +69,7 @@ class Scorer:
         except (Exception, CheckpointException) as err:  # noqa: B036 -- DCP's is a BaseException
             raise CheckpointError(f"{path}: cannot be loaded ({describe_failure(err)})") from None
         model.load_state_dict(state["model"])
-        return cls(cfg, EmbeddingLookup.from_sparse(sparse, cfg.data), dense)
+        return cls(cfg, EmbeddingLookup.from_sparse(sparse, cfg.data), dense, cache)
 
     @property
     def dense_width(self) -> int:
@@ -91,12 +100,13 @@ class Scorer:
     def score_requests(self, users: pa.Table, candidates: pa.Table, counts: np.ndarray) -> np.ndarray:
         """Probabilities of `candidates` (rows grouped by request: counts[i] rows for request i), each
         against its request's row of `users` (validated; one row per request, the history stored once).
-        Each history is looked up and encoded once (`prefill`) for all its request's candidates."""
+        Each history is looked up and encoded once (`prefill`) for all its request's candidates, or taken from
+        the cache when the same user side was encoded before."""
         counts = np.asarray(counts, dtype=np.int64)
         request = np.repeat(np.arange(len(counts)), counts)
         position = np.arange(len(request)) - np.repeat(np.cumsum(counts) - counts, counts)  # slot in request
         with self._lock:
-            state = self.prefill(users)
+            state = self.prefill(users) if self.cache is None else self._warm_prefill(users)
             embedded = self.lookup.candidates(candidate_ids(candidates, self.lookup.candidate))  # [rows, D_cand]
             grouped = embedded.new_zeros((len(counts), int(counts.max()), embedded.shape[1]))
             grouped[request, position] = embedded
@@ -106,6 +116,17 @@ class Scorer:
     def prefill(self, users: pa.Table) -> UserState:
         """The dense model's state of each row of `users` (validated): its newest `data.max_len` events."""
         return self.dense.prefill(self.dense_inputs(collate(users, self.cfg.data)))
+
+    def _warm_prefill(self, users: pa.Table) -> UserState:
+        """`prefill` of the users not in the cache (then kept there), stacked with the cached ones."""
+        keys = user_keys(users.select(self.user_columns), self.cfg.data.user_id, self.cfg.data.hist_timestamp)
+        states = [self.cache.get(key) for key in keys]
+        missing = [i for i, s in enumerate(states) if s is None]
+        if missing:
+            for i, state in zip(missing, split_users(self.prefill(users.take(missing)))):
+                self.cache.put(keys[i], state)
+                states[i] = state
+        return stack_users(states)
 
     def dense_inputs(self, batch: Batch) -> DenseInputs:
         """The user side of a collated batch as the dense model takes it (no candidate)."""
