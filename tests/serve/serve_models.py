@@ -1,8 +1,6 @@
 """Scorers of every Table 1 model (their experiment configs over the synthetic data, initialised, not trained:
 exactness does not need training) and requests for them as raw ids, with the training forward's probabilities."""
 
-import dataclasses
-
 import numpy as np
 import pyarrow as pa
 import torch

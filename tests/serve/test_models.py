@@ -64,7 +64,8 @@ def test_score_cli_serves_a_checkpoint_of_every_model(name, synthetic_root, tmp_
     """A two-step run of each experiment config, scored by `longer-serve score` as its final forward scores."""
     overrides = [f"data.root={synthetic_root}", "data.batch_size=32", "train.max_steps=2", "data.num_workers=0",
                  f"train.output_dir={tmp_path}/runs", f"train.runs_table={tmp_path}/runs.jsonl",
-                 "train.run_name=serve", "train.progress_bar=false", "logging.wandb_mode=disabled", "train.eval_every=0"]
+                 "train.run_name=serve", "train.progress_bar=false", "logging.wandb_mode=disabled",
+                 "train.eval_every=0"]
     if name != "din_recent50":
         overrides.append("data.max_len=64")
     cfg = load_config([CONFIGS / "datasets" / "synthetic.yaml", CONFIGS / "experiments" / f"{name}.yaml"], overrides)

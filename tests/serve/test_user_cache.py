@@ -81,7 +81,8 @@ def test_the_key_covers_the_request_time_and_every_user_side_value(synthetic_roo
     data = scorer.cfg.data
     users = requests(scorer, synthetic_root, [20, 20]).select(scorer.user_columns)
     same = pa.concat_tables([users.slice(0, 1)] * 2)
+    time_type = users.schema.field(data.timestamp).type
     later = users.slice(0, 1).set_column(users.schema.get_field_index(data.timestamp), data.timestamp,
-                                         pa.array([users[data.timestamp][0].as_py() + 1], users.schema.field(data.timestamp).type))
+                                         pa.array([users[data.timestamp][0].as_py() + 1], time_type))
     keys = user_keys(pa.concat_tables([same, later, users.slice(1, 1)]), data.user_id, data.hist_timestamp)
     assert keys[0] == keys[1] and len(set(keys)) == 3 and keys[0][1] == 20
