@@ -22,7 +22,6 @@ import torch
 from longer_train.config import ModelConfig
 from longer_train.models.inputs import DenseDims, DenseInputs
 from longer_train.models.longer import Longer
-from longer_train.serve import prefill, score
 
 
 def _request(dims: DenseDims, length: int, seed: int) -> DenseInputs:
@@ -44,7 +43,7 @@ def _naive(model: Longer, x: DenseInputs, candidates: torch.Tensor) -> torch.Ten
 
 
 def _cached(model: Longer, x: DenseInputs, candidates: torch.Tensor) -> torch.Tensor:
-    return score(model, prefill(model, x), candidates.unsqueeze(0))[0]
+    return model.score(model.prefill(x), candidates.unsqueeze(0))[0]
 
 
 def _rate(candidates: int, times: list[float]) -> float:

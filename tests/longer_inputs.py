@@ -46,3 +46,34 @@ def flops_error(model, lengths: list[int]) -> float:
         model(make_inputs(lengths))
     measured = counter.get_total_flops()
     return abs(model.flops(lengths) - measured) / measured
+
+
+# every model of the paper's Table 1 as a small model over DIMS: (dense class name, config overrides); DIN
+# (Recent50) is DIN over histories cut to 50 events (data.max_len=50), the same model
+TABLE1 = {
+    "longer": ("longer", {}),
+    "longer_inner_trans": ("longer", dict(merge="inner_trans")),
+    "transformer": ("longer", TRANSFORMER),
+    "hstu": ("hstu", dict(head_dim=4, hstu_layers=2)),
+    "din": ("din", dict(din_hidden=[12, 6])),
+    "twin": ("twin", dict(head_dim=4, twin_top_k=10)),
+    "sum_pooling": ("sum_pooling", {}),
+    "no_sequence": ("no_sequence", {}),
+}
+
+
+def make_table1_model(name: str, **overrides):
+    """A Table 1 model (TABLE1) with its parameters moved off their initial values (zero-initialised biases
+    would hide what padding could leak)."""
+    from longer_train.models.ranking import DENSE_MODELS
+
+    model_name, settings = TABLE1[name]
+    if model_name == "longer":
+        return make_model(**{**settings, **overrides})
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{"token_dim": 8, "head_hidden": [16], **settings, **overrides})
+    model = DENSE_MODELS[model_name](cfg, DIMS).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model

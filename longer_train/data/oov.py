@@ -28,12 +28,13 @@ def unmappable(ids: np.ndarray, table: TableConfig) -> np.ndarray:
     return ids < 0
 
 
-def map_ids(ids: np.ndarray, table: TableConfig) -> np.ndarray:
-    """Raw ids (already validated: none unmappable) -> embedding rows, int64."""
-    ids = ids.astype(np.int64, copy=False)
-    beyond = ids >= table.num_embeddings
-    if table.oov == "error" or not beyond.any():
-        return ids
-    if table.oov == "hash":
-        return np.where(beyond, ids % table.num_embeddings, ids)
-    return np.where(beyond, table.num_embeddings, ids)
+def map_ids(ids, table: TableConfig):
+    """Raw ids (already validated: none unmappable) -> embedding rows: a numpy array (int64) or a torch tensor
+    (serving's exported lookups map ids with this too). Mapping twice gives the same rows."""
+    if isinstance(ids, np.ndarray):
+        ids = ids.astype(np.int64, copy=False)
+    if table.oov == "hash":  # ids are not negative: id mod num_embeddings is the id itself below num_embeddings
+        return ids % table.num_embeddings
+    if table.oov == "oov_row":
+        return ids.clip(max=table.num_embeddings)
+    return ids

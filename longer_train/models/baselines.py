@@ -27,7 +27,13 @@ from .candidate_match import pair_similarity, unit_pairs
 from .flops import mlp_flops
 from .inputs import DenseDims, DenseInputs, event_rows
 from .token_builder import TokenBuilder, token_flops
+from .token_merge import to_left_padded
 from .units import ComputeUnits
+from .user_state import ServingTraits, UserState
+
+# the most (user, candidate) rows' events a direct `score` call expands at once: the rows of one chunk repeat their
+# user's behaviour tokens, [events, d] and wider per-event tensors (DIN's attention input is 4d wide)
+SCORE_CHUNK_EVENTS = 2**17
 
 
 class NoSequence(nn.Module):
@@ -36,8 +42,19 @@ class NoSequence(nn.Module):
         self.head_dims = [dims.candidate + dims.user + dims.dense, *cfg.head_hidden, 1]
         self.head = MLP(self.head_dims[0], list(cfg.head_hidden), 1)
 
+    serving = ServingTraits(cached=False)
+
     def forward(self, x: DenseInputs) -> Tensor:
         return self.head(torch.cat([x.candidate, x.user, x.dense], dim=-1)).squeeze(-1)
+
+    def prefill(self, x: DenseInputs) -> UserState:
+        """No history: the state is the head's user inputs (models/user_state.py)."""
+        return UserState({"user": x.user, "dense": x.dense})
+
+    def score(self, state: UserState, candidates: Tensor) -> Tensor:
+        u, c = candidates.shape[:2]
+        side = [state[name].unsqueeze(1).expand(u, c, state[name].shape[-1]) for name in ("user", "dense")]
+        return self.head(torch.cat([candidates, *side], dim=-1)).squeeze(-1)  # [U, C]
 
     def flops(self, lengths: list[int]) -> int:
         return len(lengths) * mlp_flops(self.head_dims)
@@ -68,20 +85,78 @@ class PooledSequence(nn.Module):
         [N, P] each event's similarity to its row's candidate (P = 0 without candidate match)."""
         raise NotImplementedError
 
+    serving = ServingTraits(cached=False)  # the candidate enters every event's weight: scored directly
+
     def forward(self, x: DenseInputs) -> Tensor:
         row, recency = event_rows(x.lengths, x.events.shape[0])
         tokens = self.tokens(x.events, x.time_diff, recency)  # [N, d], valid events only
-        candidate = self.candidate_token(x.candidate)  # [B, d]
-        match = tokens.new_zeros((x.events.shape[0], 0))
-        if self.match_pairs:
-            match = pair_similarity(unit_pairs(x.events, self.match_pairs, "event"),
-                                    unit_pairs(x.candidate, self.match_pairs, "candidate")[row], self.match_pairs)
-        pooled = self.pool(x.lengths.long(), row, tokens, candidate, match)
-        return self.head(torch.cat([pooled, candidate, x.candidate, x.user, x.dense], dim=-1)).squeeze(-1)
+        units = unit_pairs(x.events, self.match_pairs, "event") if self.match_pairs else None
+        return self._logits(x.lengths.long(), row, tokens, units, x.candidate, x.user, x.dense)
 
-    def pool(self, lengths: Tensor, row: Tensor, tokens: Tensor, candidate: Tensor, match: Tensor) -> Tensor:
+    def _logits(
+        self, lengths: Tensor, row: Tensor, tokens: Tensor, units: Tensor | None, candidate: Tensor, user: Tensor,
+        dense: Tensor, longest: int | None = None,
+    ) -> Tensor:
+        """Logits [B] of rows of `lengths` [B] events: their packed behaviour tokens [N, d] (rows [N]) and unit
+        vectors for the candidate match [N, W] (None: off), the candidate / user / dense inputs [B, *]; `longest`:
+        at least the longest row, when known without reading `lengths` (None: read if needed)."""
+        candidate_token = self.candidate_token(candidate)  # [B, d]
+        match = tokens.new_zeros((tokens.shape[0], 0))
+        if units is not None:
+            match = pair_similarity(units, unit_pairs(candidate, self.match_pairs, "candidate")[row], self.match_pairs)
+        pooled = self.pool(lengths, row, tokens, candidate_token, match, longest)
+        return self.head(torch.cat([pooled, candidate_token, candidate, user, dense], dim=-1)).squeeze(-1)
+
+    def prefill(self, x: DenseInputs) -> UserState:
+        """The behaviour tokens, left-padded (`tokens` [U, L, d], `pad` leading padded), with the candidate
+        match the events' unit vectors (`units` [U, L, W]), and the head's user inputs (models/user_state.py)."""
+        lengths = x.lengths.long()
+        rows = event_rows(lengths, x.events.shape[0])
+        per_event = [self.tokens(x.events, x.time_diff, rows[1])]
+        if self.match_pairs:
+            per_event.append(unit_pairs(x.events, self.match_pairs, "event"))
+        longest = x.capacity if x.capacity is not None else int(lengths.max()) if lengths.shape[0] else 0
+        padded = to_left_padded(torch.cat(per_event, dim=-1), lengths, longest, rows)[0]  # [U, L, d (+ W)]
+        d = self.cfg.token_dim
+        tensors = {"tokens": padded[..., :d], "pad": longest - lengths, "user": x.user, "dense": x.dense}
+        layout = {"tokens": (1, "pad")}
+        if self.match_pairs:
+            tensors["units"], layout["units"] = padded[..., d:], (1, "pad")
+        return UserState(tensors, layout)
+
+    def score(self, state: UserState, candidates: Tensor) -> Tensor:
+        """Logits [U, C] of candidates [U, C, D_cand]: the training forward of every (user, candidate) row, each
+        row holding its user's behaviour tokens, a chunk of candidates at a time (SCORE_CHUNK_EVENTS)."""
+        u, c = candidates.shape[:2]
+        tokens = state["tokens"]
+        length = tokens.shape[1]
+        valid = torch.arange(length, device=tokens.device)[None, :] >= state["pad"][:, None]  # [U, L]
+        lengths = valid.sum(1)  # [U]
+        first = torch.cumsum(lengths, 0) - lengths  # each user's first event among the valid ones
+        per_event = tokens[valid]  # [N, d], user by user, oldest first
+        units = state["units"][valid] if "units" in state.tensors else None
+
+        def chunk(part: Tensor) -> Tensor:  # candidates [U, n, D_cand] -> logits [U, n]
+            n = part.shape[1]
+            row_lengths = lengths.repeat_interleave(n)  # rows (user, candidate), user-major
+            row, recency = event_rows(row_lengths, n * per_event.shape[0])  # each user's events n times
+            index = first[row // n] + row_lengths[row] - 1 - recency  # each row's events: its user's
+            return self._logits(
+                row_lengths, row, per_event[index], None if units is None else units[index], part.reshape(u * n, -1),
+                state["user"].repeat_interleave(n, 0), state["dense"].repeat_interleave(n, 0), longest=length,
+            ).view(u, n)
+
+        if torch.compiler.is_compiling():  # torch.export: sizes are symbolic, one chunk
+            return chunk(candidates)
+        step = max(1, SCORE_CHUNK_EVENTS // max(1, length * u))
+        return torch.cat([chunk(part) for part in candidates.split(step, dim=1)], dim=1) if c else candidates[..., 0]
+
+    def pool(
+        self, lengths: Tensor, row: Tensor, tokens: Tensor, candidate: Tensor, match: Tensor, longest: int | None = None
+    ) -> Tensor:
         """The pooled vector [B, d (+ readout)] from the packed events' rows [N], behaviour tokens [N, d] and
-        similarities to their row's candidate [N, P], and the candidate tokens [B, d]: here the per-event
+        similarities to their row's candidate [N, P], and the candidate tokens [B, d] (`longest`: `_logits`): here
+        the per-event
         `weights`, normalised by `model.pool_norm`, sum tokens (and similarities, for the readout)."""
         b = lengths.shape[0]
         weights = self.weights(tokens, candidate[row], match)  # [N, 1]

@@ -50,6 +50,7 @@ from .inputs import DenseDims, DenseInputs, event_rows
 from .token_builder import TokenBuilder, time_diff_bucket, token_flops
 from .token_merge import to_left_padded
 from .units import ComputeUnits
+from .user_state import ServingTraits, UserState
 
 # history rows per tile of `history_attention`: a tile holds B x H x rows x keys scores (the smaller tiles of 64
 # rows ran faster than 128 or 256 on CPU, their scores staying in the caches)
@@ -104,14 +105,10 @@ class _HistoryAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, table: Tensor, tiles: list[tuple[int, Tensor]]) -> Tensor:
-        b, h, n, _ = q.shape
         ctx.save_for_backward(q, k, v, table)
         ctx.tiles = tiles
-        q, k, v = (t.reshape(b * h, n, t.shape[-1]) for t in (q, k, v))
         with torch.autocast(q.device.type, enabled=False):
-            out = [torch.bmm(F.silu(_scores(q, k, table, start, index, h), inplace=True),
-                             v[:, : start + index.shape[1]]) for start, index in tiles]
-        return torch.cat(out, dim=1).view(b, h, n, v.shape[-1]) if out else q.new_zeros(b, h, 0, v.shape[-1])
+            return _history_forward(q, k, v, table, tiles)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
@@ -137,6 +134,15 @@ class _HistoryAttention(torch.autograd.Function):
         return *(t.view(b, h, n, t.shape[-1]) for t in (dq, dk, dv)), dtable, None
 
 
+def _history_forward(q: Tensor, k: Tensor, v: Tensor, table: Tensor, tiles: list[tuple[int, Tensor]]) -> Tensor:
+    """The forward of `_HistoryAttention`: SiLU(q k^T + table[index]) v, tile by tile (q, k, v [B, H, n, dh])."""
+    b, h, n, _ = q.shape
+    q, k, v = (t.reshape(b * h, n, t.shape[-1]) for t in (q, k, v))
+    out = [torch.bmm(F.silu(_scores(q, k, table, start, index, h), inplace=True), v[:, : start + index.shape[1]])
+           for start, index in tiles]
+    return torch.cat(out, dim=1).view(b, h, n, v.shape[-1]) if out else q.new_zeros(b, h, 0, v.shape[-1])
+
+
 def _scores(q: Tensor, k: Tensor, table: Tensor, start: int, index: Tensor, heads: int) -> Tensor:
     """q k^T + bias of one tile [B * H, rows, keys] (q, k [B * H, n, dh]): the bias gathered, then the product
     accumulated onto it."""
@@ -148,7 +154,11 @@ def _scores(q: Tensor, k: Tensor, table: Tensor, start: int, index: Tensor, head
 
 
 def history_attention(q: Tensor, k: Tensor, v: Tensor, table: Tensor, tiles: list[tuple[int, Tensor]]) -> Tensor:
-    """HSTU's pointwise attention of the history rows [B, H, n, dh] over the history keys (`_HistoryAttention`)."""
+    """HSTU's pointwise attention of the history rows [B, H, n, dh] over the history keys (`_HistoryAttention`;
+    its forward alone where no gradient is needed or under torch.export, which traces plain ops)."""
+    if torch.compiler.is_compiling() or not (torch.is_grad_enabled() and any(
+            t.requires_grad for t in (q, k, v, table))):
+        return _history_forward(q, k, v, table, tiles)
     return _HistoryAttention.apply(q, k, v, table, tiles)
 
 
@@ -178,23 +188,50 @@ class HSTULayer(nn.Module):
         [B, n - 1, P]: the candidate's similarity to each history position (None: off). Returns the new states
         [B, n, D] and the candidate's attention weights over the history [B, H, 1, n - 1].
 
-        The history rows attend over the history only and the candidate row over everything: the causal mask
-        over the whole layout, computed without the history's never-used scores for the candidate's key."""
+        The history rows attend over the history only (`history_rows`) and the candidate row over everything
+        (`candidate_rows`): the causal mask over the whole layout, computed without the history's never-used
+        scores for the candidate's key. Serving runs the same two halves apart (`HSTU.prefill`, `HSTU.score`)."""
+        table = self.bias_table()
+        history, k, v = self.history_rows(x[:, :-1], pairs, table)
+        candidate, weights = self.candidate_rows(
+            x[:, -1:], k, v, table[pairs.candidate[:, :-1]][:, None, None], pairs.seen[:, :-1],
+            None if match is None else match.unsqueeze(1),
+        )
+        return torch.cat([history, candidate], dim=1), weights
+
+    def history_rows(self, x: Tensor, pairs: PairIndex, table: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The history's rows x [B, L, D] (the `pairs.history` tiles of a layout of L + 1 positions, the
+        candidate last) -> their new states [B, L, D] and their keys and values [B, H, L, dh], the values of
+        padding zeroed (what a candidate's row attends to: KV-cached serving keeps them)."""
+        u, q, k, v = self._project(x)
+        v = v * pairs.seen[:, None, :-1, None]  # padding: 0
+        return self._finish(x, u, history_attention(q, k, v, table, pairs.history)), k, v
+
+    def candidate_rows(
+        self, x: Tensor, k: Tensor, v: Tensor, bias: Tensor, valid: Tensor, match: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """C candidates per row x [B, C, D] (independent of each other), each the last position of its row's
+        layout: it attends to the history's keys and values k, v [B, H, L, dh] (valid [B, L]: not padding) with
+        the relative bias `bias` [B, 1, 1, L] of its position and time to theirs (plus, with `match` [B, C, L, P],
+        the candidate match), and to itself (distance 0, time gap 0). Returns their new states [B, C, D] and
+        their attention weights over the history [B, H, C, L]."""
+        u, q, k_self, v_self = self._project(x)  # [B, H, C, dh]
+        if match is not None:  # the candidate match: its own key gets none
+            bias = bias + match_bias(match, self.match_weight).permute(0, 3, 1, 2)  # [B, H, C, L]
+        weights = torch.where(valid[:, None, None], F.silu(torch.matmul(q, k.transpose(-1, -2)) + bias), 0.0)
+        own = F.silu((q * k_self).sum(-1, keepdim=True) + self.position_bias[0] + self.time_bias[0])  # bucket(0) = 0
+        return self._finish(x, u, torch.matmul(weights, v) + own * v_self), weights / self.normaliser
+
+    def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """U [B, n, H * dh] and Q, K, V [B, H, n, dh] of tokens x [B, n, D]: one fused projection, SiLU on all
+        four; Q scaled by 1/sqrt(dh) and V by 1/N (A = SiLU(.) / N, applied to V)."""
         u, v, q, k = F.silu(self.uvqk(self.norm_in(x))).chunk(4, dim=-1)
         q, k, v = (split_heads(t, self.heads) for t in (q, k, v))  # [B, H, n, dh]
-        q = q / math.sqrt(self.head_dim)
-        v = v / self.normaliser * pairs.seen[:, None, :, None]  # A = SiLU(.) / N, applied to V; padding: 0
-        table = self.bias_table()
-        history = history_attention(q[:, :, :-1], k[:, :, :-1], v[:, :, :-1], table, pairs.history)
-        bias = table[pairs.candidate][:, None, None]  # [B, 1, 1, n]
-        if match is not None:  # the candidate match: its own key gets none
-            bias = bias + F.pad(match_bias(match, self.match_weight).transpose(1, 2), (0, 1)).unsqueeze(2)
-        scores = torch.matmul(q[:, :, -1:], k.transpose(-1, -2)) + bias  # [B, H, 1, n]
-        silu = torch.where(pairs.seen[:, None, None], F.silu(scores), 0.0)
-        candidate = torch.matmul(silu, v)  # [B, H, 1, dh]
-        attn = merge_heads(torch.cat([history, candidate], dim=2))  # [B, n, H * dh]
-        y = x + self.out(self.dropout(u * self.norm_attn(attn)))
-        return y, silu[..., :-1] / self.normaliser
+        return u, q / math.sqrt(self.head_dim), k, v / self.normaliser
+
+    def _finish(self, x: Tensor, u: Tensor, attn: Tensor) -> Tensor:
+        """Y = X + W_o (U * Norm(A V)); attn [B, H, n, dh]."""
+        return x + self.out(self.dropout(u * self.norm_attn(merge_heads(attn))))
 
     def bias_table(self) -> Tensor:
         """The relative attention bias of every (time bucket, distance) [buckets x (max_len + 2)], flattened:
@@ -232,40 +269,96 @@ class HSTU(nn.Module):
         self.head_dims = [d + readout_dim + dims.candidate + dims.user + dims.dense, *cfg.head_hidden, 1]
         self.head = MLP(self.head_dims[0], list(cfg.head_hidden), 1)
 
-    def encode(self, x: DenseInputs) -> HSTUStates:
+    @property
+    def serving(self) -> ServingTraits:
+        return ServingTraits(cached=True)
+
+    def _history(self, x: DenseInputs) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+        """The history left-padded to the batch's longest (or `x.capacity`): behaviour tokens [B, L, d], the
+        events' unit vectors for the candidate match [B, L, W] (None: off), seconds before the request [B, L]
+        (exact) and which positions hold an event [B, L]."""
         b, n = x.lengths.shape[0], x.events.shape[0]
         lengths = x.lengths.long()
-        longest = x.longest if x.longest is not None else int(lengths.max()) if b else 0
+        longest = (x.capacity if x.capacity is not None else x.longest if x.longest is not None
+                   else int(lengths.max()) if b else 0)
         rows = event_rows(lengths, n)  # each event's row and recency [N]
         per_event = [self.tokens(x.events, x.time_diff, rows[1])]
         if self.match_pairs:
             per_event.append(unit_pairs(x.events, self.match_pairs, "event"))
         padded, valid = to_left_padded(torch.cat(per_event, dim=-1), lengths, longest, rows)  # [B, L, d (+ W)]
-        ago = to_left_padded(x.time_diff[:, None], lengths, longest, rows)[0][..., 0]  # [B, L] seconds, exact
+        ago = to_left_padded(x.time_diff[:, None], lengths, longest, rows)[0][..., 0]  # [B, L]
         d = self.cfg.token_dim
-        tokens = padded[..., :d]
-        candidate = self.candidate_token(x.candidate).unsqueeze(1)
-        states = torch.cat([tokens, candidate], dim=1)  # [B, L + 1, d]
-        seen = torch.cat([valid, valid.new_ones(b, 1)], dim=1)  # [B, L + 1] the keys that are not padding
-        ago = torch.cat([ago, ago.new_zeros(b, 1)], dim=1)  # seconds before the request; the candidate: 0
-        pairs = pair_index(ago, seen, self.cfg.time_buckets, self.dims.max_len, QUERY_BLOCK)
+        return padded[..., :d], padded[..., d:] if self.match_pairs else None, ago, valid
+
+    def _pairs(self, valid: Tensor, ago: Tensor) -> PairIndex:
+        """The `pair_index` of the layout [history | candidate]: the candidate is the last position, never
+        padding, 0 seconds before the request."""
+        b = valid.shape[0]
+        return pair_index(torch.cat([ago, ago.new_zeros(b, 1)], dim=1), torch.cat([valid, valid.new_ones(b, 1)], dim=1),
+                          self.cfg.time_buckets, self.dims.max_len, QUERY_BLOCK)
+
+    def encode(self, x: DenseInputs) -> HSTUStates:
+        tokens, units, ago, valid = self._history(x)
+        longest = valid.shape[1]
+        states = torch.cat([tokens, self.candidate_token(x.candidate).unsqueeze(1)], dim=1)  # [B, L + 1, d]
+        pairs = self._pairs(valid, ago)
         match = None
-        if self.match_pairs:
-            match = group_similarity(padded[..., d:], unit_pairs(x.candidate, self.match_pairs, "candidate")
-                                     .unsqueeze(1), self.match_pairs)[:, 0]  # [B, L, P]
+        if units is not None:
+            match = group_similarity(units, unit_pairs(x.candidate, self.match_pairs, "candidate").unsqueeze(1),
+                                     self.match_pairs)[:, 0]  # [B, L, P]
         layers, weights = [], None
         for layer in self.layers:
             states, weights = layer(states, pairs, match)
             layers.append(states)
         readout = attended_similarity(weights, match.unsqueeze(1)).squeeze(1) if self.readout else None
-        return HSTUStates(num_pad=longest - lengths, layers=layers, match_readout=readout)
+        return HSTUStates(num_pad=longest - x.lengths.long(), layers=layers, match_readout=readout)
 
     def forward(self, x: DenseInputs) -> Tensor:
         """Logits [B] from the candidate's final state (and match readout) and the raw side inputs."""
         states = self.encode(x)
-        features = [states.layers[-1][:, -1], *([] if states.match_readout is None else [states.match_readout]),
-                    x.candidate, x.user, x.dense]
+        return self._logits(states.layers[-1][:, -1], states.match_readout, x.candidate, x.user, x.dense)
+
+    def _logits(self, final: Tensor, readout: Tensor | None, candidate: Tensor, user: Tensor, dense: Tensor) -> Tensor:
+        """The head over the candidate's final state [B, d], its match readout and the raw side inputs -> [B]."""
+        features = [final, *([] if readout is None else [readout]), candidate, user, dense]
         return self.head(torch.cat(features, dim=-1)).squeeze(-1)
+
+    def prefill(self, x: DenseInputs) -> UserState:
+        """The history run through every layer once (models/user_state.py): each layer's keys and values
+        (`k<i>`, `v<i>` [U, H, L, dh], `pad` leading padded), where each event's bias for the candidate's row is
+        in a layer's bias table (`bias_index` [U, L]: its distance to the candidate and time gap to the request),
+        with the candidate match the events' unit vectors (`units`)."""
+        tokens, units, ago, valid = self._history(x)
+        pairs = self._pairs(valid, ago)
+        states, tensors = tokens, {}
+        for i, layer in enumerate(self.layers):
+            states, tensors[f"k{i}"], tensors[f"v{i}"] = layer.history_rows(states, pairs, layer.bias_table())
+        tensors.update(pad=valid.shape[1] - x.lengths.long(), bias_index=pairs.candidate[:, :-1], user=x.user,
+                       dense=x.dense)
+        padded = {**{f"{kv}{i}": (2, "pad") for i in range(len(self.layers)) for kv in "kv"}, "bias_index": (1, "pad")}
+        if units is not None:
+            tensors["units"], padded["units"] = units, (1, "pad")
+        return UserState(tensors, padded)
+
+    def score(self, state: UserState, candidates: Tensor) -> Tensor:
+        """Logits [U, C] of candidates [U, C, D_cand]: per layer, each candidate's row (`candidate_rows`, as in
+        the training forward) against its user's keys and values; it sits right after the history."""
+        u, c = candidates.shape[:2]
+        length = state["k0"].shape[2]
+        valid = torch.arange(length, device=candidates.device)[None, :] >= state["pad"][:, None]  # [U, L]
+        match = None
+        if "units" in state.tensors:
+            match = group_similarity(state["units"], unit_pairs(candidates, self.match_pairs, "candidate"),
+                                     self.match_pairs)  # [U, C, L, P]
+        token, weights = self.candidate_token(candidates), None  # [U, C, d]
+        for i, layer in enumerate(self.layers):
+            bias = layer.bias_table()[state["bias_index"]][:, None, None]  # [U, 1, 1, L]
+            token, weights = layer.candidate_rows(token, state[f"k{i}"], state[f"v{i}"], bias, valid, match)
+        readout = attended_similarity(weights, match).reshape(u * c, -1) if self.readout else None
+        expand = lambda t: t.unsqueeze(1).expand(u, c, t.shape[-1]).reshape(u * c, t.shape[-1])
+        logits = self._logits(token.reshape(u * c, -1), readout, candidates.reshape(u * c, -1),
+                              expand(state["user"]), expand(state["dense"]))
+        return logits.view(u, c)
 
     def flops(self, lengths: list[int]) -> int:
         """Forward FLOPs of a batch with these history lengths (matmuls, as FlopCounterMode counts them):

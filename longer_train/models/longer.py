@@ -21,6 +21,7 @@ from .inputs import DenseDims, DenseInputs, event_rows
 from .token_builder import TokenBuilder
 from .token_merge import TokenMerge, to_left_padded
 from .units import ComputeUnits
+from .user_state import ServingTraits, UserState
 
 
 @dataclass
@@ -167,6 +168,55 @@ class Longer(nn.Module):
     def forward(self, x: DenseInputs) -> Tensor:
         """Logits [B]."""
         return self.head_logits(x, self.encode(x))
+
+    @property
+    def serving(self) -> ServingTraits:
+        return ServingTraits(cached=True)
+
+    def prefill(self, x: DenseInputs) -> UserState:
+        """The user side of `x` (its `candidate` field is not read) run once (models/user_state.py): the hybrid
+        attention over the sequence and the user-side globals, keeping each layer's keys and values (`k<i>`,
+        `v<i>` [U, H, L_i, dh], `pad<i>` leading padded), the pooled sequence-query states, the user globals'
+        final states and the head's raw user inputs; with the candidate match, the events' unit vectors summed
+        per merged token (`match_groups`)."""
+        attention = self.attention
+        merged, num_pad, match_groups, host_groups = self.encode_sequence(x)  # [U, L', D]
+        kept: list = []
+        states = attention(merged, self.user_globals(x), num_pad, keep_kv=kept, host_groups=host_groups)[0][-1]
+        k_eff = attention.effective_queries(merged.shape[1])
+        q_pad = attention.query_padding(num_pad, merged.shape[1])
+        tensors, padded = {}, {}
+        for i, (k, v, pad) in enumerate(kept):
+            tensors.update({f"k{i}": k, f"v{i}": v, f"pad{i}": pad})
+            padded.update({f"k{i}": (2, f"pad{i}"), f"v{i}": (2, f"pad{i}")})
+        tensors.update(seq_mean=pool_queries(states[:, :k_eff], q_pad), user_globals=states[:, k_eff:], user=x.user,
+                       dense=x.dense)
+        if match_groups is not None:
+            tensors["match_groups"], padded["match_groups"] = match_groups, (1, "pad0")
+        return UserState(tensors, padded)
+
+    def score(self, state: UserState, candidates: Tensor) -> Tensor:
+        """Logits [U, C] of candidates [U, C, D_cand] against `prefill`'s state: per layer, each candidate's row
+        against its user's keys and values and its own (the code training runs for the candidate row)."""
+        u, c = candidates.shape[:2]
+        token = self.candidate_token(candidates)  # [U, C, D]
+        match = self.candidate_similarity(state.tensors.get("match_groups"), candidates)  # [U, C, L', P] or None
+        readout = None
+        for i, layer in enumerate([self.attention.cross, *self.attention.self_layers]):
+            # the cross-causal layer (first) takes the candidate match and gives the readout
+            token, out = layer.candidate_rows(token, state[f"k{i}"], state[f"v{i}"], state[f"pad{i}"],
+                                              match if i == 0 else None)
+            readout = out if i == 0 else readout
+        width = token.shape[-1]
+        user_globals = state["user_globals"]
+        globals_ = torch.cat([user_globals.unsqueeze(1).expand(u, c, *user_globals.shape[1:]), token.unsqueeze(2)],
+                             dim=2)
+        repeat = lambda t: t.unsqueeze(1).expand(u, c, t.shape[-1]).reshape(u * c, t.shape[-1])
+        logits = self.head_from_states(
+            repeat(state["seq_mean"]), globals_.reshape(u * c, -1, width), candidates.reshape(u * c, -1),
+            repeat(state["user"]), repeat(state["dense"]), None if readout is None else readout.reshape(u * c, -1),
+        )
+        return logits.view(u, c)
 
     def flops(self, lengths: list[int]) -> int:
         """Forward FLOPs of a batch with these history lengths (models/flops.py)."""

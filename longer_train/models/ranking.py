@@ -48,7 +48,12 @@ DENSE_MODELS = {
 }
 
 
+def build_dense(cfg: Config, sparse: SparseArch) -> nn.Module:
+    """The dense network of `model.name` over these embedding tables' widths."""
+    return DENSE_MODELS[cfg.model.name](cfg.model, dense_dims(cfg, sparse))
+
+
 def build_model(cfg: Config) -> RankingModel:
     """Embedding tables on the meta device (materialised by sharding) + the dense network on CPU."""
     sparse = SparseArch(cfg.data)
-    return RankingModel(sparse, DENSE_MODELS[cfg.model.name](cfg.model, dense_dims(cfg, sparse)))
+    return RankingModel(sparse, build_dense(cfg, sparse))

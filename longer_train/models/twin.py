@@ -32,14 +32,16 @@ from .inputs import DenseDims
 from .units import ComputeUnits
 
 
-def top_k_per_row(scores: Tensor, lengths: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def top_k_per_row(scores: Tensor, lengths: Tensor, k: int, longest: int | None = None) -> tuple[Tensor, Tensor]:
     """Each row's k highest-scoring events.
 
     scores [N] of packed events (rows of `lengths` [B] one after another); returns their packed indices
     [B, k'] (highest first) and which are events [B, k'], k' = min(k, longest row): a row with fewer than k
-    events keeps all of them and its remaining slots are not valid (index 0). Indices only: no gradient."""
+    events keeps all of them and its remaining slots are not valid (index 0). Indices only: no gradient.
+    `longest`: at least the longest row (more only adds slots that are not valid); None: read from `lengths`."""
     b = lengths.shape[0]
-    longest = int(lengths.max()) if b else 0
+    if longest is None:
+        longest = int(lengths.max()) if b else 0
     positions = torch.arange(longest, device=lengths.device)
     is_event = positions[None, :] < lengths[:, None]  # [B, L] right-padded
     index = torch.where(is_event, (torch.cumsum(lengths, 0) - lengths)[:, None] + positions[None, :], 0)
@@ -59,13 +61,14 @@ class TwinAttention(nn.Module):
         self.match_weight = match_weight(heads, match_pairs) if match_pairs else None
 
     def forward(
-        self, tokens: Tensor, candidate: Tensor, row: Tensor, match: Tensor, lengths: Tensor, top_k: int
+        self, tokens: Tensor, candidate: Tensor, row: Tensor, match: Tensor, lengths: Tensor, top_k: int,
+        longest: int | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Packed behaviour tokens [N, d] of rows [N] (`lengths` [B]), candidate tokens [B, d], each behaviour's
         similarity to its candidate [N, P] -> the ESU's output [B, d], its attention weights [B, H, k'] and the
-        selected events' packed indices [B, k'] (k' = min(top_k, longest row))."""
+        selected events' packed indices [B, k'] (k' = min(top_k, longest row); `longest`: top_k_per_row)."""
         scores = self.scores(tokens, candidate, row, match)  # [N, H], every event (GSU)
-        index, valid = top_k_per_row(scores.mean(-1), lengths, top_k)  # ranked by the heads' mean score
+        index, valid = top_k_per_row(scores.mean(-1), lengths, top_k, longest)  # ranked by the heads' mean score
         out, weights = self.attend(scores[index], tokens[index], valid)  # ESU over the top k
         return out, weights, index
 
@@ -99,8 +102,10 @@ class TWIN(PooledSequence):
         self.top_k = cfg.twin_top_k
         self.attention = TwinAttention(cfg.token_dim, heads, len(self.match_pairs))
 
-    def pool(self, lengths: Tensor, row: Tensor, tokens: Tensor, candidate: Tensor, match: Tensor) -> Tensor:
-        out, weights, index = self.attention(tokens, candidate, row, match, lengths, self.top_k)
+    def pool(
+        self, lengths: Tensor, row: Tensor, tokens: Tensor, candidate: Tensor, match: Tensor, longest: int | None = None
+    ) -> Tensor:
+        out, weights, index = self.attention(tokens, candidate, row, match, lengths, self.top_k, longest)
         if not self.match_readout:
             return out
         readout = attended_similarity(weights.unsqueeze(2), match[index].unsqueeze(1)).squeeze(1)  # [B, H * P]

@@ -1,5 +1,4 @@
-"""Serving: encode a user once (`prefill`), then score many candidates against the cache (`score`)."""
+"""Serving: a checkpoint's scorer for every model (`scorer.py`), the HTTP service and exported programs.
 
-from .kv_cache import UserCache, prefill, score
-
-__all__ = ["UserCache", "prefill", "score"]
+Models are read through their scoring interface (models/user_state.py): `prefill` encodes a user once,
+`score` scores many candidates against that state."""

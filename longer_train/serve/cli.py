@@ -1,8 +1,8 @@
 """`longer-serve`: score requests with a trained checkpoint.
 
     longer-serve score --checkpoint DIR --requests FILE_OR_DIR --out FILE.parquet [--events DIR]
-    longer-serve http --checkpoint DIR --port P [--host 127.0.0.1] [--threads N] [limits: docs/serving.md]
-    longer-serve export --checkpoint DIR --out DIR   (torch.export programs of the dense prefill and score)
+    longer-serve http --checkpoint DIR --port P [--admin-port A] [--threads N] [limits: docs/serving.md]
+    longer-serve export --checkpoint DIR --out DIR   (torch.export programs of the whole scorer)
 
 --checkpoint is a checkpoint folder (runs/<run>/checkpoints/step_N), verified against its manifest before
 it is used, or a run folder (or its checkpoints/ folder): then the newest checkpoint that verifies.
@@ -62,33 +62,42 @@ def _http(args: argparse.Namespace) -> int:
     from .http import HttpServer
     from .limits import RequestLimits, ServeLimits
     from .scorer import Scorer
+    from .user_cache import CacheLimits, UserStateCache
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     limits = ServeLimits(
-        request=RequestLimits(args.max_body_bytes, args.max_candidates, args.max_history),
+        request=RequestLimits(args.max_body_bytes, args.max_candidates, args.max_history, args.max_decoded_bytes),
         max_batch_requests=args.max_batch_requests, max_batch_slots=args.max_batch_slots,
         max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_connections=args.max_connections,
         decode_workers=args.decode_workers, header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
-        keep_alive_s=args.keep_alive,
+        keep_alive_s=args.keep_alive, max_body_buffer_bytes=args.max_body_buffer_bytes,
+        write_timeout_s=args.write_timeout,
     )
-    server = HttpServer(Scorer.from_checkpoint(args.checkpoint), args.host, args.port, limits)
-    print(f"longer-serve: listening on {server.url} (POST /score, GET /health); no authentication: "
-          "keep it on localhost or behind a reverse proxy (docs/serving.md)", flush=True)
+    cache = UserStateCache(CacheLimits(args.cache_mb, args.cache_entries, args.cache_ttl)) if args.cache_mb else None
+    server = HttpServer(Scorer.from_checkpoint(args.checkpoint, cache), args.host, args.port, limits, args.admin_port)
+    admin = f"; GET /health and /metrics also on port {server.admin_port}" if server.admin_port is not None else ""
+    print(f"longer-serve: listening on {server.url} (POST /score, GET /health, GET /metrics{admin}); no "
+          "authentication: keep it on localhost or behind a reverse proxy (docs/serving.md)", flush=True)
     server.serve_forever()
     return 0
 
 
 def _add_http_limits(http: argparse.ArgumentParser) -> None:
     from .limits import RequestLimits, ServeLimits
+    from .user_cache import CacheLimits
 
-    r, s = RequestLimits(), ServeLimits()
+    r, s, c = RequestLimits(), ServeLimits(), CacheLimits()
     add = http.add_argument
     add("--threads", type=int, default=0, help="torch threads of the model (0: torch's default)")
     add("--max-candidates", type=int, default=r.max_candidates, help="candidates in one request (more: 413)")
     add("--max-history", type=int, default=r.max_history, help="events in one history list (more: 413)")
     add("--max-body-bytes", type=int, default=r.max_body_bytes, help="request body size (more: 413)")
+    add("--max-decoded-bytes", type=int, default=r.max_decoded_bytes,
+        help="what a body may decode to, counted before parsing (more: 413)")
+    add("--max-body-buffer-bytes", type=int, default=s.max_body_buffer_bytes,
+        help="bytes of all request bodies being read or decoded at once (more: 503)")
     add("--max-batch-requests", type=int, default=s.max_batch_requests,
         help="requests scored together in one model call (1: no batching)")
     add("--max-batch-slots", type=int, default=s.max_batch_slots,
@@ -101,25 +110,24 @@ def _add_http_limits(http: argparse.ArgumentParser) -> None:
     add("--header-timeout", type=float, default=s.header_timeout_s, help="seconds to receive a request's headers")
     add("--body-timeout", type=float, default=s.body_timeout_s, help="seconds to receive a request's body")
     add("--keep-alive", type=float, default=s.keep_alive_s, help="seconds an idle keep-alive connection stays open")
+    add("--write-timeout", type=float, default=s.write_timeout_s,
+        help="seconds a client may take none of its answer before it is dropped")
+    add("--admin-port", type=int, default=None,
+        help="also serve GET /health and /metrics on this port, with connections of their own")
+    add("--cache-mb", type=float, default=c.max_mb, help="MiB of encoded users kept between requests (0: no cache)")
+    add("--cache-entries", type=int, default=c.max_entries, help="users kept between requests")
+    add("--cache-ttl", type=float, default=c.ttl_s, help="seconds a kept user is used for")
 
 
 def _export(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..models.inputs import DenseInputs
     from .export import export_programs, save_programs
     from .scorer import Scorer
 
     scorer = Scorer.from_checkpoint(args.checkpoint)
-    dims, capacity = scorer.dense.dims, scorer.cfg.data.max_len
-    # example sizes > 1 so that no dimension is specialised to 1; only the widths are fixed
-    example = DenseInputs(
-        torch.zeros(8, dims.event), torch.tensor([3, 5]), torch.zeros(8, dtype=torch.long), torch.zeros(2, 0),
-        torch.zeros(2, dims.user), torch.zeros(2, dims.dense),
-    )
-    programs = export_programs(scorer.dense, example, torch.zeros(2, 3, dims.candidate), capacity)
-    save_programs(programs, args.out)
-    print(f"wrote {args.out}/prefill.pt2 and {args.out}/score.pt2 (history capacity {capacity} events)")
+    capacity = scorer.cfg.data.max_len
+    save_programs(export_programs(scorer.lookup, scorer.dense, capacity, scorer.dense_width), args.out)
+    print(f"wrote {args.out}/prefill.pt2 and {args.out}/score.pt2 (raw ids in, probabilities out; history "
+          f"capacity {capacity} events; docs/serving.md)")
     return 0
 
 

@@ -84,6 +84,25 @@ def json_depth(body: bytes) -> int:
     return int(np.cumsum(step, dtype=np.int32).max(initial=0))
 
 
+# bytes a decoded JSON value costs at most, about: a Python object (an empty dict 64, a float 24) and its slot in
+# its list or dict (8); with one value per ',', '[' or '{' this over-counts every body's decoded size
+BYTES_PER_VALUE = 72
+
+
+def json_values(data: bytes) -> int:
+    """At least how many JSON values `data` (a body, or a piece of one) holds, without parsing it: one per ',',
+    '[' and '{' (a few ms per MiB); with 1 added per body, an upper bound of its values."""
+    return data.count(b",") + data.count(b"[") + data.count(b"{")
+
+
+def check_expansion(values: int, max_decoded_bytes: int) -> None:
+    """Refuse (413) a body of `values` JSON values (`json_values` + 1) whose decoded objects could exceed
+    `max_decoded_bytes`, before it is parsed: a few bytes on the wire ('{},' or '[],') become tens in memory."""
+    if values * BYTES_PER_VALUE > max_decoded_bytes:
+        raise RequestError(413, f"body holds {values} or more JSON values (up to {values * BYTES_PER_VALUE // 2**20} "
+                                f"MiB decoded), at most {max_decoded_bytes // BYTES_PER_VALUE} values")
+
+
 def parse_json(body: bytes, max_body_bytes: int) -> Any:
     if len(body) > max_body_bytes:
         raise RequestError(413, f"body of {len(body)} bytes, at most {max_body_bytes}")
@@ -175,6 +194,7 @@ def _candidates(data: DataConfig, candidates: Any, max_candidates: int) -> pa.Ta
 
 def decode_request(body: bytes, data: DataConfig, limits: RequestLimits) -> ScoringRequest:
     """Parse and validate one request body; raises RequestError naming the field."""
+    check_expansion(1 + json_values(body), limits.max_decoded_bytes)
     request = parse_json(body, limits.max_body_bytes)
     if type(request) is not dict or type(request.get("user")) is not dict:
         raise RequestError(400, "request must be a JSON object with 'user' (object) and 'candidates' (list)")

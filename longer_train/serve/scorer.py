@@ -1,11 +1,12 @@
-"""A single-process scorer built from a training checkpoint.
+"""A single-process scorer built from a training checkpoint, for every model of the paper's Table 1.
 
 The embedding tables (gathered from however many ranks wrote them: torch.distributed.checkpoint
-reshards on load) and the dense network are loaded into plain, unsharded modules. Requests are rows of
-the sample schema without a label — one row per (request, candidate); rows with the same user and
-request time share a history, which is looked up and encoded once (`prefill`) for all their candidates.
-`score_requests` takes requests already split into their user side (one row each) and their candidates:
-the HTTP service scores the requests that arrive together in one call of it.
+reshards on load) become plain tensors (`EmbeddingLookup`) and the dense network a plain module, read only
+through its scoring interface (models/user_state.py: `prefill`, `score`). Requests are rows of the sample schema
+without a label — one row per (request, candidate); rows with the same user and request time share a history,
+which is looked up and encoded once (`prefill`) for all their candidates. `score_requests` takes requests
+already split into their user side (one row each) and their candidates: the HTTP service scores the requests
+that arrive together in one call of it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import numpy as np
 import pyarrow as pa
 import torch
 from torch.distributed.checkpoint.api import CheckpointException
-from torchrec import KeyedJaggedTensor
 
 from ..components.checkpoint import (
     CheckpointError,
@@ -27,24 +27,32 @@ from ..components.checkpoint import (
     read_meta,
 )
 from ..config import Config, ConfigError, config_from_dict
-from ..data.batch import collate
-from ..data.oov import map_ids
+from ..data.batch import Batch, collate
 from ..data.schema import validate_batch
 from ..errors import one_line
 from ..models.inputs import DenseInputs
-from ..models.longer import Longer
-from ..models.ranking import dense_dims
+from ..models.ranking import build_dense
 from ..models.sparse_arch import SparseArch
-from .kv_cache import prefill, score
+from ..models.user_state import ServableModel, UserState, split_users, stack_users
+from .lookup import EmbeddingLookup, padded_ids
+from .user_cache import UserStateCache, user_keys
 
 
 class Scorer:
-    def __init__(self, cfg: Config, sparse: SparseArch, dense: Longer) -> None:
-        self.cfg, self.sparse, self.dense = cfg, sparse.eval(), dense.eval()
+    def __init__(
+        self, cfg: Config, lookup: EmbeddingLookup, dense: ServableModel, cache: UserStateCache | None = None
+    ) -> None:
+        """`cache`: keeps encoded users between calls of `score_requests` (user_cache.py); None: none kept."""
+        self.cfg, self.lookup, self.dense, self.cache = cfg, lookup.eval(), dense.eval(), cache
+        data = cfg.data
+        self.user_columns = list(dict.fromkeys([  # what a user's state depends on: its cache key
+            data.user_id, data.timestamp, data.hist_timestamp, *data.columns("sequence"), *data.columns("user"),
+            *data.columns("dense"),
+        ]))
         self._lock = threading.Lock()  # one call at a time through the model (HTTP batches requests into one)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path) -> "Scorer":
+    def from_checkpoint(cls, path: str | Path, cache: UserStateCache | None = None) -> "Scorer":
         """A checkpoint folder, verified against its manifest, or the newest verified checkpoint of a run
         folder (`find_checkpoint`); CheckpointError when it cannot be used."""
         path = find_checkpoint(path)
@@ -52,10 +60,8 @@ class Scorer:
             cfg = config_from_dict(read_meta(path)["config"])
         except (KeyError, TypeError, ConfigError) as err:
             raise CheckpointError(f"{path}: meta.json holds no usable config ({one_line(err)})") from None
-        if cfg.model.name != "longer":
-            raise CheckpointError(f"{path}: KV-cached serving is for model.name=longer, not {cfg.model.name!r}")
         sparse = SparseArch(cfg.data, device=torch.device("cpu"))
-        dense = Longer(cfg.model, dense_dims(cfg, sparse))
+        dense = build_dense(cfg, sparse)
         model = torch.nn.ModuleDict({"sparse": sparse, "dense": dense})
         state = {"model": model.state_dict()}
         try:
@@ -63,7 +69,12 @@ class Scorer:
         except (Exception, CheckpointException) as err:  # noqa: B036 -- DCP's is a BaseException
             raise CheckpointError(f"{path}: cannot be loaded ({describe_failure(err)})") from None
         model.load_state_dict(state["model"])
-        return cls(cfg, sparse, dense)
+        return cls(cfg, EmbeddingLookup.from_sparse(sparse, cfg.data), dense, cache)
+
+    @property
+    def dense_width(self) -> int:
+        """How many dense features a request carries (one column each)."""
+        return len(self.cfg.data.columns("dense"))
 
     @torch.no_grad()
     def score_table(self, table: pa.Table, source: str = "request") -> np.ndarray:
@@ -89,31 +100,45 @@ class Scorer:
     def score_requests(self, users: pa.Table, candidates: pa.Table, counts: np.ndarray) -> np.ndarray:
         """Probabilities of `candidates` (rows grouped by request: counts[i] rows for request i), each
         against its request's row of `users` (validated; one row per request, the history stored once).
-        Each history is looked up and encoded once (`prefill`) for all its request's candidates."""
+        Each history is looked up and encoded once (`prefill`) for all its request's candidates, or taken from
+        the cache when the same user side was encoded before."""
         counts = np.asarray(counts, dtype=np.int64)
         request = np.repeat(np.arange(len(counts)), counts)
         position = np.arange(len(request)) - np.repeat(np.cumsum(counts) - counts, counts)  # slot in request
         with self._lock:
-            user_batch = collate(users, self.cfg.data)
-            events, lengths, _, user = self.sparse(user_batch.per_id, user_batch.pooled)
-            inputs = DenseInputs(events, lengths, user_batch.time_diff, user.new_zeros((len(counts), 0)), user,
-                                  user_batch.dense)
-            cache = prefill(self.dense, inputs)
-            embedded = self._candidate_embeddings(candidates)  # [rows, D_cand]
+            state = self.prefill(users) if self.cache is None else self._warm_prefill(users)
+            embedded = self.lookup.candidates(candidate_ids(candidates, self.lookup.candidate))  # [rows, D_cand]
             grouped = embedded.new_zeros((len(counts), int(counts.max()), embedded.shape[1]))
             grouped[request, position] = embedded
-            logits = score(self.dense, cache, grouped)[request, position]
+            logits = self.dense.score(state, grouped)[request, position]
         return torch.sigmoid(logits).numpy()
 
-    def _candidate_embeddings(self, table: pa.Table) -> torch.Tensor:
-        """Candidate feature embeddings of every row; sequence features are passed empty (not looked up)."""
-        layout, rows, data = self.sparse.layout, table.num_rows, self.cfg.data
-        table_of = {f.name: data.tables[f.table] for f in data.features if f.table is not None}
-        values = [torch.from_numpy(map_ids(table.column(n).to_numpy(), table_of[n]).copy()) for n in layout.candidate]
-        lengths = [torch.ones(rows, dtype=torch.int32)] * len(layout.candidate)
-        lengths += [torch.zeros(rows, dtype=torch.int32)] * len(layout.sequence)
-        kjt = KeyedJaggedTensor(
-            keys=layout.candidate + layout.sequence, values=torch.cat(values), lengths=torch.cat(lengths)
-        )
-        out = self.sparse.per_id(kjt)
-        return torch.cat([out[name].values() for name in layout.candidate], dim=-1)
+    def prefill(self, users: pa.Table) -> UserState:
+        """The dense model's state of each row of `users` (validated): its newest `data.max_len` events."""
+        return self.dense.prefill(self.dense_inputs(collate(users, self.cfg.data)))
+
+    def _warm_prefill(self, users: pa.Table) -> UserState:
+        """`prefill` of the users not in the cache (then kept there), stacked with the cached ones."""
+        keys = user_keys(users.select(self.user_columns), self.cfg.data.user_id, self.cfg.data.hist_timestamp)
+        states = [self.cache.get(key) for key in keys]
+        missing = [i for i, s in enumerate(states) if s is None]
+        if missing:
+            for i, state in zip(missing, split_users(self.prefill(users.take(missing)))):
+                self.cache.put(keys[i], state)
+                states[i] = state
+        return stack_users(states)
+
+    def dense_inputs(self, batch: Batch) -> DenseInputs:
+        """The user side of a collated batch as the dense model takes it (no candidate)."""
+        per_id, pooled, lookup = batch.per_id, batch.pooled, self.lookup
+        events = lookup.events(torch.stack([per_id[name].values() for name in lookup.sequence], dim=1))
+        lengths = per_id[lookup.sequence[0]].lengths()
+        names = lookup.user if pooled is not None else []
+        user = lookup.users(padded_ids([pooled[n].values() for n in names], [pooled[n].lengths() for n in names]))
+        return DenseInputs(events, lengths, batch.time_diff, events.new_zeros((len(lengths), 0)), user, batch.dense,
+                           host_lengths=batch.history_lengths)
+
+
+def candidate_ids(table: pa.Table, names: list[str]) -> torch.Tensor:
+    """The candidate features' raw ids of every row of `table` -> [rows, F_cand] int64."""
+    return torch.from_numpy(np.stack([table.column(n).to_numpy().astype(np.int64) for n in names], axis=1))

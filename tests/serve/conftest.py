@@ -26,3 +26,11 @@ def trained(tmp_path_factory):
         destroy_distributed()
     test = read_inline(root / "data", "test", cfg.data)  # requests carry their histories (inline schema)
     return summary, Scorer.from_checkpoint(summary["checkpoint"]), test
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory):
+    """A small synthetic store (histories up to 64 events) for scorers built without training."""
+    root = tmp_path_factory.mktemp("synthetic") / "data"
+    synthetic.generate(root, users=60, max_len=64, seed=3)
+    return root

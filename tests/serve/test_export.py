@@ -1,28 +1,20 @@
-"""The exported prefill and score programs give the eager model's scores, for batch sizes, history lengths
-and candidate counts other than the ones they were exported with, and survive save/load."""
+"""The exported programs of the whole scorer (embedding lookups included, raw ids in) give the training
+forward's probabilities for every Table 1 model, for batch sizes, history lengths, user-id counts and candidate counts
+other than the ones they were exported with, and survive save/load."""
 
-import dataclasses
-
+import pytest
 import torch
-from longer_inputs import DIMS, make_inputs, make_model
+from serve_models import TABLE1, make_scorer, raw_requests
 
-from longer_train.serve import prefill, score
 from longer_train.serve.export import export_programs, save_programs
 
 
-def test_exported_programs_match_eager(merge, tmp_path):
-    model = make_model(merge, num_queries=3)
-    example = make_inputs([5, 64, 12])
-    prefill_program, score_program = export_programs(model, example, torch.randn(3, 4, DIMS.candidate), capacity=64)
-    save_programs((prefill_program, score_program), tmp_path)
-    prefill_loaded = torch.export.load(tmp_path / "prefill.pt2").module()
-    score_loaded = torch.export.load(tmp_path / "score.pt2").module()
-
-    users = make_inputs([0, 3, 17, 64, 40], seed=9)  # other sizes, an empty history, the full capacity
-    candidates = torch.randn(5, 7, DIMS.candidate)
-    eager = score(model, prefill(model, users), candidates)
-    cache = prefill_loaded(users.events, users.lengths, users.time_diff, users.user, users.dense)
-    torch.testing.assert_close(score_loaded(candidates, *cache), eager, atol=1e-5, rtol=0)
-    with torch.no_grad():
-        full = model(dataclasses.replace(users, candidate=candidates[:, 2]))
-    torch.testing.assert_close(eager[:, 2], full, atol=1e-5, rtol=0)
+@pytest.mark.parametrize("name", TABLE1)
+def test_exported_programs_match_the_training_forward(name, synthetic_root, tmp_path):
+    scorer = make_scorer(name, synthetic_root)
+    save_programs(export_programs(scorer.lookup, scorer.dense, scorer.cfg.data.max_len, scorer.dense_width), tmp_path)
+    prefill = torch.export.load(tmp_path / "prefill.pt2").module()
+    score = torch.export.load(tmp_path / "score.pt2").module()
+    ids, eager = raw_requests(scorer, synthetic_root, lengths=[0, 3, 17, 64, 40], candidates=7)
+    state = prefill(ids["sequence"], ids["lengths"], ids["time_diff"], ids["user"], ids["dense"])
+    torch.testing.assert_close(score(ids["candidates"], *state), eager, atol=1e-5, rtol=0)

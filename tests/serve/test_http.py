@@ -2,6 +2,7 @@
 request however malformed (a seeded fuzz of >= 2,000), bounded waits for slow and half-open clients,
 and refusal of oversized requests before anything is expanded."""
 
+import asyncio
 import json
 import random
 import runpy
@@ -10,9 +11,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import h11
 import numpy as np
 import pyarrow as pa
 import pytest
+import uvicorn
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
+from uvicorn.server import ServerState
 
 from longer_train.serve.http import HttpServer
 from longer_train.serve.limits import RequestLimits, ServeLimits
@@ -380,3 +386,22 @@ def test_load_benchmark_client_measures_a_running_server(server):
     bodies = bench["request_bodies"](3, 64, 5, seed=0)
     out = bench["run_load"](server.port, bodies, clients=3, requests=7)
     assert len(out["latencies"]) == 7 and out["connection_errors"] == 0 and out["non_200"] == 0
+
+
+def test_the_uvicorn_hooks_the_service_extends_are_there():
+    """serve/http.py extends uvicorn's h11 protocol through these (pinned in pyproject.toml): an upgrade that
+    moves one fails here, not silently in production."""
+    for hook in ("connection_made", "data_received", "connection_lost", "on_response_complete", "send_400_response",
+                 "pause_writing", "resume_writing"):
+        assert callable(getattr(H11Protocol, hook)), hook
+    assert {"disconnected", "response_started", "message_event"} <= set(vars(RequestResponseCycle(
+        scope={"type": "http"}, conn=h11.Connection(h11.SERVER), transport=None, flow=FlowControl(None), logger=None,
+        access_logger=None, access_log=False, default_headers=[], message_event=None, on_response=None)))
+    assert {h11.IDLE, h11.SEND_BODY} and h11.RemoteProtocolError("x", 400).error_status_hint == 400
+    loop = asyncio.new_event_loop()
+    try:
+        protocol = H11Protocol(uvicorn.Config(lambda *a: None, ws="none", lifespan="off", log_config=None),
+                               ServerState(), {}, _loop=loop)
+    finally:
+        loop.close()
+    assert {"conn", "cycle", "connections", "loop", "transport", "flow"} <= set(vars(protocol))

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from serve_models import raw_requests
 
 from longer_train.components.metrics import auc
-from longer_train.data.batch import collate
 from longer_train.data.schema import SchemaError
 from longer_train.serve.cli import main as serve_main
 from longer_train.serve.scorer import Scorer
@@ -51,18 +51,15 @@ def test_batch_cli_scores_a_sequence_store_split(trained, tmp_path):
     np.testing.assert_allclose(written["score"].to_numpy(), scorer.score_table(test), atol=1e-6)
 
 
-def test_export_cli_programs_reproduce_the_scorer(trained, tmp_path):
-    summary, scorer, test = trained
+def test_export_cli_programs_reproduce_the_trained_model(trained, tmp_path):
+    """The exported programs take raw ids (export.py) and load with torch alone."""
+    summary, scorer, _ = trained
     assert serve_main(["export", "--checkpoint", summary["checkpoint"], "--out", str(tmp_path)]) == 0
-    prefill_program = torch.export.load(tmp_path / "prefill.pt2").module()
-    score_program = torch.export.load(tmp_path / "score.pt2").module()
-    rows = test.slice(0, 6)
-    batch = collate(rows, scorer.cfg.data)
-    with torch.no_grad():
-        events, lengths, candidate, user = scorer.sparse(batch.per_id, batch.pooled)
-    cache = prefill_program(events, lengths.long(), batch.time_diff, user, batch.dense)
-    logits = score_program(candidate.unsqueeze(1), *cache)[:, 0]  # each row: its own candidate
-    np.testing.assert_allclose(torch.sigmoid(logits).numpy(), scorer.score_table(rows), atol=1e-5)
+    prefill = torch.export.load(tmp_path / "prefill.pt2").module()
+    score = torch.export.load(tmp_path / "score.pt2").module()
+    ids, expected = raw_requests(scorer, Path(scorer.cfg.data.root), lengths=[0, 5, 64, 30], candidates=3)
+    state = prefill(ids["sequence"], ids["lengths"], ids["time_diff"], ids["user"], ids["dense"])
+    torch.testing.assert_close(score(ids["candidates"], *state), expected, atol=1e-5, rtol=0)
 
 
 def test_batch_cli_names_the_bad_column(trained, tmp_path, capsys):
@@ -88,7 +85,9 @@ def test_scoring_maps_ids_beyond_the_vocabulary_as_training_does(trained):
         scorer.score_table(beyond)
     cfg = copy.deepcopy(scorer.cfg)
     cfg.data.tables["item"].oov = "hash"
-    hashed = Scorer(cfg, scorer.sparse, scorer.dense)
+    lookup = copy.deepcopy(scorer.lookup)
+    lookup.policy = {name: cfg.data.tables[lookup.table_of[name]] for name in lookup.policy}
+    hashed = Scorer(cfg, lookup, scorer.dense)
     np.testing.assert_allclose(hashed.score_table(beyond), scorer.score_table(rows), atol=1e-6)
 
 

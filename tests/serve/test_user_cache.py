@@ -1,0 +1,88 @@
+"""Warm user state: the cache keeps at most its bytes and entries (least recently used out first) and drops
+entries past their time to live; a scorer with it gives the scores of one without, for every Table 1 model, over
+requests that repeat a user (hits) and that extend its history one event at a time (misses: every token of a
+model depends on the request time and on each event's recency, so a longer history is encoded afresh) —
+including a LONGER merge group (merge_k events per merged token) filling across requests."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from serve_models import TABLE1, make_scorer, requests
+
+from longer_train.models.user_state import UserState
+from longer_train.serve.scorer import Scorer
+from longer_train.serve.user_cache import CacheLimits, UserStateCache, user_keys
+
+
+def _state(nbytes: int) -> UserState:
+    return UserState({"x": torch.zeros(1, nbytes // 4)})
+
+
+class Clock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_cache_bounds_bytes_and_entries_least_recently_used_first():
+    cache = UserStateCache(CacheLimits(max_mb=1000 / 2**20, max_entries=3, ttl_s=60))
+    for key in range(3):
+        cache.put((key, 0, ""), _state(200))
+    assert cache.get((0, 0, "")) is not None  # 0 is now the most recent: 1 goes first
+    cache.put((3, 0, ""), _state(200))  # a fourth entry: over max_entries
+    assert cache.get((1, 0, "")) is None and len(cache) == 3
+    cache.put((4, 0, ""), _state(800))  # 1,400 bytes with the three: over 1,000, the two least recent go
+    assert [cache.get((k, 0, "")) is not None for k in (2, 0, 3, 4)] == [False, False, True, True]
+    assert cache.nbytes == 1000 and cache.counts.evictions == 3
+    cache.put((5, 0, ""), _state(4000))  # larger than the whole bound: not kept, nothing evicted for it
+    assert cache.get((5, 0, "")) is None and cache.nbytes == 1000
+
+
+def test_cache_entries_expire_after_their_time_to_live():
+    clock = Clock()
+    cache = UserStateCache(CacheLimits(max_mb=1, max_entries=10, ttl_s=5), clock=clock)
+    cache.put((1, 0, ""), _state(8))
+    clock.now = 5.0
+    assert cache.get((1, 0, "")) is not None
+    clock.now = 5.1
+    assert cache.get((1, 0, "")) is None and len(cache) == 0 and cache.nbytes == 0
+    assert (cache.counts.hits, cache.counts.misses, cache.counts.evictions) == (1, 1, 1)
+
+
+def _score(scorer: Scorer, users: pa.Table, pool: pa.Table) -> np.ndarray:
+    counts = np.full(users.num_rows, pool.num_rows // users.num_rows)
+    return scorer.score_requests(users, pool, counts)
+
+
+@pytest.mark.parametrize("name", TABLE1)
+def test_cached_scores_equal_fresh_ones_across_requests(name, synthetic_root):
+    fresh = make_scorer(name, synthetic_root)
+    warm = Scorer(fresh.cfg, fresh.lookup, fresh.dense, UserStateCache(CacheLimits()))
+    data = fresh.cfg.data
+    pool = requests(fresh, synthetic_root, [0] * 6).select(data.columns("candidate"))
+    k = fresh.cfg.model.merge_k
+    # one user whose history grows an event at a time across a merge group, then two other users with it
+    for n in range(40, 40 + k + 2):
+        users = requests(fresh, synthetic_root, [n])
+        np.testing.assert_allclose(_score(warm, users, pool.slice(0, 3)), _score(fresh, users, pool.slice(0, 3)),
+                                   atol=1e-5, rtol=0)
+    misses = warm.cache.counts.misses
+    users = requests(fresh, synthetic_root, [40 + k + 1, 7, 0])
+    np.testing.assert_allclose(_score(warm, users, pool), _score(fresh, users, pool), atol=1e-5, rtol=0)
+    assert warm.cache.counts.hits == 1 and warm.cache.counts.misses == misses + 2
+    np.testing.assert_allclose(_score(warm, users, pool), _score(fresh, users, pool), atol=1e-5, rtol=0)
+    assert warm.cache.counts.hits == 4
+
+
+def test_the_key_covers_the_request_time_and_every_user_side_value(synthetic_root):
+    scorer = make_scorer("longer", synthetic_root)
+    data = scorer.cfg.data
+    users = requests(scorer, synthetic_root, [20, 20]).select(scorer.user_columns)
+    same = pa.concat_tables([users.slice(0, 1)] * 2)
+    time_type = users.schema.field(data.timestamp).type
+    later = users.slice(0, 1).set_column(users.schema.get_field_index(data.timestamp), data.timestamp,
+                                         pa.array([users[data.timestamp][0].as_py() + 1], time_type))
+    keys = user_keys(pa.concat_tables([same, later, users.slice(1, 1)]), data.user_id, data.hist_timestamp)
+    assert keys[0] == keys[1] and len(set(keys)) == 3 and keys[0][1] == 20
