@@ -27,6 +27,11 @@ class InputError(ValueError):
     """Bad input from the user: printed by the CLIs as one line (no traceback unless debugging)."""
 
 
+class NonFiniteScores(InputError):
+    """A model gave NaN or infinite scores for inputs that passed their range checks (its weights are broken):
+    one line, never a NaN written as a score (the batch CLI exits 2 and writes nothing; HTTP answers 500)."""
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Every console script's --help: the module docstring as written, each option's default shown (unless
     it is None, a flag's False, or the help text already says what the default is)."""

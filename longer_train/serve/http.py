@@ -43,6 +43,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from ..errors import NonFiniteScores
 from .batching import DynamicBatcher
 from .limits import ServeLimits
 from .metrics import CONTENT_TYPE, ServiceMetrics
@@ -308,6 +309,9 @@ class ScoringService:
             return _error(err.status, str(err), request_id, {"retry-after": "1"} if err.status == 503 else None)
         except ClientDisconnect:  # gone, or answered 408 by the protocol: this answer is not sent
             return _error(400, "client disconnected before sending the whole body", request_id)
+        except NonFiniteScores as err:  # the model's fault, not the request's: one line in the log, no traceback
+            logger.error("request %s: %s", request_id, err)
+            return _error(500, str(err), request_id)
         except Exception:
             logger.exception("request %s failed", request_id)
             return _error(500, "internal error; it is logged with this request id", request_id)

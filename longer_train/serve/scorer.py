@@ -29,7 +29,7 @@ from ..components.checkpoint import (
 from ..config import Config, ConfigError, config_from_dict
 from ..data.batch import Batch, collate
 from ..data.schema import validate_batch
-from ..errors import one_line
+from ..errors import NonFiniteScores, one_line
 from ..models.inputs import DenseInputs
 from ..models.ranking import build_dense
 from ..models.sparse_arch import SparseArch
@@ -111,6 +111,14 @@ class Scorer:
             grouped = embedded.new_zeros((len(counts), int(counts.max()), embedded.shape[1]))
             grouped[request, position] = embedded
             logits = self.dense.score(state, grouped)[request, position]
+        bad = ~torch.isfinite(logits)
+        if bad.any():  # never a NaN score: the inputs are range-checked, so the model itself is broken
+            raise NonFiniteScores(
+                f"the model gave {int(bad.sum())} non-finite score(s) (NaN or infinite logits) of {len(logits)}, "
+                f"first for request {int(request[int(bad.nonzero()[0])])} of this call: the checkpoint's weights "
+                "are not finite or its activations overflow; nothing was scored. Score with an earlier checkpoint "
+                "(longer-serve --checkpoint runs/<run>/checkpoints/step_N)"
+            )
         return torch.sigmoid(logits).numpy()
 
     def prefill(self, users: pa.Table) -> UserState:

@@ -378,6 +378,16 @@ def test_a_bug_is_a_500_with_the_request_id_in_the_log(trained, server, monkeypa
     assert any("abc-123" in r.getMessage() and r.exc_info for r in caplog.records)
 
 
+def test_a_model_that_gives_nan_is_a_500_naming_it_without_a_traceback(trained, server, monkeypatch, caplog):
+    _, scorer, test = trained
+    score = scorer.dense.score
+    monkeypatch.setattr(scorer.dense, "score", lambda state, candidates: score(state, candidates) * float("nan"))
+    status, _, body = _http(server.port, _post(server.port, json.dumps(_payload(test, 0, 2)).encode()))
+    assert status == 500 and "non-finite score(s)" in json.loads(body)["error"], body
+    logged = [r for r in caplog.records if "non-finite" in r.getMessage()]
+    assert logged and not any(r.exc_info for r in logged)
+
+
 def test_load_benchmark_client_measures_a_running_server(server):
     """benchmarks/serving_http.py's requests are valid for the synthetic schema and its closed-loop clients
     count every answer (the benchmark itself starts servers in subprocesses: minutes, not run here)."""

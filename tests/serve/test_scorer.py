@@ -72,6 +72,29 @@ def test_batch_cli_names_the_bad_column(trained, tmp_path, capsys):
     assert "hist_action" in capsys.readouterr().err
 
 
+def test_a_nan_score_is_never_written(trained, tmp_path, capsys, monkeypatch):
+    """A model that gives NaN (broken weights; the inputs are range-checked) stops the batch CLI with one line and
+    exit 2, and no output file; the scorer raises instead of returning NaN."""
+    from longer_train.errors import NonFiniteScores
+
+    summary, scorer, test = trained
+    broken = copy.copy(scorer)
+    broken.dense = copy.deepcopy(scorer.dense)
+    with torch.no_grad():
+        next(broken.dense.parameters()).fill_(float("nan"))
+    with pytest.raises(NonFiniteScores, match="non-finite score"):
+        broken.score_table(test.slice(0, 5))
+    monkeypatch.setattr(Scorer, "from_checkpoint", classmethod(lambda cls, path, cache=None: broken))
+    pq.write_table(test.slice(0, 5), tmp_path / "requests.parquet")
+    out = tmp_path / "scores.parquet"
+    capsys.readouterr()
+    assert serve_main(["score", "--checkpoint", summary["checkpoint"], "--requests",
+                       str(tmp_path / "requests.parquet"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("longer-serve")] and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_scoring_maps_ids_beyond_the_vocabulary_as_training_does(trained):
     _, scorer, test = trained
     size = scorer.cfg.data.tables["item"].num_embeddings
