@@ -45,8 +45,7 @@ from .distributed.process_group import DistEnv, Heartbeat, init_distributed, is_
 from .distributed.sharding import format_plan, init_tables, plan_summary, shard_model
 from .errors import InputError, one_line
 from .machine import check_dense_fits, resolve
-from .models.flops import longer_flops, transformer_config
-from .models.ranking import build_model
+from .models.ranking import build_model, comparison_flops
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +113,8 @@ class Trainer:
         check_dense_fits(cfg, env.device)
         model = build_model(cfg)
         self.flops_per_sample = model.dense.flops([cfg.data.max_len])
-        # the paper's comparison: LONGER at about half the FLOPs of the Transformer of the same d and depth
-        transformer = (longer_flops(transformer_config(cfg.model, cfg.data.max_len), model.dense.dims,
-                                    [cfg.data.max_len]) if cfg.model.name == "longer" else None)
+        # the paper's comparison (LONGER: about half the FLOPs of the Transformer of the same d and depth)
+        comparison = comparison_flops(cfg, model.dense, [cfg.data.max_len])
         apply_compute_policies(model.dense, cfg.parallel, env.device.type)
         apply_sparse_optimizer(model.sparse, cfg.optim, env.device)
         self.model, plan = shard_model(model, cfg, env)
@@ -147,8 +145,8 @@ class Trainer:
         self.logger = RunLogger(cfg, self.run_dir, self.resolved, enabled=env.is_main)
         dense_count = sum(p.numel() for p in dense_params)
         flops = f"{self.flops_per_sample / 1e9:.3g} GFLOPs/sample (forward, max_len={cfg.data.max_len}"
-        if transformer is not None:
-            flops += f"; the Transformer of this d and depth, no merge and every event a query: {transformer / 1e9:.3g}"
+        if comparison is not None:
+            flops += f"; {comparison[0]}: {comparison[1] / 1e9:.3g}"
         self.logger.print(
             f"longer-train: world_size={env.world_size} device={env.device} backend={env.backend} "
             f"dense={cfg.parallel.dense} pipeline={cfg.parallel.pipeline} | dense params {dense_count / 1e6:.2f}M | "
@@ -265,9 +263,7 @@ class Trainer:
         self.logger.log(self.step, {f"test/{k}": v for k, v in test.items()})
         checkpoint = self.checkpoints.path(self.step) if cfg.train.checkpoint else None
         summary = {
-            "run": self.run_dir.name, "model": cfg.model.name, "merge": cfg.model.merge,
-            "merge_k": cfg.model.merge_k, "num_queries": cfg.model.num_queries,
-            "query_selection": cfg.model.query_selection, "max_len": cfg.data.max_len,
+            "run": self.run_dir.name, "model": cfg.model.name, "max_len": cfg.data.max_len,
             "seed": cfg.train.seed, "steps": self.step, "world_size": env.world_size,
             "train_samples_per_s": progress["train_samples"] / max(progress["train_time"], 1e-9),
             "gflops_per_sample": self.flops_per_sample / 1e9,

@@ -17,15 +17,14 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import ConfigError, ParallelConfig
+from ..models.contract import DenseModel
 from ..models.units import ComputeUnits
 
 _NORMS = (nn.LayerNorm, nn.RMSNorm)
 
 
-def compute_units(dense: nn.Module) -> ComputeUnits:
+def compute_units(dense: DenseModel) -> ComputeUnits:
     """The units the dense model declares (models/units.py), checked to be its own submodules."""
-    if not callable(getattr(dense, "compute_units", None)):
-        raise TypeError(f"dense model {type(dense).__name__} declares no compute_units() (models/units.py)")
     units = dense.compute_units()
     own = {id(m) for m in dense.modules()}
     declared = [*units.tokens, *units.attention, *units.ffn, *units.head, *units.shard,

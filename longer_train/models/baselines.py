@@ -39,6 +39,7 @@ SCORE_CHUNK_EVENTS = 2**17
 class NoSequence(nn.Module):
     def __init__(self, cfg: ModelConfig, dims: DenseDims) -> None:
         super().__init__()
+        self.dims = dims
         self.head_dims = [dims.candidate + dims.user + dims.dense, *cfg.head_hidden, 1]
         self.head = MLP(self.head_dims[0], list(cfg.head_hidden), 1)
 

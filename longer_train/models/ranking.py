@@ -13,6 +13,8 @@ from torch.nn.functional import binary_cross_entropy_with_logits
 from ..config import Config
 from ..data.batch import Batch
 from .baselines import DIN, NoSequence, SumPooling
+from .contract import DenseModel
+from .flops import longer_flops, transformer_config
 from .hstu import HSTU
 from .inputs import DenseDims, DenseInputs
 from .longer import Longer
@@ -21,7 +23,7 @@ from .twin import TWIN
 
 
 class RankingModel(nn.Module):
-    def __init__(self, sparse: SparseArch, dense: nn.Module) -> None:
+    def __init__(self, sparse: SparseArch, dense: DenseModel) -> None:
         super().__init__()
         self.sparse = sparse
         self.dense = dense
@@ -48,9 +50,19 @@ DENSE_MODELS = {
 }
 
 
-def build_dense(cfg: Config, sparse: SparseArch) -> nn.Module:
+def build_dense(cfg: Config, sparse: SparseArch) -> DenseModel:
     """The dense network of `model.name` over these embedding tables' widths."""
     return DENSE_MODELS[cfg.model.name](cfg.model, dense_dims(cfg, sparse))
+
+
+def comparison_flops(cfg: Config, dense: DenseModel, lengths: list[int]) -> tuple[str, int] | None:
+    """The FLOPs the paper sets this model's beside, with what they are of: for LONGER the Transformer of the
+    same token width and depth, no merge and every event a query (configs/experiments/transformer.yaml); None
+    for a model the paper compares with nothing."""
+    if cfg.model.name != "longer":
+        return None
+    reference = longer_flops(transformer_config(cfg.model, cfg.data.max_len), dense.dims, lengths)
+    return "the Transformer of this d and depth, no merge and every event a query", reference
 
 
 def build_model(cfg: Config) -> RankingModel:
