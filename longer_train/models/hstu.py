@@ -286,7 +286,7 @@ class HSTU(nn.Module):
         if self.match_pairs:
             per_event.append(unit_pairs(x.events, self.match_pairs, "event"))
         padded, valid = to_left_padded(torch.cat(per_event, dim=-1), lengths, longest, rows)  # [B, L, d (+ W)]
-        ago = to_left_padded(x.time_diff[:, None], lengths, longest, rows)[0][..., 0]  # [B, L]
+        ago = to_left_padded(x.time_diff[:, None], lengths, longest, rows)[0][..., 0]  # [B, L] seconds, exact
         d = self.cfg.token_dim
         return padded[..., :d], padded[..., d:] if self.match_pairs else None, ago, valid
 

@@ -11,8 +11,8 @@ each (user, candidate) row. How much `prefill` can do is the model's math (`Serv
 - direct: the candidate enters the history's first step (target attention: DIN, TWIN, SumPooling with the
   candidate match; Base has no history); `prefill` keeps the behaviour tokens and `score` runs the rest of the
   forward for every (user, candidate) pair.
-- `appends`: `append(state, tail, start)` extends a state by newer events of the same user, computing only
-  what the new events change; the state then equals a fresh `prefill` of the whole history.
+No model extends a state by newer events (append): every behaviour token embeds its recency and its time
+before the request, so new events change every token (docs/serving.md, "Warm user state").
 
 A `UserState` is a set of named tensors, each [U, ...] (one row per user). Some are left-padded sequences
 (the keys of a layer, the behaviour tokens): their padded positions are declared with the [U] tensor that
@@ -38,7 +38,6 @@ class ServingTraits:
     """What a model's `prefill` / `score` can do (docs/serving.md, the per-model table)."""
 
     cached: bool  # prefill runs the history through every layer; score computes only the candidates' rows
-    appends: bool = False  # `append` extends a state by newer events (equal to a fresh prefill)
 
 
 @dataclass

@@ -42,12 +42,15 @@ def test_unfinished_bodies_do_not_hold_the_scoring_queue(trained):
     srv = HttpServer(trained[1], "127.0.0.1", 0, ServeLimits(max_queue=8, body_timeout_s=60)).start()
     held = [_half_open(srv.port, 2) for _ in range(310)]
     try:
-        time.sleep(0.5)  # the server has read the 310 partial bodies
+        for _ in range(100):  # until the server has read the 310 partial bodies ('{"us' each), up to 10 s
+            if _metric(srv.port, "longer_serve_body_buffer_bytes") == 310 * 4:
+                break
+            time.sleep(0.1)
+        assert _metric(srv.port, "longer_serve_body_buffer_bytes") == 310 * 4
         for row in range(5):
             status, body = _score(srv.port, _payload(test, row, 4))
             assert status == 200 and len(body["scores"]) == 4, body
         assert _metric(srv.port, "longer_serve_scoring_queue") == 0
-        assert _metric(srv.port, "longer_serve_body_buffer_bytes") == 310 * 4  # '{"us' each
     finally:
         for sock in held:
             sock.close()
