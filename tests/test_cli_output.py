@@ -187,3 +187,20 @@ def test_tensorboard_gets_the_logged_metrics_beside_the_jsonl(tiny, tmp_path):
     assert {tag for _, tag in scalars} >= {"train/loss", "valid/auc", "test/auc"}
     assert scalars.keys() == logged.keys()
     assert all(abs(scalars[k] - logged[k]) <= 1e-6 * max(1.0, abs(logged[k])) for k in logged)  # float32 in TB
+
+
+def test_a_collective_timeout_is_one_line_naming_the_wait(tiny, tmp_path, capsys, monkeypatch):
+    """A collective that waited its whole timeout (gloo's RuntimeError) ends in one line from the heartbeats
+    (tests/distributed/test_process_group.py: which rank fell behind), exit 2, no traceback."""
+    from longer_train.trainer import Trainer
+
+    def hung(self):
+        raise RuntimeError("[third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 600000ms "
+                           "for recv operation to complete")
+
+    monkeypatch.setattr(Trainer, "_train", hung)
+    assert train_main(_args(tiny, tmp_path, "parallel.collective_timeout_s=600")) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("longer-train")]
+    assert len(lines) == 1 and "a collective waited parallel.collective_timeout_s=600 s" in lines[0], err
+    assert "Traceback" not in err
