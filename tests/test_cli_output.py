@@ -145,7 +145,8 @@ def test_print_config_shows_each_value_with_its_source_and_trains_nothing(tiny, 
 
 
 @pytest.mark.parametrize("module, argv", [("longer_train.train", []), ("longer_train.datasets.cli", ["synthetic"]),
-                                          ("longer_train.datasets.cli", ["prepare"]), ("longer_train.sweep.cli", [])])
+                                          ("longer_train.datasets.cli", ["prepare"]), ("longer_train.sweep.cli", []),
+                                          ("longer_train.serve.cli", ["http"]), ("longer_train.serve.cli", ["score"])])
 def test_help_answers_without_importing_torch_and_shows_defaults(module, argv):
     """`--help` of a console script parses its arguments before importing torch (which takes seconds)."""
     import subprocess

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from ..components.run_logger import setup_logging
 from ..data.schema import SchemaError, is_store_schema
 from ..data.store import EVENTS, EventLog, event_files
-from ..errors import add_debug_flag, debug_enabled, run_cli
+from ..errors import HelpFormatter, add_debug_flag, debug_enabled, run_cli
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -133,10 +133,11 @@ def _export(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="longer-serve", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     common = add_debug_flag(parser)
     commands = parser.add_subparsers(dest="command", required=True)
-    batch = commands.add_parser("score", help="score a Parquet file (or folder) of requests", parents=[common])
+    batch = commands.add_parser("score", help="score a Parquet file (or folder) of requests", parents=[common],
+                                formatter_class=HelpFormatter)
     batch.add_argument("--checkpoint", required=True,
                        help="a checkpoint folder (runs/<run>/checkpoints/step_N), or a run folder: its newest "
                             "checkpoint that verifies")
@@ -145,14 +146,17 @@ def main(argv: list[str] | None = None) -> int:
     batch.add_argument("--events", help="the event log of a store's requests (default: events/ beside their folder)")
     batch.add_argument("--out", required=True, help="output Parquet: the request rows plus a 'score' column")
     batch.set_defaults(run=_score)
-    http = commands.add_parser("http", help="serve JSON scoring requests over HTTP", parents=[common])
+    http = commands.add_parser("http", help="serve JSON scoring requests over HTTP", parents=[common],
+                               formatter_class=HelpFormatter)
     http.add_argument("--checkpoint", required=True)
     http.add_argument("--host", default="127.0.0.1", help="no authentication: keep the default (localhost) "
                                                            "or put a reverse proxy in front")
-    http.add_argument("--port", type=int, default=8080)
+    http.add_argument("--port", type=int, default=8080,
+                      help="TCP port of /score (and of /health, /metrics without --admin-port)")
     _add_http_limits(http)
     http.set_defaults(run=_http)
-    export = commands.add_parser("export", help="write torch.export programs of prefill and score", parents=[common])
+    export = commands.add_parser("export", help="write torch.export programs of prefill and score", parents=[common],
+                                 formatter_class=HelpFormatter)
     export.add_argument("--checkpoint", required=True)
     export.add_argument("--out", required=True, help="folder for prefill.pt2 and score.pt2")
     export.set_defaults(run=_export)

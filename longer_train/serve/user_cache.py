@@ -17,11 +17,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from ..config import ConfigError
-from ..models.user_state import UserState
+
+if TYPE_CHECKING:  # annotations only: `longer-serve --help` builds its parser from CacheLimits without torch
+    from ..models.user_state import UserState
 
 
 @dataclass(frozen=True)
