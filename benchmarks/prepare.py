@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 ROOT = Path(__file__).resolve().parents[1]
-WINDOW = (1511539200, 1512316800)  # prepare.TAOBAO_WINDOW: [2017-11-25, 2017-12-04) Beijing time
+WINDOW = (1511539200, 1512316800)  # datasets/sources.py TAOBAO_WINDOW: [2017-11-25, 2017-12-04) Beijing time
 ITEMS, CATEGORIES = 4_162_024, 9_439
 MEDIAN_EVENTS, P90_EVENTS, MAX_EVENTS = 78, 226, 5_000
 BEHAVIORS, BEHAVIOR_P = ("pv", "cart", "fav", "buy"), (0.898, 0.053, 0.028, 0.021)

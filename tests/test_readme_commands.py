@@ -54,7 +54,7 @@ def _write_movielens(folder: Path, users: int = 80, ratings: int = 30) -> None:
 
 def _write_taobao(path: Path, users: int = 80, events: int = 40) -> None:
     """UserBehavior.csv (user,item,category,behavior,timestamp) inside the dataset's 9-day window."""
-    from longer_train.datasets.prepare import TAOBAO_WINDOW
+    from longer_train.datasets.sources import TAOBAO_WINDOW
 
     rng = random.Random(0)
     path.parent.mkdir(parents=True, exist_ok=True)

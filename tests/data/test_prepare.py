@@ -15,7 +15,7 @@ from data_configs import data_config
 
 from longer_train.data.schema import validate_batch, validate_schema
 from longer_train.data.store import open_event_log, read_inline
-from longer_train.datasets import cli, prepare
+from longer_train.datasets import cli, prepare, sources, text
 
 SPLITS = ("train", "valid", "test")
 
@@ -269,14 +269,14 @@ def test_ml20m_csv_with_half_stars_and_quoted_titles(tmp_path):
 
 def test_wrong_header_and_missing_source_name_the_file(tmp_path):
     (tmp_path / "ratings.csv").write_text("user,movie,rating,time\n1,2,3,4\n")
-    with pytest.raises(prepare.PrepareError, match=r"ratings\.csv:1: header"):
+    with pytest.raises(text.PrepareError, match=r"ratings\.csv:1: header"):
         prepare.prepare("movielens", tmp_path, tmp_path / "out")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(prepare.PrepareError, match="found none of ratings.dat"):
+    with pytest.raises(text.PrepareError, match="found none of ratings.dat"):
         prepare.prepare("movielens", tmp_path / "empty", tmp_path / "out")
 
 
-TAOBAO_START = prepare.TAOBAO_WINDOW[0]
+TAOBAO_START = sources.TAOBAO_WINDOW[0]
 TAOBAO_LINES = [
     (1, 500, 7, "pv", TAOBAO_START + 10), (1, 501, 7, "fav", TAOBAO_START + 20),
     (1, 502, 8, "pv", TAOBAO_START + 20), (1, 500, 7, "buy", TAOBAO_START + 90),
@@ -306,7 +306,7 @@ def test_taobao_counts_skipped_lines_and_labels_engagement(tmp_path, capsys):
     assert "malformed_lines: 2" in card_text and "out_of_window: 1" in card_text
     assert meta["vocab"] == {"items": 4, "categories": 3, "actions": 4, "users": 3}
     _validate(out, meta)
-    actions = {b: i for i, b in enumerate(prepare.TAOBAO_ACTIONS)}
+    actions = {b: i for i, b in enumerate(sources.TAOBAO_ACTIONS)}
     events = [(u, i, c, actions[b], t) for u, i, c, b, t in TAOBAO_LINES]
     _check_rows(out, events, [float(b in ("fav", "cart", "buy")) for *_, b, _ in TAOBAO_LINES])
 
@@ -441,10 +441,10 @@ def test_undecodable_movies_csv_names_the_file_and_line(tmp_path, capsys):
 
 
 def test_a_memory_budget_is_parsed_and_bounded(tmp_path):
-    assert prepare.parse_size("1.5GB") == 3 * 2**29 and prepare.parse_size("512MiB") == 2**29
-    with pytest.raises(prepare.PrepareError, match="expected a size"):
-        prepare.parse_size("lots")
-    with pytest.raises(prepare.PrepareError, match="at least 256MB"):
+    assert text.parse_size("1.5GB") == 3 * 2**29 and text.parse_size("512MiB") == 2**29
+    with pytest.raises(text.PrepareError, match="expected a size"):
+        text.parse_size("lots")
+    with pytest.raises(text.PrepareError, match="at least 256MB"):
         prepare.prepare("movielens", _write_ml1m(tmp_path / "src", "plain"), tmp_path / "o", memory_budget="100MB")
     meta = prepare.prepare("movielens", _write_ml1m(tmp_path / "src", "plain"), tmp_path / "o", memory_budget="300MB")
     assert sum(meta["rows"].values()) == len(ML1M_RATINGS)
@@ -475,18 +475,18 @@ def test_extreme_values_are_counted_lines_naming_file_and_line(tmp_path, capsys)
 
 
 def test_a_line_longer_than_the_cap_is_skipped_in_bounded_memory(tmp_path, monkeypatch):
-    monkeypatch.setattr(prepare, "MAX_LINE_BYTES", 4096)
-    monkeypatch.setattr(prepare, "BLOCK_BYTES", 1024)
+    monkeypatch.setattr(text, "MAX_LINE_BYTES", 4096)
+    monkeypatch.setattr(text, "BLOCK_BYTES", 1024)
     src = _ml1m_with(tmp_path, "1" * 100_000, "30::300::4::1500")
     held = []
-    lines = prepare._lines
+    lines = text._lines
 
     def watched(text, skipped):
         for data, ends, first in lines(text, skipped):
             held.append(len(data))
             yield data, ends, first
 
-    monkeypatch.setattr(prepare, "_lines", watched)
+    monkeypatch.setattr(text, "_lines", watched)
     meta = prepare.prepare("movielens", src, tmp_path / "out")
     n = len(ML1M_RATINGS)
     assert meta["skipped"] == {"malformed_lines": 1}
