@@ -58,7 +58,7 @@ SWEEP ?= $(SWEEPS)
 JOBS ?= 2
 SWEEP_ARGS ?=
 # make reproduce writes the committed tables and figures (a plain longer-sweep writes under runs/sweeps/)
-REPRODUCE_OUT := --results results/sweeps --figures docs/figures
+REPRODUCE_OUT := --results benchmarks/results/sweeps --figures docs/figures
 
 .PHONY: setup deps constraints train train-paper data test lint gpu-check clean bench-quality reproduce
 

@@ -6,12 +6,12 @@ FLOPs, params, samples/s) and, for scaling sweeps, the power-law fits and figure
     longer-sweep configs/sweeps/table2_rules.yaml --jobs 2
     longer-sweep configs/sweeps/table2_rules.yaml train.max_steps=5 --seeds 1   # a smoke run
     longer-sweep configs/sweeps/table2_rules.yaml --rerun-stale   # also re-run the lines other code made
-    make reproduce [SWEEP=table2_rules] [JOBS=2]   # into the committed tables: results/sweeps/, docs/figures/
+    make reproduce [SWEEP=table2_rules] [JOBS=2]   # the committed tables: benchmarks/results/sweeps/, docs/figures/
 
 Files: <results>/<sweep>.jsonl (one line per finished run, appended as runs finish), <results>/<sweep>.md (the
 summary), <runs>/<sweep>/<run>/train.log (each run's output), figures in <figures>; by default all under
 runs/sweeps/ (not tracked by git), so a sweep of your own leaves nothing in the repository. `make reproduce`
-writes the repository's tables (--results results/sweeps --figures docs/figures): commit them as they grow.
+writes the repository's tables (--results benchmarks/results/sweeps --figures docs/figures): commit them as they grow.
 With --jobs N, runs go N at a time with cores // N torch threads each (see docs/paper.md for the thread
 count the committed sweeps ran with). Ctrl-C stops the running runs; run the same command again to continue.
 W&B: every run of a sweep is in the group named after the sweep (`logging.wandb_group`).
