@@ -127,12 +127,18 @@ def test_the_pipelined_step_trains_like_the_plain_one_across_validation(uneven_d
 
 
 def test_every_sharding_type_in_one_job(uneven_data, tmp_path):
+    """Also the step profiler and TensorBoard as a 2-process job uses them: a trace of every rank, one
+    TensorBoard writer (rank 0's)."""
     extra = [f"data.tables.{t}.sharding_type={p}" for t, p in EVERY_PLAN.items()]
+    extra += ["train.profile_steps=1", "train.profile_after=2", "logging.tensorboard=true"]
     env, argv = as_written(readme_line(README_TWO_PROCESSES), uneven_data, tmp_path, *extra)
     proc = _run(env, argv)
     _check_trained_to_the_end(proc, tmp_path, steps=19)
     for table, plan in EVERY_PLAN.items():
         assert re.search(rf"sharding sparse\.\w+\.{table}: {plan}/fused", proc.stdout), proc.stdout
+    run = _run_dir(tmp_path)
+    assert sorted(p.name.split(".")[0] for p in (run / "profile").glob("*.pt.trace.json")) == ["rank0", "rank1"]
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
 
 
 def test_four_processes_on_one_node(uneven_data, tmp_path):
