@@ -36,6 +36,8 @@ DATASETS = {
     "synthetic": Dataset(None, 800, 0, "data/synthetic"),
     "match_long": Dataset(None, 6000, 0, "data/match_long", "synthetic_match.yaml", (*MATCH, "long"), 256),
     "match_recent": Dataset(None, 6000, 0, "data/match_recent", "synthetic_match.yaml", (*MATCH, "recent"), 256),
+    # the final model's own history length (issue 30 item 5): 2,000-event histories, ~54k training rows
+    "synthetic_2000": Dataset(None, 4500, 0, "data/synthetic-2000", "synthetic.yaml", ("--max-len", "2000"), 256),
     "movielens": Dataset("../shared/data/movielens-1m-partial", 0, 3, "data/movielens-1m-partial"),
     "taobao": Dataset("../shared/data/taobao-userbehavior-head", 0, 24, "data/taobao-head"),
 }
