@@ -53,8 +53,12 @@ BENCH_ARGS = $(if $(SRC),--src $(SRC)) $(if $(USERS),--sample-users $(USERS)) $(
 	$(if $(BASELINE_SEEDS),--baseline-seeds $(BASELINE_SEEDS)) $(if $(MULTI_SEED),--multi-seed $(MULTI_SEED)) \
 	$(if $(REFERENCE),--reference $(REFERENCE)) $(if $(OVERRIDES),--overrides $(OVERRIDES))
 
-SWEEPS := scale_spread table1 table2_merge table2_queries table2_rules scaling_length scaling_params scaling_flops precision
+# every claim's sweep: the synthetic tables, the real-data Table 1, the final model at 2,000 events
+SWEEPS := scale_spread table1 table2_merge table2_queries table2_rules scaling_length scaling_params scaling_flops precision \
+	table1_taobao table1_movielens final_2000
 SWEEP ?= $(SWEEPS)
+# and the benchmarks behind claim 6 (KV-cache speed) and claim 7's memory, unless SWEEP names sweeps to run
+CLAIM_BENCHES ?= $(if $(filter file,$(origin SWEEP)),serving activation_memory)
 JOBS ?= 2
 SWEEP_ARGS ?=
 # make reproduce writes the committed tables and figures (a plain longer-sweep writes under runs/sweeps/)
@@ -116,6 +120,10 @@ reproduce: $(STAMP)
 	@for sweep in $(SWEEP); do \
 		echo "$$ longer-sweep configs/sweeps/$$sweep.yaml --jobs $(JOBS) $(REPRODUCE_OUT) $(SWEEP_ARGS)"; \
 		$(VENV)/bin/longer-sweep configs/sweeps/$$sweep.yaml --jobs $(JOBS) $(REPRODUCE_OUT) $(SWEEP_ARGS) || exit $$?; \
+	done
+	@for bench in $(CLAIM_BENCHES); do \
+		echo "$$ python benchmarks/$$bench.py --out benchmarks/results/$${bench}_cpu.md"; \
+		$(PY) benchmarks/$$bench.py --out benchmarks/results/$${bench}_cpu.md || exit $$?; \
 	done
 
 lint: $(STAMP)

@@ -15,6 +15,7 @@ import shlex
 import sys
 import time
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--candidates", type=int, nargs="+", default=[1, 10, 100, 500, 2000])
     parser.add_argument("--repeats", type=int, default=5, help="requests timed per cell (naive: fewer when slow)")
     parser.add_argument("--naive-budget-s", type=float, default=60.0, help="stop repeating naive after this")
+    parser.add_argument("--out", type=Path, help="also write the table here (benchmarks/results/serving_cpu.md)")
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
@@ -92,19 +94,28 @@ def main(argv: list[str] | None = None) -> None:
             rows.append((c, cached, naive))
 
     command = "python benchmarks/serving.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    print(f"# KV-cached vs naive scoring, CPU ({torch.get_num_threads()} threads), fp32")
-    print(f"# raw L={args.length}, K={args.merge_k} (L'={-(-args.length // args.merge_k)}), k={args.queries}, "
-          f"d={args.token_dim}, width={args.merge_k * args.token_dim}, self layers={args.self_layers}")
-    print(f"# command: {command}")
-    print("| candidates | cached cand/s | cached p50 ms | cached p99 ms | naive cand/s | naive p50 ms | naive p99 ms "
-          "| speed-up | naive requests timed |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines = [
+        f"# KV-cached vs naive scoring, CPU ({torch.get_num_threads()} threads), fp32",
+        f"# raw L={args.length}, K={args.merge_k} (L'={-(-args.length // args.merge_k)}), k={args.queries}, "
+        f"d={args.token_dim}, width={args.merge_k * args.token_dim}, self layers={args.self_layers}",
+        f"# command: {command}",
+        "| candidates | cached cand/s | cached p50 ms | cached p99 ms | naive cand/s | naive p50 ms | naive p99 ms "
+        "| speed-up | naive requests timed |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     pct = lambda t, q: 1000 * float(np.percentile(t, q))
     for c, cached, naive in rows:
         rate = partial(_rate, c)
-        print(f"| {c} | {rate(cached):,.0f} | {pct(cached, 50):.1f} | {pct(cached, 99):.1f} | {rate(naive):,.0f} | "
-              f"{pct(naive, 50):.1f} | {pct(naive, 99):.1f} | {rate(cached) / rate(naive):.1f}x | {len(naive)} |")
-
+        lines.append(f"| {c} | {rate(cached):,.0f} | {pct(cached, 50):.1f} | {pct(cached, 99):.1f} | "
+                     f"{rate(naive):,.0f} | {pct(naive, 50):.1f} | {pct(naive, 99):.1f} | "
+                     f"{rate(cached) / rate(naive):.1f}x | {len(naive)} |")
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    if args.out:
+        args.out.write_text(
+            "# Serving: KV-cached vs naive scoring (CPU)\n\nMeasured on the 2-core development machine (no GPU), "
+            "fp32, dense LONGER model with random weights\n(scores are checked equal between the two paths before "
+            f"timing). Produced by:\n\n```\n{command}\n```\n\n{text}")
 
 if __name__ == "__main__":
     main()
