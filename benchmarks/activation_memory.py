@@ -10,7 +10,8 @@ Per row (compute policy, `parallel.bf16` / `parallel.recompute` as the trainer a
 - gradients: whether every parameter and input gradient is bitwise equal to the same precision without
   recomputation (recomputation must change memory only).
 
-    python benchmarks/activation_memory.py [--lengths 1000 2000 --batch 8] [--out benchmarks/results/activation_memory_cpu.md]
+    python benchmarks/activation_memory.py [--lengths 1000 2000 --batch 8]
+    python benchmarks/activation_memory.py --out benchmarks/results/activation_memory_cpu.md   # make reproduce
 
 `make reproduce` writes the committed table. The bf16 rows' AUC is measured by `make reproduce SWEEP=precision`.
 """
