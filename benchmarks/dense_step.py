@@ -30,7 +30,7 @@ wrote, full rows only); both run up to --transformer-max-len.
     python benchmarks/dense_step.py --threads 1 --compile --models longer   # + LONGER under parallel.compile
     python benchmarks/dense_step.py --smoke       # tiny sizes (the CPU dry run of `make gpu-check`)
 
-On CPU the process sets glibc malloc as the trainer does (`--malloc trainer`, distributed/host_memory.py: a
+On CPU the process sets glibc malloc as the trainer does (`--malloc trainer`, components/allocator.py: a
 step's large buffers stay in the heap instead of being page-faulted back every step); `--malloc default`
 leaves glibc's defaults (the two cannot alternate in one process).
 
@@ -56,9 +56,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from longer_train.components.allocator import keep_freed_memory, release_free_memory
 from longer_train.components.device_specs import peak_flops
 from longer_train.config import ModelConfig, ParallelConfig
-from longer_train.distributed.host_memory import keep_freed_memory
 from longer_train.distributed.parallelize import apply_compute_policies
 from longer_train.models.candidate_match import MatchPair
 from longer_train.models.flops import mlp_flops, transformer_config
@@ -164,7 +164,7 @@ def make_inputs(lengths: torch.Tensor, device: str, gen: torch.Generator) -> Den
         time_diff=torch.randint(0, 10**7, (n,), generator=gen).to(device),
         candidate=leaf(b, CANDIDATE), user=leaf(b, USER), dense=leaf(b, DENSE),
         # counted on the host, as the loader does: no device sync for the padded length or the valid positions
-        longest=int(lengths.max()) if b else 0, host_lengths=lengths.cpu(),
+        pad_to=int(lengths.max()) if b else 0, host_lengths=lengths.cpu(),
     )
 
 
@@ -223,9 +223,7 @@ def peak_memory(model: Longer, x: DenseInputs, device: str) -> float | None:
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - before
     try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed memory back to the OS, so RSS is what is live
+        release_free_memory()  # freed memory back to the OS, so RSS is what is live
         before = _status_kib("VmRSS:")
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
         step(model, x)
@@ -275,7 +273,30 @@ def build_revision(pkg, cfg: ModelConfig, max_len: int, device: str, parallel: P
     model = longer.Longer(_known_fields(config.ModelConfig, cfg), dims).to(device).train()
     policies = importlib.import_module(f"{pkg.__name__}.distributed.parallelize")
     policies.apply_compute_policies(model, _known_fields(config.ParallelConfig, parallel), device)
-    return model
+    return RevisionModel(pkg, model)
+
+
+class RevisionModel(nn.Module):
+    """A model of an imported revision, called with this tree's `DenseInputs` (converted to the revision's class:
+    the same tensors, so gradients reach them); its other attributes (flops, ...) are the model's."""
+
+    def __init__(self, pkg, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.inputs_cls = importlib.import_module(f"{pkg.__name__}.models.inputs").DenseInputs
+
+    def forward(self, x: DenseInputs) -> torch.Tensor:
+        values = {f.name: getattr(x, f.name) for f in dataclasses.fields(x)}
+        known = {f.name for f in dataclasses.fields(self.inputs_cls)}
+        if "pad_to" not in known:  # before one sizing contract (issue 33): the loader's count was `longest`
+            values["longest"] = values.pop("pad_to")
+        return self.model(self.inputs_cls(**{k: v for k, v in values.items() if k in known}))
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["model"], name)
 
 
 def _known_fields(cls, value):
@@ -386,7 +407,7 @@ def _row(row: dict, rows: list[dict]) -> str:
             + " | ".join(_ratios(row, rows)) + " |")
 
 
-MALLOC = {"trainer": "the trainer's settings (distributed/host_memory.py)", "default": "glibc's defaults"}
+MALLOC = {"trainer": "the trainer's settings (components/allocator.py)", "default": "glibc's defaults"}
 
 
 def markdown(rows: list[dict], args: argparse.Namespace, cfg: ModelConfig, command: str, load: str) -> str:
@@ -443,7 +464,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--against", metavar="REV",
                         help="also LONGER as git revision REV has it, alternated with this tree's (before/after)")
     parser.add_argument("--malloc", choices=["trainer", "default"], default="trainer",
-                        help="CPU: glibc malloc as the trainer sets it (distributed/host_memory.py: large blocks "
+                        help="CPU: glibc malloc as the trainer sets it (components/allocator.py: large blocks "
                              "stay in the heap) or glibc's defaults")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs")
     parser.add_argument("--out", type=Path, help="also write the markdown table here")

@@ -49,8 +49,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/dense_step.py, however this is run
 import dense_step as ds  # noqa: E402
 
+from longer_train.components.allocator import keep_freed_memory  # noqa: E402
 from longer_train.config import ModelConfig  # noqa: E402
-from longer_train.distributed.host_memory import keep_freed_memory  # noqa: E402
 from longer_train.models.hstu import HSTU  # noqa: E402
 from longer_train.models.inputs import DenseDims  # noqa: E402
 
@@ -117,9 +117,10 @@ def build_revision(pkg, cfg: ModelConfig, length: int) -> nn.Module:
 
     models = f"{pkg.__name__}.models"
     config = importlib.import_module(f"{pkg.__name__}.config")
-    return build(ds._known_fields(config.ModelConfig, cfg), length, importlib.import_module(f"{models}.hstu").HSTU,
-                 importlib.import_module(f"{models}.inputs").DenseDims,
-                 importlib.import_module(f"{models}.candidate_match").MatchPair)
+    model = build(ds._known_fields(config.ModelConfig, cfg), length, importlib.import_module(f"{models}.hstu").HSTU,
+                  importlib.import_module(f"{models}.inputs").DenseDims,
+                  importlib.import_module(f"{models}.candidate_match").MatchPair)
+    return ds.RevisionModel(pkg, model)
 
 
 def executed_flops(model: nn.Module, x) -> int:

@@ -31,7 +31,7 @@ class Batch(Pipelineable):
     skipped: dict[str, int] = field(default_factory=dict)
     # each row's history length (events kept) [B] int64, kept on the host (CPU) when the batch moves to the
     # device, so that the dense model sizes its padded sequences and counts the positions that hold an event
-    # with no device-to-host sync (DenseInputs.longest / host_lengths); None: not counted
+    # with no device-to-host sync (DenseInputs.pad_to / host_lengths); None: not counted
     history_lengths: Tensor | None = None
 
     @property

@@ -121,7 +121,7 @@ def apply_compile(dense: nn.Module, backend: str = "inductor") -> None:
     regions it traces, and before DDP/FSDP2, which wrap the compiled module.
 
     The dense model's host sync (the batch's longest history, to size the padded sequences) happens outside:
-    the loader counts it (`DenseInputs.longest`). Recompiles, each once: the first batch whose longest history
+    the loader counts it (`DenseInputs.pad_to`). Recompiles, each once: the first batch whose longest history
     differs from the first batch's (that length is then symbolic), the first whose rows are all full, one whose
     padded history is a single merged token (docs/distributed.md). `backend`: tests use "aot_eager" (no C++
     compile)."""

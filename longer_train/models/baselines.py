@@ -92,7 +92,7 @@ class PooledSequence(nn.Module):
         row, recency = event_rows(x.lengths, x.events.shape[0])
         tokens = self.tokens(x.events, x.time_diff, recency)  # [N, d], valid events only
         units = unit_pairs(x.events, self.match_pairs, "event") if self.match_pairs else None
-        return self._logits(x.lengths.long(), row, tokens, units, x.candidate, x.user, x.dense)
+        return self._logits(x.lengths.long(), row, tokens, units, x.candidate, x.user, x.dense, x.padding()[0])
 
     def _logits(
         self, lengths: Tensor, row: Tensor, tokens: Tensor, units: Tensor | None, candidate: Tensor, user: Tensor,
@@ -116,7 +116,7 @@ class PooledSequence(nn.Module):
         per_event = [self.tokens(x.events, x.time_diff, rows[1])]
         if self.match_pairs:
             per_event.append(unit_pairs(x.events, self.match_pairs, "event"))
-        longest = x.capacity if x.capacity is not None else int(lengths.max()) if lengths.shape[0] else 0
+        longest = x.padding()[0]
         padded = to_left_padded(torch.cat(per_event, dim=-1), lengths, longest, rows)[0]  # [U, L, d (+ W)]
         d = self.cfg.token_dim
         tensors = {"tokens": padded[..., :d], "pad": longest - lengths, "user": x.user, "dense": x.dense}

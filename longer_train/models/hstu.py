@@ -274,13 +274,12 @@ class HSTU(nn.Module):
         return ServingTraits(cached=True)
 
     def _history(self, x: DenseInputs) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
-        """The history left-padded to the batch's longest (or `x.capacity`): behaviour tokens [B, L, d], the
+        """The history left-padded to `x.padding()`'s length: behaviour tokens [B, L, d], the
         events' unit vectors for the candidate match [B, L, W] (None: off), seconds before the request [B, L]
         (exact) and which positions hold an event [B, L]."""
-        b, n = x.lengths.shape[0], x.events.shape[0]
+        n = x.events.shape[0]
         lengths = x.lengths.long()
-        longest = (x.capacity if x.capacity is not None else x.longest if x.longest is not None
-                   else int(lengths.max()) if b else 0)
+        longest = x.padding()[0]
         rows = event_rows(lengths, n)  # each event's row and recency [N]
         per_event = [self.tokens(x.events, x.time_diff, rows[1])]
         if self.match_pairs:

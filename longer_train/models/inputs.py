@@ -25,17 +25,30 @@ class DenseInputs:
     candidate: Tensor  # [B, D_cand] candidate feature embeddings concatenated
     user: Tensor  # [B, D_user] pooled user/context embeddings (D_user may be 0)
     dense: Tensor  # [B, D_dense] dense features (D_dense may be 0)
-    # pad histories to this many events instead of the batch's longest (>= every length): fixed shapes,
-    # e.g. for torch.export; padding is masked, so the outputs are the same
-    capacity: int | None = None
-    # the batch's longest history (= lengths.max()) when the caller knows it on the host (the loader counts it:
-    # data/batch.py), so that sizing the padded sequences needs no device-to-host sync — none inside the dense
-    # model, which torch.compile can then capture whole (parallel.compile); None: read from `lengths`
-    longest: int | None = None
-    # the rows' lengths [B] on the host (a CPU tensor; the loader has them), so that the dense model can count
-    # the padded positions that hold an event (and work on those only) with no device-to-host sync; not read
-    # under torch.compile or torch.export (fixed or dynamic shapes); None: counted from `lengths` if needed
+    # How the histories are padded: one contract for every caller. `pad_to`: the padded length [B, pad_to], chosen
+    # by the caller and >= every length: the loader's count of the batch's longest (data/batch.py: no
+    # device-to-host sync, so torch.compile captures the dense model whole), serving's batch's longest, or
+    # torch.export's fixed capacity (shapes that do not depend on the data). Padding is masked: any pad_to >= the
+    # longest gives the same outputs. None: the model reads lengths.max() (one host sync).
+    pad_to: int | None = None
+    # the rows' lengths [B] on the host (a CPU tensor; the loader and serving have them): with them the model
+    # computes only the padded positions that hold an event (e.g. InnerTrans groups); not read under
+    # torch.compile / torch.export, whose graphs cannot depend on them. None: every position is computed.
     host_lengths: Tensor | None = None
+
+    def padding(self) -> tuple[int, Tensor | None]:
+        """The one reading of the contract: (padded length, the rows' lengths on the host or None). Traced
+        (torch.compile, torch.export): `pad_to` and no host lengths. Eager: `pad_to` or the longest of the host
+        lengths, counting them with one sync where the caller gave neither."""
+        traced = torch.compiler.is_compiling()
+        host = None if traced else self.host_lengths
+        if self.pad_to is not None:
+            return self.pad_to, None if host is None else host.long()
+        if host is None:  # the one device-to-host sync
+            host = self.lengths.long().cpu()
+            return (int(host.max()) if host.numel() else 0), None if traced else host
+        host = host.long()
+        return (int(host.max()) if host.numel() else 0), host
 
 
 @dataclass(frozen=True)

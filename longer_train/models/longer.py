@@ -80,30 +80,16 @@ class Longer(nn.Module):
         k = self.cfg.merge_k
         lengths = x.lengths.long()
         groups = torch.div(lengths + k - 1, k, rounding_mode="floor")  # merged tokens per row [B]
-        compiling = torch.compiler.is_compiling()
-        host = None  # the rows' lengths on the host
-        if x.capacity is not None:  # torch.export: shapes fixed by the capacity, every position computed
-            longest = x.capacity
-        elif not compiling and x.host_lengths is not None:  # the loader's count: no sync (not read compiled)
-            host = x.host_lengths.long()
-            longest = int(host.max()) if b else 0
-        elif x.longest is not None and (self.merge.inner is None or compiling):
-            # counted on the host (the loader): no sync, every position computed. Under torch.compile InnerTrans
-            # too runs on every group (the same result): counting the groups that hold an event would be a host
-            # sync, a graph break
-            longest = x.longest
-        else:  # one host sync for the lengths
-            host = lengths.cpu()
-            longest = int(host.max()) if b else 0
+        longest, host = x.padding()  # the padded length; the rows' lengths on the host (None: traced, or not given)
         host_groups = None if host is None else torch.div(host + k - 1, k, rounding_mode="floor")
         live_groups = None if host_groups is None else int(host_groups.sum())
         total = (longest + k - 1) // k * k  # pad to a multiple of K at the front: the newest group is full
         n = x.events.shape[0]
         rows = event_rows(lengths, n)  # each event's row and recency [N]
         # every row holds `total` events (full rows, no padding): the packed rows are already the batch, so
-        # padding costs nothing (no zero-filled copy, no scatter, no mask). Not under torch.export (capacity):
-        # its shapes must not depend on the data.
-        full = x.capacity is None and n == b * total
+        # padding costs nothing (no zero-filled copy, no scatter, no mask). Not under torch.export: its shapes
+        # must not depend on the data.
+        full = not torch.compiler.is_exporting() and n == b * total
 
         def pad(values: Tensor) -> tuple[Tensor, Tensor | None]:  # [N, w] -> [B, L_pad, w], valid [B, L_pad]
             if full:

@@ -30,7 +30,7 @@ class RankingModel(nn.Module):
 
     def forward(self, batch: Batch) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
         events, lengths, candidate, user = self.sparse(batch.per_id, batch.pooled)
-        inputs = DenseInputs(events, lengths, batch.time_diff, candidate, user, batch.dense, longest=batch.longest,
+        inputs = DenseInputs(events, lengths, batch.time_diff, candidate, user, batch.dense, pad_to=batch.longest,
                              host_lengths=batch.history_lengths)
         logits = self.dense(inputs)
         loss = binary_cross_entropy_with_logits(logits, batch.labels)

@@ -36,7 +36,7 @@ class PrefillProgram(nn.Module):
     def state(self, sequence: Tensor, lengths: Tensor, time_diff: Tensor, user: Tensor, dense: Tensor) -> UserState:
         events = self.lookup.events(sequence)
         x = DenseInputs(events, lengths, time_diff, events.new_zeros((lengths.shape[0], 0)), self.lookup.users(user),
-                        dense, capacity=self.capacity)
+                        dense, pad_to=self.capacity)
         return self.dense.prefill(x)
 
     def forward(self, sequence: Tensor, lengths: Tensor, time_diff: Tensor, user: Tensor, dense: Tensor):

@@ -144,7 +144,7 @@ class Scorer:
         names = lookup.user if pooled is not None else []
         user = lookup.users(padded_ids([pooled[n].values() for n in names], [pooled[n].lengths() for n in names]))
         return DenseInputs(events, lengths, batch.time_diff, events.new_zeros((len(lengths), 0)), user, batch.dense,
-                           host_lengths=batch.history_lengths)
+                           pad_to=batch.longest, host_lengths=batch.history_lengths)
 
 
 def candidate_ids(table: pa.Table, names: list[str]) -> torch.Tensor:

@@ -261,7 +261,7 @@ def test_compile_trains_to_eager_losses_with_one_compile(tiny_data, tmp_path, mo
 
 
 def test_compile_recompiles_once_when_the_longest_history_changes():
-    """The batch's longest history, counted on the host (DenseInputs.longest), sizes the padded sequences: the
+    """The batch's longest history, counted on the host (DenseInputs.pad_to), sizes the padded sequences: the
     first batch compiles with it fixed, the first batch with another longest history compiles again with it
     symbolic, and no later batch compiles (the `eager` backend: dynamo's capture and guards, nothing compiled)."""
     torch._dynamo.reset()
@@ -272,7 +272,7 @@ def test_compile_recompiles_once_when_the_longest_history_changes():
     graphs = []
     for lengths in batches:
         x = make_inputs(lengths)
-        x.longest = max(lengths)
+        x.pad_to = max(lengths)
         model(x).sum().backward()
         graphs.append(counters["stats"]["unique_graphs"])
     assert graphs == [1, 2, 2, 2, 2] and not counters["graph_break"]

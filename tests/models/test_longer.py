@@ -114,15 +114,15 @@ def test_the_layers_project_only_valid_tokens(merge, rule, match):
     """With the rows' lengths known on the host (the loader's, or one sync), the attention layers project and
     transform only the tokens that are not padding: the cross layer's keys/values only for merged tokens that
     hold an event (and the globals), queries and FFNs only for valid query slots. The logits and every
-    parameter's gradient equal those of computing every padded position (a fixed capacity, torch.export's
-    path), whether the lengths come from the host (`host_lengths`) or are counted by a host sync."""
+    parameter's gradient equal those of computing every padded position (a pad_to without host lengths, as under
+    torch.export), whether the lengths come from the host (`host_lengths`) or are counted by a host sync."""
     model = make_model(merge, query_selection=rule, candidate_match=match, length_chunks=1).train()
     lengths = RAGGED
     rows = {"kv": [], "ffn": []}
     for name, module in (("kv", model.attention.cross.kv), ("ffn", model.attention.cross.ffn)):
         module.register_forward_hook(lambda mod, args, out, name=name: rows[name].append(args[0].shape[:-1].numel()))
     results = []
-    for extra in ({"host_lengths": torch.tensor(lengths)}, {}, {"capacity": max(lengths)}):
+    for extra in ({"host_lengths": torch.tensor(lengths)}, {}, {"pad_to": max(lengths)}):
         x = dataclasses.replace(make_inputs(lengths), **extra)
         logits = model(x)
         grads = torch.autograd.grad(logits.square().sum(), list(model.parameters()))
@@ -377,7 +377,7 @@ def test_gradients_are_finite_on_ragged_batches(merge, proj):
 def test_full_rows_skip_the_padding_pass_with_the_same_outputs_and_gradients(merge, monkeypatch):
     """Rows that all hold a multiple of K events are the padded batch already: the model views them instead of
     scattering them into a zero-filled copy; the result (logits and every gradient) is that of the padding pass,
-    which a capacity (the torch.export path) forces."""
+    which torch.export (shapes independent of the data) forces."""
     import longer_train.models.longer as longer_module
 
     calls = []
@@ -385,14 +385,15 @@ def test_full_rows_skip_the_padding_pass_with_the_same_outputs_and_gradients(mer
                         lambda *a: calls.append(1) or to_left_padded(*a))
     model = make_model(merge).train()
     results = []
-    for capacity in (None, 64):
-        x = dataclasses.replace(make_inputs([64, 64, 64]), capacity=capacity)
+    for exporting in (False, True):
+        monkeypatch.setattr(torch.compiler, "is_exporting", lambda exporting=exporting: exporting)
+        x = dataclasses.replace(make_inputs([64, 64, 64]), pad_to=64)
         x.events.requires_grad_()
         model.zero_grad()
         logits = model(x)
         logits.sum().backward()
         results.append((logits.detach(), x.events.grad, [p.grad.clone() for p in model.parameters()]))
-        assert len(calls) == (0 if capacity is None else 1)  # the tokens (match units go straight into groups)
+        assert len(calls) == int(exporting)  # the tokens (match units go straight into groups)
     (fast, fast_events, fast_params), (padded, padded_events, padded_params) = results
     torch.testing.assert_close(fast, padded)
     torch.testing.assert_close(fast_events, padded_events)
