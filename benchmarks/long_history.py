@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from longer_train.kernels import hybrid_attention
 
-from longer_train.distributed.host_memory import keep_freed_memory
+from longer_train.components.allocator import keep_freed_memory
 from longer_train.models.inputs import event_rows
 from longer_train.models.token_builder import token_flops
 

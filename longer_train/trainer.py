@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch.nn.utils import clip_grad_norm_
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
+from .components.allocator import keep_freed_memory
 from .components.checkpoint import CheckpointManager, CheckpointRefused, load_checkpoint, saved_keys
 from .components.metrics import RankingMetrics
 from .components.metrics_processor import MetricsProcessor
@@ -39,7 +40,6 @@ from .components.run_logger import RunLogger
 from .config import Config, ConfigError, to_dict
 from .data.batch import Batch
 from .data.loader import build_dataloader
-from .distributed.host_memory import keep_freed_memory
 from .distributed.parallelize import apply_compute_policies
 from .distributed.process_group import DistEnv, Heartbeat, init_distributed, is_collective_timeout
 from .distributed.sharding import format_plan, init_tables, plan_summary, shard_model

@@ -20,7 +20,6 @@ docs/serving.md has the limits, the memory bound and how to run it behind a reve
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import http
 import json
 import logging
@@ -43,6 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from ..components.allocator import release_free_memory
 from ..errors import NonFiniteScores
 from .batching import DynamicBatcher
 from .limits import ServeLimits
@@ -208,14 +208,6 @@ def _protocol(limits: ServeLimits, metrics: ServiceMetrics, admin_port: int | No
 
 
 TRIM_AFTER_BYTES = 2**20  # a body this large, once freed, has the C heap's free memory given back
-
-
-def release_free_memory() -> None:
-    """glibc's malloc_trim(0): free pages of the C heap go back to the system; elsewhere (musl, macOS) nothing."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")

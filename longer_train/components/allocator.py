@@ -1,4 +1,5 @@
-"""Keep freed host memory in the process on CPU training runs (glibc malloc settings).
+"""The C heap's policy (glibc malloc): keep freed host memory in CPU training processes, give it back in a
+serving process.
 
 A CPU training step allocates and frees the same few large activation and gradient buffers (MBs to tens of
 MBs) every step. With glibc's defaults, blocks that size are often handed back to the kernel when freed (mmap
@@ -15,6 +16,9 @@ that cannot grow, still fall back to mmap, so no allocation fails that would hav
 Applied once per training process on CPU (`Trainer`, and benchmarks/dense_step.py as the trainer runs); a
 no-op off glibc (macOS, musl) or when the user has set glibc's own MALLOC_* variables or preloaded another
 allocator.
+
+`release_free_memory` is the opposite, for a long-lived server: after a large request body is freed, the C heap's
+free pages go back to the system (serve/http.py), so a burst of large bodies does not stay resident.
 """
 
 from __future__ import annotations
@@ -46,3 +50,11 @@ def keep_freed_memory() -> bool:
     log.debug("glibc malloc: no mmap in the main arena (threshold %d), trim threshold %d (%s)", MMAP_THRESHOLD,
               TRIM_THRESHOLD, "set" if ok else "refused")
     return ok
+
+
+def release_free_memory() -> None:
+    """glibc's malloc_trim(0): free pages of the C heap go back to the system; elsewhere (musl, macOS) nothing."""
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

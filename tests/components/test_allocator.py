@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(
 # mallinfo2 (glibc >= 2.33): hblks counts the blocks mmap holds, uordblks the heap's bytes in use, arena its size
 PROBE = """
 import ctypes, sys
-from longer_train.distributed.host_memory import keep_freed_memory
+from longer_train.components.allocator import keep_freed_memory
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in
