@@ -55,7 +55,7 @@ BENCH_ARGS = $(if $(SRC),--src $(SRC)) $(if $(USERS),--sample-users $(USERS)) $(
 
 # every claim's sweep: the synthetic tables, the real-data Table 1, the final model at 2,000 events
 SWEEPS := scale_spread table1 table2_merge table2_queries table2_rules scaling_length scaling_params scaling_flops precision \
-	table1_taobao table1_movielens final_2000
+	table1_taobao table1_movielens table1_movielens_2000 final_2000
 SWEEP ?= $(SWEEPS)
 # and the benchmarks behind claim 6 (KV-cache speed) and claim 7's memory, unless SWEEP names sweeps to run
 CLAIM_BENCHES ?= $(if $(filter file,$(origin SWEEP)),serving activation_memory)
