@@ -22,7 +22,6 @@ commit's code, uncommitted changes, or no commit recorded: provenance.py) and ke
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import shlex
 import signal
@@ -179,7 +178,9 @@ def write_summary(spec: SweepSpec, runs: list[Run], results: Path, figures: Path
         f"{' '.join(spec.overrides)} <row overrides> train.seed=<seed>`"
         + (f" with `{' '.join(extra)}` for every run (given on the command line)" if extra else "")
         + f"; data {', '.join(f'`{root}`' for root in roots)}; results lines in `{results.as_posix()}`.", "",
-        f"Protocol: seeds {', '.join(map(str, spec.seeds))} per row (`train.seed`: model init and shuffling); "
+        f"Protocol: seeds {', '.join(map(str, spec.seeds))} per row"
+        + "".join(f", {', '.join(map(str, r.seeds))} for `{r.name}`" for r in spec.rows if r.seeds is not None)
+        + " (`train.seed`: model init and shuffling); "
         "metrics on the test split; mean ± sample std over the row's seeds; test-set SE: the std of the row's "
         "mean test AUC over bootstrap resamples of the test users (the same resamples in every run). "
         + (f"Δ = the paired difference against the reference row `{spec.reference}`: the mean over the seeds both "
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.seeds is not None:
             if args.seeds < 1:
                 raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
-            spec = dataclasses.replace(spec, seeds=spec.seeds[: args.seeds])
+            spec = spec.limit_seeds(args.seeds)
         threads = split_threads(args.jobs, args.threads, available_cores())
         own_data = any(o.startswith("data.root=") for o in args.overrides)  # the spec's data is not used
         if not (args.dry_run or args.report_only or own_data):
@@ -245,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     done = finished(read_results(results), {r.name: r.config_hash for r in runs})
     stale = stale_runs(done)
     pending = [r for r in runs if r.name not in done or (args.rerun_stale and r.name in stale)]
-    print(f"{spec.name}: {len(runs)} runs ({len(spec.rows)} rows x {len(spec.seeds)} seeds), {len(done)} finished, "
+    print(f"{spec.name}: {len(runs)} runs ({len(spec.rows)} rows, {len(spec.seeds)} seeds each unless a row names "
+          f"its own), {len(done)} finished, "
           f"{len(pending)} to run, {args.jobs} at a time with {threads} torch thread(s) each; results {results}",
           flush=True)
     if stale:

@@ -14,6 +14,7 @@
       - {name: 4k users, data: {users: 4000}}                 # ... and its own data (merged into `data`)
       - {name: fuxictr_din, experiment: ../experiments/din.yaml, peer: fuxictr_din}   # a peer library's model
                                           # (runs.PEERS) on the run's data, seed, batch size and max_len
+      - {name: longer, seeds: 5}          # a row's own seeds (a count or a list), where a small gap decides
     grid:                                 # ... or a grid: one row per combination, named key=value,...
       model.num_self_layers: [1, 2]
       data.max_len: [32, 64, 128]
@@ -31,6 +32,7 @@ A run is one (row, seed): `longer-train DATASET EXPERIMENT RUN_SETTINGS override
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -50,7 +52,7 @@ from .runs import DATASETS, PEERS, RUN_SETTINGS
 SPEC_KEYS = {"description", "data", "dataset", "experiment", "overrides", "seeds", "rows", "grid", "reference",
              "scaling", "extension"}
 DATA_KEYS = {"name", "users", "rows_per_user", "src"}
-ROW_KEYS = {"name", "overrides", "experiment", "data", "extension", "peer"}
+ROW_KEYS = {"name", "overrides", "experiment", "data", "extension", "peer", "seeds"}
 DERIVED_X = {"params": "dense_params", "gflops": "gflops_analytic"}  # scaling axes read off the results
 
 
@@ -67,6 +69,7 @@ class Row:
     extension: str | None = None  # what the row adds to the paper's model (its own or the spec's); None: a paper row
     peer: str | None = None  # runs.PEERS: a public library's model on the same data and config (run's data, seed,
     # batch size, max_len), trained by its own code instead of longer-train
+    seeds: tuple[int, ...] | None = None  # this row's seeds (more where a small difference decides); None: the spec's
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,15 @@ class SweepSpec:
                 found.setdefault(prepare[1], prepare)
         return list(found.values())
 
+    def row_seeds(self, row: Row) -> list[int]:
+        """The seeds `row` runs: its own, else the spec's."""
+        return list(row.seeds) if row.seeds is not None else self.seeds
+
+    def limit_seeds(self, n: int) -> SweepSpec:
+        """The spec with the first n seeds of the spec and of every row (`--seeds N`, a smoke run)."""
+        rows = [dataclasses.replace(r, seeds=None if r.seeds is None else r.seeds[:n]) for r in self.rows]
+        return dataclasses.replace(self, seeds=self.seeds[:n], rows=rows)
+
     def runs(self, extra: list[str] = (), data_root: str | None = None) -> list[Run]:
         """Every (row, seed) run, row-major, with its config loaded and checked (a bad key fails here, before
         anything runs). `extra` overrides go to every run, after the spec's (e.g. a short run for a smoke
@@ -143,7 +155,7 @@ class SweepSpec:
             configs = [self.dataset, row.experiment or self.experiment]
             prepared = self.prepare(row)
             root = data_root if data_root is not None else (prepared[1] if prepared else None)
-            for seed in self.seeds:
+            for seed in self.row_seeds(row):
                 overrides = [*RUN_SETTINGS, *self.overrides, *row.overrides, f"train.seed={seed}", *extra]
                 if root is not None:
                     overrides.insert(len(RUN_SETTINGS), f"data.root={root}")
@@ -225,6 +237,18 @@ def resolve_percent_queries(configs: list[Path], overrides: list[str], where: st
     return out
 
 
+def _seeds(value: Any, where: str) -> list[int]:
+    """A seed count (n: seeds 0..n-1) or a list of distinct integers."""
+    seeds = value
+    if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds > 0:
+        seeds = list(range(seeds))
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise SpecError(f"{where} must be a positive count or a list of integers, got {value!r}")
+    if len(set(seeds)) != len(seeds):
+        raise SpecError(f"{where} lists a seed twice: {seeds}")
+    return seeds
+
+
 def _strings(value: Any, where: str) -> list[str]:
     if value is None:
         return []
@@ -272,13 +296,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         if not isinstance(data, dict) or data.get("name") not in DATASETS:
             raise SpecError(f"{path}: 'data.name' must be one of {sorted(DATASETS)}, got {data!r}")
         _check_keys(data, DATA_KEYS, f"{path}: 'data'")
-    seeds = raw.get("seeds", 1)
-    if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds > 0:
-        seeds = list(range(seeds))
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise SpecError(f"{path}: 'seeds' must be a positive count or a list of integers, got {seeds!r}")
-    if len(set(seeds)) != len(seeds):
-        raise SpecError(f"{path}: 'seeds' lists a seed twice: {seeds}")
+    seeds = _seeds(raw.get("seeds", 1), f"{path}: 'seeds'")
 
     extension = _text(raw.get("extension"), f"{path}: extension")
     rows: list[Row] = []
@@ -301,8 +319,9 @@ def load_spec(path: str | Path) -> SweepSpec:
             peer = row.get("peer")
             if peer is not None and peer not in PEERS:
                 raise SpecError(f"{where}: 'peer' must be one of {sorted(PEERS)}, got {peer!r}")
+            row_seeds = None if row.get("seeds") is None else tuple(_seeds(row["seeds"], f"{where}.seeds"))
             rows.append(Row(row["name"], tuple(_strings(row.get("overrides"), f"{where}.overrides")), experiment,
-                            row_data, _text(row.get("extension", extension), f"{where}.extension"), peer))
+                            row_data, _text(row.get("extension", extension), f"{where}.extension"), peer, row_seeds))
     else:
         grid = raw["grid"]
         if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):

@@ -52,6 +52,21 @@ def test_rows_seeds_reference_and_percentage_queries(tmp_path):
     assert runs[4].cfg.model.name == "din"
 
 
+def test_a_row_may_run_more_seeds_than_the_spec(tmp_path):
+    """Where a difference under 0.005 decides a verdict, its rows run 5 seeds while the rest run 3 (issue 30);
+    `--seeds N` (a smoke run) cuts every row's seeds to its first N."""
+    spec = load_spec(write_spec(tmp_path, """\
+        seeds: 2
+        rows:
+          - {name: a, seeds: 4}
+          - {name: b}
+          - {name: c, seeds: [7, 9]}
+        """))
+    assert [r.name for r in spec.runs()] == ["a-seed0", "a-seed1", "a-seed2", "a-seed3", "b-seed0", "b-seed1",
+                                             "c-seed7", "c-seed9"]
+    assert [r.name for r in spec.limit_seeds(1).runs()] == ["a-seed0", "b-seed0", "c-seed7"]
+
+
 def test_grid_rows_and_scaling(tmp_path):
     spec = load_spec(write_spec(tmp_path, """\
         seeds: [3, 5]
@@ -75,6 +90,7 @@ def test_grid_rows_and_scaling(tmp_path):
     ("rows: [{name: a, overrides: [model.bogus=1]}]\n", "row 'a'.*unknown config key 'model.bogus'"),
     ("rows: [{name: a, overrides: [data.max_len=10%]}]\n", "only model.num_queries may be given as a percentage"),
     ("rows: [{name: a}, {name: a}]\n", "row names must be distinct"),
+    ("rows: [{name: a, seeds: [1, 1]}]\n", r"rows\[0\].seeds lists a seed twice"),
 ])
 def test_bad_specs_fail_naming_the_key(tmp_path, body, message):
     with pytest.raises(SpecError, match=message):
