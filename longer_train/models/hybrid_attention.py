@@ -241,7 +241,17 @@ class HybridAttention(nn.Module):
         self, seq: Tensor, globals_: Tensor, num_pad: Tensor, candidate: Tensor | None, match: Tensor | None,
         keep_kv: list | None, host_groups: Tensor | None,
     ) -> tuple[list[Tensor], list[Tensor], Tensor | None]:
-        """`forward` on the whole batch at once."""
+        """`forward` on the whole batch at once.
+
+        One candidate per row and no score bias on its row (training and evaluation without the candidate match):
+        the candidate is the last token of the layout, the last key and the last query of every layer, in the same
+        attention call as the user side (causal: nothing before it sees it), instead of a row of its own over
+        copies of every layer's keys and values (`CausalBlock.candidate_rows`, what KV-cached scoring and the
+        candidate match run; the same result, tests/models)."""
+        fold = candidate is not None and candidate.shape[1] == 1 and match is None and keep_kv is None
+        if fold:
+            globals_ = torch.cat([globals_, candidate], dim=1)
+            candidate = None
         b, seq_len, m = seq.shape[0], seq.shape[1], globals_.shape[1]
         seq_q, q_pos, q_pad = self.select_queries(seq, num_pad)
         if q_pos is not None:  # the globals sit after the sequence
@@ -268,6 +278,9 @@ class HybridAttention(nn.Module):
                                     live_queries=live_queries)
             states.append(x)
             candidates += [] if candidate is None else [candidate]
+        if fold:  # the candidate's row, last in every layer's states
+            candidates = [x[:, -1:] for x in states]
+            states = [x[:, :-1] for x in states]
         return states, candidates, readout
 
     def effective_queries(self, seq_len: int) -> int:

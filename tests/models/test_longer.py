@@ -136,9 +136,12 @@ def test_the_layers_project_only_valid_tokens(merge, rule, match):
     queries = model.attention.effective_queries(max(groups))
     valid_q = [(queries if g else 0) if rule == "learnable" else min(queries, g) for g in groups]
     padded_keys, padded_queries = b * (max(groups) + m), b * (queries + m)
-    # per forward: the user side's tokens, then the b candidates' rows
-    assert rows["kv"] == [sum(groups) + b * m, b] * 2 + [padded_keys, b]
-    assert rows["ffn"] == [sum(valid_q) + b * m, b] * 2 + [padded_queries, b]
+    if match == "none":  # per forward one call: the user side's tokens and the b candidates (last in each row)
+        assert rows["kv"] == [sum(groups) + b * m + b] * 2 + [padded_keys + b]
+        assert rows["ffn"] == [sum(valid_q) + b * m + b] * 2 + [padded_queries + b]
+    else:  # the candidate's row apart, with its score bias: the user side's tokens, then the b candidates' rows
+        assert rows["kv"] == [sum(groups) + b * m, b] * 2 + [padded_keys, b]
+        assert rows["ffn"] == [sum(valid_q) + b * m, b] * 2 + [padded_queries, b]
     assert sum(groups) + b * m < padded_keys and sum(valid_q) < b * queries  # the batch has padding to skip
 
 
@@ -287,7 +290,7 @@ def test_spread_queries_are_even_and_include_the_newest(rule):
 def test_the_model_queries_the_tokens_at_the_rule_s_positions(merge, rule, match, monkeypatch):
     """The cross-causal layer's sequence queries are the merged tokens at the rule's positions (or the learned
     vectors), and its attention gets each query's key position: that of its token, the globals after the
-    sequence (the candidate's row is computed apart, after the user rows)."""
+    sequence, the candidate last (in the same call without the candidate match; with it, its row apart)."""
     from longer_train.models import hybrid_attention as module
 
     model = make_model(merge, query_selection=rule, num_queries=4, candidate_match=match, length_chunks=1)
@@ -300,7 +303,8 @@ def test_the_model_queries_the_tokens_at_the_rule_s_positions(merge, rule, match
     queries, positions, _ = selected[0]
     cross_positions = attention_calls[0]  # the first call is the cross-causal layer's
     seq_len, width = states.merged.shape[1:]
-    globals_ = model.num_globals - 1  # rows after the sequence queries in that call: the user-side globals
+    # rows after the sequence queries in that call: the user-side globals, and without the match the candidate
+    globals_ = model.num_globals - (1 if match != "none" else 0)
     if rule == "recent":
         assert positions is None and cross_positions is None  # bottom-right aligned: the Triton kernel's layout
         torch.testing.assert_close(queries, states.merged[:, -4:], rtol=0, atol=0)
