@@ -3,10 +3,12 @@
 Layout: [merged sequence tokens (oldest..newest, left-padded) | CLS | user | candidate]. The ordinary causal
 mask over that layout is the paper's mask: sequence tokens see only older ones, user-side globals see the
 whole sequence but not the candidate, the candidate sees everything — so every sequence-side and user-side
-state is candidate-independent (what makes KV-cached serving exact). The layers compute exactly that mask in
-two parts: the user side ([sequence | CLS | user]) under the causal mask, then the candidate's row, which
-attends to every user-side token of its layer and to itself (`CausalBlock.candidate_rows`, shared with
-serving's scoring), so no sequence-side or user-side state can depend on the candidate.
+state is candidate-independent (what makes KV-cached serving exact). Training without the candidate match runs
+that mask as it stands, the candidate the last key and query of each layer's one causal call. KV-cached scoring
+(many candidates per user) and the candidate match (a score bias on the candidate's row) compute it in two
+parts: the user side ([sequence | CLS | user]) under the causal mask, then the candidate's row, which attends
+to every user-side token of its layer and to itself (`CausalBlock.candidate_rows`); tests/models check that
+both give the same scores.
 
 - Layer 1, cross-causal (`HybridAttention.cross`): keys/values are all tokens; queries are k sequence queries
   chosen by `model.query_selection` (below) + the m globals; output k + m tokens. A query sits at a key
