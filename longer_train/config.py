@@ -192,6 +192,13 @@ class ModelConfig:
     # bias) | attention_readout (also what was attended to, for the head: DIN's pooled similarities, the
     # others' attention-weighted similarities)
     candidate_match: str = _choice("none", ("none", "attention", "attention_readout"))
+    # this project's extension, not in the paper (docs/serving.md "Appending events"; model.name longer, the
+    # Transformer included): behaviour tokens that depend neither on the request nor on newer events (each
+    # event's position counted from the oldest, its time since the previous event instead of before the request,
+    # merge groups aligned to the oldest event), so that serving extends a returning user's cached state by its
+    # new events exactly instead of encoding the whole history again. false: the paper's tokens (recency, time
+    # before the request, merge groups aligned to the newest event)
+    stream_tokens: bool = False
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -650,6 +657,11 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(
             f"config key 'model.query_selection' ({model.query_selection}) applies to model.name longer only, "
             f"not {model.name}"
+        )
+    if model.stream_tokens and model.name != "longer":
+        raise ConfigError(
+            f"config key 'model.stream_tokens' applies to model.name longer (and the Transformer, which is longer "
+            f"with merge_k 1) only, not {model.name}"
         )
     if model.query_selection != "recent" and model.attention_impl == "triton":
         raise ConfigError(

@@ -244,3 +244,12 @@ def test_serving_benchmark_writes_its_table(tmp_path):
     assert "python benchmarks/serving.py --length 32" in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and "x |" in line]
     assert [row.split(" | ")[0] for row in rows] == ["| 1", "| 3"]
+
+
+def test_user_cache_benchmark_times_hits_and_appends(capsys):
+    """benchmarks/user_cache.py at a tiny size: every variant's scores equal the fresh scorer's, the hit and the
+    appends are counted as such (the script asserts both), and the table has a row per variant."""
+    runpy.run_path(str(ROOT / "benchmarks" / "user_cache.py"), run_name="benchmark")["main"](
+        ["--lengths", "24", "--new-events", "1", "9", "--repeats", "1", "--candidates", "4"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 24 |")]
+    assert [row.split(" | ")[1] for row in rows] == ["fresh", "hit", "+1 events", "+9 events"]

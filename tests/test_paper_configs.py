@@ -1,7 +1,8 @@
 """Configs that stand for the paper run the paper's models: the final model's experiment config, every experiment
-config of Table 1, and every row of configs/sweeps/ that does not declare an `extension` resolve to
-`model.candidate_match: none` (this project's extension, docs/paper.md "Deviations from the paper"). Rows that
-do declare one must actually differ, or the declaration is stale."""
+config of Table 1, and every row of configs/sweeps/ that does not declare an `extension` resolve to every
+extension of this project off (`EXTENSIONS`: `model.candidate_match: none`, `model.stream_tokens: false`;
+docs/paper.md "Deviations from the paper"). Rows that do declare one must actually differ, or the declaration
+is stale."""
 
 from pathlib import Path
 
@@ -12,19 +13,26 @@ from longer_train.sweep.spec import load_spec
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SPECS = sorted((CONFIGS / "sweeps").glob("*.yaml"))
+# this project's options beyond the paper -> their value in the paper's model
+EXTENSIONS = {"candidate_match": "none", "stream_tokens": False}
+
+
+def extensions_on(cfg) -> dict:
+    """The extensions a resolved config turns on: name -> its value."""
+    return {name: getattr(cfg.model, name) for name, off in EXTENSIONS.items() if getattr(cfg.model, name) != off}
 
 
 @pytest.mark.parametrize("experiment", sorted((CONFIGS / "experiments").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_experiment_config_runs_the_papers_model(experiment):
     cfg = load_config([CONFIGS / "datasets" / "synthetic.yaml", experiment])
-    assert cfg.model.candidate_match == "none"
+    assert extensions_on(cfg) == {}
 
 
-def test_the_final_model_and_the_user_facing_configs_resolve_to_no_candidate_match():
+def test_the_final_model_and_the_user_facing_configs_turn_every_extension_off():
     for top in ("paper.yaml", "quickstart.yaml", "movielens.yaml", "taobao.yaml"):
-        assert load_config([CONFIGS / top]).model.candidate_match == "none", top
+        assert extensions_on(load_config([CONFIGS / top])) == {}, top
     paper = load_config([CONFIGS / "datasets" / "synthetic.yaml", CONFIGS / "experiments" / "longer_paper.yaml"])
-    assert paper.model.candidate_match == "none" and paper.data.max_len == 2000 and paper.model.merge_k == 8
+    assert extensions_on(paper) == {} and paper.data.max_len == 2000 and paper.model.merge_k == 8
 
 
 @pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
@@ -33,12 +41,12 @@ def test_every_paper_row_of_the_sweeps_runs_the_papers_model(path):
     spec.seeds = spec.seeds[:1]
     runs = {run.row: run for run in spec.runs()}
     for row in spec.rows:
-        match = runs[row.name].cfg.model.candidate_match
+        on = extensions_on(runs[row.name].cfg)
         if row.extension is None:
-            assert match == "none", f"{path.name}: paper row {row.name!r} runs candidate_match={match}"
+            assert on == {}, f"{path.name}: paper row {row.name!r} runs {on}"
     extension_rows = [row for row in spec.rows if row.extension is not None]
     if extension_rows:  # an extension sweep or row uses the extension somewhere
-        assert any(runs[row.name].cfg.model.candidate_match != "none" for row in extension_rows), path.name
+        assert any(extensions_on(runs[row.name].cfg) for row in extension_rows), path.name
 
 
 def test_the_match_sweeps_are_declared_extensions():

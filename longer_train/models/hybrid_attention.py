@@ -92,6 +92,7 @@ class CausalBlock(nn.Module):
         self, x: Tensor, num_pad: Tensor, x_q: Tensor | None = None, q_pos: Tensor | None = None,
         keep_kv: list | None = None, candidate: Tensor | None = None, match: Tensor | None = None,
         live_keys: Tensor | None = None, live_queries: Tensor | None = None,
+        kv: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Keys/values from tokens x [B, Lk, D] (num_pad [B] leading padded); queries from x_q [B, n_q, D]
         (default x: self-causal) at key positions q_pos [B, n_q] (default: the last n_q positions). Returns
@@ -100,10 +101,12 @@ class CausalBlock(nn.Module):
         (K, V, num_pad) (KV-cached serving). `match` [B, C, L', P]: the candidates' similarity to the L' sequence
         tokens first in x. `live_keys` / `live_queries` (`live_positions`; None: all): the tokens of x / x_q that
         are not padding; only those are projected and go through the FFN (padded keys are masked, padded
-        queries' outputs unread: they keep their input state)."""
-        rows = gather_rows(x, live_keys)
-        h = self.norm1(rows)
-        k, v = self._keys_values(h, x.shape[:2], live_keys)
+        queries' outputs unread: they keep their input state). `kv`: the keys and values of x, when the caller
+        has them (`HybridAttention.forward`'s `cross_kv`)."""
+        if kv is None or x_q is None:  # x's normed tokens: for its keys and values, or as the queries
+            rows = gather_rows(x, live_keys)
+            h = self.norm1(rows)
+        k, v = self._keys_values(h, x.shape[:2], live_keys) if kv is None else kv
         if keep_kv is not None:
             keep_kv.append((k, v, num_pad))
         # the query tokens gathered once, for their projection and for the residual in `finish` (a second gather
@@ -174,6 +177,7 @@ class HybridAttention(nn.Module):
     def forward(
         self, seq: Tensor, globals_: Tensor, num_pad: Tensor, candidate: Tensor | None = None,
         match: Tensor | None = None, keep_kv: list | None = None, host_groups: Tensor | None = None,
+        cross_kv: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[list[Tensor], list[Tensor], Tensor | None]:
         """seq [B, L', D] left-padded merged tokens with `num_pad` [B] padded ones; globals_ [B, m, D] the
         user-side globals; candidate [B, C, D] the candidate tokens (None: the user side alone, as KV-cached
@@ -188,15 +192,17 @@ class HybridAttention(nn.Module):
         transform the valid tokens only (padded keys are masked anyway; padded query slots keep their input
         state, which nothing reads), and with `length_chunks` > 1 run on groups of rows of similar length, each
         trimmed to its longest (`length_chunks`, `_chunked`): the same result, less attention over padding.
+        `cross_kv`: the cross layer's keys and values of [seq | globals] [B, H, L' + m, dh], when the caller has
+        them (serving's append: `Longer.append`); they are not computed again.
         """
-        if keep_kv is None and host_groups is not None and self.length_chunks > 1:
+        if keep_kv is None and cross_kv is None and host_groups is not None and self.length_chunks > 1:
             order = torch.argsort(host_groups, stable=True)
             groups = host_groups[order]
             min_len = max(1, min(self.num_queries, seq.shape[1]))
             chunks = length_chunks(groups.tolist(), seq.shape[1], min_len, globals_.shape[1], self.length_chunks)
             if chunks is not None:
                 return self._chunked(chunks, order, seq, globals_, num_pad, candidate, match, groups)
-        return self._layers(seq, globals_, num_pad, candidate, match, keep_kv, host_groups)
+        return self._layers(seq, globals_, num_pad, candidate, match, keep_kv, host_groups, cross_kv)
 
     def _chunked(
         self, chunks: list[tuple[int, int, int]], order: Tensor, seq: Tensor, globals_: Tensor, num_pad: Tensor,
@@ -241,7 +247,7 @@ class HybridAttention(nn.Module):
 
     def _layers(
         self, seq: Tensor, globals_: Tensor, num_pad: Tensor, candidate: Tensor | None, match: Tensor | None,
-        keep_kv: list | None, host_groups: Tensor | None,
+        keep_kv: list | None, host_groups: Tensor | None, cross_kv: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[list[Tensor], list[Tensor], Tensor | None]:
         """`forward` on the whole batch at once.
 
@@ -273,7 +279,7 @@ class HybridAttention(nn.Module):
                 queries = x_q.shape[1] * b - int(self.query_padding(seq_len - host_groups, seq_len).sum())
                 live_queries = live_positions(q_pad, x_q.shape[1], queries)
         x, candidate, readout = self.cross(tokens, num_pad, x_q, q_pos, keep_kv, candidate, match, live_keys,
-                                           live_queries)
+                                           live_queries, kv=cross_kv)
         states, candidates = [x], [] if candidate is None else [candidate]
         for layer in self.self_layers:
             x, candidate, _ = layer(x, q_pad, keep_kv=keep_kv, candidate=candidate, live_keys=live_queries,

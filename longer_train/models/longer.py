@@ -18,8 +18,8 @@ from .candidate_match import group_similarity, unit_pairs
 from .flops import longer_flops
 from .hybrid_attention import HybridAttention
 from .inputs import DenseDims, DenseInputs, event_rows
-from .token_builder import TokenBuilder
-from .token_merge import TokenMerge, to_left_padded
+from .token_builder import TokenBuilder, event_time_position
+from .token_merge import TokenMerge, stream_slots, to_left_padded
 from .units import ComputeUnits
 from .user_state import ServingTraits, UserState
 
@@ -90,20 +90,22 @@ class Longer(nn.Module):
         # padding costs nothing (no zero-filled copy, no scatter, no mask). Not under torch.export: its shapes
         # must not depend on the data.
         full = not torch.compiler.is_exporting() and n == b * total
+        time, position = event_time_position(x.time_diff, lengths, rows, self.cfg.stream_tokens)
+        slots, trailing = (rows, None) if not self.cfg.stream_tokens else stream_slots(lengths, rows, k)
 
         def pad(values: Tensor) -> tuple[Tensor, Tensor | None]:  # [N, w] -> [B, L_pad, w], valid [B, L_pad]
             if full:
                 return values.view(b, total, values.shape[-1]), None
-            return to_left_padded(values, lengths, total, rows)
+            return to_left_padded(values, lengths, total, slots, trailing)
 
-        tokens, valid = pad(self.tokens(x.events, x.time_diff, rows[1]))  # tokens of valid events only
+        tokens, valid = pad(self.tokens(x.events, time, position))  # tokens of valid events only
         match_groups = None
         if self.match_pairs:  # the events' unit shared-table vectors, summed per merged token [B, L', W]
             units = unit_pairs(x.events, self.match_pairs, "event")  # [N, W]
             if full:
                 match_groups = units.view(b, total // k, k, units.shape[-1]).sum(2)
             else:  # summed straight into each event's group: no padded [B, L_pad, W] copy
-                group = rows[0] * (total // k) + (total - 1 - rows[1]) // k
+                group = slots[0] * (total // k) + (total - 1 - slots[1]) // k
                 match_groups = units.new_zeros((b * (total // k), units.shape[-1])).index_add_(0, group, units)
                 match_groups = match_groups.view(b, total // k, units.shape[-1])
         merged = self.merge(tokens, valid, live_groups)  # [B, L', D]; pad() writes zeros, as merge needs
@@ -157,18 +159,27 @@ class Longer(nn.Module):
 
     @property
     def serving(self) -> ServingTraits:
-        return ServingTraits(cached=True)
+        return ServingTraits(cached=True, appends=self.cfg.stream_tokens)
 
     def prefill(self, x: DenseInputs) -> UserState:
         """The user side of `x` (its `candidate` field is not read) run once (models/user_state.py): the hybrid
         attention over the sequence and the user-side globals, keeping each layer's keys and values (`k<i>`,
         `v<i>` [U, H, L_i, dh], `pad<i>` leading padded), the pooled sequence-query states, the user globals'
         final states and the head's raw user inputs; with the candidate match, the events' unit vectors summed
-        per merged token (`match_groups`)."""
-        attention = self.attention
+        per merged token (`match_groups`); with `model.stream_tokens`, the merged tokens (`merged`, for `append`)."""
         merged, num_pad, match_groups, host_groups = self.encode_sequence(x)  # [U, L', D]
+        return self._user_state(x, merged, num_pad, match_groups, host_groups)
+
+    def _user_state(
+        self, x: DenseInputs, merged: Tensor, num_pad: Tensor, match_groups: Tensor | None,
+        host_groups: Tensor | None, cross_kv: tuple[Tensor, Tensor] | None = None,
+    ) -> UserState:
+        """`prefill`'s state from the merged tokens; `cross_kv`: the cross layer's keys and values when the caller
+        has them (`append`)."""
+        attention = self.attention
         kept: list = []
-        states = attention(merged, self.user_globals(x), num_pad, keep_kv=kept, host_groups=host_groups)[0][-1]
+        states = attention(merged, self.user_globals(x), num_pad, keep_kv=kept, host_groups=host_groups,
+                           cross_kv=cross_kv)[0][-1]
         k_eff = attention.effective_queries(merged.shape[1])
         q_pad = attention.query_padding(num_pad, merged.shape[1])
         tensors, padded = {}, {}
@@ -179,7 +190,61 @@ class Longer(nn.Module):
                        dense=x.dense)
         if match_groups is not None:
             tensors["match_groups"], padded["match_groups"] = match_groups, (1, "pad0")
+        if self.cfg.stream_tokens:
+            tensors["merged"], padded["merged"] = merged, (1, "pad0")
         return UserState(tensors, padded)
+
+    def append_start(self, covered: int) -> int:
+        """The oldest event `append` reads of a history whose first `covered` events a state encodes: the first
+        event of the newest merge group the state does not hold full (encoded again), less one (its predecessor,
+        for its time since the previous event)."""
+        return max(covered // self.cfg.merge_k * self.cfg.merge_k - 1, 0)
+
+    def append(self, state: UserState, x: DenseInputs, covered: int) -> UserState:
+        """The state `prefill` gives for a longer history, from one user's state of its first `covered` events
+        (`split_users`; `model.stream_tokens`, under which no token depends on newer events or the request time).
+        `x`: that user (one row) with the history's events from `append_start(covered)` on (x.lengths counts
+        those), its request's user and dense features.
+
+        Kept: the merged tokens whose K events the state holds all of, and their keys and values in the cross
+        layer (what `prefill` spends most of its work on: the token MLP over every event, the keys and values of
+        every merged token). Encoded: the newest unfilled group again and the new events, their merged tokens'
+        keys and values, the user globals; then every layer's queries run again (the k newest tokens and the
+        globals move with the history), each attending to every key."""
+        if not self.cfg.stream_tokens:
+            raise ValueError("Longer.append needs model.stream_tokens: the paper's tokens change with newer events")
+        k = self.cfg.merge_k
+        start = self.append_start(covered)
+        kept = covered // k
+        skip = kept * k - start  # 1: the predecessor, read for the time of the first event encoded again
+        n = x.events.shape[0]
+        if x.lengths.shape[0] != 1 or int(x.lengths[0]) != n or n - skip < 1:
+            raise ValueError(f"Longer.append: one user with its events from {start} on and at least one after "
+                             f"{covered}, got lengths {x.lengths.tolist()}")
+        time, position = event_time_position(x.time_diff, x.lengths, event_rows(x.lengths, n), True)
+        events, time, position = x.events[skip:], time[skip:], position[skip:] + start
+        new = n - skip  # events encoded: the unfilled group's and the new ones
+        groups = -(-new // k)
+        tokens = self.tokens(events, time, position)  # [new, d]
+        valid = torch.arange(groups * k, device=tokens.device)[None, :] < new
+        padded = tokens.new_zeros((1, groups * k, tokens.shape[-1]))
+        padded[0, :new] = tokens
+        merged_new = self.merge(padded, valid, groups)  # [1, groups, D]
+        merged = torch.cat([state["merged"][:, :kept], merged_new], dim=1)
+        match_groups = None
+        if self.match_pairs:
+            units = unit_pairs(events, self.match_pairs, "event")  # [new, W]
+            sums = units.new_zeros((groups * k, units.shape[-1]))
+            sums[:new] = units
+            match_groups = torch.cat([state["match_groups"][:, :kept], sums.view(1, groups, k, -1).sum(2)], dim=1)
+        cross = self.attention.cross
+        fresh = torch.cat([merged_new, self.user_globals(x)], dim=1)  # the cross layer's new keys: [new | globals]
+        k_new, v_new = cross._keys_values(cross.norm1(fresh), fresh.shape[:2], None)
+        cross_kv = (torch.cat([state["k0"][:, :, :kept], k_new], dim=2),
+                    torch.cat([state["v0"][:, :, :kept], v_new], dim=2))
+        num_pad = torch.zeros(1, dtype=torch.long, device=merged.device)
+        host_groups = torch.tensor([merged.shape[1]])
+        return self._user_state(x, merged, num_pad, match_groups, host_groups, cross_kv)
 
     def score(self, state: UserState, candidates: Tensor) -> Tensor:
         """Logits [U, C] of candidates [U, C, D_cand] against `prefill`'s state: per layer, each candidate's row

@@ -1,5 +1,9 @@
 """Behaviour tokens: per-event features + log-bucketised time difference -> MLP -> width d, plus a
-learnable absolute position embedding (LONGER: time difference concatenated, position added)."""
+learnable absolute position embedding (LONGER: time difference concatenated, position added).
+
+Which time and position (`event_time_position`): the paper's, each event's time before the request and its
+recency (0 = the newest), or with `model.stream_tokens` (this project's extension, docs/serving.md) its time since
+the previous event and its position from the oldest, which newer events and the request time do not change."""
 
 from __future__ import annotations
 
@@ -24,6 +28,20 @@ def time_diff_bucket(seconds: Tensor, num_buckets: int, dtype: torch.dtype = tor
     return buckets.clamp_(min=0).add_(1.0).log2_().mul_(2.0).clamp_(max=num_buckets - 1).to(dtype)
 
 
+def event_time_position(time_diff: Tensor, lengths: Tensor, rows: tuple[Tensor, Tensor], stream: bool,
+                        ) -> tuple[Tensor, Tensor]:
+    """Each packed event's time feature [N] (seconds) and position [N] for `TokenBuilder`; `rows`: the events'
+    (row, recency) (`inputs.event_rows`). Paper: (request time - event time, recency). `stream`: (event time -
+    the previous event's time of its row, 0 for a row's oldest; its index from the row's oldest event), exact
+    in integers, since time_diff holds int64 seconds (data/batch.py)."""
+    row, recency = rows
+    if not stream:
+        return time_diff, recency
+    index = lengths.long()[row] - 1 - recency  # from the oldest: 0, 1, ...
+    previous = torch.cat([time_diff[:1], time_diff[:-1]])  # the packed predecessor's (another row's for index 0)
+    return torch.where(index == 0, torch.zeros_like(time_diff), previous - time_diff), index
+
+
 class TokenBuilder(nn.Module):
     """Packed events of all rows [N, D_event] -> behaviour tokens [N, d] (no work on padding)."""
 
@@ -32,11 +50,13 @@ class TokenBuilder(nn.Module):
         self.time_buckets = time_buckets
         self.time_embedding = nn.Embedding(time_buckets, token_dim)
         self.mlp = MLP(event_dim + token_dim, [token_dim * 2], token_dim)
-        # position 0 is the newest event, so a given recency has one embedding whatever the length
+        # the paper's position 0 is the newest event, so a given recency has one embedding whatever the length
+        # (`event_time_position`)
         self.position_embedding = nn.Embedding(max_positions, token_dim)
 
-    def forward(self, events: Tensor, time_diff: Tensor, recency: Tensor) -> Tensor:
-        # events [N, D_event]; time_diff [N] seconds; recency [N] (0 = the row's newest event)
+    def forward(self, events: Tensor, time_diff: Tensor, position: Tensor) -> Tensor:
+        # events [N, D_event]; time_diff [N] seconds; position [N] (`event_time_position`: the paper's recency,
+        # 0 = the row's newest event)
         # MLP([events | time embedding]) + position embedding, with every per-event addition folded into a matmul:
         # the first layer is split by its input columns, its time-embedding columns and bias applied once per
         # bucket ([buckets, 2d]) and looked up per event as the addmm's input (no [N, D_event + d] concatenation,
@@ -49,9 +69,9 @@ class TokenBuilder(nn.Module):
         # lookups by index_select, not F.embedding: the same rows; its backward is an index_add, which on CPU ran
         # faster than embedding's backward over a batch's ~10^5 events (an ad-hoc timing, not a repo benchmark)
         hidden = torch.addmm(per_bucket.index_select(0, bucket), events, first.weight[:, :split].t())
-        recency = recency.clamp(max=self.position_embedding.num_embeddings - 1)
+        position = position.clamp(max=self.position_embedding.num_embeddings - 1)
         per_position = self.position_embedding.weight + last.bias  # [positions, d]
-        return torch.addmm(per_position.index_select(0, recency), act(hidden), last.weight.t())
+        return torch.addmm(per_position.index_select(0, position), act(hidden), last.weight.t())
 
 
 def token_flops(num_events: int, event_dim: int, token_dim: int, time_buckets: int) -> int:

@@ -1,6 +1,8 @@
 """Token merge: K adjacent behaviour tokens -> one token of width K*d (`concat`), optionally after a small
-transformer block inside each group (`inner_trans`). Groups are aligned to the newest event: the input is
-left-padded to a multiple of K, so only the oldest group can be partly padding."""
+transformer block inside each group (`inner_trans`). The paper's groups are aligned to the newest event: the
+input is left-padded to a multiple of K, so only the oldest group can be partly padding. With
+`model.stream_tokens` they are aligned to the oldest event (`to_left_padded`'s `trailing`): only the newest group
+can be partly padding, at its end, so newer events never regroup older ones (docs/serving.md)."""
 
 from __future__ import annotations
 
@@ -86,15 +88,30 @@ class TokenMerge(nn.Module):
 
 def to_left_padded(
     values: Tensor, lengths: Tensor, total: int, rows: tuple[Tensor, Tensor] | None = None,
+    trailing: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Packed rows [N, d] (row-major, oldest first) -> ([B, total, d] left-padded, newest last; [B, total] valid).
 
     Padding is exactly zero. Row b's event j lands at position total - lengths[b] + j = total - 1 - its
     recency. `rows`: the events' (row, recency) from `inputs.event_rows`, when the caller has them already.
+    `trailing` [B]: padded positions after each row's newest event (the stream layout's unfilled end of the
+    newest merge group); `rows`' recency then counts them (`stream_slots`).
     """
     b = lengths.shape[0]
     row, recency = event_rows(lengths, values.shape[0]) if rows is None else rows
     # in place into the fresh zeros: the out-of-place index_put would copy the whole padded tensor once more
     out = values.new_zeros((b, total, values.shape[-1])).index_put_((row, total - 1 - recency), values)
-    valid = torch.arange(total, device=values.device)[None, :] >= (total - lengths)[:, None]
+    position = torch.arange(total, device=values.device)[None, :]
+    end = total if trailing is None else (total - trailing)[:, None]
+    valid = (position >= end - lengths[:, None]) & (position < end)
     return out, valid
+
+
+def stream_slots(lengths: Tensor, rows: tuple[Tensor, Tensor], k: int) -> tuple[tuple[Tensor, Tensor], Tensor]:
+    """Merge groups aligned to each row's oldest event (`model.stream_tokens`): the events' (row, slot) with slot
+    the recency counted from the end of the row's last group, and the unfilled slots of that group per row [B]
+    (`to_left_padded`'s `trailing`)."""
+    lengths = lengths.long()
+    trailing = torch.remainder(-lengths, k)
+    row, recency = rows
+    return (row, recency + trailing[row]), trailing

@@ -11,8 +11,10 @@ each (user, candidate) row. How much `prefill` can do is the model's math (`Serv
 - direct: the candidate enters the history's first step (target attention: DIN, TWIN, SumPooling with the
   candidate match; Base has no history); `prefill` keeps the behaviour tokens and `score` runs the rest of the
   forward for every (user, candidate) pair.
-No model extends a state by newer events (append): every behaviour token embeds its recency and its time
-before the request, so new events change every token (docs/serving.md, "Warm user state").
+- `appends` (`AppendableModel`): a state of a history's first events extends to the longer history by
+  encoding the new events only (LONGER and the Transformer under `model.stream_tokens`). Under the paper's
+  tokens no model can: every behaviour token embeds its recency and its time before the request, so new
+  events change every token (docs/serving.md, "Warm user state").
 
 A `UserState` is a set of named tensors, each [U, ...] (one row per user). Some are left-padded sequences
 (the keys of a layer, the behaviour tokens): their padded positions are declared with the [U] tensor that
@@ -38,6 +40,8 @@ class ServingTraits:
     """What a model's `prefill` / `score` can do (docs/serving.md, the per-model table)."""
 
     cached: bool  # prefill runs the history through every layer; score computes only the candidates' rows
+    # `append` extends a state by newer events, equal to a fresh prefill (`AppendableModel`)
+    appends: bool = False
 
 
 @dataclass
@@ -75,6 +79,22 @@ class ServableModel(Protocol):
     def score(self, state: UserState, candidates: Tensor) -> Tensor:
         """Logits [U, C] of candidates [U, C, D_cand] (C per user; pad the rows of users with fewer and ignore
         their scores), each as the training forward gives it."""
+        ...
+
+
+@runtime_checkable
+class AppendableModel(ServableModel, Protocol):
+    """A model whose `serving.appends` is true: a state extends to newer events (tests/models/test_user_state.py
+    checks it against a fresh prefill)."""
+
+    def append_start(self, covered: int) -> int:
+        """The oldest event `append` reads (index from the history's oldest) of a history whose first `covered`
+        events a state encodes."""
+        ...
+
+    def append(self, state: UserState, x: DenseInputs, covered: int) -> UserState:
+        """`prefill` of the longer history, from one user's state (`split_users`) of its first `covered` events;
+        `x`: that user with the history's events from `append_start(covered)` on."""
         ...
 
 

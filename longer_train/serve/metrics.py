@@ -9,7 +9,8 @@ Each server has its own registry (several servers in one process, as in the test
   read its answer within the write deadline);
 - `longer_serve_scoring_queue`, `longer_serve_body_reads`, `longer_serve_connections`: what is in progress now;
 - `longer_serve_batch_requests`, `longer_serve_batch_candidates`: the size of each model call;
-- `longer_serve_user_cache_*`: the warm user state's hits, misses, evictions, entries and bytes (user_cache.py).
+- `longer_serve_user_cache_*`: the warm user state's hits, appends, misses, evictions, entries and bytes
+  (user_cache.py).
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ class _CacheCollector:
 
     def collect(self):
         counts, prefix = self.cache.counts, "longer_serve_user_cache"
-        for name, value in (("hits", counts.hits), ("misses", counts.misses), ("evictions", counts.evictions)):
+        for name, value in (("hits", counts.hits), ("appends", counts.appends), ("misses", counts.misses),
+                            ("evictions", counts.evictions)):
             yield CounterMetricFamily(f"{prefix}_{name}", f"Warm user state {name}", value=value)
         yield GaugeMetricFamily(f"{prefix}_entries", "Users kept", value=len(self.cache))
         yield GaugeMetricFamily(f"{prefix}_bytes", "Bytes of the users kept", value=self.cache.nbytes)

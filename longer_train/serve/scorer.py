@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from torch.distributed.checkpoint.api import CheckpointException
 
@@ -45,10 +46,13 @@ class Scorer:
         """`cache`: keeps encoded users between calls of `score_requests` (user_cache.py); None: none kept."""
         self.cfg, self.lookup, self.dense, self.cache = cfg, lookup.eval(), dense.eval(), cache
         data = cfg.data
-        self.user_columns = list(dict.fromkeys([  # what a user's state depends on: its cache key
+        self.user_columns = list(dict.fromkeys([  # a request's user side
             data.user_id, data.timestamp, data.hist_timestamp, *data.columns("sequence"), *data.columns("user"),
             *data.columns("dense"),
         ]))
+        self.appends = dense.serving.appends
+        # what a user's state depends on: its cache key (a model that appends does not read the request time)
+        self.key_columns = [c for c in self.user_columns if not (self.appends and c == data.timestamp)]
         self._lock = threading.Lock()  # one call at a time through the model (HTTP batches requests into one)
 
     @classmethod
@@ -126,15 +130,45 @@ class Scorer:
         return self.dense.prefill(self.dense_inputs(collate(users, self.cfg.data)))
 
     def _warm_prefill(self, users: pa.Table) -> UserState:
-        """`prefill` of the users not in the cache (then kept there), stacked with the cached ones."""
-        keys = user_keys(users.select(self.user_columns), self.cfg.data.user_id, self.cfg.data.hist_timestamp)
-        states = [self.cache.get(key) for key in keys]
+        """The users' states: kept ones (hits), kept ones extended by the request's newer events (appends, for a
+        model that appends), the others encoded together (misses); the new ones kept."""
+        data = self.cfg.data
+        table = users.select(self.key_columns)
+        keys = user_keys(table, data.user_id, data.hist_timestamp)
+        states = [self.cache.get(key, count=False) for key in keys]
+        self.cache.record("hits", sum(s is not None for s in states))
+        for i in [i for i, s in enumerate(states) if s is None and self.appends]:
+            states[i] = self._append(users.slice(i, 1), table.slice(i, 1), keys[i])
+            if states[i] is not None:
+                self.cache.put(keys[i], states[i])
+                self.cache.record("appends")
         missing = [i for i, s in enumerate(states) if s is None]
         if missing:
+            self.cache.record("misses", len(missing))
             for i, state in zip(missing, split_users(self.prefill(users.take(missing)))):
                 self.cache.put(keys[i], state)
                 states[i] = state
         return stack_users(states)
+
+    def _append(self, user: pa.Table, keyed: pa.Table, key: tuple[int, int, str]) -> UserState | None:
+        """One user's state from its kept state of an older request whose history the request's starts with
+        (the newer events encoded only: `AppendableModel.append`); None when there is none, or the history is
+        longer than data.max_len (the window of kept events slides: every position moves)."""
+        data = self.cfg.data
+        found = self.cache.latest(key[0])
+        if found is None or key[1] > data.max_len:
+            return None
+        (_, covered, _), state = found
+        if covered >= key[1] or user_keys(keyed, data.user_id, data.hist_timestamp, events=covered)[0] != found[0]:
+            return None
+        start = self.dense.append_start(covered)
+        newer = pa.table({name: pc.list_slice(column, start) if name in self._history_columns else column
+                          for name, column in zip(user.column_names, user.columns)})
+        return self.dense.append(state, self.dense_inputs(collate(newer, data)), covered)
+
+    @property
+    def _history_columns(self) -> set[str]:
+        return {self.cfg.data.hist_timestamp, *self.cfg.data.columns("sequence")}
 
     def dense_inputs(self, batch: Batch) -> DenseInputs:
         """The user side of a collated batch as the dense model takes it (no candidate)."""

@@ -2,11 +2,13 @@
 bounded in bytes and entries, least recently used first out, each entry dropped after its time to live.
 
 A state is reused only for the same user-side input: the key is the user id, the number of events in the history
-and a digest of every user-side value (the history's ids and times, the request time, the user and dense
-features). The request time is part of it because every model's behaviour tokens depend on it (each event's
-time before the request) and on each event's recency (how many events are newer): a returning user with new
-events, or the same history at a later time, changes every token, so their state is encoded afresh
-(docs/serving.md, "Warm user state").
+and a digest of every user-side value the state depends on (the history's ids and times, the user and dense
+features; the request time too, unless the model appends). Under the paper's tokens every behaviour token depends
+on the request time (each event's time before the request) and on each event's recency (how many events are
+newer): a returning user with new events, or the same history at a later time, changes every token, so their
+state is encoded afresh. A model that appends (`model.stream_tokens`) extends the user's newest kept state
+(`latest`) when the request's history starts with the one it encodes (the digest of the request's first events
+equals its key's): docs/serving.md, "Warm user state".
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..config import ConfigError
 
@@ -42,16 +45,22 @@ class CacheLimits:
 
 @dataclass
 class CacheCounts:
-    hits: int = 0
-    misses: int = 0
+    hits: int = 0  # the same user side kept: no encoding
+    appends: int = 0  # a kept state extended by the request's newer events (a model that appends)
+    misses: int = 0  # encoded afresh
     evictions: int = 0  # dropped for room (bytes or entries) or age
 
 
 UserKey = tuple[int, int, str]  # (user id, events in its history, digest of its user-side values)
 
 
-def user_keys(users: pa.Table, user_id: str, history: str) -> list[UserKey]:
-    """The cache key of each row of `users` (one request's user side each; candidate columns not included)."""
+def user_keys(users: pa.Table, user_id: str, history: str, events: int | None = None) -> list[UserKey]:
+    """The cache key of each row of `users` (one request's user side each: the columns its state depends on).
+    `events`: the key of each row's first `events` history events (every list column cut to them; the rows
+    hold at least as many), as a state of that prefix was kept under."""
+    if events is not None:
+        users = pa.table({name: pc.list_slice(column, 0, events) if pa.types.is_list(column.type) else column
+                          for name, column in zip(users.column_names, users.columns)})
     keys = []
     for row in users.to_batches(max_chunksize=1):
         digest = hashlib.blake2b(digest_size=16)
@@ -72,23 +81,47 @@ class UserStateCache:
         self.counts = CacheCounts()
         self.nbytes = 0
         self._entries: OrderedDict[UserKey, tuple[float, UserState]] = OrderedDict()  # oldest use first
+        self._latest: dict[int, UserKey] = {}  # user id -> the key of its most recently kept state
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: UserKey) -> UserState | None:
+    def get(self, key: UserKey, count: bool = True) -> UserState | None:
+        """The state kept under `key` (None: none, or past its time to live), counted as a hit or a miss unless
+        `count` is false (the caller then counts the outcome: `record`)."""
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None and self.clock() - entry[0] > self.limits.ttl_s:
-                self._drop(key)
-                entry = None
-            if entry is None:
-                self.counts.misses += 1
-                return None
+            entry = self._live(key)
+            if count:
+                self._record("hits" if entry is not None else "misses")
+            return None if entry is None else entry[1]
+
+    def latest(self, user_id: int) -> tuple[UserKey, UserState] | None:
+        """The most recently kept state of this user and its key (None: none live); not counted."""
+        with self._lock:
+            key = self._latest.get(user_id)
+            entry = None if key is None else self._live(key)
+            return None if entry is None else (key, entry[1])
+
+    def record(self, outcome: str, n: int = 1) -> None:
+        """Count `n` requests as hits, appends or misses (after `get(count=False)`)."""
+        with self._lock:
+            self._record(outcome, n)
+
+    def _record(self, outcome: str, n: int = 1) -> None:
+        if outcome not in ("hits", "appends", "misses"):
+            raise ValueError(f"UserStateCache.record: unknown outcome {outcome!r}")
+        setattr(self.counts, outcome, getattr(self.counts, outcome) + n)
+
+    def _live(self, key: UserKey) -> tuple[float, UserState] | None:
+        """The entry of `key`, made the most recently used; dropped (None) past its time to live. Holds the lock."""
+        entry = self._entries.get(key)
+        if entry is not None and self.clock() - entry[0] > self.limits.ttl_s:
+            self._drop(key)
+            return None
+        if entry is not None:
             self._entries.move_to_end(key)
-            self.counts.hits += 1
-            return entry[1]
+        return entry
 
     def put(self, key: UserKey, state: UserState) -> None:
         """Keep `state` (one user); a state larger than the whole byte bound is not kept."""
@@ -102,8 +135,11 @@ class UserStateCache:
                                      or len(self._entries) >= self.limits.max_entries):
                 self._drop(next(iter(self._entries)))
             self._entries[key] = (self.clock(), state)
+            self._latest[key[0]] = key
             self.nbytes += size
 
     def _drop(self, key: UserKey, evicted: bool = True) -> None:
         self.nbytes -= self._entries.pop(key)[1].nbytes
         self.counts.evictions += evicted
+        if self._latest.get(key[0]) == key:
+            del self._latest[key[0]]

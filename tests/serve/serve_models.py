@@ -19,10 +19,11 @@ from longer_train.serve.scorer import Scorer, candidate_ids
 TABLE1 = ["longer", "transformer", "hstu", "din", "din_recent50", "twin", "sum_pooling", "no_sequence"]
 
 
-def make_scorer(name: str, root) -> Scorer:
+def make_scorer(name: str, root, overrides: tuple[str, ...] = ()) -> Scorer:
     """A scorer of experiment `name` over the synthetic data at `root` (max_len 64 unless the config sets less),
-    with its parameters moved off their initial values (zero biases would hide what padding could leak)."""
-    overrides = [f"data.root={root}", "data.num_workers=0", "model.dropout=0.0"]
+    with its parameters moved off their initial values (zero biases would hide what padding could leak);
+    `overrides`: more config overrides."""
+    overrides = [f"data.root={root}", "data.num_workers=0", "model.dropout=0.0", *overrides]
     if name != "din_recent50":
         overrides.append("data.max_len=64")
     cfg = load_config([CONFIGS / "datasets" / "synthetic.yaml", CONFIGS / "experiments" / f"{name}.yaml"], overrides)

@@ -179,6 +179,7 @@ def test_metrics_count_requests_errors_batches_latency_and_the_cache(trained):
         assert name.encode() in body, name
     assert _score(port, _payload(test, 1, 3))[0] == 200  # the same user again: a hit
     assert _metric(port, "longer_serve_user_cache_hits_total") == 1
+    assert _metric(port, "longer_serve_user_cache_appends_total") == 0  # the paper's tokens: no append
     assert _metric(port, "longer_serve_user_cache_entries") == 1
     srv.stop()
 

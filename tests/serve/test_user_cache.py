@@ -1,8 +1,9 @@
 """Warm user state: the cache keeps at most its bytes and entries (least recently used out first) and drops
 entries past their time to live; a scorer with it gives the scores of one without, for every Table 1 model, over
-requests that repeat a user (hits) and that extend its history one event at a time (misses: every token of a
-model depends on the request time and on each event's recency, so a longer history is encoded afresh) —
-including a LONGER merge group (merge_k events per merged token) filling across requests."""
+requests that repeat a user (hits) and that extend its history one event at a time (misses: under the paper's
+tokens every token depends on the request time and on each event's recency, so a longer history is encoded
+afresh) — including a LONGER merge group (merge_k events per merged token) filling across requests. Under
+model.stream_tokens, LONGER and the Transformer extend the kept state instead (appends), with the same scores."""
 
 import numpy as np
 import pyarrow as pa
@@ -51,6 +52,17 @@ def test_cache_entries_expire_after_their_time_to_live():
     assert (cache.counts.hits, cache.counts.misses, cache.counts.evictions) == (1, 1, 1)
 
 
+def test_latest_is_a_users_most_recently_kept_live_state():
+    clock = Clock()
+    cache = UserStateCache(CacheLimits(max_mb=1, max_entries=10, ttl_s=5), clock=clock)
+    cache.put((1, 5, "a"), _state(8))
+    cache.put((2, 5, "b"), _state(8))
+    cache.put((1, 9, "c"), _state(8))
+    assert cache.latest(1)[0] == (1, 9, "c") and cache.latest(3) is None and len(cache) == 3
+    clock.now = 6.0
+    assert cache.latest(1) is None and (cache.counts.hits, cache.counts.misses) == (0, 0)  # not counted
+
+
 def _score(scorer: Scorer, users: pa.Table, pool: pa.Table) -> np.ndarray:
     counts = np.full(users.num_rows, pool.num_rows // users.num_rows)
     return scorer.score_requests(users, pool, counts)
@@ -86,3 +98,47 @@ def test_the_key_covers_the_request_time_and_every_user_side_value(synthetic_roo
                                          pa.array([users[data.timestamp][0].as_py() + 1], time_type))
     keys = user_keys(pa.concat_tables([same, later, users.slice(1, 1)]), data.user_id, data.hist_timestamp)
     assert keys[0] == keys[1] and len(set(keys)) == 3 and keys[0][1] == 20
+
+
+@pytest.mark.parametrize("name", ["longer", "transformer"])
+def test_a_returning_user_s_new_events_extend_its_kept_state(name, synthetic_root):
+    """Under model.stream_tokens a returning user whose history starts with the kept one's is extended by its new
+    events (appends) — one at a time across merge groups, several at once, at a later request time — with the
+    scores of a scorer without cache (1e-5); a history that changed an old event, or one longer than
+    data.max_len (its window slides), is encoded afresh (a miss)."""
+    fresh = make_scorer(name, synthetic_root, ("model.stream_tokens=true", "data.max_len=48"))
+    warm = Scorer(fresh.cfg, fresh.lookup, fresh.dense, UserStateCache(CacheLimits()))
+    data = fresh.cfg.data
+    pool = requests(fresh, synthetic_root, [0] * 6).select(data.columns("candidate")).slice(0, 3)
+    full = requests(fresh, synthetic_root, [50])
+    time = full.schema.get_field_index(data.timestamp)
+
+    def first(n: int, later: int = 0) -> pa.Table:  # the user's request with its first n events
+        cut = {c: pa.array([full[c][0].as_py()[:n]], full.schema.field(c).type)
+               for c in (data.hist_timestamp, *data.columns("sequence"))}
+        out = full
+        for c, v in cut.items():
+            out = out.set_column(out.schema.get_field_index(c), c, v)
+        return out.set_column(time, data.timestamp, pa.array([full[data.timestamp][0].as_py() + later],
+                                                                full.schema.field(time).type))
+
+    steps = [10, 11, 12, 13, 14, 19, 30, 30, 48]  # one at a time, then 5, 11, the same history later, up to max_len
+    for i, n in enumerate(steps):
+        users = first(n, later=100 * i)
+        np.testing.assert_allclose(_score(warm, users, pool), _score(fresh, users, pool), atol=1e-5, rtol=0)
+    counts = warm.cache.counts
+    assert (counts.misses, counts.appends, counts.hits) == (1, len(steps) - 2, 1)
+    changed = first(48)
+    item = data.columns("sequence")[0]
+    old = changed[item][0].as_py()
+    changed = changed.set_column(changed.schema.get_field_index(item), item,
+                                 pa.array([[old[0] + 1, *old[1:]] + [old[-1]]], changed.schema.field(item).type))
+    for c in (data.hist_timestamp, *data.columns("sequence")[1:]):  # 49 events: one new, the oldest changed
+        values = changed[c][0].as_py()
+        changed = changed.set_column(changed.schema.get_field_index(c), c,
+                                     pa.array([values + values[-1:]], changed.schema.field(c).type))
+    np.testing.assert_allclose(_score(warm, changed, pool), _score(fresh, changed, pool), atol=1e-5, rtol=0)
+    assert (counts.misses, counts.appends) == (2, len(steps) - 2)  # 49 > max_len and not a prefix: afresh
+    np.testing.assert_allclose(_score(warm, first(40), pool), _score(fresh, first(40), pool), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(_score(warm, first(41), pool), _score(fresh, first(41), pool), atol=1e-5, rtol=0)
+    assert (counts.misses, counts.appends) == (3, len(steps) - 1)  # 40 is no extension of the kept 49: afresh
