@@ -291,6 +291,47 @@ class HybridAttention(nn.Module):
             states = [x[:, :-1] for x in states]
         return states, candidates, readout
 
+    def extend(
+        self, seq: Tensor, globals_: Tensor, cross_kv: tuple[Tensor, Tensor], outputs: list[Tensor],
+        self_kv: list[tuple[Tensor, Tensor]], kept: int, old_len: int,
+    ) -> tuple[list[Tensor], list]:
+        """The layers of one row (no padding) whose first `kept` merged tokens, of `old_len` before, are unchanged
+        (serving's append: `Longer.append`; recent rule): seq [1, L', D] the merged tokens now, globals_
+        [1, m, D], cross_kv the cross layer's keys and values of [seq | globals]; `outputs` each layer's states
+        and `self_kv` each self layer's keys and values (over [window | globals]) for the old tokens.
+        Returns what `forward` does with `keep_kv`: each layer's states [1, k + m, D] and (K, V, num_pad).
+
+        Causal attention makes most of the old work reusable: a cross-layer state at position p < kept saw
+        merged tokens <= p only, so it stands; while the query window (the k newest positions) starts where it
+        did, each self layer's states and keys at those positions stand too, and only the newer positions and
+        the globals run (one event filling the newest group: one position). When the window moves, the self
+        layers run on the whole window again (k + m tokens)."""
+        seq_len, m = seq.shape[1], globals_.shape[1]
+        k = self.effective_queries(seq_len)
+        start, old_start = seq_len - k, max(old_len - self.num_queries, 0)
+        first = max(kept, start)  # the oldest window position whose state changes
+        no_pad = torch.zeros(1, dtype=torch.long, device=seq.device)
+        keep: list = []
+        x_q = torch.cat([seq[:, first:], globals_], dim=1)
+        q_pos = torch.arange(first, seq_len + m, device=seq.device)[None]
+        new, _, _ = self.cross(x_q, no_pad, x_q, q_pos, keep, kv=cross_kv)
+        x = torch.cat([outputs[0][:, start - old_start : first - old_start], new], dim=1)  # [1, k + m, D]
+        states = [x]
+        for j, layer in enumerate(self.self_layers, start=1):
+            if start == old_start:  # window positions before `first`: their keys, values and states stand
+                r = first - start
+                fresh = x[:, r:]
+                k_new, v_new = layer._keys_values(layer.norm1(fresh), fresh.shape[:2], None)
+                kv = (torch.cat([self_kv[j - 1][0][:, :, :r], k_new], dim=2),
+                      torch.cat([self_kv[j - 1][1][:, :, :r], v_new], dim=2))
+                q_pos = torch.arange(r, k + m, device=seq.device)[None]
+                y, _, _ = layer(fresh, no_pad, fresh, q_pos, keep, kv=kv)
+                x = torch.cat([outputs[j][:, :r], y], dim=1)
+            else:
+                x, _, _ = layer(x, no_pad, keep_kv=keep)
+            states.append(x)
+        return states, keep
+
     def effective_queries(self, seq_len: int) -> int:
         """k actually used for a batch whose merged sequences have length seq_len."""
         return self.num_queries if self.learned_queries is not None else min(self.num_queries, seq_len)

@@ -173,26 +173,42 @@ class Longer(nn.Module):
     def _user_state(
         self, x: DenseInputs, merged: Tensor, num_pad: Tensor, match_groups: Tensor | None,
         host_groups: Tensor | None, cross_kv: tuple[Tensor, Tensor] | None = None,
+        layers: tuple[list[Tensor], list] | None = None,
     ) -> UserState:
         """`prefill`'s state from the merged tokens; `cross_kv`: the cross layer's keys and values when the caller
-        has them (`append`)."""
+        has them, `layers`: each layer's output states and (K, V, num_pad) when the caller ran the layers itself
+        (`append`)."""
         attention = self.attention
-        kept: list = []
-        states = attention(merged, self.user_globals(x), num_pad, keep_kv=kept, host_groups=host_groups,
-                           cross_kv=cross_kv)[0][-1]
+        if layers is None:
+            kept: list = []
+            states = attention(merged, self.user_globals(x), num_pad, keep_kv=kept, host_groups=host_groups,
+                               cross_kv=cross_kv)[0]
+        else:
+            states, kept = layers
         k_eff = attention.effective_queries(merged.shape[1])
         q_pad = attention.query_padding(num_pad, merged.shape[1])
         tensors, padded = {}, {}
         for i, (k, v, pad) in enumerate(kept):
             tensors.update({f"k{i}": k, f"v{i}": v, f"pad{i}": pad})
             padded.update({f"k{i}": (2, f"pad{i}"), f"v{i}": (2, f"pad{i}")})
-        tensors.update(seq_mean=pool_queries(states[:, :k_eff], q_pad), user_globals=states[:, k_eff:], user=x.user,
+        final = states[-1]
+        tensors.update(seq_mean=pool_queries(final[:, :k_eff], q_pad), user_globals=final[:, k_eff:], user=x.user,
                        dense=x.dense)
         if match_groups is not None:
             tensors["match_groups"], padded["match_groups"] = match_groups, (1, "pad0")
         if self.cfg.stream_tokens:
             tensors["merged"], padded["merged"] = merged, (1, "pad0")
+        if self._keeps_outputs:  # each layer's states over [the k newest merged tokens | globals]
+            for i, layer_states in enumerate(states):
+                tensors[f"out{i}"], padded[f"out{i}"] = layer_states, (1, "qpad")
+            tensors["qpad"] = q_pad
         return UserState(tensors, padded)
+
+    @property
+    def _keeps_outputs(self) -> bool:
+        """Whether states keep every layer's outputs, with which `append` runs only the queries whose inputs
+        changed (`HybridAttention.extend`: the recent rule, whose queries are the newest positions)."""
+        return self.cfg.stream_tokens and self.cfg.query_selection == "recent"
 
     def append_start(self, covered: int) -> int:
         """The oldest event `append` reads of a history whose first `covered` events a state encodes: the first
@@ -209,8 +225,8 @@ class Longer(nn.Module):
         Kept: the merged tokens whose K events the state holds all of, and their keys and values in the cross
         layer (what `prefill` spends most of its work on: the token MLP over every event, the keys and values of
         every merged token). Encoded: the newest unfilled group again and the new events, their merged tokens'
-        keys and values, the user globals; then every layer's queries run again (the k newest tokens and the
-        globals move with the history), each attending to every key."""
+        keys and values, the user globals; then the layers' queries: under the recent rule only those whose
+        inputs changed (`HybridAttention.extend`), under the other rules every query again."""
         if not self.cfg.stream_tokens:
             raise ValueError("Longer.append needs model.stream_tokens: the paper's tokens change with newer events")
         k = self.cfg.merge_k
@@ -244,7 +260,13 @@ class Longer(nn.Module):
                     torch.cat([state["v0"][:, :, :kept], v_new], dim=2))
         num_pad = torch.zeros(1, dtype=torch.long, device=merged.device)
         host_groups = torch.tensor([merged.shape[1]])
-        return self._user_state(x, merged, num_pad, match_groups, host_groups, cross_kv)
+        layers = None
+        if self._keeps_outputs:
+            old_len = -(-covered // k)  # the merged tokens the state holds, the last maybe unfilled
+            outputs = [state[f"out{i}"] for i in range(1 + len(self.attention.self_layers))]
+            kv = [(state[f"k{i}"], state[f"v{i}"]) for i in range(1, 1 + len(self.attention.self_layers))]
+            layers = self.attention.extend(merged, self.user_globals(x), cross_kv, outputs, kv, kept, old_len)
+        return self._user_state(x, merged, num_pad, match_groups, host_groups, cross_kv, layers)
 
     def score(self, state: UserState, candidates: Tensor) -> Tensor:
         """Logits [U, C] of candidates [U, C, D_cand] against `prefill`'s state: per layer, each candidate's row

@@ -107,7 +107,9 @@ STREAM = {  # the models that append under model.stream_tokens (LONGER and the T
 }
 
 
-COVERED = [(0, 3), (5, 6), (6, 9), (8, 9), (12, 31), (30, 64)]  # (events the kept state holds, events now)
+# (events the kept state holds, events now); with K = 4 and k = 3 queries: (5, 6) and (8, 9) keep the query
+# window where it was, (30, 34) moves it by one (one cross-layer state kept), (12, 31) and (30, 64) far
+COVERED = [(0, 3), (5, 6), (6, 9), (8, 9), (30, 34), (12, 31), (30, 64)]
 
 
 @torch.no_grad()
@@ -119,7 +121,8 @@ def test_appended_state_equals_a_fresh_prefill(name, covered, total):
     """A returning user: the state of its first `covered` events (an earlier request) extended by the newer
     events at a later request equals the state prefill gives for the whole history — every tensor, and the scores
     — within 1e-5. (5, 6) and (6, 9) fill a merge group across requests (K = 4; (6, 9) also spills into the
-    next); (8, 9) starts a new group; (0, 3) extends an empty history."""
+    next); (8, 9) starts a new group; (0, 3) extends an empty history; the recent rule's reuse of the layers'
+    states (`HybridAttention.extend`) is checked by the window cases above."""
     model = make_model(**{**STREAM[name], "stream_tokens": True})
     with torch.no_grad():
         for p in model.parameters():
