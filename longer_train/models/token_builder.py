@@ -38,7 +38,7 @@ def event_time_position(time_diff: Tensor, lengths: Tensor, rows: tuple[Tensor, 
     if not stream:
         return time_diff, recency
     index = lengths.long()[row] - 1 - recency  # from the oldest: 0, 1, ...
-    previous = torch.cat([time_diff[:1], time_diff[:-1]])  # the packed predecessor's (another row's for index 0)
+    previous = torch.roll(time_diff, 1)  # the packed predecessor's (another row's for index 0: masked)
     return torch.where(index == 0, torch.zeros_like(time_diff), previous - time_diff), index
 
 

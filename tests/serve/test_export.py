@@ -12,9 +12,10 @@ from serve_models import TABLE1, make_scorer, raw_requests
 from longer_train.serve.export import export_programs, save_programs
 
 
-@pytest.mark.parametrize("name", TABLE1)
-def test_exported_programs_match_the_training_forward(name, synthetic_root, tmp_path):
-    scorer = make_scorer(name, synthetic_root)
+@pytest.mark.parametrize("name, overrides", [*((name, ()) for name in TABLE1),
+                                             ("longer", ("model.stream_tokens=true",))])
+def test_exported_programs_match_the_training_forward(name, overrides, synthetic_root, tmp_path):
+    scorer = make_scorer(name, synthetic_root, overrides)
     save_programs(export_programs(scorer.lookup, scorer.dense, scorer.cfg.data.max_len, scorer.dense_width), tmp_path)
     prefill = torch.export.load(tmp_path / "prefill.pt2").module()
     score = torch.export.load(tmp_path / "score.pt2").module()
