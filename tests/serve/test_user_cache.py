@@ -10,8 +10,13 @@ import pyarrow as pa
 import pytest
 import torch
 from serve_models import TABLE1, make_scorer, requests
+from test_http import _http
+from test_http import _score as _post_score
+from test_http_admission import METRICS, _metric
 
 from longer_train.models.user_state import UserState
+from longer_train.serve.http import HttpServer
+from longer_train.serve.limits import ServeLimits
 from longer_train.serve.scorer import Scorer
 from longer_train.serve.user_cache import CacheLimits, UserStateCache, user_keys
 
@@ -142,3 +147,31 @@ def test_a_returning_user_s_new_events_extend_its_kept_state(name, synthetic_roo
     np.testing.assert_allclose(_score(warm, first(40), pool), _score(fresh, first(40), pool), atol=1e-5, rtol=0)
     np.testing.assert_allclose(_score(warm, first(41), pool), _score(fresh, first(41), pool), atol=1e-5, rtol=0)
     assert (counts.misses, counts.appends) == (3, len(steps) - 1)  # 40 is no extension of the kept 49: afresh
+
+
+def test_http_appends_a_returning_user_and_counts_it(synthetic_root):
+    """`longer-serve http` with a stream-token LONGER: a user who comes back with new events is appended (counted
+    in /metrics), and its scores are the batch scorer's without a cache."""
+    fresh = make_scorer("longer", synthetic_root, ("model.stream_tokens=true",))
+    warm = Scorer(fresh.cfg, fresh.lookup, fresh.dense, UserStateCache(CacheLimits()))
+    data = fresh.cfg.data
+    full = requests(fresh, synthetic_root, [30])
+    pool = requests(fresh, synthetic_root, [0] * 4).select(data.columns("candidate"))
+    user = {k: v for k, v in full.to_pylist()[0].items() if k not in data.columns("candidate")}
+    history = [data.hist_timestamp, *data.columns("sequence")]
+    srv = HttpServer(warm, "127.0.0.1", 0, ServeLimits()).start()
+    try:
+        for n in (20, 23):  # the user's first 20 events, then 3 more at a later request
+            payload = {"user": {**user, **{c: user[c][:n] for c in history},
+                                data.timestamp: user[data.timestamp] + n},
+                       "candidates": pool.to_pylist()}
+            status, body = _post_score(srv.port, payload)
+            assert status == 200
+            rows = pa.Table.from_pylist([{**payload["user"], **cand} for cand in payload["candidates"]],
+                                        schema=full.schema)
+            np.testing.assert_allclose(body["scores"], fresh.score_table(rows), atol=1e-5, rtol=0)
+        assert _metric(srv.port, "longer_serve_user_cache_appends_total") == 1
+        assert _metric(srv.port, "longer_serve_user_cache_misses_total") == 1
+        assert _http(srv.port, METRICS)[0] == 200
+    finally:
+        srv.stop()
