@@ -410,10 +410,14 @@ class ShardedLoader:
         )
         if self.num_workers:
             _end_workers_at_exit()
-        for batch in loader:
-            self.delivered += 1
-            self.skipped.update(batch.skipped)
-            yield batch
+        batches = iter(loader)
+        try:
+            for batch in batches:
+                self.delivered += 1
+                self.skipped.update(batch.skipped)
+                yield batch
+        finally:  # also when the consumer stops early (an evaluation's last batch, a pipeline emptied)
+            _end_workers(batches)
 
     def __len__(self) -> int:
         return self.num_batches()
@@ -439,6 +443,29 @@ def _ignore_stop_signals(_worker: int) -> None:
     it is finishing."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
+
+
+FEEDER_JOIN_S = 5.0  # at most this long for a finished iterator's queue threads to exit (they exit at once)
+
+
+def _end_workers(batches: Iterator) -> None:
+    """End a DataLoader iterator's workers and wait for the threads that fed them to exit.
+
+    The DataLoader's shutdown closes each worker's index queue without waiting for its feeder thread. A thread
+    still exiting when the next iterator forks its workers can leave the new worker deadlocked before it runs
+    any code: CPython 3.11's after-fork handler waits for the runtime's thread-state lock, which the exiting
+    thread held at the fork (seen as a rare hang of a 2-rank job after a resume, the worker's stack in
+    `PyOS_AfterFork_Child`; tests/data/test_loader.py). Joining those threads here means no fork of ours
+    meets one exiting. Private attributes of the pinned torch (`_shutdown_workers`, `_index_queues`) and of
+    multiprocessing's Queue (`_thread`), read with defaults: without them this does what the DataLoader did."""
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is None:  # no workers
+        return
+    shutdown()
+    for queue in getattr(batches, "_index_queues", ()):
+        thread = getattr(queue, "_thread", None)
+        if thread is not None:
+            thread.join(timeout=FEEDER_JOIN_S)
 
 
 @functools.cache

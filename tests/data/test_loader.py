@@ -2,6 +2,9 @@
 rank, the most recent max_len events, seeded shuffling, length buckets, resume at the next batch, and
 schema errors before any batch."""
 
+import multiprocessing.queues
+import threading
+import time
 from collections import Counter
 
 import numpy as np
@@ -117,6 +120,35 @@ def test_two_ranks_two_workers_see_every_row_once_in_equal_batch_counts(dataset,
         assert counts[0] == counts[1] and counts[0][0] == counts[0][1]
         assert abs(sizes[0] - sizes[1]) <= 1
         assert produced == _table_keys(table)
+
+
+def _feeders() -> set:
+    return {t for t in threading.enumerate() if t.name == "QueueFeederThread"}
+
+
+def test_an_epoch_leaves_no_worker_queue_thread_behind(dataset, small_groups, monkeypatch):
+    """Each epoch's workers are forked from the training process; a queue thread of the previous epoch's
+    workers still exiting at that fork can deadlock the new worker (loader.py `_end_workers`). So once an epoch
+    ends — or its consumer stops early — none of its queue threads is left, even one slow to exit (here each
+    lingers 0.3 s after its queue closed: without the join they are still alive when the next epoch forks)."""
+    _, meta = dataset
+    files, _ = small_groups
+    feed = multiprocessing.queues.Queue._feed
+
+    def slow_feed(*args):
+        feed(*args)
+        time.sleep(0.3)
+
+    monkeypatch.setattr(multiprocessing.queues.Queue, "_feed", staticmethod(slow_feed))
+    before = _feeders()
+    loader = _loader(files, _cfg(meta), batch_size=64, num_workers=2)
+    assert len(list(loader)) > 2
+    assert _feeders() == before
+    batches = iter(loader)
+    next(batches)
+    assert _feeders() - before  # the workers' queues are being fed
+    batches.close()  # the consumer stops early
+    assert _feeders() == before
 
 
 @pytest.mark.parametrize("rows", [1000, 1001, 1003, 1100])

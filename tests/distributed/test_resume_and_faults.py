@@ -143,7 +143,14 @@ def _two_nodes(command: list[str]) -> list[subprocess.CompletedProcess]:
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(2)
     ]
-    outputs = [node.communicate(timeout=300) for node in nodes]
+    try:
+        outputs = [node.communicate(timeout=300) for node in nodes]
+    except subprocess.TimeoutExpired:  # a hang: end both nodes and show what each printed, to tell where
+        for node in nodes:
+            node.kill()
+        tails = [f"node {i}: stdout ...{out[-2000:]}\nstderr ...{err[-4000:]}"
+                 for i, (out, err) in enumerate(node.communicate() for node in nodes)]
+        raise AssertionError("the two nodes did not finish within 300 s:\n" + "\n".join(tails)) from None
     return [subprocess.CompletedProcess(n.args, n.returncode, out, err) for n, (out, err) in zip(nodes, outputs)]
 
 
