@@ -92,25 +92,34 @@ class Longer(nn.Module):
         full = not torch.compiler.is_exporting() and n == b * total
         time, position = event_time_position(x.time_diff, lengths, rows, self.cfg.stream_tokens)
         slots, trailing = (rows, None) if not self.cfg.stream_tokens else stream_slots(lengths, rows, k)
+        tokens = self.tokens(x.events, time, position)  # tokens of valid events only
+        units = unit_pairs(x.events, self.match_pairs, "event") if self.match_pairs else None
+        merged, match_groups = self._merge_groups(tokens, units, lengths, slots, trailing, total, live_groups, full)
+        num_pad = merged.shape[1] - groups  # [B]
+        return merged, num_pad, match_groups, host_groups
 
-        def pad(values: Tensor) -> tuple[Tensor, Tensor | None]:  # [N, w] -> [B, L_pad, w], valid [B, L_pad]
-            if full:
-                return values.view(b, total, values.shape[-1]), None
-            return to_left_padded(values, lengths, total, slots, trailing)
-
-        tokens, valid = pad(self.tokens(x.events, time, position))  # tokens of valid events only
+    def _merge_groups(
+        self, tokens: Tensor, units: Tensor | None, lengths: Tensor, slots: tuple[Tensor, Tensor],
+        trailing: Tensor | None, total: int, live_groups: int | None, full: bool,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Packed behaviour tokens [N, d] of rows of `lengths` [B], each event's (row, slot) (`slots`: its recency,
+        counted from the end of the row's `trailing` unfilled positions when groups are aligned to the oldest
+        event) -> merged tokens [B, total / K, D], and for the candidate match the events' unit vectors `units`
+        [N, W] summed per merged token [B, total / K, W] (None: off). `full`: every row holds `total` events."""
+        b, k = lengths.shape[0], self.cfg.merge_k
+        if full:  # the packed rows are already the batch: no zero-filled copy, no scatter, no mask
+            padded, valid = tokens.view(b, total, tokens.shape[-1]), None
+        else:
+            padded, valid = to_left_padded(tokens, lengths, total, slots, trailing)
         match_groups = None
-        if self.match_pairs:  # the events' unit shared-table vectors, summed per merged token [B, L', W]
-            units = unit_pairs(x.events, self.match_pairs, "event")  # [N, W]
+        if units is not None:
             if full:
                 match_groups = units.view(b, total // k, k, units.shape[-1]).sum(2)
             else:  # summed straight into each event's group: no padded [B, L_pad, W] copy
                 group = slots[0] * (total // k) + (total - 1 - slots[1]) // k
                 match_groups = units.new_zeros((b * (total // k), units.shape[-1])).index_add_(0, group, units)
                 match_groups = match_groups.view(b, total // k, units.shape[-1])
-        merged = self.merge(tokens, valid, live_groups)  # [B, L', D]; pad() writes zeros, as merge needs
-        num_pad = merged.shape[1] - groups  # [B]
-        return merged, num_pad, match_groups, host_groups
+        return self.merge(padded, valid, live_groups), match_groups  # to_left_padded writes zeros, as merge needs
 
     def user_globals(self, x: DenseInputs) -> Tensor:
         """The candidate-independent global tokens [B, m - 1, D]: CLS..., user."""
@@ -239,20 +248,14 @@ class Longer(nn.Module):
                              f"{covered}, got lengths {x.lengths.tolist()}")
         time, position = event_time_position(x.time_diff, x.lengths, event_rows(x.lengths, n), True)
         events, time, position = x.events[skip:], time[skip:], position[skip:] + start
-        new = n - skip  # events encoded: the unfilled group's and the new ones
-        groups = -(-new // k)
-        tokens = self.tokens(events, time, position)  # [new, d]
-        valid = torch.arange(groups * k, device=tokens.device)[None, :] < new
-        padded = tokens.new_zeros((1, groups * k, tokens.shape[-1]))
-        padded[0, :new] = tokens
-        merged_new = self.merge(padded, valid, groups)  # [1, groups, D]
+        new = torch.tensor([n - skip], device=x.lengths.device)  # events encoded: the unfilled group's, the new ones
+        groups = -(-(n - skip) // k)
+        units = unit_pairs(events, self.match_pairs, "event") if self.match_pairs else None
+        slots, trailing = stream_slots(new, event_rows(new, n - skip), k)
+        merged_new, match_new = self._merge_groups(self.tokens(events, time, position), units, new, slots, trailing,
+                                                   groups * k, groups, full=False)  # [1, groups, D]
         merged = torch.cat([state["merged"][:, :kept], merged_new], dim=1)
-        match_groups = None
-        if self.match_pairs:
-            units = unit_pairs(events, self.match_pairs, "event")  # [new, W]
-            sums = units.new_zeros((groups * k, units.shape[-1]))
-            sums[:new] = units
-            match_groups = torch.cat([state["match_groups"][:, :kept], sums.view(1, groups, k, -1).sum(2)], dim=1)
+        match_groups = None if units is None else torch.cat([state["match_groups"][:, :kept], match_new], dim=1)
         cross = self.attention.cross
         fresh = torch.cat([merged_new, self.user_globals(x)], dim=1)  # the cross layer's new keys: [new | globals]
         k_new, v_new = cross._keys_values(cross.norm1(fresh), fresh.shape[:2], None)
