@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 from torch.distributed.checkpoint.api import CheckpointException
 
@@ -36,7 +35,7 @@ from ..models.ranking import build_dense
 from ..models.sparse_arch import SparseArch
 from ..models.user_state import ServableModel, UserState, split_users, stack_users
 from .lookup import EmbeddingLookup, padded_ids
-from .user_cache import UserStateCache, user_keys
+from .user_cache import UserStateCache, cut_history, user_keys
 
 
 class Scorer:
@@ -50,6 +49,7 @@ class Scorer:
             data.user_id, data.timestamp, data.hist_timestamp, *data.columns("sequence"), *data.columns("user"),
             *data.columns("dense"),
         ]))
+        self.history_columns = {data.hist_timestamp, *data.columns("sequence")}  # a list of events per row
         self.appends = dense.serving.appends
         # what a user's state depends on: its cache key (a model that appends does not read the request time)
         self.key_columns = [c for c in self.user_columns if not (self.appends and c == data.timestamp)]
@@ -159,16 +159,13 @@ class Scorer:
         if found is None or key[1] > data.max_len:
             return None
         (_, covered, _), state = found
-        if covered >= key[1] or user_keys(keyed, data.user_id, data.hist_timestamp, events=covered)[0] != found[0]:
+        if covered >= key[1]:
             return None
-        start = self.dense.append_start(covered)
-        newer = pa.table({name: pc.list_slice(column, start) if name in self._history_columns else column
-                          for name, column in zip(user.column_names, user.columns)})
+        prefix = cut_history(keyed, self.history_columns, 0, covered)
+        if user_keys(prefix, data.user_id, data.hist_timestamp)[0] != found[0]:
+            return None
+        newer = cut_history(user, self.history_columns, self.dense.append_start(covered))
         return self.dense.append(state, self.dense_inputs(collate(newer, data)), covered)
-
-    @property
-    def _history_columns(self) -> set[str]:
-        return {self.cfg.data.hist_timestamp, *self.cfg.data.columns("sequence")}
 
     def dense_inputs(self, batch: Batch) -> DenseInputs:
         """The user side of a collated batch as the dense model takes it (no candidate)."""

@@ -54,13 +54,17 @@ class CacheCounts:
 UserKey = tuple[int, int, str]  # (user id, events in its history, digest of its user-side values)
 
 
-def user_keys(users: pa.Table, user_id: str, history: str, events: int | None = None) -> list[UserKey]:
-    """The cache key of each row of `users` (one request's user side each: the columns its state depends on).
-    `events`: the key of each row's first `events` history events (every list column cut to them; the rows
-    hold at least as many), as a state of that prefix was kept under."""
-    if events is not None:
-        users = pa.table({name: pc.list_slice(column, 0, events) if pa.types.is_list(column.type) else column
-                          for name, column in zip(users.column_names, users.columns)})
+def cut_history(users: pa.Table, history: set[str], start: int, stop: int | None = None) -> pa.Table:
+    """`users` with every history column (the names in `history`: a list of events per row) cut to its events
+    [start, stop), the other columns (multi-valued user features included) as they are."""
+    return pa.table({name: pc.list_slice(column, start, stop) if name in history else column
+                     for name, column in zip(users.column_names, users.columns)})
+
+
+def user_keys(users: pa.Table, user_id: str, history: str) -> list[UserKey]:
+    """The cache key of each row of `users` (one request's user side each: the columns its state depends on);
+    `history`: the column whose length counts the events. The key a state of a history's first n events was
+    kept under: `user_keys(cut_history(users, ..., 0, n), ...)`."""
     keys = []
     for row in users.to_batches(max_chunksize=1):
         digest = hashlib.blake2b(digest_size=16)

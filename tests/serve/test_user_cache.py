@@ -18,7 +18,7 @@ from longer_train.models.user_state import UserState
 from longer_train.serve.http import HttpServer
 from longer_train.serve.limits import ServeLimits
 from longer_train.serve.scorer import Scorer
-from longer_train.serve.user_cache import CacheLimits, UserStateCache, user_keys
+from longer_train.serve.user_cache import CacheLimits, UserStateCache, cut_history, user_keys
 
 
 def _state(nbytes: int) -> UserState:
@@ -175,3 +175,15 @@ def test_http_appends_a_returning_user_and_counts_it(synthetic_root):
         assert _http(srv.port, METRICS)[0] == 200
     finally:
         srv.stop()
+
+
+def test_a_prefix_key_cuts_the_history_only():
+    """The key of a history's first n events cuts the event lists, not a multi-valued user feature: a user with
+    more interests than kept events still matches its kept state."""
+    users = pa.table({"user_id": [3], "hist_item_id": [[5, 6, 7]], "hist_timestamp": [[1, 2, 3]],
+                      "user_tags": [[9, 8, 7, 6]]})
+    kept = pa.table({"user_id": [3], "hist_item_id": [[5, 6]], "hist_timestamp": [[1, 2]], "user_tags": [[9, 8, 7, 6]]})
+    prefix = cut_history(users, {"hist_item_id", "hist_timestamp"}, 0, 2)
+    assert prefix.equals(kept)
+    assert user_keys(prefix, "user_id", "hist_timestamp") == user_keys(kept, "user_id", "hist_timestamp")
+    assert cut_history(users, {"hist_item_id", "hist_timestamp"}, 1)["hist_item_id"].to_pylist() == [[6, 7]]
