@@ -59,13 +59,14 @@ def test_http_scores_equal_the_training_forward(name, synthetic_root):
         server.stop()
 
 
-@pytest.mark.parametrize("name", TABLE1)
-def test_score_cli_serves_a_checkpoint_of_every_model(name, synthetic_root, tmp_path):
-    """A two-step run of each experiment config, scored by `longer-serve score` as its final forward scores."""
+@pytest.mark.parametrize("name, extra", [*((name, ()) for name in TABLE1), ("longer", ("model.stream_tokens=true",))])
+def test_score_cli_serves_a_checkpoint_of_every_model(name, extra, synthetic_root, tmp_path):
+    """A two-step run of each experiment config (and of LONGER with the stream tokens), scored by `longer-serve
+    score` as its final forward scores."""
     overrides = [f"data.root={synthetic_root}", "data.batch_size=32", "train.max_steps=2", "data.num_workers=0",
                  f"train.output_dir={tmp_path}/runs", f"train.runs_table={tmp_path}/runs.jsonl",
                  "train.run_name=serve", "train.progress_bar=false", "logging.wandb_mode=disabled",
-                 "train.eval_every=0"]
+                 "train.eval_every=0", *extra]
     if name != "din_recent50":
         overrides.append("data.max_len=64")
     cfg = load_config([CONFIGS / "datasets" / "synthetic.yaml", CONFIGS / "experiments" / f"{name}.yaml"], overrides)
