@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,13 @@ def _extensions(spec: SweepSpec) -> dict[str, list]:
     return found
 
 
+def threads_used(lines: Iterable[dict], fallback: int) -> str:
+    """The torch threads the finished runs recorded ("1", "1 or 2"); `fallback` where none recorded any. A report
+    rewritten by another invocation (--report-only, other --jobs) describes the runs, not itself."""
+    used = sorted({line["threads"] for line in lines if "threads" in line})
+    return " or ".join(map(str, used)) if used else str(fallback)
+
+
 def write_summary(spec: SweepSpec, runs: list[Run], results: Path, figures: Path, command: str, extra: list[str],
                   threads: int) -> Path:
     lines = read_results(results)
@@ -192,7 +200,7 @@ def write_summary(spec: SweepSpec, runs: list[Run], results: Path, figures: Path
           "(relative difference). samples/s counts train step time only."
         + "".join(f" Extension rows (not the paper's model): {', '.join(f'`{r.name}`' for r in rows_of)} — "
                   f"{text}." for text, rows_of in _extensions(spec).items()),
-        f"Machine: {machine(threads)}.", "", provenance_note(done), "",
+        f"Machine: {machine(threads_used(done.values(), threads))}.", "", provenance_note(done), "",
         *summary_table(summaries, spec.reference), "",
     ]
     for scaling in spec.scaling:

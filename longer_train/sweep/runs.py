@@ -103,7 +103,8 @@ def mean_std(values: list[float], digits: int) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
-def machine(threads: int | None = None) -> str:
+def machine(threads: int | str | None = None) -> str:
+    """The machine line of a report; `threads`: the torch threads each run had (default: this process's)."""
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     import torch

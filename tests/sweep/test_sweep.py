@@ -176,6 +176,7 @@ pathlib.Path({str(runs_dir / run.name / 'result.jsonl')!r}).write_text(json.dump
     monkeypatch.setattr(cli, "train_command", fake_command)
     monkeypatch.setattr(cli, "model_stats", lambda cfg: {"dense_params": 7, "gflops_analytic": 1.0,
                                                          "gflops_counted": 1.0})
+    monkeypatch.setattr(cli, "available_cores", lambda: 4)  # --jobs 2: 2 threads a run
     args = [str(spec_path), "--results", str(tmp_path / "results"), "--runs", str(tmp_path / "runs"), "--jobs", "2"]
     results = tmp_path / "results" / "demo.jsonl"
     assert cli.main(args) == 1  # b-seed1 failed
@@ -193,6 +194,9 @@ pathlib.Path({str(runs_dir / run.name / 'result.jsonl')!r}).write_text(json.dump
     assert "4 stale" in summary and "no commit recorded 4" in summary
     assert "a-seed0: no commit recorded" in capsys.readouterr().out
     assert cli.main([*args, "--rerun-stale"]) == 0 and sorted(calls) == ["a-seed0", "a-seed1", "b-seed0", "b-seed1"]
+    # a report rewritten by another invocation (one job: 4 threads) names the threads the runs had
+    assert cli.main([*args[:-2], "--report-only"]) == 0
+    assert "torch threads 2 per run" in (tmp_path / "results" / "demo.md").read_text()
 
     lines = [json.loads(ln) for ln in results.read_text().splitlines()]
     runs = load_spec(spec_path).runs()
