@@ -18,9 +18,9 @@ with histories of varying length (every batch padded to its own longest history)
 change size from step to step, freed blocks too small for the next step's sit between blocks still in use, and
 the heap grew without end: the final model on MovieLens at 2,000 events held 9.9 GB after 150 steps (~40 MB a
 step) and two runs side by side were killed by the kernel's OOM killer. When the heap has grown by more than
-the trim threshold since the last trim, malloc_trim(0) gives its free pages back to the kernel (they stay
-reserved; the pages the next steps touch are faulted in again), so a run keeps about what one step needs plus
-that threshold.
+256 MiB since the last trim, malloc_trim(0) gives its free pages back to the kernel (they stay reserved; the
+pages the next steps touch are faulted in again). A 1 GiB allowance was not enough: trimmed holes are faulted
+in again as steps reuse them, and two such runs still reached 10 GB each by step 380.
 
 Applied once per training process on CPU (`Trainer`, and benchmarks/dense_step.py as the trainer runs); a
 no-op off glibc (macOS, musl), on a glibc too old to report the heap's size (mallinfo2, glibc >= 2.33, which
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # glibc <malloc.h>
 MMAP_THRESHOLD = 32 << 20  # glibc's upper limit for M_MMAP_THRESHOLD on 64-bit
 TRIM_THRESHOLD = 1 << 30
+HEAP_SLACK = 256 << 20  # HeapBound: growth of the heap between trims (a few steps' worth at 2,000 events)
 
 
 class MallInfo2(ctypes.Structure):
@@ -99,7 +100,7 @@ class HeapBound:
     returns whether it did. A heap that stops growing (the same blocks reused step after step) is never
     trimmed, so the steps keep their pages. `enabled=False` (the settings were not applied): never trims."""
 
-    def __init__(self, enabled: bool, slack: int = TRIM_THRESHOLD, read=heap_bytes, trim=release_free_memory):
+    def __init__(self, enabled: bool, slack: int = HEAP_SLACK, read=heap_bytes, trim=release_free_memory):
         self.enabled, self.slack, self.read, self.trim = enabled, slack, read, trim
         self.base = read() if enabled else None
         self.trims = 0
