@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch.nn.utils import clip_grad_norm_
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
-from .components.allocator import HeapBound, keep_freed_memory
+from .components.allocator import keep_freed_memory
 from .components.checkpoint import CheckpointManager, CheckpointRefused, load_checkpoint, saved_keys
 from .components.metrics import RankingMetrics
 from .components.metrics_processor import MetricsProcessor
@@ -106,8 +106,8 @@ class Trainer:
 
     def _build(self, cfg: Config, env: DistEnv) -> None:
         """Model -> compute policies -> sharding -> optimizers -> data -> reporting, then resume or start."""
-        # a step's large buffers come back from the heap, not from the kernel; the bound keeps fragmentation in check
-        self.heap_bound = HeapBound(env.device.type == "cpu" and keep_freed_memory())
+        if env.device.type == "cpu":
+            keep_freed_memory()  # a step's large buffers come back from the heap, not from the kernel
         torch.manual_seed(cfg.train.seed)  # identical dense init on every rank
 
         check_dense_fits(cfg, env.device)
@@ -287,7 +287,6 @@ class Trainer:
                 loss, logits, labels = step_fn(batches)
             except StopIteration:
                 return "epoch"
-            self.heap_bound()  # within the step's time: a trim's cost is the step's
             self.scheduler.step()
             elapsed = time.perf_counter() - start
             progress["step"] += 1
@@ -397,7 +396,6 @@ class Trainer:
             batch = batch.to(self.env.device)
             _, (_, logits, labels) = self.model(batch)
             metrics.update(batch.user_ids, labels.float(), logits.float())
-            self.heap_bound()
         return metrics.compute()
 
     # ------------------------------------------------------------------------------------------------
