@@ -119,12 +119,14 @@ class Executor:
         command = train_command(self.spec, run, self.runs_dir, self.wandb)
         start = time.perf_counter()
         with (run_dir / "train.log").open("w") as log:
-            log.write("$ " + shlex.join(command) + "\n")
+            log.write("$ " + "".join(f"{k}={shlex.quote(v)} " for k, v in self.spec.env.items())
+                      + shlex.join(command) + "\n")
             log.flush()
             with self.lock:
                 if self.stop.is_set():
                     return None
-                proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=thread_env(self.threads),
+                proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                        env=thread_env(self.threads, self.spec.env),
                                         start_new_session=True)  # Ctrl-C reaches the runner, which stops them
                 self.live.add(proc)
             code = proc.wait()
@@ -182,7 +184,8 @@ def write_summary(spec: SweepSpec, runs: list[Run], results: Path, figures: Path
         f"# Sweep `{spec.name}`", "", spec.description, "",
         f"Command: `{command}` ({len(done)} of {len(runs)} runs finished; the same command runs the others "
         f"and rewrites this file). Spec: `{spec.path.as_posix()}`.", "",
-        f"Each run: `longer-train {spec.dataset.as_posix()} {spec.experiment.as_posix()} "
+        "Each run: `" + "".join(f"{k}={v} " for k, v in spec.env.items())
+        + f"longer-train {spec.dataset.as_posix()} {spec.experiment.as_posix()} "
         f"{' '.join(spec.overrides)} <row overrides> train.seed=<seed>`"
         + (f" with `{' '.join(extra)}` for every run (given on the command line)" if extra else "")
         + f"; data {', '.join(f'`{root}`' for root in roots)}; results lines in `{results.as_posix()}`.", "",

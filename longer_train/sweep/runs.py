@@ -75,9 +75,10 @@ def ensure_prepared(command: list[str], out: str | Path) -> None:
         subprocess.run(command, check=True)
 
 
-def thread_env(threads: int) -> dict[str, str]:
-    """The environment of a run limited to `threads` CPU threads (torch reads these at start-up)."""
-    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+def thread_env(threads: int, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a run: this process's, then `extra` (the spec's `env`), limited to `threads` CPU
+    threads (torch reads these at start-up)."""
+    return {**os.environ, **(extra or {}), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
 def model_stats(cfg: Config) -> dict[str, float]:

@@ -22,6 +22,8 @@
     extension: candidate match            # optional, on the spec or a row: what it adds to the paper's models
                                           # (docs/paper.md "Deviations from the paper"); rows without one
                                           # stand for the paper's rows and run its models
+    env: {MALLOC_MMAP_THRESHOLD_: 4194304}   # optional: environment variables of every run (e.g. glibc
+                                          # malloc's, docs/reliability.md); the runner's thread count wins
     scaling:                              # optional: power-law fits and figures (sweep/scaling.py)
       - {x: data.max_len, series: model.num_self_layers}   # x: a config key, `params` or `gflops`
 
@@ -50,7 +52,7 @@ from ..data.vocab import dataset_sizes, resolve_num_embeddings
 from .runs import DATASETS, PEERS, RUN_SETTINGS
 
 SPEC_KEYS = {"description", "data", "dataset", "experiment", "overrides", "seeds", "rows", "grid", "reference",
-             "scaling", "extension"}
+             "scaling", "extension", "env"}
 DATA_KEYS = {"name", "users", "rows_per_user", "src"}
 ROW_KEYS = {"name", "overrides", "experiment", "data", "extension", "peer", "seeds"}
 DERIVED_X = {"params": "dense_params", "gflops": "gflops_analytic"}  # scaling axes read off the results
@@ -109,6 +111,7 @@ class SweepSpec:
     reference: str | None
     scaling: list[Scaling] = field(default_factory=list)
     data: dict[str, Any] | None = None
+    env: dict[str, str] = field(default_factory=dict)  # environment variables of every run
 
     def varied_keys(self) -> list[str]:
         """Config keys set by some row, in first-seen order, plus the config keys of the scaling axes."""
@@ -347,5 +350,19 @@ def load_spec(path: str | Path) -> SweepSpec:
         name=path.stem, path=path, description=str(raw.get("description", "")).strip(),
         dataset=_relative(base, raw["dataset"]), experiment=_relative(base, raw["experiment"]),
         overrides=_strings(raw.get("overrides"), f"{path}: overrides"), seeds=seeds, rows=rows,
-        reference=reference, scaling=scaling, data=data,
+        reference=reference, scaling=scaling, data=data, env=_env(raw.get("env"), f"{path}: env"),
     )
+
+
+def _env(value: Any, where: str) -> dict[str, str]:
+    """A mapping of environment variable names to scalar values, as strings."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SpecError(f"{where} must map variable names to values, got {value!r}")
+    for name, v in value.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise SpecError(f"{where}: {name!r} is not an environment variable name")
+        if isinstance(v, (dict, list)) or v is None:
+            raise SpecError(f"{where}.{name} must be a string or a number, got {v!r}")
+    return {name: str(v) for name, v in value.items()}

@@ -91,6 +91,9 @@ def test_grid_rows_and_scaling(tmp_path):
     ("rows: [{name: a, overrides: [data.max_len=10%]}]\n", "only model.num_queries may be given as a percentage"),
     ("rows: [{name: a}, {name: a}]\n", "row names must be distinct"),
     ("rows: [{name: a, seeds: [1, 1]}]\n", r"rows\[0\].seeds lists a seed twice"),
+    ("rows: [{name: a}]\nenv: [A]\n", "env must map variable names to values"),
+    ("rows: [{name: a}]\nenv: {1A: x}\n", "'1A' is not an environment variable name"),
+    ("rows: [{name: a}]\nenv: {A: [1]}\n", "env.A must be a string or a number"),
 ])
 def test_bad_specs_fail_naming_the_key(tmp_path, body, message):
     with pytest.raises(SpecError, match=message):
@@ -204,6 +207,39 @@ pathlib.Path({str(runs_dir / run.name / 'result.jsonl')!r}).write_text(json.dump
     assert set(finished(lines, wanted)) == set(wanted)
     wanted["a-seed0"] = "another config"
     assert "a-seed0" not in finished(lines, wanted)
+
+
+def test_the_spec_env_reaches_every_run_and_the_report(tmp_path, monkeypatch):
+    """`env` (e.g. glibc malloc's threshold) is set in each run's process, after this process's environment and
+    before the runner's thread count; the run's train.log and the report show it."""
+    spec_path = write_spec(tmp_path, """\
+        rows: [{name: a}]
+        env: {LONGER_SWEEP_TEST: 4194304, OMP_NUM_THREADS: 7}
+        """)
+    assert load_spec(spec_path).env == {"LONGER_SWEEP_TEST": "4194304", "OMP_NUM_THREADS": "7"}
+    monkeypatch.setenv("LONGER_SWEEP_TEST", "from the shell")
+
+    def fake_command(spec, run, runs_dir, wandb):
+        code = f"""
+import json, os, pathlib
+line = {_line(run.row, run.seed, 0.7, 0.6)!r}
+line["env_seen"] = [os.environ.get("LONGER_SWEEP_TEST"), os.environ.get("OMP_NUM_THREADS")]
+pathlib.Path({str(runs_dir / run.name / 'result.jsonl')!r}).write_text(json.dumps(line) + "\\n")
+"""
+        return [sys.executable, "-c", code]
+
+    monkeypatch.setattr(cli, "train_command", fake_command)
+    monkeypatch.setattr(cli, "model_stats", lambda cfg: {"dense_params": 7, "gflops_analytic": 1.0,
+                                                         "gflops_counted": 1.0})
+    monkeypatch.setattr(cli, "available_cores", lambda: 2)
+    args = [str(spec_path), "--results", str(tmp_path / "results"), "--runs", str(tmp_path / "runs"), "--jobs", "1"]
+    assert cli.main(args) == 0
+    line = json.loads((tmp_path / "results" / "demo.jsonl").read_text())
+    assert line["env_seen"] == ["4194304", "2"]  # the spec's value; the runner's threads (2 cores, 1 job)
+    assert next((tmp_path / "runs").rglob("a-seed0/train.log")).read_text().startswith(
+        "$ LONGER_SWEEP_TEST=4194304 OMP_NUM_THREADS=7 ")
+    assert "Each run: `LONGER_SWEEP_TEST=4194304 OMP_NUM_THREADS=7 longer-train" in (
+        tmp_path / "results" / "demo.md").read_text()
 
 
 def test_threads_are_split_so_jobs_times_threads_fit_the_cores():
