@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import HelpFormatter
-from .runs import BIN, PEERS, ensure_prepared, machine, model_stats, thread_env
+from .runs import BIN, PEERS, ensure_prepared, env_prefix, machine, model_stats, thread_env
 from .scaling import scaling_report
 from .spec import Run, SpecError, SweepSpec, load_spec
 from .summary import (
@@ -119,8 +119,7 @@ class Executor:
         command = train_command(self.spec, run, self.runs_dir, self.wandb)
         start = time.perf_counter()
         with (run_dir / "train.log").open("w") as log:
-            log.write("$ " + "".join(f"{k}={shlex.quote(v)} " for k, v in self.spec.env.items())
-                      + shlex.join(command) + "\n")
+            log.write("$ " + env_prefix(self.spec.env) + shlex.join(command) + "\n")
             log.flush()
             with self.lock:
                 if self.stop.is_set():
@@ -184,8 +183,7 @@ def write_summary(spec: SweepSpec, runs: list[Run], results: Path, figures: Path
         f"# Sweep `{spec.name}`", "", spec.description, "",
         f"Command: `{command}` ({len(done)} of {len(runs)} runs finished; the same command runs the others "
         f"and rewrites this file). Spec: `{spec.path.as_posix()}`.", "",
-        "Each run: `" + "".join(f"{k}={v} " for k, v in spec.env.items())
-        + f"longer-train {spec.dataset.as_posix()} {spec.experiment.as_posix()} "
+        f"Each run: `{env_prefix(spec.env)}longer-train {spec.dataset.as_posix()} {spec.experiment.as_posix()} "
         f"{' '.join(spec.overrides)} <row overrides> train.seed=<seed>`"
         + (f" with `{' '.join(extra)}` for every run (given on the command line)" if extra else "")
         + f"; data {', '.join(f'`{root}`' for root in roots)}; results lines in `{results.as_posix()}`.", "",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -73,6 +74,11 @@ def ensure_prepared(command: list[str], out: str | Path) -> None:
     if not (Path(out) / ".complete").exists():
         print("$ " + " ".join(command), flush=True)
         subprocess.run(command, check=True)
+
+
+def env_prefix(env: dict[str, str]) -> str:
+    """`env` as a shell command's leading assignments ("K=V " each), for logs and reports."""
+    return "".join(f"{k}={shlex.quote(v)} " for k, v in env.items())
 
 
 def thread_env(threads: int, extra: dict[str, str] | None = None) -> dict[str, str]:
