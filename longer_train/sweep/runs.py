@@ -117,6 +117,6 @@ def machine(threads: int | str | None = None) -> str:
     import torch
 
     threads = torch.get_num_threads() if threads is None else threads
-    load = f", load average {os.getloadavg()[0]:.1f} at the end" if hasattr(os, "getloadavg") else ""
+    load = f", load average {os.getloadavg()[0]:.1f} when this report was written" if hasattr(os, "getloadavg") else ""
     return (f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, torch threads {threads} per run{load}; "
             "the cores were shared with other jobs, so samples/s and minutes are rough")
